@@ -1,0 +1,154 @@
+//! [`Forze`]: spawning a supervisor; [`ForzeHandle`]: using it from any task.
+
+use std::sync::Arc;
+
+use forze_redis::connection::Health;
+use forze_redis::{Config, Error, Result};
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::call::call_named;
+use crate::counter::CounterHandle;
+use crate::pool::{PoolMsg, PoolStats};
+use crate::shared::Shared;
+use crate::supervisor::{ForzeSupervisor, SupervisorMsg, SupervisorStats};
+use forze_redis::counter::CounterStatsSnapshot;
+
+/// Entry point: spawn a forze-redis supervisor.
+#[derive(Debug)]
+pub struct Forze;
+
+impl Forze {
+    /// Validate `config` and spawn an unlinked supervisor named `<prefix>.supervisor`.
+    /// Returns at once, also while Redis is down (it connects in the background).
+    pub async fn spawn(config: Config) -> Result<(ForzeHandle, JoinHandle<()>)> {
+        Self::spawn_inner(config, None).await
+    }
+
+    /// Like [`Forze::spawn`], linked to `parent`: the parent receives the supervisor's
+    /// supervision events, including its failure when the restart intensity is exceeded.
+    pub async fn spawn_linked(config: Config, parent: ActorCell) -> Result<(ForzeHandle, JoinHandle<()>)> {
+        Self::spawn_inner(config, Some(parent)).await
+    }
+
+    async fn spawn_inner(config: Config, parent: Option<ActorCell>) -> Result<(ForzeHandle, JoinHandle<()>)> {
+        let shared = Shared::build(config)?;
+        let name = Some(shared.names.supervisor());
+        let spawned = match parent {
+            None => Actor::spawn(name, ForzeSupervisor, shared.clone()).await,
+            Some(p) => Actor::spawn_linked(name, ForzeSupervisor, shared.clone(), p).await,
+        };
+        let (supervisor, join) = spawned.map_err(|e| Error::internal("spawn", e.to_string()))?;
+        Ok((ForzeHandle { shared, supervisor }, join))
+    }
+}
+
+/// The handle to one supervisor and its resources. Cheap to clone and `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct ForzeHandle {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+/// Everything the actors of one supervisor report.
+#[derive(Debug, Clone)]
+pub struct ForzeStats {
+    /// Connection health.
+    pub health: Health,
+    /// The supervisor's restart statistics.
+    pub supervisor: SupervisorStats,
+    /// The pool actor's statistics; `None` in embedded mode.
+    pub pool: Option<PoolStats>,
+    /// Each counter actor's statistics, by resource name.
+    pub counters: Vec<(String, CounterStatsSnapshot)>,
+}
+
+impl ForzeHandle {
+    /// The counter resource `name`, or a `Validation` error naming the unknown resource.
+    pub fn counter(&self, name: &str) -> Result<CounterHandle> {
+        let counter = self.shared.counters.get(name).cloned().ok_or_else(|| {
+            Error::validation("counter", format!("no counter named `{name}` is configured"))
+        })?;
+        Ok(CounterHandle {
+            shared: self.shared.clone(),
+            counter,
+        })
+    }
+
+    /// The configured counter names.
+    pub fn counter_names(&self) -> Vec<String> {
+        self.shared.counters.keys().cloned().collect()
+    }
+
+    /// Whether this supervisor talks to Redis (`false`: embedded local mode).
+    pub fn is_redis(&self) -> bool {
+        self.shared.connection.is_some()
+    }
+
+    /// The current connection health, read without a mailbox.
+    pub fn health(&self) -> Health {
+        *self.shared.health.borrow()
+    }
+
+    /// A receiver of every health change.
+    pub fn health_watch(&self) -> watch::Receiver<Health> {
+        self.shared.health.subscribe()
+    }
+
+    /// The supervisor's actor reference, for linking and messages.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// The registered actor names of this supervisor.
+    pub fn names(&self) -> &crate::ActorNames {
+        &self.shared.names
+    }
+
+    /// Ask every actor for its statistics (supervisor, pool, counters).
+    pub async fn stats(&self) -> Result<ForzeStats> {
+        let timeout = self.shared.config.supervision.call_timeout;
+        let supervisor = call_named(&self.shared.names.supervisor(), timeout, SupervisorMsg::Stats).await?;
+        let pool = match self.shared.connection {
+            Some(_) => Some(call_named(&self.shared.names.pool(), timeout, PoolMsg::Stats).await?),
+            None => None,
+        };
+        let mut counters = Vec::new();
+        for name in self.shared.counters.keys() {
+            let handle = self.counter(name)?;
+            counters.push((name.clone(), handle.stats().await?));
+        }
+        Ok(ForzeStats {
+            health: self.health(),
+            supervisor,
+            pool,
+            counters,
+        })
+    }
+
+    /// Shut the tree down gracefully and wait for it: callers refused first, resource actors
+    /// stopped, in-flight requests drained, pool actor stopped, connections closed last.
+    pub async fn shutdown(&self) -> Result<()> {
+        let timeout = self.shared.config.supervision.shutdown_timeout * 3;
+        self.supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(timeout))
+            .await
+            .map_err(|e| Error::internal("shutdown", e.to_string()))
+    }
+
+    /// Tasks still running on behalf of message requests (0 after shutdown).
+    pub fn tasks_in_flight(&self) -> usize {
+        self.shared.tasks.len()
+    }
+
+    /// Make a child panic (fault drills and tests). `Ok(false)` when that child is not running.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self, child: crate::ChildKind) -> Result<bool> {
+        let timeout = self.shared.config.supervision.call_timeout;
+        call_named(&self.shared.names.supervisor(), timeout, |reply| {
+            SupervisorMsg::PanicChild(child.clone(), reply)
+        })
+        .await
+    }
+}

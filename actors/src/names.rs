@@ -1,0 +1,37 @@
+//! Registered actor names. Every name carries the configured prefix, so several supervisors
+//! can live in one process (`replica1.pool`, `replica2.pool`).
+
+/// The names of one supervisor's actors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorNames {
+    prefix: String,
+}
+
+impl ActorNames {
+    /// Names under `prefix` (validated by the configuration).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        ActorNames {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.supervisor`
+    pub fn supervisor(&self) -> String {
+        format!("{}.supervisor", self.prefix)
+    }
+
+    /// `<prefix>.pool`
+    pub fn pool(&self) -> String {
+        format!("{}.pool", self.prefix)
+    }
+
+    /// `<prefix>.counter.<name>`
+    pub fn counter(&self, name: &str) -> String {
+        format!("{}.counter.{name}", self.prefix)
+    }
+}

@@ -1,0 +1,97 @@
+//! State that outlives actor incarnations.
+//!
+//! The supervisor builds one [`Shared`] before it spawns anything and hands it to every child
+//! incarnation and every handle. A restarted child therefore resumes: the connection pool, the
+//! published health, the local fallback values and the counters' statistics are all here, not
+//! in the actor that failed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use forze_redis::connection::{Health, RedisConnection};
+use forze_redis::counter::{local_store, Counter, RedisCounterStore};
+use forze_redis::keys::{KeySpace, ResourceKind};
+use forze_redis::{Config, Error, Result};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::names::ActorNames;
+
+/// Everything one supervisor's actors and handles share. Opaque outside this crate: it is
+/// only named as the spawn argument of the actors.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) config: Config,
+    pub(crate) names: ActorNames,
+    /// `None` in embedded local mode.
+    pub(crate) connection: Option<Arc<RedisConnection>>,
+    /// Connection health, published by the pool actor.
+    pub(crate) health: watch::Sender<Health>,
+    pub(crate) counters: BTreeMap<String, Arc<Counter>>,
+    /// Tasks spawned on behalf of callers (message requests); waited for at shutdown.
+    pub(crate) tasks: TaskTracker,
+    /// Set when shutdown begins: new requests are refused with `Unavailable`.
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) pool_stats: PoolCounters,
+}
+
+/// Connection events counted by the pool actor; they survive its restarts.
+#[derive(Debug, Default)]
+pub(crate) struct PoolCounters {
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) connection_errors: AtomicU64,
+    pub(crate) probes: AtomicU64,
+    pub(crate) probe_failures: AtomicU64,
+    pub(crate) state_changes: AtomicU64,
+}
+
+impl Shared {
+    /// Validate `config` and build the shared state. Connects nothing yet.
+    pub(crate) fn build(config: Config) -> Result<Arc<Self>> {
+        config.validate()?;
+        let names = ActorNames::new(config.supervision.name_prefix.clone());
+        let connection = match &config.redis {
+            Some(redis) => Some(Arc::new(RedisConnection::build(redis)?)),
+            None => None,
+        };
+        let initial = match &connection {
+            Some(c) => c.health(),
+            None => Health::embedded(),
+        };
+        let prefix = config.key_prefix()?;
+        let local = local_store();
+        let mut counters = BTreeMap::new();
+        for (name, cfg) in &config.counters {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::Counter,
+                config.counter_namespace(name, cfg)?,
+            );
+            let redis = connection.clone().map(RedisCounterStore::new);
+            counters.insert(
+                name.clone(),
+                Arc::new(Counter::new(name.clone(), space, cfg, redis, local.clone())),
+            );
+        }
+        Ok(Arc::new(Shared {
+            names,
+            connection,
+            health: watch::Sender::new(initial),
+            counters,
+            tasks: TaskTracker::new(),
+            shutting_down: AtomicBool::new(false),
+            pool_stats: PoolCounters::default(),
+            config,
+        }))
+    }
+
+    /// `Unavailable` once shutdown has begun.
+    pub(crate) fn check_open(&self, op: &'static str) -> Result<()> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            Err(Error::unavailable(op))
+        } else {
+            Ok(())
+        }
+    }
+}

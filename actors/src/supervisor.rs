@@ -1,0 +1,288 @@
+//! The supervisor (`<prefix>.supervisor`): the root of one forze-redis actor tree.
+//!
+//! ```text
+//! <prefix>.supervisor            ForzeSupervisor (this file)
+//! ├── <prefix>.pool              PoolActor: connection lifecycle and health (Redis mode only)
+//! └── <prefix>.counter.<name>    CounterActor, one per configured counter
+//! ```
+//!
+//! - One-for-one restarts: a failed (or unexpectedly stopped) child is restarted alone after a
+//!   jittered exponential backoff; more than `max_restarts` within `restart_window` and the
+//!   supervisor shuts its tree down and fails to its own parent ([`RestartPolicy`]).
+//! - Children are rebuilt from [`Shared`], so a restart resumes instead of starting over.
+//! - Graceful shutdown (stop the supervisor, or [`ForzeHandle::shutdown`]) refuses new
+//!   requests first, then stops the per-resource actors, waits for in-flight request tasks,
+//!   stops the pool actor, and closes the connections last.
+//!
+//! [`ForzeHandle::shutdown`]: crate::ForzeHandle::shutdown
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::counter::{CounterActor, CounterActorArgs};
+use crate::pool::PoolActor;
+use crate::restart::{RestartDecision, RestartPolicy};
+use crate::shared::Shared;
+
+/// A child of the supervisor, by role.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    /// The pool actor.
+    Pool,
+    /// The counter actor of the named resource.
+    Counter(String),
+}
+
+/// Messages of the supervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Report the restart statistics.
+    Stats(RpcReplyPort<SupervisorStats>),
+    /// Restart a child (sent by the supervisor to itself after the backoff).
+    Respawn(ChildKind),
+    /// Make a child panic, to drill supervision. Replies whether the child was running.
+    #[cfg(feature = "fault-injection")]
+    PanicChild(ChildKind, RpcReplyPort<bool>),
+}
+
+/// Restart statistics of a supervisor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SupervisorStats {
+    /// Restarts performed since start.
+    pub restarts: u64,
+    /// Children running now.
+    pub children_running: usize,
+    /// Children waiting for their restart.
+    pub children_restarting: usize,
+}
+
+/// The supervisor actor.
+#[derive(Debug)]
+pub struct ForzeSupervisor;
+
+/// State of the supervisor.
+#[derive(Debug)]
+pub struct SupervisorState {
+    shared: Arc<Shared>,
+    children: HashMap<ActorId, (ChildKind, ActorCell)>,
+    restarting: usize,
+    policy: RestartPolicy,
+}
+
+impl ForzeSupervisor {
+    async fn spawn_child(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        kind: ChildKind,
+    ) -> Result<(), ActorProcessingErr> {
+        let shared = state.shared.clone();
+        let cell = match &kind {
+            ChildKind::Pool => {
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.pool()),
+                    PoolActor,
+                    shared.clone(),
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+            ChildKind::Counter(name) => {
+                let counter = shared
+                    .counters
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown counter {name}"))?;
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.counter(name)),
+                    CounterActor,
+                    CounterActorArgs {
+                        shared: shared.clone(),
+                        counter,
+                    },
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+        };
+        state.children.insert(cell.get_id(), (kind, cell));
+        Ok(())
+    }
+
+    /// Stop the tree in order: refuse callers, stop resource actors, drain request tasks,
+    /// stop the pool actor, close the connections.
+    async fn shut_down_tree(state: &mut SupervisorState) {
+        let shared = &state.shared;
+        shared.shutting_down.store(true, Ordering::Release);
+        let timeout = shared.config.supervision.shutdown_timeout;
+        let (pool, resources): (Vec<_>, Vec<_>) = state
+            .children
+            .drain()
+            .map(|(_, child)| child)
+            .partition(|(kind, _)| *kind == ChildKind::Pool);
+        for (kind, cell) in resources {
+            if cell.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+                tracing::warn!(?kind, "child did not stop in time; killing it");
+                cell.kill();
+            }
+        }
+        shared.tasks.close();
+        if tokio::time::timeout(timeout, shared.tasks.wait()).await.is_err() {
+            tracing::warn!("request tasks still running at shutdown");
+        }
+        for (_, cell) in pool {
+            if cell.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+                cell.kill();
+            }
+        }
+        if let Some(conn) = &shared.connection {
+            conn.quit(timeout).await;
+        }
+        tracing::info!(prefix = shared.names.prefix(), "forze supervisor shut down");
+    }
+}
+
+impl Actor for ForzeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        shared: Arc<Shared>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        if let Some(conn) = &shared.connection {
+            // Never waits for Redis: callers are served (or refused) while it comes up.
+            conn.connect_in_background();
+        }
+        let mut state = SupervisorState {
+            policy: RestartPolicy::new(&shared.config.supervision),
+            shared,
+            children: HashMap::new(),
+            restarting: 0,
+        };
+        if state.shared.connection.is_some() {
+            Self::spawn_child(&myself, &mut state, ChildKind::Pool).await?;
+        }
+        let names: Vec<String> = state.shared.counters.keys().cloned().collect();
+        for name in names {
+            Self::spawn_child(&myself, &mut state, ChildKind::Counter(name)).await?;
+        }
+        tracing::info!(
+            prefix = state.shared.names.prefix(),
+            mode = if state.shared.connection.is_some() { "redis" } else { "embedded" },
+            "forze supervisor started"
+        );
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        Self::shut_down_tree(state).await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Stats(reply) => {
+                let _ = reply.send(SupervisorStats {
+                    restarts: state.policy.total(),
+                    children_running: state.children.len(),
+                    children_restarting: state.restarting,
+                });
+            }
+            SupervisorMsg::Respawn(kind) => {
+                state.restarting = state.restarting.saturating_sub(1);
+                if state.shared.shutting_down.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                if let Err(e) = Self::spawn_child(&myself, state, kind.clone()).await {
+                    tracing::error!(?kind, error = %e, "restart failed");
+                    return self.on_child_down(&myself, state, kind, e.to_string()).await;
+                }
+                tracing::info!(?kind, "child restarted");
+            }
+            #[cfg(feature = "fault-injection")]
+            SupervisorMsg::PanicChild(kind, reply) => {
+                let target = state.children.values().find(|(k, _)| *k == kind);
+                let found = target.is_some();
+                if let Some((_, cell)) = target {
+                    match &kind {
+                        ChildKind::Pool => {
+                            let _ = ActorRef::<crate::pool::PoolMsg>::from(cell.clone())
+                                .cast(crate::pool::PoolMsg::Panic);
+                        }
+                        ChildKind::Counter(_) => {
+                            let _ = ActorRef::<crate::counter::CounterMsg>::from(cell.clone())
+                                .cast(crate::counter::CounterMsg::Panic);
+                        }
+                    }
+                }
+                let _ = reply.send(found);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never fall back to ractor's default, which stops the supervisor on any child exit.
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            }
+            _ => return Ok(()),
+        };
+        let Some((kind, _)) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.shared.shutting_down.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.on_child_down(&myself, state, kind, why).await
+    }
+}
+
+impl ForzeSupervisor {
+    async fn on_child_down(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        kind: ChildKind,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let child = format!("{kind:?}");
+        match state.policy.on_failure(&child, Instant::now()) {
+            RestartDecision::RestartAfter(delay) => {
+                tracing::warn!(child, why, ?delay, "child down; restarting");
+                state.restarting += 1;
+                myself.send_after(delay, move || SupervisorMsg::Respawn(kind));
+                Ok(())
+            }
+            RestartDecision::Escalate => {
+                tracing::error!(child, why, "restart intensity exceeded; supervisor fails");
+                Self::shut_down_tree(state).await;
+                Err(format!("restart intensity exceeded ({child} {why})").into())
+            }
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! The configuration tree.
+//!
+//! One serde tree ([`Config`]) read from TOML (or any serde format), durations written as
+//! humantime strings (`"250ms"`, `"30s"`, `"24h"`). Every field has a documented default, so an
+//! empty document is a valid configuration: embedded local mode with no resources.
+//! [`Config::validate`] checks everything at start and names the offending field in the error
+//! (`counters.orders.namespace`). The Redis URL is a [`RedisUrl`], whose `Debug` and `Display`
+//! never show the password.
+//!
+//! ```
+//! let cfg = forze_redis::Config::from_toml_str(r#"
+//!     [redis]
+//!     url = "redis://:s3cret@127.0.0.1:7000"
+//!     command_timeout = "500ms"
+//!
+//!     [counters.orders]
+//!     fallback = "local"
+//! "#).unwrap();
+//! assert!(!format!("{cfg:?}").contains("s3cret"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+use crate::keys::{KeyPrefix, Namespace};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Redis connection. Absent: embedded local mode, every contract on process-local state.
+    pub redis: Option<RedisConfig>,
+    /// First segment of every Redis key (default `forze`), so deployments can share a server.
+    pub key_prefix: String,
+    /// Restart and shutdown policy of the actor tree.
+    pub supervision: SupervisionConfig,
+    /// Counter resources by name.
+    pub counters: BTreeMap<String, CounterConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            redis: None,
+            key_prefix: "forze".into(),
+            supervision: SupervisionConfig::default(),
+            counters: BTreeMap::new(),
+        }
+    }
+}
+
+/// The Redis connection (section 6 of the spec). RESP3 is always on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`, `redis+unix://` (and
+    /// the `valkey…` spellings). Required.
+    pub url: RedisUrl,
+    /// Connections in the pool (default 4).
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// Time allowed to open one connection (default 2 s).
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Per-command time limit (default 1 s). A write that exceeds it is `OutcomeUnknown`.
+    #[serde(default = "defaults::command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// A connection with a request unanswered this long is closed and reconnected
+    /// (default 2 s). This is what detects a black-holed peer.
+    #[serde(default = "defaults::unresponsive_timeout", with = "humantime_serde")]
+    pub unresponsive_timeout: Duration,
+    /// How often the pool actor probes connection health with `PING` (default 500 ms).
+    #[serde(default = "defaults::health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+    /// TCP keepalive idle time (default 30 s); `"0s"` disables it.
+    #[serde(default = "defaults::tcp_keepalive", with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Linux `TCP_USER_TIMEOUT` (default 10 s); `"0s"` disables it.
+    #[serde(default = "defaults::tcp_user_timeout", with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+    /// `CLIENT SETNAME` of every connection (default `forze`).
+    #[serde(default = "defaults::client_name")]
+    pub client_name: String,
+}
+
+/// Reconnect backoff of the connection pool: exponential, jittered, forever by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// First delay (default 100 ms).
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Largest delay (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Random jitter added to each delay (default 50 ms).
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Attempts before giving up; 0 = never give up (default 0).
+    pub max_attempts: u32,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            jitter: Duration::from_millis(50),
+            max_attempts: 0,
+        }
+    }
+}
+
+/// Restart and shutdown policy of the actor tree (section 2 of the spec).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Prefix of every registered actor name (default `forze`: `forze.supervisor`,
+    /// `forze.pool`…). Give each supervisor in one process its own.
+    pub name_prefix: String,
+    /// First restart delay of a failed child (default 100 ms), doubled per recent restart.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_min: Duration,
+    /// Largest restart delay (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    /// Restarts allowed within `restart_window` before the supervisor fails to its parent
+    /// (default 10).
+    pub max_restarts: u32,
+    /// The window of the restart intensity limit (default 60 s).
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    /// Time limit of a request that needs an actor's mailbox (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Time allowed for the graceful shutdown of each stage (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            name_prefix: "forze".into(),
+            restart_backoff_min: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(5),
+            max_restarts: 10,
+            restart_window: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a resource does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Return `Unavailable` (default).
+    #[default]
+    Unavailable,
+    /// Serve from process-local state. For counters this gives up fleet-wide uniqueness while
+    /// Redis is down.
+    Local,
+}
+
+/// One counter resource.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CounterConfig {
+    /// Key namespace; defaults to the resource name.
+    pub namespace: Option<String>,
+    /// Require a tenant on every operation and isolate tenants' counters (default false).
+    pub tenant_aware: bool,
+    /// Behaviour while Redis is unreachable (default `unavailable`).
+    pub fallback: Fallback,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn pool_size() -> usize {
+        4
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn command_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn unresponsive_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn tcp_keepalive() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn tcp_user_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn client_name() -> String {
+        "forze".into()
+    }
+}
+
+impl RedisConfig {
+    /// A configuration for `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: RedisUrl::new(url),
+            pool_size: defaults::pool_size(),
+            connect_timeout: defaults::connect_timeout(),
+            command_timeout: defaults::command_timeout(),
+            unresponsive_timeout: defaults::unresponsive_timeout(),
+            health_interval: defaults::health_interval(),
+            reconnect: ReconnectConfig::default(),
+            tcp_keepalive: defaults::tcp_keepalive(),
+            tcp_user_timeout: defaults::tcp_user_timeout(),
+            client_name: defaults::client_name(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.url.to_fred_config()?;
+        if self.pool_size == 0 || self.pool_size > 256 {
+            return Err(Error::config("redis.pool_size", "must be between 1 and 256"));
+        }
+        for (field, d) in [
+            ("redis.connect_timeout", self.connect_timeout),
+            ("redis.command_timeout", self.command_timeout),
+            ("redis.unresponsive_timeout", self.unresponsive_timeout),
+            ("redis.health_interval", self.health_interval),
+            ("redis.reconnect.min_delay", self.reconnect.min_delay),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(field, "must be greater than zero"));
+            }
+        }
+        if self.reconnect.max_delay < self.reconnect.min_delay {
+            return Err(Error::config(
+                "redis.reconnect.max_delay",
+                "must not be below redis.reconnect.min_delay",
+            ));
+        }
+        if self.client_name.is_empty()
+            || !self
+                .client_name
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != ' ')
+        {
+            return Err(Error::config(
+                "redis.client_name",
+                "must be non-empty printable ASCII without spaces",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parse and validate a TOML document. Errors name the offending field.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| Error::config("<document>", e.message().to_string()))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            Error::config(path, e.into_inner().message().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a TOML file.
+    pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Check every field; the error names the first offending one.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(redis) = &self.redis {
+            redis.validate()?;
+        }
+        self.key_prefix()?;
+        validate_name_prefix(&self.supervision.name_prefix)?;
+        let s = &self.supervision;
+        if s.restart_backoff_max < s.restart_backoff_min {
+            return Err(Error::config(
+                "supervision.restart_backoff_max",
+                "must not be below supervision.restart_backoff_min",
+            ));
+        }
+        if s.restart_window.is_zero() {
+            return Err(Error::config("supervision.restart_window", "must be greater than zero"));
+        }
+        if s.call_timeout.is_zero() {
+            return Err(Error::config("supervision.call_timeout", "must be greater than zero"));
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, counter) in &self.counters {
+            validate_resource_name(&format!("counters.{name}"), name)?;
+            let ns = self.counter_namespace(name, counter)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    format!("counters.{name}.namespace"),
+                    format!("namespace `{ns}` is already used by counters.{other}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The validated key prefix.
+    pub fn key_prefix(&self) -> Result<KeyPrefix> {
+        KeyPrefix::parse("key_prefix", &self.key_prefix)
+    }
+
+    /// The validated namespace of counter `name`.
+    pub fn counter_namespace(&self, name: &str, counter: &CounterConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("counters.{name}.namespace"),
+            counter.namespace.as_deref().unwrap_or(name),
+        )
+    }
+}
+
+fn validate_resource_name(field: &str, name: &str) -> Result<()> {
+    // Resource names become actor names and default namespaces: same charset as namespaces.
+    Namespace::parse(field, name).map(|_| ())
+}
+
+fn validate_name_prefix(prefix: &str) -> Result<()> {
+    KeyPrefix::parse("supervision.name_prefix", prefix).map(|_| ())
+}
+
+/// The URL schemes fred understands.
+const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "redis-cluster",
+    "rediss-cluster",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+    "redis+unix",
+    "valkey+unix",
+];
+
+/// A Redis URL whose password never shows in `Debug` or `Display`.
+#[derive(Clone)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Wrap a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisUrl(url.into())
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    /// The fred configuration for this URL (RESP3). Errors never contain the URL.
+    pub fn to_fred_config(&self) -> Result<fred::types::config::Config> {
+        let scheme = self.0.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !SCHEMES.contains(&scheme) {
+            return Err(Error::config(
+                "redis.url",
+                format!("unsupported scheme `{scheme}`; expected one of {}", SCHEMES.join(", ")),
+            ));
+        }
+        let mut cfg = fred::types::config::Config::from_url(&self.0).map_err(|e| {
+            // fred's message may quote the URL: report only the error kind and the redacted URL.
+            Error::config(
+                "redis.url",
+                format!("cannot parse {} ({:?})", self.redacted(), e.kind()),
+            )
+        })?;
+        cfg.version = fred::types::RespVersion::RESP3;
+        Ok(cfg)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(RedisUrl(String::deserialize(d)?))
+    }
+}
+
+/// Replace the password of `scheme://user:password@host…` and of query parameters whose
+/// name contains `password` with `***`.
+fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let authority_end = out[auth_start..]
+            .find(['/', '?'])
+            .map(|i| auth_start + i)
+            .unwrap_or(out.len());
+        if let Some(at) = out[auth_start..authority_end].rfind('@') {
+            let at = auth_start + at;
+            if let Some(colon) = out[auth_start..at].find(':') {
+                out.replace_range(auth_start + colon + 1..at, "***");
+            } else if at > auth_start {
+                // `redis://secret@host` is a password without a user.
+                out.replace_range(auth_start..at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", redacted.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_is_embedded_mode_with_defaults() {
+        let cfg = Config::from_toml_str("").unwrap();
+        assert!(cfg.redis.is_none());
+        assert_eq!(cfg.key_prefix, "forze");
+        assert_eq!(cfg.supervision.max_restarts, 10);
+        assert_eq!(cfg.supervision.restart_backoff_min, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn durations_are_humantime_strings() {
+        let cfg = Config::from_toml_str(
+            "[redis]\nurl = \"redis://127.0.0.1:7000\"\ncommand_timeout = \"250ms\"\n[supervision]\nrestart_window = \"2m\"",
+        )
+        .unwrap();
+        let r = cfg.redis.unwrap();
+        assert_eq!(r.command_timeout, Duration::from_millis(250));
+        assert_eq!(r.pool_size, 4);
+        assert_eq!(cfg.supervision.restart_window, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn errors_name_the_offending_field() {
+        let cases = [
+            ("[redis]\nurl = \"redis://h:1\"\ncommand_timeout = \"soon\"", "redis.command_timeout"),
+            ("[redis]\nurl = \"redis://h:1\"\npool_size = 0", "redis.pool_size"),
+            ("[redis]\nurl = \"nope://h\"", "redis.url"),
+            ("[counters.orders]\nnamespace = \"a:b\"", "counters.orders.namespace"),
+            ("[counters.orders]\nfallback = \"maybe\"", "counters.orders.fallback"),
+            ("[counters.orders]\nbogus = 1", "counters.orders"),
+            ("key_prefix = \"a{b\"", "key_prefix"),
+            ("[counters.a]\nnamespace = \"x\"\n[counters.b]\nnamespace = \"x\"", "counters.b.namespace"),
+            ("[supervision]\nname_prefix = \"\"", "supervision.name_prefix"),
+        ];
+        for (doc, field) in cases {
+            let err = Config::from_toml_str(doc).unwrap_err();
+            assert!(
+                err.to_string().contains(field),
+                "error for {doc:?} should name {field}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        for url in [
+            "redis://user:hunter2@host:6380/0",
+            "redis://:hunter2@host:6380",
+            "rediss://hunter2@host",
+            "redis-sentinel://h:26379?sentinelServiceName=m&sentinelPassword=hunter2",
+        ] {
+            let u = RedisUrl::new(url);
+            assert!(!format!("{u:?}").contains("hunter2"), "{u:?}");
+            assert!(!u.to_string().contains("hunter2"), "{u}");
+        }
+        let bad = Config::from_toml_str("[redis]\nurl = \"bogus://:hunter2@h\"").unwrap_err();
+        assert!(!bad.to_string().contains("hunter2"), "{bad}");
+        assert!(!format!("{bad:?}").contains("hunter2"), "{bad:?}");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../examples/forze.toml");
+        Config::from_toml_str(text).unwrap();
+    }
+}

@@ -1,0 +1,277 @@
+//! The Redis connection pool with safe settings, command options and script execution.
+//!
+//! fred's defaults are unsafe for us (see `reference/fred-ractor-facts.md`): no reconnect
+//! policy, no command timeout, no detection of a half-open peer, and in-flight writes replayed
+//! after a reconnect. [`RedisConnection::build`] fixes each of them:
+//!
+//! | setting | value | why |
+//! |---|---|---|
+//! | RESP3 | always | client-side caching pushes need it |
+//! | reconnect policy | exponential, jittered, forever | fred never reconnects without one |
+//! | `fail_fast` (config) | false | start while Redis is down; connect in the background |
+//! | per-command `timeout` | `command_timeout` | fred has no default timeout |
+//! | per-command `fail_fast` | true | a call while disconnected errors at once |
+//! | writes: `max_attempts` | 1 | a lost reply is `OutcomeUnknown`, never a silent replay |
+//! | `unresponsive.max_timeout` | `unresponsive_timeout` | detects black-holed connections |
+//! | `internal_command_timeout`, `connection_timeout` | `connect_timeout` | the handshake waits on them |
+//! | TCP keepalive, `TCP_USER_TIMEOUT` | configured | dead peers found by the kernel too |
+//!
+//! Every command picks a *connected* client of the pool; when none is connected the call fails
+//! with `Unavailable` before anything is sent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fred::clients::{Client, Pool};
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::types::config::{Options, ReconnectPolicy, TcpConfig, UnresponsiveConfig};
+use fred::types::{FromValue, MultipleKeys, MultipleValues, Value};
+
+use crate::config::RedisConfig;
+use crate::error::{Access, DriverErrorClass, Error, Result};
+use crate::scripts::Script;
+
+/// The shared connection pool and the options every command is sent with. Cheap to share
+/// behind an `Arc`; clones of the inner fred pool are handed to callers' tasks.
+#[derive(Debug)]
+pub struct RedisConnection {
+    pool: Pool,
+    command_timeout: Duration,
+    read_opts: Options,
+    write_opts: Options,
+    script_reloads: AtomicU64,
+}
+
+fn millis_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl RedisConnection {
+    /// Build the pool with the safe settings above. Does not connect.
+    pub fn build(cfg: &RedisConfig) -> Result<Self> {
+        let mut fred_cfg = cfg.url.to_fred_config()?;
+        // Start while Redis is down: connect() in the background instead of failing init.
+        fred_cfg.fail_fast = false;
+        let mut policy = ReconnectPolicy::new_exponential(
+            cfg.reconnect.max_attempts,
+            millis_u32(cfg.reconnect.min_delay),
+            millis_u32(cfg.reconnect.max_delay),
+            2,
+        );
+        policy.set_jitter(millis_u32(cfg.reconnect.jitter));
+
+        let mut builder = fred::types::Builder::from_config(fred_cfg);
+        builder
+            .set_policy(policy)
+            .with_connection_config(|c| {
+                c.connection_timeout = cfg.connect_timeout;
+                c.internal_command_timeout = cfg.connect_timeout;
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(cfg.unresponsive_timeout),
+                    interval: (cfg.unresponsive_timeout / 4).max(Duration::from_millis(50)),
+                };
+                // Writes are sent once; reads may be retried within their timeout.
+                c.max_command_attempts = 2;
+                c.tcp = tcp_config(cfg);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = cfg.command_timeout;
+                // fred's event channels end silently on lag; keep them roomy.
+                p.broadcast_channel_capacity = 4096;
+            });
+        let pool = builder
+            .build_pool(cfg.pool_size)
+            .map_err(|e| Error::config("redis", format!("cannot build the pool ({:?})", e.kind())))?;
+
+        let read_opts = Options {
+            timeout: Some(cfg.command_timeout),
+            fail_fast: true,
+            ..Default::default()
+        };
+        let write_opts = Options {
+            max_attempts: Some(1),
+            ..read_opts.clone()
+        };
+        Ok(RedisConnection {
+            pool,
+            command_timeout: cfg.command_timeout,
+            read_opts,
+            write_opts,
+            script_reloads: AtomicU64::new(0),
+        })
+    }
+
+    /// Start connecting every client in the background. Returns at once; callers are served
+    /// (or refused with `Unavailable`) while the connections come up.
+    pub fn connect_in_background(&self) {
+        // The connection tasks run until `quit`; their handles are not needed.
+        drop(self.pool.connect_pool());
+    }
+
+    /// The fred pool, for the pool actor's health checks and events.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The per-command time limit.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// How many times a script was re-sent with `EVAL` after `NOSCRIPT`.
+    pub fn script_reloads(&self) -> u64 {
+        self.script_reloads.load(Ordering::Relaxed)
+    }
+
+    /// A connected client for `op`, or `Unavailable` without sending anything.
+    pub fn client(&self, op: &'static str) -> Result<&Client> {
+        let client = self.pool.next_connected();
+        if client.is_connected() {
+            Ok(client)
+        } else {
+            Err(Error::unavailable(op))
+        }
+    }
+
+    /// The options for a command of the given access.
+    pub fn options(&self, access: Access) -> &Options {
+        match access {
+            Access::Read => &self.read_opts,
+            Access::Write => &self.write_opts,
+        }
+    }
+
+    /// Map a fred error of `op` to our error.
+    pub fn error(&self, op: &'static str, access: Access, err: fred::error::Error) -> Error {
+        Error::from_driver(op, access, self.command_timeout, err)
+    }
+
+    /// Run `script` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
+    pub async fn eval<R, K, V>(
+        &self,
+        op: &'static str,
+        access: Access,
+        script: &Script,
+        keys: K,
+        args: V,
+    ) -> Result<R>
+    where
+        R: FromValue,
+        K: Into<MultipleKeys> + Clone + Send,
+        V: TryInto<MultipleValues> + Clone + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
+        let client = self.client(op)?.with_options(self.options(access));
+        match client
+            .evalsha::<Value, _, _, _>(script.sha1(), keys.clone(), args.clone())
+            .await
+        {
+            Ok(v) => v.convert().map_err(|e| self.error(op, access, e)),
+            Err(e) if DriverErrorClass::of(&e) == DriverErrorClass::NoScript => {
+                // NOSCRIPT proves the script did not run: sending the source is safe.
+                self.script_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(script = script.name(), "NOSCRIPT: reloading with EVAL");
+                client
+                    .eval::<R, _, _, _>(script.source(), keys, args)
+                    .await
+                    .map_err(|e| self.error(op, access, e))
+            }
+            Err(e) => Err(self.error(op, access, e)),
+        }
+    }
+
+    /// A snapshot of the clients' connection state.
+    pub fn health(&self) -> Health {
+        let total = self.pool.size();
+        let connected = self
+            .pool
+            .clients()
+            .iter()
+            .filter(|c| c.is_connected())
+            .count();
+        Health {
+            state: HealthState::from_counts(connected, total),
+            since: SystemTime::now(),
+            connected,
+            total,
+        }
+    }
+
+    /// Close every connection. Bounded by `timeout`; connections still open then are dropped.
+    pub async fn quit(&self, timeout: Duration) {
+        let quits = self.pool.clients().iter().map(|c| {
+            let c = c.clone();
+            async move {
+                if tokio::time::timeout(timeout, c.quit()).await.is_err() {
+                    tracing::warn!("redis client did not quit in time");
+                }
+            }
+        });
+        for q in quits {
+            q.await;
+        }
+    }
+}
+
+fn tcp_config(cfg: &RedisConfig) -> TcpConfig {
+    TcpConfig {
+        nodelay: Some(true),
+        keepalive: (!cfg.tcp_keepalive.is_zero()).then(|| {
+            socket2::TcpKeepalive::new()
+                .with_time(cfg.tcp_keepalive)
+                .with_interval((cfg.tcp_keepalive / 3).max(Duration::from_secs(1)))
+        }),
+        #[cfg(target_os = "linux")]
+        user_timeout: (!cfg.tcp_user_timeout.is_zero()).then_some(cfg.tcp_user_timeout),
+        ..Default::default()
+    }
+}
+
+/// Connection health as the pool actor publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// Every connection is up.
+    Up,
+    /// Some connections are up.
+    Degraded,
+    /// No connection is up: Redis-backed calls fail fast or fall back.
+    Down,
+    /// No Redis is configured: everything runs on local state.
+    Embedded,
+}
+
+impl HealthState {
+    /// The state for `connected` of `total` connections.
+    pub fn from_counts(connected: usize, total: usize) -> Self {
+        match connected {
+            0 => HealthState::Down,
+            n if n >= total => HealthState::Up,
+            _ => HealthState::Degraded,
+        }
+    }
+}
+
+/// A health report: state, since when, and connection counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The state.
+    pub state: HealthState,
+    /// When the state last changed.
+    pub since: SystemTime,
+    /// Connected clients.
+    pub connected: usize,
+    /// Clients in the pool.
+    pub total: usize,
+}
+
+impl Health {
+    /// The health of embedded local mode.
+    pub fn embedded() -> Self {
+        Health {
+            state: HealthState::Embedded,
+            since: SystemTime::now(),
+            connected: 0,
+            total: 0,
+        }
+    }
+}

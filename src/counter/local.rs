@@ -1,0 +1,69 @@
+//! The process-local counter store: embedded mode and the `fallback = "local"` degraded mode.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::{out_of_range, CounterStore};
+use crate::error::Result;
+use crate::keys::parts_after_base;
+
+/// Counters in a `DashMap` keyed by the same key strings Redis would hold, so one store serves
+/// every counter resource of a supervisor. Cloning shares the map; the supervisor keeps one
+/// for its lifetime so values survive actor restarts.
+#[derive(Debug, Clone)]
+pub struct LocalCounterStore {
+    values: Arc<DashMap<String, i64>>,
+}
+
+impl LocalCounterStore {
+    /// A store over `values`.
+    pub fn new(values: Arc<DashMap<String, i64>>) -> Self {
+        LocalCounterStore { values }
+    }
+
+    /// Apply `f` to the value atomically (the entry is locked while `f` runs); refuse when `f`
+    /// returns `None`, leaving the value as it was.
+    fn update(&self, op: &'static str, key: &str, f: impl FnOnce(i64) -> Option<i64>) -> Result<i64> {
+        let mut entry = self.values.entry(key.to_string()).or_insert(0);
+        match f(*entry) {
+            Some(v) => {
+                *entry = v;
+                Ok(v)
+            }
+            None => Err(out_of_range(op)),
+        }
+    }
+}
+
+impl CounterStore for LocalCounterStore {
+    async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        self.update("counter.incr", key, |v| v.checked_add(by))
+    }
+
+    async fn decr(&self, key: &str, by: i64) -> Result<i64> {
+        // Like DECRBY: a decrement of i64::MIN is refused whatever the value.
+        self.update("counter.decr", key, |v| by.checked_neg().and_then(|n| v.checked_add(n)))
+    }
+
+    async fn get(&self, key: &str) -> Result<i64> {
+        Ok(self.values.get(key).map(|v| *v).unwrap_or(0))
+    }
+
+    async fn set(&self, key: &str, value: i64) -> Result<()> {
+        self.values.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
+        let mut rows: Vec<(String, Vec<String>, i64)> = self
+            .values
+            .iter()
+            .filter_map(|e| {
+                parts_after_base(base, e.key()).map(|parts| (e.key().clone(), parts, *e.value()))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows.into_iter().map(|(_, p, v)| (p, v)).collect())
+    }
+}

@@ -1,0 +1,376 @@
+//! Atomic counters (section 8 of the spec).
+//!
+//! - [`CounterStore`] is the contract, implemented by [`RedisCounterStore`] (fleet-wide) and
+//!   [`LocalCounterStore`] (this process only). Both pass the same conformance battery.
+//! - [`Counter`] is one configured counter resource: it validates input before any I/O,
+//!   enforces tenancy, applies the configured [`Fallback`], counts and traces every operation.
+//!
+//! Guarantees: an untouched counter reads 0; `incr(0)` creates it at 0; every increment is
+//! atomic, so concurrent allocations (including [`Counter::incr_batch`] ranges) are distinct;
+//! results that would leave the `i64` range are refused with the value unchanged
+//! ([`ConflictReason::OutOfRange`]); increments are sent once, so a lost reply is
+//! `OutcomeUnknown`, never a silent second increment.
+//!
+//! Degraded mode: `Unavailable` while Redis is unreachable, unless the resource is configured
+//! `fallback = "local"`, in which case the process-local store serves it (and fleet-wide
+//! uniqueness is given up until Redis returns; the local values are not merged back).
+
+mod local;
+mod redis;
+
+use std::future::Future;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+pub use local::LocalCounterStore;
+pub use redis::RedisCounterStore;
+
+use crate::config::{CounterConfig, Fallback};
+use crate::error::{ConflictReason, Error, ErrorKind, Result};
+use crate::keys::{KeySpace, TenantId};
+
+/// Which counter of a resource: an optional tenant and an optional suffix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct CounterId {
+    /// The tenant; required by tenant-aware resources, ignored by the others.
+    pub tenant: Option<TenantId>,
+    /// A sub-counter (`orders:eu`), or `None` for the resource's main counter.
+    pub suffix: Option<String>,
+}
+
+impl CounterId {
+    /// The main counter, no tenant.
+    pub fn main() -> Self {
+        Self::default()
+    }
+
+    /// A suffixed counter, no tenant.
+    pub fn suffix(suffix: impl Into<String>) -> Self {
+        CounterId {
+            tenant: None,
+            suffix: Some(suffix.into()),
+        }
+    }
+
+    /// The same counter for `tenant`.
+    pub fn for_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+}
+
+/// One entry of [`Counter::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterEntry {
+    /// The suffix, `None` for the main counter.
+    pub suffix: Option<String>,
+    /// The value.
+    pub value: i64,
+}
+
+/// The counter contract, one key at a time. Keys come from the resource's [`KeySpace`].
+pub trait CounterStore: Send + Sync {
+    /// Add `by` (`INCRBY`) and return the new value; refused at the `i64` bounds.
+    fn incr(&self, key: &str, by: i64) -> impl Future<Output = Result<i64>> + Send;
+    /// Subtract `by` (`DECRBY`) and return the new value; refused at the `i64` bounds.
+    fn decr(&self, key: &str, by: i64) -> impl Future<Output = Result<i64>> + Send;
+    /// The value; 0 when the counter was never touched.
+    fn get(&self, key: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// Set the value.
+    fn set(&self, key: &str, value: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Every counter directly under `base` (a [`KeySpace::tenant_base`]),
+    /// as (parts, value). Exact: keys of another tenant or namespace are never returned.
+    fn list(&self, base: &str) -> impl Future<Output = Result<Vec<(Vec<String>, i64)>>> + Send;
+}
+
+/// Operation counts of one counter resource.
+#[derive(Debug, Default)]
+pub struct CounterStats {
+    ops: AtomicU64,
+    errors: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+/// A point-in-time copy of [`CounterStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterStatsSnapshot {
+    /// Operations attempted.
+    pub ops: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+    /// Operations served by the local fallback because Redis was unavailable.
+    pub fallbacks: u64,
+}
+
+impl CounterStats {
+    /// Copy the counts.
+    pub fn snapshot(&self) -> CounterStatsSnapshot {
+        CounterStatsSnapshot {
+            ops: self.ops.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One configured counter resource.
+#[derive(Debug)]
+pub struct Counter {
+    name: String,
+    space: KeySpace,
+    tenant_aware: bool,
+    fallback: Fallback,
+    redis: Option<RedisCounterStore>,
+    local: LocalCounterStore,
+    stats: CounterStats,
+}
+
+impl Counter {
+    /// A counter resource. `redis` is `None` in embedded local mode; `local` is the
+    /// process-local store, shared by the supervisor so that it survives actor restarts.
+    pub fn new(
+        name: impl Into<String>,
+        space: KeySpace,
+        config: &CounterConfig,
+        redis: Option<RedisCounterStore>,
+        local: LocalCounterStore,
+    ) -> Self {
+        Counter {
+            name: name.into(),
+            space,
+            tenant_aware: config.tenant_aware,
+            fallback: config.fallback,
+            redis,
+            local,
+            stats: CounterStats::default(),
+        }
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The operation counts.
+    pub fn stats(&self) -> CounterStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Add `by` (may be 0 or negative) and return the new value.
+    pub async fn incr(&self, id: &CounterId, by: i64) -> Result<i64> {
+        match self.run(id.tenant.as_ref(), self.key(id), Op::Incr(by)).await? {
+            Out::Value(v) => Ok(v),
+            _ => Err(unexpected("incr")),
+        }
+    }
+
+    /// Subtract `by` and return the new value.
+    pub async fn decr(&self, id: &CounterId, by: i64) -> Result<i64> {
+        match self.run(id.tenant.as_ref(), self.key(id), Op::Decr(by)).await? {
+            Out::Value(v) => Ok(v),
+            _ => Err(unexpected("decr")),
+        }
+    }
+
+    /// Allocate `size` consecutive values in one atomic step; returns them ascending.
+    /// `size` must be at least 1 (checked before any I/O).
+    pub async fn incr_batch(&self, id: &CounterId, size: i64) -> Result<RangeInclusive<i64>> {
+        let key = if size < 1 {
+            Err(Error::validation("size", "batch size must be at least 1"))
+        } else {
+            self.key(id)
+        };
+        match self.run(id.tenant.as_ref(), key, Op::Batch(size)).await? {
+            // last - size + 1 cannot overflow: the value before was last - size >= i64::MIN.
+            Out::Value(last) => Ok((last - size + 1)..=last),
+            _ => Err(unexpected("incr_batch")),
+        }
+    }
+
+    /// The value; 0 when never touched.
+    pub async fn get(&self, id: &CounterId) -> Result<i64> {
+        match self.run(id.tenant.as_ref(), self.key(id), Op::Get).await? {
+            Out::Value(v) => Ok(v),
+            _ => Err(unexpected("get")),
+        }
+    }
+
+    /// Set the value; returns it. Use [`checked_value`] to range-check wider inputs first.
+    pub async fn reset(&self, id: &CounterId, value: i64) -> Result<i64> {
+        match self.run(id.tenant.as_ref(), self.key(id), Op::Reset(value)).await? {
+            Out::Value(v) => Ok(v),
+            _ => Err(unexpected("reset")),
+        }
+    }
+
+    /// Every counter of this resource for `tenant`, by suffix (`None` first). Exact: the
+    /// namespace `orders` never lists `orders_archive`. Counters deleted meanwhile are skipped.
+    pub async fn list(&self, tenant: Option<&TenantId>) -> Result<Vec<CounterEntry>> {
+        let base = self.tenant(tenant).map(|t| self.space.tenant_base(t));
+        let rows = match self.run(tenant, base, Op::List).await? {
+            Out::Rows(rows) => rows,
+            _ => return Err(unexpected("list")),
+        };
+        let mut out: Vec<CounterEntry> = rows
+            .into_iter()
+            .filter_map(|(parts, value)| match parts.as_slice() {
+                [] => Some(CounterEntry { suffix: None, value }),
+                [suffix] => Some(CounterEntry {
+                    suffix: Some(suffix.clone()),
+                    value,
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.suffix.cmp(&b.suffix));
+        Ok(out)
+    }
+
+    fn tenant<'a>(&self, tenant: Option<&'a TenantId>) -> Result<Option<&'a TenantId>> {
+        match (self.tenant_aware, tenant) {
+            (true, None) => Err(Error::TenantRequired {
+                resource: self.name.clone(),
+            }),
+            (true, t) => Ok(t),
+            // Not tenant-aware: the tenant does not take part in the key.
+            (false, _) => Ok(None),
+        }
+    }
+
+    fn key(&self, id: &CounterId) -> Result<String> {
+        let tenant = self.tenant(id.tenant.as_ref())?;
+        let key = match id.suffix.as_deref() {
+            None => self.space.key(tenant, &[]),
+            Some("") => Err(Error::validation("suffix", "must not be empty")),
+            Some(s) => self.space.key(tenant, &[s]),
+        }?;
+        Ok(key.as_str().to_string())
+    }
+
+    /// Run `op` on `target` (a key, or the tenant base for `list`) against Redis, or local
+    /// state in embedded mode, falling back to local state when configured and Redis is
+    /// unavailable; count and trace it. A `target` error (validation) is returned before I/O.
+    async fn run(
+        &self,
+        tenant: Option<&TenantId>,
+        target: Result<String>,
+        op: Op,
+    ) -> Result<Out> {
+        let span = tracing::debug_span!(
+            "forze.counter",
+            resource = %self.name,
+            op = op.name(),
+            tenant = tenant.map(TenantId::as_str),
+            outcome = tracing::field::Empty,
+            served = tracing::field::Empty,
+        );
+        async {
+            self.stats.ops.fetch_add(1, Ordering::Relaxed);
+            let (result, served) = match (&target, &self.redis) {
+                (Err(e), _) => (Err(e.clone()), "none"),
+                (Ok(t), None) => (exec(&self.local, t, op).await, "local"),
+                (Ok(t), Some(redis)) => match exec(redis, t, op).await {
+                    Err(e) if self.should_fall_back(&e) => {
+                        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "redis unavailable: serving from local state");
+                        (exec(&self.local, t, op).await, "fallback")
+                    }
+                    other => (other, "redis"),
+                },
+            };
+            let span = tracing::Span::current();
+            span.record("served", served);
+            match &result {
+                Ok(_) => span.record("outcome", "ok"),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    span.record("outcome", tracing::field::debug(e.kind()))
+                }
+            };
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn should_fall_back(&self, e: &Error) -> bool {
+        // Only errors that prove the operation did not run; never OutcomeUnknown.
+        self.fallback == Fallback::Local && e.kind() == ErrorKind::Unavailable
+    }
+}
+
+/// One counter operation, so [`Counter::run`] can send it to either store.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Incr(i64),
+    Decr(i64),
+    Batch(i64),
+    Get,
+    Reset(i64),
+    List,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Incr(_) => "incr",
+            Op::Decr(_) => "decr",
+            Op::Batch(_) => "incr_batch",
+            Op::Get => "get",
+            Op::Reset(_) => "reset",
+            Op::List => "list",
+        }
+    }
+}
+
+enum Out {
+    Value(i64),
+    Rows(Vec<(Vec<String>, i64)>),
+}
+
+async fn exec<S: CounterStore>(store: &S, target: &str, op: Op) -> Result<Out> {
+    Ok(match op {
+        Op::Incr(by) | Op::Batch(by) => Out::Value(store.incr(target, by).await?),
+        Op::Decr(by) => Out::Value(store.decr(target, by).await?),
+        Op::Get => Out::Value(store.get(target).await?),
+        Op::Reset(v) => {
+            store.set(target, v).await?;
+            Out::Value(v)
+        }
+        Op::List => Out::Rows(store.list(target).await?),
+    })
+}
+
+fn unexpected(op: &'static str) -> Error {
+    Error::internal(op, "mismatched counter result")
+}
+
+/// Range-check a value for [`Counter::reset`] before any I/O: anything outside `i64` is a
+/// `Validation` error naming `value`.
+pub fn checked_value<V>(value: V) -> Result<i64>
+where
+    V: TryInto<i64> + std::fmt::Display + Copy,
+{
+    value.try_into().map_err(|_| {
+        Error::validation(
+            "value",
+            format!("{value} is outside the counter range [{}, {}]", i64::MIN, i64::MAX),
+        )
+    })
+}
+
+/// The refusal every store returns when a result would leave the `i64` range.
+pub(crate) fn out_of_range(op: &'static str) -> Error {
+    Error::Conflict {
+        op: op.into(),
+        reason: ConflictReason::OutOfRange,
+    }
+}
+
+/// Build the shared local store.
+pub fn local_store() -> LocalCounterStore {
+    LocalCounterStore::new(Arc::default())
+}

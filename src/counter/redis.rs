@@ -1,0 +1,163 @@
+//! The Redis counter store: fleet-wide counters.
+//!
+//! `incr`/`decr` run `counter_add.lua` (INCRBY/DECRBY with a typed refusal at the `i64`
+//! bounds) with one attempt; `get` is `GET`; `set` is `SET`; `list` is a `SCAN` over the
+//! glob-escaped tenant base, filtered to exact matches, then `GET` of each key found.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::Value;
+
+use super::{out_of_range, CounterStore};
+use crate::connection::RedisConnection;
+use crate::error::{Access, Error, Result};
+use crate::keys::{glob_escape, parts_after_base};
+use crate::scripts::COUNTER_ADD;
+
+/// Keys per `SCAN` step.
+const SCAN_COUNT: u32 = 500;
+/// Upper bound of `SCAN` steps in one `list`, so a pathological keyspace cannot loop forever.
+const MAX_SCAN_STEPS: usize = 1_000_000;
+/// Keys per `GET` pipeline in `list`.
+const GET_CHUNK: usize = 500;
+
+/// Counters on Redis through the shared connection pool.
+#[derive(Debug, Clone)]
+pub struct RedisCounterStore {
+    conn: Arc<RedisConnection>,
+}
+
+impl RedisCounterStore {
+    /// A store over `conn`.
+    pub fn new(conn: Arc<RedisConnection>) -> Self {
+        RedisCounterStore { conn }
+    }
+
+    async fn add(&self, op: &'static str, command: &'static str, key: &str, by: i64) -> Result<i64> {
+        let reply: Vec<Value> = self
+            .conn
+            .eval(op, Access::Write, &COUNTER_ADD, key, vec![command.to_string(), by.to_string()])
+            .await?;
+        match reply.as_slice() {
+            [Value::Integer(1), value] => parse_i64(op, value),
+            [Value::Integer(0), reason] => match reason.as_str().as_deref() {
+                Some("range") | Some("notint") => Err(out_of_range(op)),
+                Some("wrongtype") => Err(Error::internal(op, "the counter key holds another type")),
+                _ => Err(Error::internal(op, "unexpected counter_add refusal")),
+            },
+            _ => Err(Error::internal(op, "unexpected counter_add reply")),
+        }
+    }
+}
+
+fn parse_i64(op: &'static str, value: &Value) -> Result<i64> {
+    match value {
+        Value::Integer(i) => Ok(*i),
+        Value::Null => Ok(0),
+        other => other
+            .as_str()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| Error::Codec {
+                message: format!("{op}: the stored counter is not an integer"),
+            }),
+    }
+}
+
+impl CounterStore for RedisCounterStore {
+    async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        self.add("counter.incr", "INCRBY", key, by).await
+    }
+
+    async fn decr(&self, key: &str, by: i64) -> Result<i64> {
+        self.add("counter.decr", "DECRBY", key, by).await
+    }
+
+    async fn get(&self, key: &str) -> Result<i64> {
+        const OP: &str = "counter.get";
+        let client = self.conn.client(OP)?;
+        let v: Value = client
+            .with_options(self.conn.options(Access::Read))
+            .get(key)
+            .await
+            .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+        parse_i64(OP, &v)
+    }
+
+    async fn set(&self, key: &str, value: i64) -> Result<()> {
+        const OP: &str = "counter.reset";
+        let client = self.conn.client(OP)?;
+        client
+            .with_options(self.conn.options(Access::Write))
+            .set::<(), _, _>(key, value, None, None, false)
+            .await
+            .map_err(|e| self.conn.error(OP, Access::Write, e))
+    }
+
+    async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
+        const OP: &str = "counter.list";
+        let client = self.conn.client(OP)?.with_options(self.conn.options(Access::Read));
+        let pattern = format!("{}*", glob_escape(base));
+        // BTreeMap: sorted, and SCAN may return a key more than once.
+        let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut cursor = "0".to_string();
+        for _ in 0..MAX_SCAN_STEPS {
+            let page: Value = client
+                .scan_page(cursor.clone(), pattern.clone(), Some(SCAN_COUNT), None)
+                .await
+                .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+            let (next, keys) = parse_scan_page(page)?;
+            for key in keys {
+                if let Some(parts) = parts_after_base(base, &key) {
+                    found.insert(key, parts);
+                }
+            }
+            // The loop ends on cursor 0 only: an empty page does not mean the end.
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        let keys: Vec<(String, Vec<String>)> = found.into_iter().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(GET_CHUNK) {
+            // One GET per key (not MGET): on a cluster the keys live in different slots.
+            let pipeline = client.pipeline();
+            for (key, _) in chunk {
+                pipeline
+                    .get::<(), _>(key.as_str())
+                    .await
+                    .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+            }
+            let values: Vec<Value> = pipeline
+                .all()
+                .await
+                .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+            for ((_, parts), value) in chunk.iter().zip(values) {
+                // Deleted since the scan: skipped, not reported as 0.
+                if !matches!(value, Value::Null) {
+                    out.push((parts.clone(), parse_i64(OP, &value)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_scan_page(page: Value) -> Result<(String, Vec<String>)> {
+    let bad = || Error::internal("counter.list", "unexpected SCAN reply");
+    let Value::Array(mut items) = page else {
+        return Err(bad());
+    };
+    if items.len() != 2 {
+        return Err(bad());
+    }
+    let keys = items.pop().ok_or_else(bad)?;
+    let cursor = items.pop().and_then(|c| c.as_string()).ok_or_else(bad)?;
+    let keys = match keys {
+        Value::Array(keys) => keys.into_iter().filter_map(|k| k.as_string()).collect(),
+        _ => return Err(bad()),
+    };
+    Ok((cursor, keys))
+}

@@ -1,0 +1,511 @@
+//! The one error type of forze-redis and the classification of driver errors.
+//!
+//! - [`Error`] is what every operation returns. Match on [`Error::kind`] (an [`ErrorKind`]) for
+//!   control flow; the variants carry the details.
+//! - [`DriverError`] wraps an error from fred together with its [`DriverErrorClass`]. The class
+//!   is decided once, in [`DriverErrorClass::of`], from fred's `ErrorKind` and, for error replies
+//!   from the server, from the RESP error code (the upper-case first word the protocol defines
+//!   for machine consumption: `WRONGTYPE`, `NOSCRIPT`, `BUSY`, `READONLY`, `LOADING`…). Nothing
+//!   downstream looks at message text.
+//! - Whether a driver failure means "did not run" ([`ErrorKind::Unavailable`]) or "may have run"
+//!   ([`ErrorKind::OutcomeUnknown`]) depends on whether the command was a write: see
+//!   [`Error::from_driver`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The machine-readable kind of an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Redis could not be reached; the operation did not run.
+    Unavailable,
+    /// A write whose reply was lost: it may or may not have been applied.
+    OutcomeUnknown,
+    /// A read (or a call to an actor) did not complete in time.
+    Timeout,
+    /// The operation conflicts with the stored state; see [`ConflictReason`].
+    Conflict,
+    /// The input is invalid; nothing was sent.
+    Validation,
+    /// Refused by a rate limit; retry after the given delay.
+    Throttled,
+    /// A lock lease was lost.
+    LockLost,
+    /// A stored value could not be decoded, or a value could not be encoded.
+    Codec,
+    /// The configuration is invalid.
+    Config,
+    /// A tenant-aware resource was used without a tenant.
+    TenantRequired,
+    /// A bug or an unexpected reply; not retryable.
+    Internal,
+}
+
+/// Why an operation conflicted with the stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictReason {
+    /// The result would leave the `i64` range (or the stored value is not an integer);
+    /// the stored value is unchanged.
+    OutOfRange,
+    /// A concurrent duplicate of the same request is in progress.
+    InProgress,
+    /// The same key was used with a different payload.
+    PayloadMismatch,
+    /// The caller does not own the record or lease it tried to change.
+    NotOwner,
+}
+
+impl fmt::Display for ConflictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConflictReason::OutOfRange => "value out of the i64 range; unchanged",
+            ConflictReason::InProgress => "a duplicate request is in progress",
+            ConflictReason::PayloadMismatch => "the key was used with a different payload",
+            ConflictReason::NotOwner => "not the owner",
+        })
+    }
+}
+
+/// Every error forze-redis returns.
+///
+/// Secrets never appear here: connection URLs are not part of any variant, and driver errors
+/// carry only what fred reports about a connection or what the server replied.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis could not be reached (or refused to serve: loading, read-only replica, cluster
+    /// down); the operation did not run. Safe to retry.
+    #[error("redis unavailable during {op}: the operation did not run")]
+    Unavailable {
+        /// The operation, e.g. `counter.incr`.
+        op: Cow<'static, str>,
+        /// The driver failure, when there was one.
+        #[source]
+        source: Option<DriverError>,
+    },
+    /// A write was sent but its reply was lost: it may have been applied. Not blindly retryable.
+    #[error("outcome of {op} unknown: the reply was lost, the write may have been applied")]
+    OutcomeUnknown {
+        /// The operation.
+        op: Cow<'static, str>,
+        /// The driver failure.
+        #[source]
+        source: Option<DriverError>,
+    },
+    /// A read or an actor call did not complete within `after`.
+    #[error("{op} timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// The operation.
+        op: Cow<'static, str>,
+        /// The time limit that was exceeded.
+        after: Duration,
+    },
+    /// The stored state refuses the operation.
+    #[error("conflict in {op}: {reason}")]
+    Conflict {
+        /// The operation.
+        op: Cow<'static, str>,
+        /// Why.
+        reason: ConflictReason,
+    },
+    /// Invalid input; nothing was sent.
+    #[error("invalid {field}: {message}")]
+    Validation {
+        /// The offending field or argument.
+        field: Cow<'static, str>,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Refused by a rate limit.
+    #[error("throttled; retry after {}", humantime::format_duration(*retry_after))]
+    Throttled {
+        /// How long to wait before trying again.
+        retry_after: Duration,
+    },
+    /// A lock lease was lost.
+    #[error("lock lease lost: {message}")]
+    LockLost {
+        /// What happened.
+        message: String,
+    },
+    /// A value could not be encoded or decoded.
+    #[error("codec error: {message}")]
+    Codec {
+        /// What failed.
+        message: String,
+    },
+    /// Invalid configuration.
+    #[error("invalid configuration at `{field}`: {message}")]
+    Config {
+        /// Dotted path of the offending field, e.g. `counters.orders.namespace`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tenant-aware resource got no tenant.
+    #[error("resource `{resource}` is tenant-aware and needs a tenant")]
+    TenantRequired {
+        /// The resource name.
+        resource: String,
+    },
+    /// A bug or an unexpected reply.
+    #[error("internal error in {op}: {message}")]
+    Internal {
+        /// The operation.
+        op: Cow<'static, str>,
+        /// What happened.
+        message: String,
+        /// The driver failure, when there was one.
+        #[source]
+        source: Option<DriverError>,
+    },
+}
+
+/// Whether a command changes state. Decides how an ambiguous driver failure is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The command only reads: a lost reply means it did not complete (`Unavailable`/`Timeout`).
+    Read,
+    /// The command writes: a lost reply after sending means `OutcomeUnknown`.
+    Write,
+}
+
+impl Error {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::Validation { .. } => ErrorKind::Validation,
+            Error::Throttled { .. } => ErrorKind::Throttled,
+            Error::LockLost { .. } => ErrorKind::LockLost,
+            Error::Codec { .. } => ErrorKind::Codec,
+            Error::Config { .. } => ErrorKind::Config,
+            Error::TenantRequired { .. } => ErrorKind::TenantRequired,
+            Error::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether retrying the same call later can succeed and is safe.
+    ///
+    /// `OutcomeUnknown` is *not* retryable: the write may have been applied, and only the caller
+    /// knows whether applying it twice is acceptable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::Throttled { .. } => true,
+            Error::Conflict { reason, .. } => *reason == ConflictReason::InProgress,
+            _ => false,
+        }
+    }
+
+    /// The conflict reason, when this is a conflict.
+    pub fn conflict_reason(&self) -> Option<ConflictReason> {
+        match self {
+            Error::Conflict { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// The driver error class, when a driver failure caused this error.
+    pub fn driver_class(&self) -> Option<DriverErrorClass> {
+        match self {
+            Error::Unavailable { source, .. }
+            | Error::OutcomeUnknown { source, .. }
+            | Error::Internal { source, .. } => source.as_ref().map(DriverError::class),
+            _ => None,
+        }
+    }
+
+    /// `Unavailable` without a driver error: the call was refused before anything was sent.
+    pub fn unavailable(op: impl Into<Cow<'static, str>>) -> Self {
+        Error::Unavailable {
+            op: op.into(),
+            source: None,
+        }
+    }
+
+    /// A validation error naming the offending field.
+    pub fn validation(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Error::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A configuration error naming the offending field.
+    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An internal error without a driver cause.
+    pub fn internal(op: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Error::Internal {
+            op: op.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Map a driver failure of `op` to the error callers see.
+    ///
+    /// A write that failed after it may have reached the server (connection lost, canceled,
+    /// timed out) is `OutcomeUnknown`; the same failure on a read is `Unavailable` or `Timeout`.
+    /// Replies that prove the command did not run (`LOADING`, `READONLY`, `BUSY`, `CLUSTERDOWN`,
+    /// auth failures, backpressure) are `Unavailable` for both.
+    pub fn from_driver(
+        op: impl Into<Cow<'static, str>>,
+        access: Access,
+        timeout: Duration,
+        err: fred::error::Error,
+    ) -> Self {
+        let op = op.into();
+        let driver = DriverError::new(err);
+        use DriverErrorClass as C;
+        match (driver.class(), access) {
+            (C::Connection | C::Canceled | C::Timeout, Access::Write) => Error::OutcomeUnknown {
+                op,
+                source: Some(driver),
+            },
+            (C::Timeout, Access::Read) => Error::Timeout { op, after: timeout },
+            (
+                C::Connection
+                | C::Canceled
+                | C::Loading
+                | C::ReadOnly
+                | C::Busy
+                | C::ClusterDown
+                | C::Auth
+                | C::Backpressure,
+                _,
+            ) => Error::Unavailable {
+                op,
+                source: Some(driver),
+            },
+            (class, _) => Error::Internal {
+                op,
+                message: format!("unexpected {class} from redis"),
+                source: Some(driver),
+            },
+        }
+    }
+}
+
+/// What kind of failure a driver error is. Decided once, in [`DriverErrorClass::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DriverErrorClass {
+    /// The connection failed or closed.
+    Connection,
+    /// The command was canceled (for instance the client was not connected).
+    Canceled,
+    /// The command timed out.
+    Timeout,
+    /// `WRONGTYPE`: the key holds another type.
+    WrongType,
+    /// `BUSY`: a script is running too long.
+    Busy,
+    /// `NOSCRIPT`: the script cache does not hold the script.
+    NoScript,
+    /// `READONLY`: the node is a replica.
+    ReadOnly,
+    /// `LOADING`: the server is loading its dataset.
+    Loading,
+    /// `NOAUTH`/`WRONGPASS`/`NOPERM`: authentication or permission failure.
+    Auth,
+    /// `MOVED`/`ASK`: a cluster redirection that was not followed.
+    Redirect,
+    /// `CLUSTERDOWN` or another cluster-state failure.
+    ClusterDown,
+    /// The client's command buffer is full.
+    Backpressure,
+    /// Any other error reply from the server (`ERR …`).
+    ServerError,
+    /// The reply could not be parsed or converted.
+    Protocol,
+    /// A client configuration error.
+    Config,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for DriverErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl DriverErrorClass {
+    /// Classify a fred error.
+    ///
+    /// Client-side failures are classified by fred's `ErrorKind`. Error replies from the server
+    /// reach fred as `Unknown`/`InvalidArgument`/`InvalidCommand`/`Auth`/`Cluster` kinds; for
+    /// those the RESP error code (the first word of the reply, which the protocol defines as the
+    /// machine-readable error type) decides. This is the only place that reads it.
+    pub fn of(err: &fred::error::Error) -> Self {
+        use fred::error::ErrorKind as K;
+        match err.kind() {
+            K::IO => DriverErrorClass::Connection,
+            K::Canceled => DriverErrorClass::Canceled,
+            K::Timeout => DriverErrorClass::Timeout,
+            K::Backpressure => DriverErrorClass::Backpressure,
+            K::Protocol | K::Parse | K::NotFound => DriverErrorClass::Protocol,
+            K::Config | K::Url => DriverErrorClass::Config,
+            K::Routing | K::Sentinel => DriverErrorClass::Connection,
+            K::Auth | K::Cluster | K::Unknown | K::InvalidArgument | K::InvalidCommand => {
+                Self::of_reply_code(err.details().split_whitespace().next().unwrap_or(""))
+                    .unwrap_or(match err.kind() {
+                        K::Auth => DriverErrorClass::Auth,
+                        K::Cluster => DriverErrorClass::ClusterDown,
+                        _ => DriverErrorClass::Other,
+                    })
+            }
+            #[allow(unreachable_patterns)]
+            _ => DriverErrorClass::Other,
+        }
+    }
+
+    /// Classify a RESP error code (`WRONGTYPE`, `NOSCRIPT`…); `None` when it is not one.
+    pub fn of_reply_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "WRONGTYPE" => DriverErrorClass::WrongType,
+            "NOSCRIPT" => DriverErrorClass::NoScript,
+            "READONLY" => DriverErrorClass::ReadOnly,
+            "LOADING" => DriverErrorClass::Loading,
+            "NOAUTH" | "WRONGPASS" | "NOPERM" => DriverErrorClass::Auth,
+            "MOVED" | "ASK" | "TRYAGAIN" => DriverErrorClass::Redirect,
+            "CLUSTERDOWN" | "MASTERDOWN" => DriverErrorClass::ClusterDown,
+            "ERR" | "EXECABORT" | "OOM" | "NOTBUSY" | "UNKILLABLE" | "NOREPLICAS" => {
+                DriverErrorClass::ServerError
+            }
+            c if c.starts_with("BUSY") => DriverErrorClass::Busy,
+            _ => return None,
+        })
+    }
+}
+
+/// A fred error with its class, kept as the `source` of an [`Error`].
+#[derive(Debug, Clone)]
+pub struct DriverError {
+    class: DriverErrorClass,
+    inner: fred::error::Error,
+}
+
+impl DriverError {
+    /// Classify and wrap a fred error.
+    pub fn new(inner: fred::error::Error) -> Self {
+        DriverError {
+            class: DriverErrorClass::of(&inner),
+            inner,
+        }
+    }
+
+    /// The class.
+    pub fn class(&self) -> DriverErrorClass {
+        self.class
+    }
+
+    /// The wrapped fred error.
+    pub fn inner(&self) -> &fred::error::Error {
+        &self.inner
+    }
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.inner)
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error as FredError, ErrorKind as K};
+
+    fn class(kind: K, details: &str) -> DriverErrorClass {
+        DriverErrorClass::of(&FredError::new(kind, details.to_string()))
+    }
+
+    #[test]
+    fn server_replies_are_classified_by_their_resp_error_code() {
+        assert_eq!(
+            class(K::Unknown, "NOSCRIPT No matching script."),
+            DriverErrorClass::NoScript
+        );
+        assert_eq!(
+            class(K::InvalidArgument, "WRONGTYPE Operation against a key"),
+            DriverErrorClass::WrongType
+        );
+        assert_eq!(class(K::Unknown, "BUSY Redis is busy"), DriverErrorClass::Busy);
+        assert_eq!(class(K::Unknown, "READONLY You can't"), DriverErrorClass::ReadOnly);
+        assert_eq!(class(K::Unknown, "LOADING Redis is"), DriverErrorClass::Loading);
+        assert_eq!(class(K::Auth, "WRONGPASS invalid"), DriverErrorClass::Auth);
+        assert_eq!(
+            class(K::Unknown, "ERR increment or decrement would overflow"),
+            DriverErrorClass::ServerError
+        );
+        // A message that merely mentions a code is not that code.
+        assert_eq!(
+            class(K::Unknown, "ERR no such key named WRONGTYPE"),
+            DriverErrorClass::ServerError
+        );
+    }
+
+    #[test]
+    fn client_side_failures_are_classified_by_kind() {
+        assert_eq!(class(K::IO, "Connection closed."), DriverErrorClass::Connection);
+        assert_eq!(class(K::Timeout, "whatever"), DriverErrorClass::Timeout);
+        assert_eq!(class(K::Canceled, "x"), DriverErrorClass::Canceled);
+    }
+
+    #[test]
+    fn lost_reply_on_a_write_is_outcome_unknown_and_on_a_read_unavailable() {
+        let lost = || FredError::new(K::IO, "Connection closed.");
+        let t = Duration::from_millis(5);
+        assert_eq!(
+            Error::from_driver("x", Access::Write, t, lost()).kind(),
+            ErrorKind::OutcomeUnknown
+        );
+        assert_eq!(
+            Error::from_driver("x", Access::Read, t, lost()).kind(),
+            ErrorKind::Unavailable
+        );
+        let timeout = || FredError::new(K::Timeout, "Request timed out.");
+        assert_eq!(
+            Error::from_driver("x", Access::Read, t, timeout()).kind(),
+            ErrorKind::Timeout
+        );
+        assert_eq!(
+            Error::from_driver("x", Access::Write, t, timeout()).kind(),
+            ErrorKind::OutcomeUnknown
+        );
+        let loading = FredError::new(K::Unknown, "LOADING loading");
+        assert_eq!(
+            Error::from_driver("x", Access::Write, t, loading).kind(),
+            ErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn retryability() {
+        assert!(Error::unavailable("x").is_retryable());
+        assert!(!Error::OutcomeUnknown {
+            op: "x".into(),
+            source: None
+        }
+        .is_retryable());
+        assert!(!Error::validation("f", "bad").is_retryable());
+    }
+}

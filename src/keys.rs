@@ -1,0 +1,481 @@
+//! Redis key layout: one builder for every resource, so the layout's guarantees hold everywhere.
+//!
+//! A key looks like
+//!
+//! ```text
+//! <prefix>:<kind>:{<namespace>:<tenant>[:<part>]*}[:<sub>]*
+//! forze:counter:{orders:_}                  counter `orders`, no tenant, no suffix
+//! forze:counter:{orders:t=acme:eu%3Awest}   tenant `acme`, suffix `eu:west`
+//! forze:lock:{jobs:_:nightly}:fence         a sibling key of lock `nightly` (same slot)
+//! ```
+//!
+//! - `prefix` ([`KeyPrefix`]) and `namespace` ([`Namespace`]) are configuration, restricted to
+//!   `[A-Za-z0-9_.-]`, so they contain no separator, no brace and no glob character.
+//! - `tenant` is `_` for none, or `t=` followed by the escaped tenant id.
+//! - Each user-supplied part is escaped with [`escape_part`]: `%`, `:`, `{`, `}` and control
+//!   bytes become `%XX`. An escaped part therefore contains no separator and no brace, which is
+//!   what makes the layout injective (no two distinct tuples alias) and keeps users from
+//!   injecting a hash tag.
+//! - Everything from the namespace to the last part sits inside one `{…}` hash tag, so every
+//!   sibling key of one entity ([`RedisKey::sibling`]) lands in one cluster slot, while distinct
+//!   entities spread over the slots.
+//! - Every key of a namespace, for every tenant, starts with [`KeySpace::namespace_prefix`]
+//!   (`<prefix>:<kind>:{<namespace>:`), and no key of another namespace or kind starts with it,
+//!   because the namespace is followed by `:` and cannot itself contain `:`. One BCAST tracking
+//!   prefix per cache namespace is therefore exact.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+
+/// The characters allowed in namespaces and key prefixes.
+fn is_config_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+fn validate_identifier(field: &str, value: &str, max_len: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::config(field, "must not be empty"));
+    }
+    if value.len() > max_len {
+        return Err(Error::config(
+            field,
+            format!("must be at most {max_len} characters, got {}", value.len()),
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| !is_config_char(*c)) {
+        return Err(Error::config(
+            field,
+            format!("`{value}` contains {bad:?}; only ASCII letters, digits, `_`, `-` and `.` are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// A validated resource namespace (`[A-Za-z0-9_.-]{1,64}`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Validate `value`; `field` names it in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        validate_identifier(field, value, 64)?;
+        Ok(Namespace(value.to_string()))
+    }
+
+    /// The namespace as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({})", self.0)
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated global key prefix (`[A-Za-z0-9_.-]{1,32}`), default `forze`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// Validate `value`; `field` names it in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        validate_identifier(field, value, 32)?;
+        Ok(KeyPrefix(value.to_string()))
+    }
+
+    /// The prefix as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for KeyPrefix {
+    fn default() -> Self {
+        KeyPrefix("forze".into())
+    }
+}
+
+impl fmt::Debug for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPrefix({})", self.0)
+    }
+}
+
+/// A tenant id: any non-empty UTF-8 string of at most 256 bytes. Escaped in keys.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Validate a tenant id.
+    pub fn new(id: impl Into<String>) -> Result<Self> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(Error::validation("tenant", "must not be empty"));
+        }
+        if id.len() > 256 {
+            return Err(Error::validation("tenant", "must be at most 256 bytes"));
+        }
+        Ok(TenantId(id))
+    }
+
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({:?})", self.0)
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TenantId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The kind of resource a key belongs to; its tag is the key's second segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// Cache entries (`cache`).
+    Cache,
+    /// Counters (`counter`).
+    Counter,
+    /// Idempotency records (`idem`).
+    Idempotency,
+    /// Search-result snapshots (`snap`).
+    Snapshot,
+    /// Distributed locks (`lock`).
+    Lock,
+    /// Circuit breakers (`breaker`).
+    Breaker,
+    /// Rate limiters (`ratelimit`).
+    RateLimit,
+}
+
+impl ResourceKind {
+    /// The key segment of this kind.
+    pub fn tag(self) -> &'static str {
+        match self {
+            ResourceKind::Cache => "cache",
+            ResourceKind::Counter => "counter",
+            ResourceKind::Idempotency => "idem",
+            ResourceKind::Snapshot => "snap",
+            ResourceKind::Lock => "lock",
+            ResourceKind::Breaker => "breaker",
+            ResourceKind::RateLimit => "ratelimit",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [ResourceKind; 7] = [
+        ResourceKind::Cache,
+        ResourceKind::Counter,
+        ResourceKind::Idempotency,
+        ResourceKind::Snapshot,
+        ResourceKind::Lock,
+        ResourceKind::Breaker,
+        ResourceKind::RateLimit,
+    ];
+}
+
+/// Escape one user-supplied key part: `%`, `:`, `{`, `}` and ASCII control bytes become `%XX`.
+///
+/// The result contains no `:`, `{` or `}`, and [`unescape_part`] inverts it.
+pub fn escape_part(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        match c {
+            '%' | ':' | '{' | '}' => push_pct(&mut out, c as u8),
+            c if c.is_ascii_control() => push_pct(&mut out, c as u8),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn push_pct(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[(b >> 4) as usize] as char);
+    out.push(HEX[(b & 0xf) as usize] as char);
+}
+
+/// Invert [`escape_part`]; `None` if `escaped` is not a valid escaped part.
+pub fn unescape_part(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = escaped.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b':' | b'{' | b'}' => return None,
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Escape Redis glob metacharacters (`\ * ? [ ] ^`) for a literal `SCAN MATCH`.
+pub fn glob_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len() + 8);
+    for c in literal.chars() {
+        if matches!(c, '\\' | '*' | '?' | '[' | ']' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The key space of one resource: prefix, kind and namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeySpace {
+    prefix: KeyPrefix,
+    kind: ResourceKind,
+    namespace: Namespace,
+}
+
+impl KeySpace {
+    /// A key space.
+    pub fn new(prefix: KeyPrefix, kind: ResourceKind, namespace: Namespace) -> Self {
+        KeySpace {
+            prefix,
+            kind,
+            namespace,
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The resource kind.
+    pub fn kind(&self) -> ResourceKind {
+        self.kind
+    }
+
+    /// `<prefix>:<kind>:{<namespace>:`: every key of this namespace, for every tenant, starts
+    /// with it, and no key of another namespace or kind does.
+    pub fn namespace_prefix(&self) -> String {
+        format!(
+            "{}:{}:{{{}:",
+            self.prefix.as_str(),
+            self.kind.tag(),
+            self.namespace.as_str()
+        )
+    }
+
+    /// `<namespace prefix><tenant>`: the common start of every key of one tenant (or of the
+    /// tenant-less keys). Followed by `}` for an entity without parts or `:` before a part.
+    pub fn tenant_base(&self, tenant: Option<&TenantId>) -> String {
+        let mut s = self.namespace_prefix();
+        push_tenant(&mut s, tenant);
+        s
+    }
+
+    /// The key of the entity named by `parts` for `tenant`. Parts must be non-empty.
+    pub fn key(&self, tenant: Option<&TenantId>, parts: &[&str]) -> Result<RedisKey> {
+        let mut s = self.tenant_base(tenant);
+        for part in parts {
+            if part.is_empty() {
+                return Err(Error::validation("key part", "must not be empty"));
+            }
+            s.push(':');
+            s.push_str(&escape_part(part));
+        }
+        s.push('}');
+        Ok(RedisKey(s))
+    }
+
+    /// Recover the parts of a key built by [`KeySpace::key`] for `tenant`; `None` if the key
+    /// does not belong to this key space and tenant, or has sibling suffixes.
+    pub fn parse_parts(&self, tenant: Option<&TenantId>, key: &str) -> Option<Vec<String>> {
+        parts_after_base(&self.tenant_base(tenant), key)
+    }
+}
+
+/// The unescaped parts of `key` if it is an entity key directly under `base` (a
+/// [`KeySpace::tenant_base`]); `None` for any other key, including sibling keys and keys of
+/// another tenant whose escaped id merely starts like this one.
+pub fn parts_after_base(base: &str, key: &str) -> Option<Vec<String>> {
+    let rest = key.strip_prefix(base)?;
+    let inner = rest.strip_suffix('}')?;
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    let inner = inner.strip_prefix(':')?;
+    inner.split(':').map(unescape_part).collect()
+}
+
+fn push_tenant(s: &mut String, tenant: Option<&TenantId>) {
+    match tenant {
+        None => s.push('_'),
+        Some(t) => {
+            s.push_str("t=");
+            s.push_str(&escape_part(t.as_str()));
+        }
+    }
+}
+
+/// A Redis key built by a [`KeySpace`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RedisKey(String);
+
+impl RedisKey {
+    /// The key text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A sibling key (`<key>:<sub>`) in the same hash slot. `sub` is a fixed identifier chosen
+    /// by this crate (`fence`, `ptr`…), never user input.
+    pub fn sibling(&self, sub: &'static str) -> RedisKey {
+        debug_assert!(sub.chars().all(is_config_char), "sibling names are fixed identifiers");
+        RedisKey(format!("{}:{sub}", self.0))
+    }
+
+    /// The part between the first `{` and the following `}`, which Redis Cluster hashes.
+    pub fn hash_tag(&self) -> &str {
+        let open = self.0.find('{').map(|i| i + 1).unwrap_or(0);
+        let close = self.0[open..]
+            .find('}')
+            .map(|i| open + i)
+            .unwrap_or(self.0.len());
+        &self.0[open..close]
+    }
+}
+
+impl fmt::Debug for RedisKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisKey({})", self.0)
+    }
+}
+
+impl fmt::Display for RedisKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<RedisKey> for fred::types::Key {
+    fn from(k: RedisKey) -> Self {
+        fred::types::Key::from(k.0)
+    }
+}
+
+impl From<&RedisKey> for fred::types::Key {
+    fn from(k: &RedisKey) -> Self {
+        fred::types::Key::from(k.0.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(ns: &str) -> KeySpace {
+        KeySpace::new(
+            KeyPrefix::default(),
+            ResourceKind::Counter,
+            Namespace::parse("ns", ns).unwrap(),
+        )
+    }
+
+    #[test]
+    fn layout_examples() {
+        let s = space("orders");
+        assert_eq!(s.key(None, &[]).unwrap().as_str(), "forze:counter:{orders:_}");
+        let t = TenantId::new("acme").unwrap();
+        assert_eq!(
+            s.key(Some(&t), &["eu:west"]).unwrap().as_str(),
+            "forze:counter:{orders:t=acme:eu%3Awest}"
+        );
+        let lock = KeySpace::new(
+            KeyPrefix::default(),
+            ResourceKind::Lock,
+            Namespace::parse("ns", "jobs").unwrap(),
+        );
+        let k = lock.key(None, &["nightly"]).unwrap();
+        assert_eq!(k.sibling("fence").as_str(), "forze:lock:{jobs:_:nightly}:fence");
+        assert_eq!(k.hash_tag(), "jobs:_:nightly");
+    }
+
+    #[test]
+    fn a_lock_named_x_fence_cannot_touch_lock_x_fence_counter() {
+        let lock = KeySpace::new(
+            KeyPrefix::default(),
+            ResourceKind::Lock,
+            Namespace::parse("ns", "l").unwrap(),
+        );
+        let fence_of_x = lock.key(None, &["x"]).unwrap().sibling("fence");
+        let lock_x_fence = lock.key(None, &["x:fence"]).unwrap();
+        assert_ne!(fence_of_x, lock_x_fence);
+    }
+
+    #[test]
+    fn invalid_namespaces_are_refused_naming_the_field() {
+        for bad in ["", "a:b", "a{b", "a b", "a*", &"x".repeat(65)] {
+            let err = Namespace::parse("counters.x.namespace", bad).unwrap_err();
+            assert!(err.to_string().contains("counters.x.namespace"), "{err}");
+        }
+        assert!(space("orders").key(None, &[""]).is_err());
+        assert!(TenantId::new("").is_err());
+    }
+
+    #[test]
+    fn escape_round_trips_and_removes_separators() {
+        for s in ["a", "a:b", "{x}", "%", "%3A", "é:ü", "\n\t", "a%b:c{d}"] {
+            let e = escape_part(s);
+            assert!(!e.contains(':') && !e.contains('{') && !e.contains('}'));
+            assert_eq!(unescape_part(&e).as_deref(), Some(s));
+        }
+    }
+
+    #[test]
+    fn parse_parts_inverts_key() {
+        let s = space("orders");
+        let t = TenantId::new("t:1").unwrap();
+        let k = s.key(Some(&t), &["a:b", "c"]).unwrap();
+        assert_eq!(
+            s.parse_parts(Some(&t), k.as_str()),
+            Some(vec!["a:b".to_string(), "c".to_string()])
+        );
+        assert_eq!(s.parse_parts(None, k.as_str()), None);
+        let other = space("orders_archive").key(None, &[]).unwrap();
+        assert_eq!(s.parse_parts(None, other.as_str()), None);
+    }
+
+    #[test]
+    fn glob_escape_escapes_metacharacters() {
+        assert_eq!(glob_escape("a*b?[c]\\^"), "a\\*b\\?\\[c\\]\\\\\\^");
+    }
+}

@@ -1,0 +1,28 @@
+//! # forze-redis (core)
+//!
+//! Fast, ephemeral, coordination-oriented state on Redis or Valkey for fleets of tokio services.
+//! This crate holds everything that is not an actor; the supervised actor tree that users spawn
+//! lives in the `forze-redis-actors` crate, which builds on this one.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | the serde configuration tree, defaults, validation, secret redaction |
+//! | [`keys`] | the key layout: escaping, tenants, hash tags, namespace prefixes |
+//! | [`error`] | the error type, its kinds, classification of driver errors |
+//! | [`connection`] | the fred pool with safe settings, command options, script execution, health |
+//! | [`scripts`] | the Lua scripts (`.lua` files beside the module) |
+//! | [`counter`] | atomic counters: contract, Redis store, local store, the resource wrapper |
+//!
+//! Each contract module holds its contract, its Redis implementation and its process-local
+//! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
+//! crate call these types directly on the caller's task.
+
+pub mod config;
+pub mod connection;
+pub mod counter;
+pub mod error;
+pub mod keys;
+pub mod scripts;
+
+pub use config::Config;
+pub use error::{ConflictReason, Error, ErrorKind, Result};

@@ -1,0 +1,67 @@
+//! The Lua scripts, each a `.lua` file beside this module with a header that states its KEYS,
+//! ARGV and return value.
+//!
+//! Scripts run through `EVALSHA`; on `NOSCRIPT` (a restarted or failed-over server has an empty
+//! script cache) [`crate::connection::RedisConnection::eval`] sends `EVAL` with the full source,
+//! which also caches it again. `NOSCRIPT` proves the script did not run, so the retry is safe even
+//! for non-idempotent scripts.
+
+use std::sync::LazyLock;
+
+/// A Lua script and its SHA-1.
+#[derive(Debug)]
+pub struct Script {
+    name: &'static str,
+    source: &'static str,
+    sha1: String,
+}
+
+impl Script {
+    /// A script from its source.
+    pub fn new(name: &'static str, source: &'static str) -> Self {
+        Script {
+            name,
+            source,
+            sha1: fred::util::sha1_hash(source),
+        }
+    }
+
+    /// The file name without extension, for logs and stats.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The Lua source.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// The SHA-1 that `EVALSHA` takes.
+    pub fn sha1(&self) -> &str {
+        &self.sha1
+    }
+}
+
+/// `counter_add.lua`: INCRBY/DECRBY with a typed refusal at the i64 bounds.
+pub static COUNTER_ADD: LazyLock<Script> =
+    LazyLock::new(|| Script::new("counter_add", include_str!("counter_add.lua")));
+
+/// Every script, for preloading and tests.
+pub fn all() -> [&'static Script; 1] {
+    [&COUNTER_ADD]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_script_has_a_header_naming_keys_argv_and_return() {
+        for s in super::all() {
+            let src = s.source();
+            assert!(src.starts_with(&format!("-- {}", s.name())), "{}", s.name());
+            for word in ["KEYS[1]", "ARGV[1]", "Returns"] {
+                assert!(src.contains(word), "{} header lacks {word}", s.name());
+            }
+            assert_eq!(s.sha1().len(), 40);
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! # forze-redis-testkit
+//!
+//! The one place where the tests, benches and examples of `forze-redis` get
+//! real Redis / Valkey servers and network faults. Nothing here is meant for
+//! production use.
+//!
+//! ## Orientation
+//!
+//! | Module | Concept |
+//! |--------|---------|
+//! | [`binaries`] | Finding `redis-server` / `valkey-server` executables ([`server_binaries`]). |
+//! | [`server`] | [`TestServer`]: a private, throw-away server process on a loopback port, with an admin channel ([`TestServer::cmd`]). |
+//! | [`resp`] | A tiny RESP2 encoder / parser ([`Resp`]) used by the admin channel. |
+//! | [`proxy`] | [`FaultProxy`]: an in-process TCP proxy that can refuse, black-hole, cut, delay or lose replies. |
+//! | [`signals`] | `SIGSTOP` / `SIGCONT` helpers for freezing processes. |
+//! | [`wait`] | Bounded polling helpers ([`wait_until`], [`wait_until_async`]) to use instead of fixed sleeps. |
+//!
+//! ## Typical use
+//!
+//! ```no_run
+//! use forze_redis_testkit::{server_binaries, FaultProxy, ProxyMode, TestServer};
+//!
+//! # async fn demo() {
+//! for bin in server_binaries() {
+//!     let server = TestServer::start(&bin);
+//!     let proxy = FaultProxy::start(server.addr()).await;
+//!     // point the client under test at `proxy.url()` ...
+//!     proxy.set_mode(ProxyMode::Refuse);
+//!     // ... and assert how it behaves while the "server" is down.
+//! }
+//! # }
+//! ```
+//!
+//! All traffic stays on `127.0.0.1`; port 6379 is never used. Setup failures
+//! panic with a descriptive message: tests never skip silently.
+
+#![warn(missing_docs)]
+
+pub mod binaries;
+pub mod proxy;
+pub mod resp;
+pub mod server;
+pub mod signals;
+pub mod wait;
+
+pub use binaries::{find_server_binaries, server_binaries, ServerBinary, ServerKind};
+pub use proxy::{FaultProxy, ProxyMode};
+pub use resp::Resp;
+pub use server::{reserve_port, TestServer};
+pub use signals::{sigcont, sigstop};
+pub use wait::{wait_until, wait_until_async};
