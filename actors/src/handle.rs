@@ -127,14 +127,23 @@ impl ForzeHandle {
         })
     }
 
-    /// Shut the tree down gracefully and wait for it: callers refused first, resource actors
+    /// Shut the tree down gracefully and wait for it (idempotent): callers refused first, resource actors
     /// stopped, in-flight requests drained, pool actor stopped, connections closed last.
     pub async fn shutdown(&self) -> Result<()> {
         let timeout = self.shared.config.supervision.shutdown_timeout * 3;
-        self.supervisor
+        match self
+            .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(timeout))
             .await
-            .map_err(|e| Error::internal("shutdown", e.to_string()))
+        {
+            // Already stopped (shut down before, or failed): nothing left to do.
+            Ok(()) | Err(ractor::RactorErr::Messaging(_)) => Ok(()),
+            Err(ractor::RactorErr::Timeout) => Err(Error::Timeout {
+                op: "shutdown".into(),
+                after: timeout,
+            }),
+            Err(e) => Err(Error::internal("shutdown", e.to_string())),
+        }
     }
 
     /// Tasks still running on behalf of message requests (0 after shutdown).
