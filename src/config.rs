@@ -231,7 +231,10 @@ impl RedisConfig {
     fn validate(&self) -> Result<()> {
         self.url.to_fred_config()?;
         if self.pool_size == 0 || self.pool_size > 256 {
-            return Err(Error::config("redis.pool_size", "must be between 1 and 256"));
+            return Err(Error::config(
+                "redis.pool_size",
+                "must be between 1 and 256",
+            ));
         }
         for (field, d) in [
             ("redis.connect_timeout", self.connect_timeout),
@@ -301,10 +304,16 @@ impl Config {
             ));
         }
         if s.restart_window.is_zero() {
-            return Err(Error::config("supervision.restart_window", "must be greater than zero"));
+            return Err(Error::config(
+                "supervision.restart_window",
+                "must be greater than zero",
+            ));
         }
         if s.call_timeout.is_zero() {
-            return Err(Error::config("supervision.call_timeout", "must be greater than zero"));
+            return Err(Error::config(
+                "supervision.call_timeout",
+                "must be greater than zero",
+            ));
         }
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, counter) in &self.counters {
@@ -382,7 +391,10 @@ impl RedisUrl {
         if !SCHEMES.contains(&scheme) {
             return Err(Error::config(
                 "redis.url",
-                format!("unsupported scheme `{scheme}`; expected one of {}", SCHEMES.join(", ")),
+                format!(
+                    "unsupported scheme `{scheme}`; expected one of {}",
+                    SCHEMES.join(", ")
+                ),
             ));
         }
         let mut cfg = fred::types::config::Config::from_url(&self.0).map_err(|e| {
@@ -459,7 +471,10 @@ mod tests {
         assert!(cfg.redis.is_none());
         assert_eq!(cfg.key_prefix, "forze");
         assert_eq!(cfg.supervision.max_restarts, 10);
-        assert_eq!(cfg.supervision.restart_backoff_min, Duration::from_millis(100));
+        assert_eq!(
+            cfg.supervision.restart_backoff_min,
+            Duration::from_millis(100)
+        );
     }
 
     #[test]
@@ -477,15 +492,33 @@ mod tests {
     #[test]
     fn errors_name_the_offending_field() {
         let cases = [
-            ("[redis]\nurl = \"redis://h:1\"\ncommand_timeout = \"soon\"", "redis.command_timeout"),
-            ("[redis]\nurl = \"redis://h:1\"\npool_size = 0", "redis.pool_size"),
+            (
+                "[redis]\nurl = \"redis://h:1\"\ncommand_timeout = \"soon\"",
+                "redis.command_timeout",
+            ),
+            (
+                "[redis]\nurl = \"redis://h:1\"\npool_size = 0",
+                "redis.pool_size",
+            ),
             ("[redis]\nurl = \"nope://h\"", "redis.url"),
-            ("[counters.orders]\nnamespace = \"a:b\"", "counters.orders.namespace"),
-            ("[counters.orders]\nfallback = \"maybe\"", "counters.orders.fallback"),
+            (
+                "[counters.orders]\nnamespace = \"a:b\"",
+                "counters.orders.namespace",
+            ),
+            (
+                "[counters.orders]\nfallback = \"maybe\"",
+                "counters.orders.fallback",
+            ),
             ("[counters.orders]\nbogus = 1", "counters.orders"),
             ("key_prefix = \"a{b\"", "key_prefix"),
-            ("[counters.a]\nnamespace = \"x\"\n[counters.b]\nnamespace = \"x\"", "counters.b.namespace"),
-            ("[supervision]\nname_prefix = \"\"", "supervision.name_prefix"),
+            (
+                "[counters.a]\nnamespace = \"x\"\n[counters.b]\nnamespace = \"x\"",
+                "counters.b.namespace",
+            ),
+            (
+                "[supervision]\nname_prefix = \"\"",
+                "supervision.name_prefix",
+            ),
         ];
         for (doc, field) in cases {
             let err = Config::from_toml_str(doc).unwrap_err();

@@ -79,9 +79,9 @@ impl RedisConnection {
                 // fred's event channels end silently on lag; keep them roomy.
                 p.broadcast_channel_capacity = 4096;
             });
-        let pool = builder
-            .build_pool(cfg.pool_size)
-            .map_err(|e| Error::config("redis", format!("cannot build the pool ({:?})", e.kind())))?;
+        let pool = builder.build_pool(cfg.pool_size).map_err(|e| {
+            Error::config("redis", format!("cannot build the pool ({:?})", e.kind()))
+        })?;
 
         let read_opts = Options {
             timeout: Some(cfg.command_timeout),
@@ -146,7 +146,7 @@ impl RedisConnection {
         Error::from_driver(op, access, self.command_timeout, err)
     }
 
-    /// Run `script` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
+    /// Run `script` on a connected client with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
     pub async fn eval<R, K, V>(
         &self,
         op: &'static str,
@@ -161,7 +161,27 @@ impl RedisConnection {
         V: TryInto<MultipleValues> + Clone + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
-        let client = self.client(op)?.with_options(self.options(access));
+        self.eval_on(self.client(op)?, op, access, script, keys, args)
+            .await
+    }
+
+    /// Run `script` on `client` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
+    pub async fn eval_on<R, K, V>(
+        &self,
+        client: &Client,
+        op: &'static str,
+        access: Access,
+        script: &Script,
+        keys: K,
+        args: V,
+    ) -> Result<R>
+    where
+        R: FromValue,
+        K: Into<MultipleKeys> + Clone + Send,
+        V: TryInto<MultipleValues> + Clone + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
+        let client = client.with_options(self.options(access));
         match client
             .evalsha::<Value, _, _, _>(script.sha1(), keys.clone(), args.clone())
             .await

@@ -448,9 +448,18 @@ mod tests {
             class(K::InvalidArgument, "WRONGTYPE Operation against a key"),
             DriverErrorClass::WrongType
         );
-        assert_eq!(class(K::Unknown, "BUSY Redis is busy"), DriverErrorClass::Busy);
-        assert_eq!(class(K::Unknown, "READONLY You can't"), DriverErrorClass::ReadOnly);
-        assert_eq!(class(K::Unknown, "LOADING Redis is"), DriverErrorClass::Loading);
+        assert_eq!(
+            class(K::Unknown, "BUSY Redis is busy"),
+            DriverErrorClass::Busy
+        );
+        assert_eq!(
+            class(K::Unknown, "READONLY You can't"),
+            DriverErrorClass::ReadOnly
+        );
+        assert_eq!(
+            class(K::Unknown, "LOADING Redis is"),
+            DriverErrorClass::Loading
+        );
         assert_eq!(class(K::Auth, "WRONGPASS invalid"), DriverErrorClass::Auth);
         assert_eq!(
             class(K::Unknown, "ERR increment or decrement would overflow"),
@@ -465,7 +474,10 @@ mod tests {
 
     #[test]
     fn client_side_failures_are_classified_by_kind() {
-        assert_eq!(class(K::IO, "Connection closed."), DriverErrorClass::Connection);
+        assert_eq!(
+            class(K::IO, "Connection closed."),
+            DriverErrorClass::Connection
+        );
         assert_eq!(class(K::Timeout, "whatever"), DriverErrorClass::Timeout);
         assert_eq!(class(K::Canceled, "x"), DriverErrorClass::Canceled);
     }

@@ -359,7 +359,10 @@ impl RedisKey {
     /// A sibling key (`<key>:<sub>`) in the same hash slot. `sub` is a fixed identifier chosen
     /// by this crate (`fence`, `ptr`…), never user input.
     pub fn sibling(&self, sub: &'static str) -> RedisKey {
-        debug_assert!(sub.chars().all(is_config_char), "sibling names are fixed identifiers");
+        debug_assert!(
+            sub.chars().all(is_config_char),
+            "sibling names are fixed identifiers"
+        );
         RedisKey(format!("{}:{sub}", self.0))
     }
 
@@ -413,7 +416,10 @@ mod tests {
     #[test]
     fn layout_examples() {
         let s = space("orders");
-        assert_eq!(s.key(None, &[]).unwrap().as_str(), "forze:counter:{orders:_}");
+        assert_eq!(
+            s.key(None, &[]).unwrap().as_str(),
+            "forze:counter:{orders:_}"
+        );
         let t = TenantId::new("acme").unwrap();
         assert_eq!(
             s.key(Some(&t), &["eu:west"]).unwrap().as_str(),
@@ -425,7 +431,10 @@ mod tests {
             Namespace::parse("ns", "jobs").unwrap(),
         );
         let k = lock.key(None, &["nightly"]).unwrap();
-        assert_eq!(k.sibling("fence").as_str(), "forze:lock:{jobs:_:nightly}:fence");
+        assert_eq!(
+            k.sibling("fence").as_str(),
+            "forze:lock:{jobs:_:nightly}:fence"
+        );
         assert_eq!(k.hash_tag(), "jobs:_:nightly");
     }
 

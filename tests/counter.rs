@@ -65,11 +65,18 @@ async fn untouched_counter_reads_zero_and_incr_by_zero_creates_it(f: &ForzeHandl
     let c = f.counter("orders").unwrap();
     let id = CounterId::suffix("fresh");
     assert_eq!(c.get(&id).await.unwrap(), 0, "{label}");
-    assert!(c.list(None).await.unwrap().iter().all(|e| e.suffix.as_deref() != Some("fresh")));
+    assert!(c
+        .list(None)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.suffix.as_deref() != Some("fresh")));
     assert_eq!(c.incr(&id, 0).await.unwrap(), 0, "{label}");
     let listed = c.list(None).await.unwrap();
     assert!(
-        listed.iter().any(|e| e.suffix.as_deref() == Some("fresh") && e.value == 0),
+        listed
+            .iter()
+            .any(|e| e.suffix.as_deref() == Some("fresh") && e.value == 0),
         "{label}: incr(0) must create the counter at 0: {listed:?}"
     );
     assert_eq!(c.incr(&id, 1).await.unwrap(), 1, "{label}");
@@ -130,7 +137,11 @@ async fn reset_is_range_checked_before_any_io(f: &ForzeHandle, backend: &Backend
     let err = c.reset(&id, u64::MAX).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Validation, "{label}");
     if let Backend::Server(s) = backend {
-        assert_eq!(s.command_calls("set"), sets_before, "{label}: nothing may be sent");
+        assert_eq!(
+            s.command_calls("set"),
+            sets_before,
+            "{label}: nothing may be sent"
+        );
     }
     assert_eq!(c.get(&id).await.unwrap(), 41, "{label}");
     // Reset is absolute and returns the new value; the sequence continues from it.
@@ -138,17 +149,28 @@ async fn reset_is_range_checked_before_any_io(f: &ForzeHandle, backend: &Backend
     assert_eq!(c.incr(&id, 1).await.unwrap(), -6);
 }
 
-async fn overflow_at_the_i64_bounds_is_refused_with_the_value_unchanged(f: &ForzeHandle, label: &str) {
+async fn overflow_at_the_i64_bounds_is_refused_with_the_value_unchanged(
+    f: &ForzeHandle,
+    label: &str,
+) {
     let c = f.counter("orders").unwrap();
     let id = CounterId::suffix("bounds");
     let out_of_range = |e: forze_redis::Error| {
-        assert_eq!(e.conflict_reason(), Some(ConflictReason::OutOfRange), "{label}: {e}");
+        assert_eq!(
+            e.conflict_reason(),
+            Some(ConflictReason::OutOfRange),
+            "{label}: {e}"
+        );
     };
     c.reset(&id, i64::MAX).await.unwrap();
     out_of_range(c.incr(&id, 1).await.unwrap_err());
     out_of_range(c.incr_batch(&id, 2).await.unwrap_err());
     assert_eq!(c.get(&id).await.unwrap(), i64::MAX, "{label}");
-    assert_eq!(c.incr(&id, 0).await.unwrap(), i64::MAX, "{label}: exact past 2^53");
+    assert_eq!(
+        c.incr(&id, 0).await.unwrap(),
+        i64::MAX,
+        "{label}: exact past 2^53"
+    );
     assert_eq!(c.decr(&id, 1).await.unwrap(), i64::MAX - 1, "{label}");
 
     c.reset(&id, i64::MIN).await.unwrap();
@@ -164,7 +186,10 @@ async fn suffixes_and_tenants_are_isolated(f: &ForzeHandle, label: &str) {
     let c = f.counter("tenanted").unwrap();
     let err = c.incr(&CounterId::main(), 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TenantRequired, "{label}");
-    let tenants = [TenantId::new("acme").unwrap(), TenantId::new("acme:{x}").unwrap()];
+    let tenants = [
+        TenantId::new("acme").unwrap(),
+        TenantId::new("acme:{x}").unwrap(),
+    ];
     for round in 1..=3 {
         for t in &tenants {
             for s in ["a", "b"] {
@@ -179,28 +204,48 @@ async fn suffixes_and_tenants_are_isolated(f: &ForzeHandle, label: &str) {
     let plain = f.counter("orders").unwrap();
     let id = CounterId::suffix("shared");
     plain.incr(&id, 5).await.unwrap();
-    assert_eq!(plain.get(&id.clone().for_tenant(tenants[0].clone())).await.unwrap(), 5);
+    assert_eq!(
+        plain
+            .get(&id.clone().for_tenant(tenants[0].clone()))
+            .await
+            .unwrap(),
+        5
+    );
 }
 
 async fn list_is_exact_prefix_over_250_suffixes(f: &ForzeHandle, label: &str) {
     let archive = f.counter("orders_archive").unwrap();
     for i in 0..30 {
-        archive.incr(&CounterId::suffix(format!("arch{i}")), 1).await.unwrap();
+        archive
+            .incr(&CounterId::suffix(format!("arch{i}")), 1)
+            .await
+            .unwrap();
     }
     archive.incr(&CounterId::main(), 1).await.unwrap();
     let orders = f.counter("orders").unwrap();
     let before: Vec<_> = orders.list(None).await.unwrap();
     for i in 0..250 {
-        orders.incr(&CounterId::suffix(format!("bulk:{i}")), i + 1).await.unwrap();
+        orders
+            .incr(&CounterId::suffix(format!("bulk:{i}")), i + 1)
+            .await
+            .unwrap();
     }
     let listed = orders.list(None).await.unwrap();
     assert_eq!(listed.len(), before.len() + 250, "{label}");
     for i in 0..250 {
         let name = format!("bulk:{i}");
-        let e = listed.iter().find(|e| e.suffix.as_deref() == Some(&name)).expect("listed");
+        let e = listed
+            .iter()
+            .find(|e| e.suffix.as_deref() == Some(&name))
+            .expect("listed");
         assert_eq!(e.value, i + 1, "{label}");
     }
-    assert!(listed.iter().all(|e| e.suffix.as_deref().is_none_or(|s| !s.starts_with("arch"))), "{label}: orders_archive leaked into orders");
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.suffix.as_deref().is_none_or(|s| !s.starts_with("arch"))),
+        "{label}: orders_archive leaked into orders"
+    );
     let archived = archive.list(None).await.unwrap();
     assert_eq!(archived.len(), 31, "{label}");
     assert_eq!(archived[0].suffix, None);
@@ -214,13 +259,29 @@ async fn messages_and_handle_share_one_counter(f: &ForzeHandle, label: &str) {
     let v = c.incr(&id, 10).await.unwrap();
     let actor = ActorRef::<CounterMsg>::where_is(c.actor_name()).expect("counter actor registered");
     let id2 = id.clone();
-    let w = call_t!(actor, |reply| CounterMsg::Incr { id: id2.clone(), by: 1, reply }, 2000)
-        .expect("actor answers")
-        .unwrap();
+    let w = call_t!(
+        actor,
+        |reply| CounterMsg::Incr {
+            id: id2.clone(),
+            by: 1,
+            reply
+        },
+        2000
+    )
+    .expect("actor answers")
+    .unwrap();
     assert_eq!(w, v + 1, "{label}");
-    let r = call_t!(actor, |reply| CounterMsg::IncrBatch { id: id.clone(), size: 3, reply }, 2000)
-        .expect("actor answers")
-        .unwrap();
+    let r = call_t!(
+        actor,
+        |reply| CounterMsg::IncrBatch {
+            id: id.clone(),
+            size: 3,
+            reply
+        },
+        2000
+    )
+    .expect("actor answers")
+    .unwrap();
     assert_eq!(r, (v + 2)..=(v + 4), "{label}");
     let stats = c.stats().await.unwrap();
     assert!(stats.ops > 0 && stats.fallbacks == 0, "{label}: {stats:?}");

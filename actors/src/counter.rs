@@ -128,29 +128,35 @@ impl Actor for CounterActor {
         }
         match msg {
             CounterMsg::Incr { id, by, reply } => {
-                spawn_reply!("counter.incr", reply, async move { counter.incr(&id, by).await })
+                spawn_reply!(
+                    "counter.incr",
+                    reply,
+                    async move { counter.incr(&id, by).await }
+                )
             }
             CounterMsg::Decr { id, by, reply } => {
-                spawn_reply!("counter.decr", reply, async move { counter.decr(&id, by).await })
+                spawn_reply!(
+                    "counter.decr",
+                    reply,
+                    async move { counter.decr(&id, by).await }
+                )
             }
-            CounterMsg::IncrBatch { id, size, reply } => spawn_reply!(
-                "counter.incr_batch",
-                reply,
-                async move { counter.incr_batch(&id, size).await }
-            ),
+            CounterMsg::IncrBatch { id, size, reply } => {
+                spawn_reply!("counter.incr_batch", reply, async move {
+                    counter.incr_batch(&id, size).await
+                })
+            }
             CounterMsg::Get { id, reply } => {
                 spawn_reply!("counter.get", reply, async move { counter.get(&id).await })
             }
-            CounterMsg::Reset { id, value, reply } => spawn_reply!(
-                "counter.reset",
-                reply,
-                async move { counter.reset(&id, value).await }
-            ),
-            CounterMsg::List { tenant, reply } => spawn_reply!(
-                "counter.list",
-                reply,
-                async move { counter.list(tenant.as_ref()).await }
-            ),
+            CounterMsg::Reset { id, value, reply } => {
+                spawn_reply!("counter.reset", reply, async move {
+                    counter.reset(&id, value).await
+                })
+            }
+            CounterMsg::List { tenant, reply } => spawn_reply!("counter.list", reply, async move {
+                counter.list(tenant.as_ref()).await
+            }),
             CounterMsg::Stats(reply) => {
                 let _ = reply.send(state.counter.stats());
             }

@@ -28,11 +28,17 @@ impl Forze {
 
     /// Like [`Forze::spawn`], linked to `parent`: the parent receives the supervisor's
     /// supervision events, including its failure when the restart intensity is exceeded.
-    pub async fn spawn_linked(config: Config, parent: ActorCell) -> Result<(ForzeHandle, JoinHandle<()>)> {
+    pub async fn spawn_linked(
+        config: Config,
+        parent: ActorCell,
+    ) -> Result<(ForzeHandle, JoinHandle<()>)> {
         Self::spawn_inner(config, Some(parent)).await
     }
 
-    async fn spawn_inner(config: Config, parent: Option<ActorCell>) -> Result<(ForzeHandle, JoinHandle<()>)> {
+    async fn spawn_inner(
+        config: Config,
+        parent: Option<ActorCell>,
+    ) -> Result<(ForzeHandle, JoinHandle<()>)> {
         let shared = Shared::build(config)?;
         let name = Some(shared.names.supervisor());
         let spawned = match parent {
@@ -68,7 +74,10 @@ impl ForzeHandle {
     /// The counter resource `name`, or a `Validation` error naming the unknown resource.
     pub fn counter(&self, name: &str) -> Result<CounterHandle> {
         let counter = self.shared.counters.get(name).cloned().ok_or_else(|| {
-            Error::validation("counter", format!("no counter named `{name}` is configured"))
+            Error::validation(
+                "counter",
+                format!("no counter named `{name}` is configured"),
+            )
         })?;
         Ok(CounterHandle {
             shared: self.shared.clone(),
@@ -109,7 +118,12 @@ impl ForzeHandle {
     /// Ask every actor for its statistics (supervisor, pool, counters).
     pub async fn stats(&self) -> Result<ForzeStats> {
         let timeout = self.shared.config.supervision.call_timeout;
-        let supervisor = call_named(&self.shared.names.supervisor(), timeout, SupervisorMsg::Stats).await?;
+        let supervisor = call_named(
+            &self.shared.names.supervisor(),
+            timeout,
+            SupervisorMsg::Stats,
+        )
+        .await?;
         let pool = match self.shared.connection {
             Some(_) => Some(call_named(&self.shared.names.pool(), timeout, PoolMsg::Stats).await?),
             None => None,

@@ -4,7 +4,7 @@
 //! It never sits on a request path: callers use clones of the pool directly. What it does:
 //! - listens to every client's reconnect and error events (fred's receivers, consumed here so
 //!   a lagging channel is noticed instead of ending a listener silently);
-//! - probes every client with a `PING` bounded by the command timeout, every
+//! - probes every client with the `server_time` script (`TIME`) bounded by the command timeout, every
 //!   `health_interval`, so a black-holed connection shows as down before fred's unresponsive
 //!   check closes it;
 //! - publishes [`Health`] (up / degraded / down, with since-when) on a watch channel that the
@@ -17,9 +17,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fred::interfaces::{ClientInterface, ClientLike, EventInterface};
 use forze_redis::connection::{Health, HealthState, RedisConnection};
 use forze_redis::error::Access;
+use forze_redis::scripts::SERVER_TIME;
+use fred::interfaces::{ClientInterface, ClientLike, EventInterface};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -181,7 +182,11 @@ impl Actor for PoolActor {
                 })));
             }
             PoolMsg::Reconnected(index) => {
-                state.shared.pool_stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                state
+                    .shared
+                    .pool_stats
+                    .reconnects
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(client = index, "redis connection up");
                 if let Some(client) = state.conn.pool().clients().get(index) {
                     set_name(&state.shared, client).await;
@@ -222,29 +227,55 @@ async fn set_name(shared: &Shared, client: &fred::clients::Client) {
     }
 }
 
-/// PING every connected client (bounded by the command timeout) and publish the health.
+/// Probe every connected client (bounded by the command timeout) and publish the health.
 async fn probe(state: &mut PoolState) {
     let shared = &state.shared;
     shared.pool_stats.probes.fetch_add(1, Ordering::Relaxed);
-    let opts = state.conn.options(Access::Read).clone();
     let clients = state.conn.pool().clients();
     let mut healthy = 0;
     for client in clients {
-        if client.is_connected() && client.with_options(&opts).ping::<()>(None).await.is_ok() {
+        if !client.is_connected() {
+            continue;
+        }
+        // The server clock through the script registry: a round trip, and after a server
+        // restart the first probe reloads the script cache.
+        let time: Result<Vec<i64>, _> = state
+            .conn
+            .eval_on(
+                client,
+                "health.probe",
+                Access::Read,
+                &SERVER_TIME,
+                Vec::<String>::new(),
+                Vec::<String>::new(),
+            )
+            .await;
+        if time.is_ok() {
             healthy += 1;
         }
     }
     if healthy < clients.len() {
-        shared.pool_stats.probe_failures.fetch_add(1, Ordering::Relaxed);
+        shared
+            .pool_stats
+            .probe_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
-    publish(shared, HealthState::from_counts(healthy, clients.len()), healthy, clients.len());
+    publish(
+        shared,
+        HealthState::from_counts(healthy, clients.len()),
+        healthy,
+        clients.len(),
+    );
 }
 
 fn publish(shared: &Shared, new: HealthState, connected: usize, total: usize) {
     shared.health.send_if_modified(|h| {
         let changed = h.state != new;
         if changed {
-            shared.pool_stats.state_changes.fetch_add(1, Ordering::Relaxed);
+            shared
+                .pool_stats
+                .state_changes
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(from = ?h.state, to = ?new, connected, total, "redis health changed");
             h.since = SystemTime::now();
             h.state = new;

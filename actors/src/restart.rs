@@ -118,7 +118,10 @@ mod tests {
         }
         assert_eq!(p.on_failure("c9", t0), RestartDecision::Escalate);
         let later = t0 + Duration::from_secs(61);
-        assert!(matches!(p.on_failure("c9", later), RestartDecision::RestartAfter(_)));
+        assert!(matches!(
+            p.on_failure("c9", later),
+            RestartDecision::RestartAfter(_)
+        ));
         assert_eq!(p.total(), 4);
     }
 }

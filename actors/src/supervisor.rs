@@ -21,7 +21,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 
 use crate::counter::{CounterActor, CounterActorArgs};
 use crate::pool::PoolActor;
@@ -126,17 +128,28 @@ impl ForzeSupervisor {
             .map(|(_, child)| child)
             .partition(|(kind, _)| *kind == ChildKind::Pool);
         for (kind, cell) in resources {
-            if cell.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+            if cell
+                .stop_and_wait(Some("shutdown".into()), Some(timeout))
+                .await
+                .is_err()
+            {
                 tracing::warn!(?kind, "child did not stop in time; killing it");
                 cell.kill();
             }
         }
         shared.tasks.close();
-        if tokio::time::timeout(timeout, shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("request tasks still running at shutdown");
         }
         for (_, cell) in pool {
-            if cell.stop_and_wait(Some("shutdown".into()), Some(timeout)).await.is_err() {
+            if cell
+                .stop_and_wait(Some("shutdown".into()), Some(timeout))
+                .await
+                .is_err()
+            {
                 cell.kill();
             }
         }
@@ -176,7 +189,11 @@ impl Actor for ForzeSupervisor {
         }
         tracing::info!(
             prefix = state.shared.names.prefix(),
-            mode = if state.shared.connection.is_some() { "redis" } else { "embedded" },
+            mode = if state.shared.connection.is_some() {
+                "redis"
+            } else {
+                "embedded"
+            },
             "forze supervisor started"
         );
         Ok(state)
@@ -212,7 +229,9 @@ impl Actor for ForzeSupervisor {
                 }
                 if let Err(e) = Self::spawn_child(&myself, state, kind.clone()).await {
                     tracing::error!(?kind, error = %e, "restart failed");
-                    return self.on_child_down(&myself, state, kind, e.to_string()).await;
+                    return self
+                        .on_child_down(&myself, state, kind, e.to_string())
+                        .await;
                 }
                 tracing::info!(?kind, "child restarted");
             }

@@ -24,7 +24,12 @@ impl LocalCounterStore {
 
     /// Apply `f` to the value atomically (the entry is locked while `f` runs); refuse when `f`
     /// returns `None`, leaving the value as it was.
-    fn update(&self, op: &'static str, key: &str, f: impl FnOnce(i64) -> Option<i64>) -> Result<i64> {
+    fn update(
+        &self,
+        op: &'static str,
+        key: &str,
+        f: impl FnOnce(i64) -> Option<i64>,
+    ) -> Result<i64> {
         let mut entry = self.values.entry(key.to_string()).or_insert(0);
         match f(*entry) {
             Some(v) => {
@@ -43,7 +48,9 @@ impl CounterStore for LocalCounterStore {
 
     async fn decr(&self, key: &str, by: i64) -> Result<i64> {
         // Like DECRBY: a decrement of i64::MIN is refused whatever the value.
-        self.update("counter.decr", key, |v| by.checked_neg().and_then(|n| v.checked_add(n)))
+        self.update("counter.decr", key, |v| {
+            by.checked_neg().and_then(|n| v.checked_add(n))
+        })
     }
 
     async fn get(&self, key: &str) -> Result<i64> {

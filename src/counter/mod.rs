@@ -161,7 +161,10 @@ impl Counter {
 
     /// Add `by` (may be 0 or negative) and return the new value.
     pub async fn incr(&self, id: &CounterId, by: i64) -> Result<i64> {
-        match self.run(id.tenant.as_ref(), self.key(id), Op::Incr(by)).await? {
+        match self
+            .run(id.tenant.as_ref(), self.key(id), Op::Incr(by))
+            .await?
+        {
             Out::Value(v) => Ok(v),
             _ => Err(unexpected("incr")),
         }
@@ -169,7 +172,10 @@ impl Counter {
 
     /// Subtract `by` and return the new value.
     pub async fn decr(&self, id: &CounterId, by: i64) -> Result<i64> {
-        match self.run(id.tenant.as_ref(), self.key(id), Op::Decr(by)).await? {
+        match self
+            .run(id.tenant.as_ref(), self.key(id), Op::Decr(by))
+            .await?
+        {
             Out::Value(v) => Ok(v),
             _ => Err(unexpected("decr")),
         }
@@ -200,7 +206,10 @@ impl Counter {
 
     /// Set the value; returns it. Use [`checked_value`] to range-check wider inputs first.
     pub async fn reset(&self, id: &CounterId, value: i64) -> Result<i64> {
-        match self.run(id.tenant.as_ref(), self.key(id), Op::Reset(value)).await? {
+        match self
+            .run(id.tenant.as_ref(), self.key(id), Op::Reset(value))
+            .await?
+        {
             Out::Value(v) => Ok(v),
             _ => Err(unexpected("reset")),
         }
@@ -217,7 +226,10 @@ impl Counter {
         let mut out: Vec<CounterEntry> = rows
             .into_iter()
             .filter_map(|(parts, value)| match parts.as_slice() {
-                [] => Some(CounterEntry { suffix: None, value }),
+                [] => Some(CounterEntry {
+                    suffix: None,
+                    value,
+                }),
                 [suffix] => Some(CounterEntry {
                     suffix: Some(suffix.clone()),
                     value,
@@ -253,12 +265,7 @@ impl Counter {
     /// Run `op` on `target` (a key, or the tenant base for `list`) against Redis, or local
     /// state in embedded mode, falling back to local state when configured and Redis is
     /// unavailable; count and trace it. A `target` error (validation) is returned before I/O.
-    async fn run(
-        &self,
-        tenant: Option<&TenantId>,
-        target: Result<String>,
-        op: Op,
-    ) -> Result<Out> {
+    async fn run(&self, tenant: Option<&TenantId>, target: Result<String>, op: Op) -> Result<Out> {
         let span = tracing::debug_span!(
             "forze.counter",
             resource = %self.name,
@@ -357,7 +364,11 @@ where
     value.try_into().map_err(|_| {
         Error::validation(
             "value",
-            format!("{value} is outside the counter range [{}, {}]", i64::MIN, i64::MAX),
+            format!(
+                "{value} is outside the counter range [{}, {}]",
+                i64::MIN,
+                i64::MAX
+            ),
         )
     })
 }

@@ -1,7 +1,8 @@
 //! The Redis counter store: fleet-wide counters.
 //!
-//! `incr`/`decr` run `counter_add.lua` (INCRBY/DECRBY with a typed refusal at the `i64`
-//! bounds) with one attempt; `get` is `GET`; `set` is `SET`; `list` is a `SCAN` over the
+//! `incr`/`decr` are `INCRBY`/`DECRBY` sent once (the server refuses a result outside `i64`
+//! before writing, which becomes [`ConflictReason::OutOfRange`](crate::ConflictReason));
+//! `get` is `GET`; `set` is `SET`; `list` is a `SCAN` over the
 //! glob-escaped tenant base, filtered to exact matches, then `GET` of each key found.
 
 use std::collections::BTreeMap;
@@ -12,9 +13,8 @@ use fred::types::Value;
 
 use super::{out_of_range, CounterStore};
 use crate::connection::RedisConnection;
-use crate::error::{Access, Error, Result};
+use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::keys::{glob_escape, parts_after_base};
-use crate::scripts::COUNTER_ADD;
 
 /// Keys per `SCAN` step.
 const SCAN_COUNT: u32 = 500;
@@ -35,20 +35,22 @@ impl RedisCounterStore {
         RedisCounterStore { conn }
     }
 
-    async fn add(&self, op: &'static str, command: &'static str, key: &str, by: i64) -> Result<i64> {
-        let reply: Vec<Value> = self
+    async fn add(&self, op: &'static str, key: &str, by: i64, decr: bool) -> Result<i64> {
+        let client = self
             .conn
-            .eval(op, Access::Write, &COUNTER_ADD, key, vec![command.to_string(), by.to_string()])
-            .await?;
-        match reply.as_slice() {
-            [Value::Integer(1), value] => parse_i64(op, value),
-            [Value::Integer(0), reason] => match reason.as_str().as_deref() {
-                Some("range") | Some("notint") => Err(out_of_range(op)),
-                Some("wrongtype") => Err(Error::internal(op, "the counter key holds another type")),
-                _ => Err(Error::internal(op, "unexpected counter_add refusal")),
-            },
-            _ => Err(Error::internal(op, "unexpected counter_add reply")),
-        }
+            .client(op)?
+            .with_options(self.conn.options(Access::Write));
+        let reply = if decr {
+            client.decr_by::<i64, _>(key, by).await
+        } else {
+            client.incr_by::<i64, _>(key, by).await
+        };
+        reply.map_err(|e| match DriverErrorClass::of(&e) {
+            // INCRBY/DECRBY answer a generic `ERR` only when the result would leave the i64
+            // range or the stored value is not an integer; either way nothing was written.
+            DriverErrorClass::ServerError => out_of_range(op),
+            _ => self.conn.error(op, Access::Write, e),
+        })
     }
 }
 
@@ -67,11 +69,11 @@ fn parse_i64(op: &'static str, value: &Value) -> Result<i64> {
 
 impl CounterStore for RedisCounterStore {
     async fn incr(&self, key: &str, by: i64) -> Result<i64> {
-        self.add("counter.incr", "INCRBY", key, by).await
+        self.add("counter.incr", key, by, false).await
     }
 
     async fn decr(&self, key: &str, by: i64) -> Result<i64> {
-        self.add("counter.decr", "DECRBY", key, by).await
+        self.add("counter.decr", key, by, true).await
     }
 
     async fn get(&self, key: &str) -> Result<i64> {
@@ -97,7 +99,10 @@ impl CounterStore for RedisCounterStore {
 
     async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
         const OP: &str = "counter.list";
-        let client = self.conn.client(OP)?.with_options(self.conn.options(Access::Read));
+        let client = self
+            .conn
+            .client(OP)?
+            .with_options(self.conn.options(Access::Read));
         let pattern = format!("{}*", glob_escape(base));
         // BTreeMap: sorted, and SCAN may return a key more than once.
         let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();

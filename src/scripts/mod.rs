@@ -42,13 +42,14 @@ impl Script {
     }
 }
 
-/// `counter_add.lua`: INCRBY/DECRBY with a typed refusal at the i64 bounds.
-pub static COUNTER_ADD: LazyLock<Script> =
-    LazyLock::new(|| Script::new("counter_add", include_str!("counter_add.lua")));
+/// `server_time.lua`: the server clock; the pool actor's probe runs it on every connection,
+/// which also re-caches the script cache after a server restart.
+pub static SERVER_TIME: LazyLock<Script> =
+    LazyLock::new(|| Script::new("server_time", include_str!("server_time.lua")));
 
 /// Every script, for preloading and tests.
 pub fn all() -> [&'static Script; 1] {
-    [&COUNTER_ADD]
+    [&SERVER_TIME]
 }
 
 #[cfg(test)]

@@ -81,7 +81,11 @@ impl Backend {
     /// Every backend: local, then one server per binary found (panics if none is found).
     pub fn all() -> Vec<Backend> {
         let mut out = vec![Backend::Local];
-        out.extend(server_binaries().iter().map(|b| Backend::Server(TestServer::start(b))));
+        out.extend(
+            server_binaries()
+                .iter()
+                .map(|b| Backend::Server(TestServer::start(b))),
+        );
         out
     }
 

