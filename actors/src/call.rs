@@ -31,7 +31,7 @@ where
                 after: timeout,
             });
         }
-        if let Some(actor) = ActorRef::<M>::where_is(name.to_string()) {
+        if let Some(actor) = ActorRef::<M>::where_is(name) {
             match actor.call(&build, Some(remaining)).await {
                 Ok(CallResult::Success(v)) => return Ok(v),
                 Ok(CallResult::Timeout) => {

@@ -121,13 +121,9 @@ impl Actor for PoolActor {
             let mut errors = client.error_rx();
             let me = myself.clone();
             listeners.push(AbortOnDrop(tokio::spawn(async move {
-                loop {
-                    match errors.recv().await {
-                        Ok(_) | Err(RecvError::Lagged(_)) => {
-                            let _ = me.cast(PoolMsg::ConnectionError(index));
-                        }
-                        Err(RecvError::Closed) => break,
-                    }
+                // Lagged counts as an error too: something was missed.
+                while let Ok(_) | Err(RecvError::Lagged(_)) = errors.recv().await {
+                    let _ = me.cast(PoolMsg::ConnectionError(index));
                 }
             })));
         }

@@ -1,0 +1,211 @@
+//! The main job: several supervisors as replicas in one process, worker actors messaging their
+//! children, and a summary table built from every actor's `Stats`.
+//!
+//! `REDIS_URL=redis://127.0.0.1:7000 cargo run --example fleet` runs against that server;
+//! without `REDIS_URL` every replica runs on embedded local state.
+
+use std::time::{Duration, Instant};
+
+use forze_redis::counter::CounterId;
+use forze_redis::Config;
+use forze_redis_actors::{CounterMsg, Forze, ForzeHandle};
+use ractor::{call_t, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+const REPLICAS: usize = 3;
+const WORKERS_PER_REPLICA: usize = 4;
+const ORDERS_PER_WORKER: usize = 250;
+
+/// A worker actor of the user's application: allocates order numbers by messaging the
+/// replica's counter actor, the way any actor in an application would.
+struct OrderWorker;
+
+enum WorkerMsg {
+    Run {
+        counter_actor: String,
+        reply: RpcReplyPort<WorkerReport>,
+    },
+}
+
+#[derive(Default, Debug)]
+struct WorkerReport {
+    ok: u64,
+    errors: u64,
+    last: i64,
+}
+
+impl Actor for OrderWorker {
+    type Msg = WorkerMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<WorkerMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run {
+            counter_actor,
+            reply,
+        } = msg;
+        let mut report = WorkerReport::default();
+        for i in 0..ORDERS_PER_WORKER {
+            let Some(actor) = ActorRef::<CounterMsg>::where_is(counter_actor.clone()) else {
+                report.errors += 1;
+                continue;
+            };
+            // Mostly single order numbers, sometimes a batch for a bulk import.
+            let outcome = if i % 10 == 0 {
+                call_t!(
+                    actor,
+                    |reply| CounterMsg::IncrBatch {
+                        id: CounterId::main(),
+                        size: 5,
+                        reply
+                    },
+                    2000
+                )
+                .map(|r| r.map(|range| *range.end()))
+            } else {
+                call_t!(
+                    actor,
+                    |reply| CounterMsg::Incr {
+                        id: CounterId::main(),
+                        by: 1,
+                        reply
+                    },
+                    2000
+                )
+            };
+            match outcome {
+                Ok(Ok(v)) => {
+                    report.ok += 1;
+                    report.last = report.last.max(v);
+                }
+                _ => report.errors += 1,
+            }
+        }
+        let _ = reply.send(report);
+        Ok(())
+    }
+}
+
+fn replica_config(replica: usize, redis_url: Option<&str>) -> forze_redis::Result<Config> {
+    let redis = redis_url
+        .map(|u| format!("[redis]\nurl = \"{u}\"\n"))
+        .unwrap_or_default();
+    Config::from_toml_str(&format!(
+        r#"
+key_prefix = "fleet-example"
+[supervision]
+name_prefix = "replica{replica}"
+[counters.orders]
+fallback = "local"
+[counters.invoices]
+tenant_aware = true
+{redis}
+"#
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    match &redis_url {
+        Some(_) => println!("mode: redis (REDIS_URL is set); replicas share one server"),
+        None => println!(
+            "mode: embedded local state (set REDIS_URL to use a server); each replica counts alone"
+        ),
+    }
+    let mut replicas: Vec<ForzeHandle> = Vec::new();
+    for r in 1..=REPLICAS {
+        let (handle, _join) = Forze::spawn(replica_config(r, redis_url.as_deref())?).await?;
+        replicas.push(handle);
+    }
+    if redis_url.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while replicas
+            .iter()
+            .any(|r| r.health().state != forze_redis::connection::HealthState::Up)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for replica in &replicas {
+        let counter_actor = replica.counter("orders")?.actor_name();
+        for _ in 0..WORKERS_PER_REPLICA {
+            let (worker, join) = Actor::spawn(None, OrderWorker, ()).await?;
+            let name = counter_actor.clone();
+            runs.push(tokio::spawn(async move {
+                let report = call_t!(
+                    worker,
+                    |reply| WorkerMsg::Run {
+                        counter_actor: name.clone(),
+                        reply
+                    },
+                    60_000
+                );
+                worker.stop(None);
+                let _ = join.await;
+                report
+            }));
+        }
+    }
+    // Tenant invoices through the handle (the hot path: no mailbox).
+    let tenant = forze_redis::keys::TenantId::new("acme")?;
+    for replica in &replicas {
+        let invoices = replica.counter("invoices")?;
+        for _ in 0..50 {
+            invoices
+                .incr(&CounterId::main().for_tenant(tenant.clone()), 1)
+                .await?;
+        }
+    }
+    let mut highest = 0;
+    let mut worker_errors = 0;
+    for run in runs {
+        let report = run.await?.map_err(|e| format!("worker failed: {e}"))?;
+        highest = highest.max(report.last);
+        worker_errors += report.errors;
+    }
+    let elapsed = started.elapsed();
+
+    println!();
+    println!(
+        "{:<10} {:>10} {:>8} {:>10} {:>9} {:>10}",
+        "replica", "ops", "errors", "fallbacks", "restarts", "health"
+    );
+    for (i, replica) in replicas.iter().enumerate() {
+        let stats = replica.stats().await?;
+        let (ops, errors, fallbacks) =
+            stats.counters.iter().fold((0, 0, 0), |(o, e, f), (_, s)| {
+                (o + s.ops, e + s.errors, f + s.fallbacks)
+            });
+        println!(
+            "{:<10} {:>10} {:>8} {:>10} {:>9} {:>10}",
+            format!("replica{}", i + 1),
+            ops,
+            errors,
+            fallbacks,
+            stats.supervisor.restarts,
+            format!("{:?}", stats.health.state)
+        );
+    }
+    println!();
+    println!(
+        "highest order number: {highest}; worker errors: {worker_errors}; {} ms",
+        elapsed.as_millis()
+    );
+    for replica in &replicas {
+        replica.shutdown().await?;
+    }
+    Ok(())
+}
