@@ -31,9 +31,11 @@
 //! let n = orders.incr(&CounterId::main(), 1).await?;
 //!
 //! // From another actor, by message:
-//! let actor = ActorRef::<CounterMsg>::where_is("forze.counter.orders".into()).unwrap();
-//! let m = call_t!(actor, |reply| CounterMsg::Incr { id: CounterId::main(), by: 1, reply }, 1000)
-//!     .expect("counter actor answered")?;
+//! let actor = ActorRef::<CounterMsg>::where_is("forze.counter.orders".to_string()).unwrap();
+//! let answer: forze_redis::Result<i64> =
+//!     call_t!(actor, |reply| CounterMsg::Incr { id: CounterId::main(), by: 1, reply }, 1000)
+//!         .expect("counter actor answered");
+//! let m = answer?;
 //! assert_eq!(m, n + 1);
 //! forze.shutdown().await?;
 //! # Ok(()) }
