@@ -356,6 +356,11 @@ impl RedisKey {
         &self.0
     }
 
+    /// The key text, without copying it.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// A sibling key (`<key>:<sub>`) in the same hash slot. `sub` is a fixed identifier chosen
     /// by this crate (`fence`, `ptr`…), never user input.
     pub fn sibling(&self, sub: &'static str) -> RedisKey {

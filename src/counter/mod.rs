@@ -259,7 +259,7 @@ impl Counter {
             Some("") => Err(Error::validation("suffix", "must not be empty")),
             Some(s) => self.space.key(tenant, &[s]),
         }?;
-        Ok(key.as_str().to_string())
+        Ok(key.into_string())
     }
 
     /// Run `op` on `target` (a key, or the tenant base for `list`) against Redis, or local
