@@ -6,14 +6,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use forze_redis::connection::RedisConnection;
 use forze_redis::counter::CounterId;
+use forze_redis::error::Access;
 use forze_redis::Config;
 use forze_redis_actors::Forze;
 use forze_redis_testkit::{server_binaries, ServerKind, TestServer};
 use fred::interfaces::{ClientLike, KeysInterface};
 
 const OPS_PER_ROUND: usize = 40_000;
-const ROUNDS: usize = 3;
+/// Rounds per comparison; ours and direct alternate, and the median of each is compared.
+const ROUNDS: usize = 5;
 
 async fn throughput<F, Fut>(callers: usize, op: F) -> f64
 where
@@ -73,9 +76,42 @@ async fn main() {
     .expect("pool");
     direct.init().await.expect("direct connect");
 
+    // fred direct on a pool built with our connection settings (per-command timeout,
+    // unresponsive-connection detection, keepalive, one attempt per write): separates the
+    // cost of those safety settings, which bare fred lacks, from the cost of our code.
+    let safe_settings = |nodelay: bool| {
+        let mut redis = Config::from_toml_str(&format!(
+            "[redis]\nurl = \"{}\"\npool_size = 4",
+            server.url()
+        ))
+        .expect("config")
+        .redis
+        .expect("redis");
+        redis.tcp_nodelay = nodelay;
+        Arc::new(RedisConnection::build(&redis).expect("pool"))
+    };
+    let safe = safe_settings(false);
+    safe.pool().init().await.expect("safe connect");
+    let safe_incr = |t: Arc<RedisConnection>| async move {
+        let c = t.client("bench").expect("connected");
+        let _: i64 = c
+            .with_options(t.options(Access::Write))
+            .incr_by("safe", 1)
+            .await
+            .expect("incrby");
+    };
+
+    // Diagnostic: the same with TCP_NODELAY, to show what the `tcp_nodelay` default buys.
+    let nodelay = safe_settings(true);
+    nodelay.pool().init().await.expect("nodelay connect");
+    let n = nodelay.clone();
+    let v = throughput(64, move || safe_incr(n.clone())).await;
+    println!("info fred_with_our_settings_and_nodelay_c64 {v:.0} ops/s");
+    let _ = nodelay.pool().quit().await;
+
     for callers in [1usize, 64] {
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
+        let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
+        // Interleaved rounds, so drift on the machine hits every side alike.
         for _ in 0..ROUNDS {
             let c = counter.clone();
             ours.push(
@@ -97,11 +133,21 @@ async fn main() {
                 })
                 .await,
             );
+            let s = safe.clone();
+            same.push(throughput(callers, move || safe_incr(s.clone())).await);
         }
-        let (o, t) = (median(ours), median(theirs));
-        println!("counter_incr_c{callers}: ours {o:.0} ops/s, fred direct {t:.0} ops/s");
+        let (o, t, s) = (median(ours), median(theirs), median(same));
+        println!(
+            "counter_incr_c{callers}: ours {o:.0} ops/s, fred direct {t:.0} ops/s, \
+             fred with our settings {s:.0} ops/s"
+        );
         println!("ratio counter_incr_c{callers} {:.3}", o / t);
+        println!(
+            "ratio counter_incr_c{callers}_vs_fred_same_settings {:.3}",
+            o / s
+        );
     }
+    let _ = safe.pool().quit().await;
     let _ = direct.quit().await;
     forze.shutdown().await.expect("shutdown");
 }

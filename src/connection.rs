@@ -15,6 +15,7 @@
 //! | `unresponsive.max_timeout` | `unresponsive_timeout` | detects black-holed connections |
 //! | `internal_command_timeout`, `connection_timeout` | `connect_timeout` | the handshake waits on them |
 //! | TCP keepalive, `TCP_USER_TIMEOUT` | configured | dead peers found by the kernel too |
+//! | `TCP_NODELAY` | configured, off by default | Nagle coalesces concurrent flushes (see the config) |
 //!
 //! Every command picks a *connected* client of the pool; when none is connected the call fails
 //! with `Unavailable` before anything is sent.
@@ -235,7 +236,7 @@ impl RedisConnection {
 
 fn tcp_config(cfg: &RedisConfig) -> TcpConfig {
     TcpConfig {
-        nodelay: Some(true),
+        nodelay: Some(cfg.tcp_nodelay),
         keepalive: (!cfg.tcp_keepalive.is_zero()).then(|| {
             socket2::TcpKeepalive::new()
                 .with_time(cfg.tcp_keepalive)

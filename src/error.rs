@@ -285,6 +285,7 @@ impl Error {
                 | C::ReadOnly
                 | C::Busy
                 | C::ClusterDown
+                | C::Refused
                 | C::Auth
                 | C::Backpressure,
                 _,
@@ -325,8 +326,10 @@ pub enum DriverErrorClass {
     Auth,
     /// `MOVED`/`ASK`: a cluster redirection that was not followed.
     Redirect,
-    /// `CLUSTERDOWN` or another cluster-state failure.
+    /// `CLUSTERDOWN`, `MASTERDOWN`, `TRYAGAIN`: the cluster cannot serve the slot now.
     ClusterDown,
+    /// `OOM`, `NOREPLICAS`, `MISCONF`: the server refused the write before running it.
+    Refused,
     /// The client's command buffer is full.
     Backpressure,
     /// Any other error reply from the server (`ERR …`).
@@ -375,7 +378,8 @@ impl DriverErrorClass {
         }
     }
 
-    /// Classify a RESP error code (`WRONGTYPE`, `NOSCRIPT`…); `None` when it is not one.
+    /// Classify a RESP error code (`WRONGTYPE`, `NOSCRIPT`…); `None` when `code` is not an
+    /// error code (the protocol's codes are upper-case words).
     pub fn of_reply_code(code: &str) -> Option<Self> {
         Some(match code {
             "WRONGTYPE" => DriverErrorClass::WrongType,
@@ -383,15 +387,20 @@ impl DriverErrorClass {
             "READONLY" => DriverErrorClass::ReadOnly,
             "LOADING" => DriverErrorClass::Loading,
             "NOAUTH" | "WRONGPASS" | "NOPERM" => DriverErrorClass::Auth,
-            "MOVED" | "ASK" | "TRYAGAIN" => DriverErrorClass::Redirect,
-            "CLUSTERDOWN" | "MASTERDOWN" => DriverErrorClass::ClusterDown,
-            "ERR" | "EXECABORT" | "OOM" | "NOTBUSY" | "UNKILLABLE" | "NOREPLICAS" => {
-                DriverErrorClass::ServerError
-            }
-            c if c.starts_with("BUSY") => DriverErrorClass::Busy,
-            _ => return None,
+            "MOVED" | "ASK" => DriverErrorClass::Redirect,
+            // TRYAGAIN: a multi-key command during resharding; it did not run, retry later.
+            "CLUSTERDOWN" | "MASTERDOWN" | "TRYAGAIN" => DriverErrorClass::ClusterDown,
+            "OOM" | "NOREPLICAS" | "MISCONF" => DriverErrorClass::Refused,
+            "BUSY" => DriverErrorClass::Busy,
+            // BUSYKEY, BUSYGROUP and the rest are answers about the data, not server state.
+            _ => DriverErrorClass::ServerError,
         })
+        .filter(|_| is_reply_code(code))
     }
+}
+
+fn is_reply_code(code: &str) -> bool {
+    !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
 }
 
 /// A fred error with its class, kept as the `source` of an [`Error`].
@@ -465,6 +474,38 @@ mod tests {
             class(K::Unknown, "ERR increment or decrement would overflow"),
             DriverErrorClass::ServerError
         );
+        // BUSY is the long-running-script state; BUSYKEY/BUSYGROUP are answers about data.
+        assert_eq!(
+            class(K::Unknown, "BUSYKEY Target key name already exists."),
+            DriverErrorClass::ServerError
+        );
+        assert_eq!(
+            class(K::Unknown, "BUSYGROUP Consumer Group name already exists"),
+            DriverErrorClass::ServerError
+        );
+        for refused in [
+            "OOM command not allowed",
+            "NOREPLICAS Not enough good replicas",
+            "MISCONF Redis is configured",
+        ] {
+            assert_eq!(
+                class(K::Unknown, refused),
+                DriverErrorClass::Refused,
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            class(
+                K::Unknown,
+                "TRYAGAIN Multiple keys request during rehashing"
+            ),
+            DriverErrorClass::ClusterDown
+        );
+        // A driver message that is not an error code stays unclassified.
+        assert_eq!(
+            class(K::Unknown, "Unresponsive connection."),
+            DriverErrorClass::Other
+        );
         // A message that merely mentions a code is not that code.
         assert_eq!(
             class(K::Unknown, "ERR no such key named WRONGTYPE"),
@@ -503,11 +544,19 @@ mod tests {
             Error::from_driver("x", Access::Write, t, timeout()).kind(),
             ErrorKind::OutcomeUnknown
         );
-        let loading = FredError::new(K::Unknown, "LOADING loading");
-        assert_eq!(
-            Error::from_driver("x", Access::Write, t, loading).kind(),
-            ErrorKind::Unavailable
-        );
+        // Refusals prove the command did not run: Unavailable, never OutcomeUnknown.
+        for refused in [
+            "LOADING loading",
+            "OOM command not allowed",
+            "TRYAGAIN later",
+        ] {
+            let e = FredError::new(K::Unknown, refused);
+            assert_eq!(
+                Error::from_driver("x", Access::Write, t, e).kind(),
+                ErrorKind::Unavailable,
+                "{refused}"
+            );
+        }
     }
 
     #[test]

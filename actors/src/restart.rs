@@ -44,8 +44,9 @@ impl RestartPolicy {
     }
 
     /// Record a failure of `child` at `now` and decide. The delay doubles with each recent
-    /// failure of the same child (from `min`, capped at `max`) and is jittered into
-    /// `[delay/2, delay]` so replicas that fail together do not restart in lockstep.
+    /// failure of the same child (from `min`, capped at `max`), then gets up to half of itself
+    /// added at random (`[delay, 1.5 × delay]`): never sooner than `min`, and replicas that
+    /// fail together do not restart in lockstep.
     pub fn on_failure(&mut self, child: &str, now: Instant) -> RestartDecision {
         let window = self.window;
         let expired = |q: &mut VecDeque<Instant>| {
@@ -64,7 +65,7 @@ impl RestartPolicy {
         history.push_back(now);
         let exponent = (history.len() as u32).saturating_sub(1).min(20);
         let delay = self.min.saturating_mul(1u32 << exponent).min(self.max);
-        let jitter = rand::random_range(0.5..=1.0);
+        let jitter = rand::random_range(1.0..=1.5);
         RestartDecision::RestartAfter(delay.mul_f64(jitter))
     }
 
@@ -93,7 +94,10 @@ mod tests {
         for _ in 0..10 {
             match p.on_failure("pool", now) {
                 RestartDecision::RestartAfter(d) => {
-                    assert!(d <= expected && d >= expected / 2, "{d:?} vs {expected:?}");
+                    assert!(
+                        d >= expected && d <= expected * 3 / 2,
+                        "{d:?} vs {expected:?}"
+                    );
                 }
                 RestartDecision::Escalate => panic!("escalated too early"),
             }
@@ -102,7 +106,7 @@ mod tests {
         // Another child starts from the minimum again.
         assert!(matches!(
             p.on_failure("counter", now),
-            RestartDecision::RestartAfter(d) if d <= Duration::from_millis(100)
+            RestartDecision::RestartAfter(d) if d <= Duration::from_millis(150)
         ));
     }
 

@@ -227,6 +227,11 @@ impl Actor for ForzeSupervisor {
                 if state.shared.shutting_down.load(Ordering::Acquire) {
                     return Ok(());
                 }
+                // Anyone may send Respawn: never start a second incarnation of a running child.
+                if state.children.values().any(|(k, _)| *k == kind) {
+                    tracing::debug!(?kind, "respawn ignored: the child is running");
+                    return Ok(());
+                }
                 if let Err(e) = Self::spawn_child(&myself, state, kind.clone()).await {
                     tracing::error!(?kind, error = %e, "restart failed");
                     return self
