@@ -40,6 +40,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Counter resources by name.
     pub counters: BTreeMap<String, CounterConfig>,
+    /// Cache namespaces by name.
+    pub caches: BTreeMap<String, CacheConfig>,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             key_prefix: "forze".into(),
             supervision: SupervisionConfig::default(),
             counters: BTreeMap::new(),
+            caches: BTreeMap::new(),
         }
     }
 }
@@ -188,6 +191,61 @@ pub struct CounterConfig {
     pub tenant_aware: bool,
     /// Behaviour while Redis is unreachable (default `unavailable`).
     pub fallback: Fallback,
+}
+
+/// One cache namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Key namespace; defaults to the resource name.
+    pub namespace: Option<String>,
+    /// Require a tenant on every operation and isolate tenants' entries (default false).
+    pub tenant_aware: bool,
+    /// Time to live of an entry when the call gives none (default 300 s).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Sliding expiration: each read from Redis extends the entry's TTL to at least this
+    /// (`PEXPIRE … GT`, never shortens). Off by default.
+    #[serde(with = "humantime_serde")]
+    pub sliding_ttl: Option<Duration>,
+    /// The in-process L1, kept coherent by client-side caching. Off by default.
+    pub l1: Option<L1Config>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            namespace: None,
+            tenant_aware: false,
+            ttl: Duration::from_secs(300),
+            sliding_ttl: None,
+            l1: None,
+        }
+    }
+}
+
+/// The in-process L1 of a cache namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L1Config {
+    /// Most entries held (default 10 000).
+    pub max_entries: usize,
+    /// Most bytes held, keys and values and 64 bytes per entry (default 64 MiB).
+    pub max_bytes: usize,
+    /// Longest life of an entry (default 30 s); must be below the cache's `ttl`. An entry also
+    /// never outlives the Redis key it was read from. This is the staleness backstop.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        L1Config {
+            max_entries: 10_000,
+            max_bytes: 64 << 20,
+            ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 mod defaults {
@@ -342,7 +400,50 @@ impl Config {
                 ));
             }
         }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, cache) in &self.caches {
+            let field = |f: &str| format!("caches.{name}.{f}");
+            validate_resource_name(&format!("caches.{name}"), name)?;
+            let ns = self.cache_namespace(name, cache)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    field("namespace"),
+                    format!("namespace `{ns}` is already used by caches.{other}"),
+                ));
+            }
+            if cache.ttl < Duration::from_millis(1) {
+                return Err(Error::config(field("ttl"), "must be at least 1ms"));
+            }
+            if cache.sliding_ttl.is_some_and(|s| s.is_zero() || s > cache.ttl) {
+                return Err(Error::config(
+                    field("sliding_ttl"),
+                    "must be greater than zero and not above ttl",
+                ));
+            }
+            if let Some(l1) = &cache.l1 {
+                if l1.ttl.is_zero() || l1.ttl >= cache.ttl {
+                    return Err(Error::config(
+                        field("l1.ttl"),
+                        "must be greater than zero and strictly below the cache ttl",
+                    ));
+                }
+                if l1.max_entries == 0 || l1.max_bytes == 0 {
+                    return Err(Error::config(
+                        field("l1"),
+                        "max_entries and max_bytes must be greater than zero",
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The validated namespace of cache `name`.
+    pub fn cache_namespace(&self, name: &str, cache: &CacheConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("caches.{name}.namespace"),
+            cache.namespace.as_deref().unwrap_or(name),
+        )
     }
 
     /// The validated key prefix.

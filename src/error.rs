@@ -42,6 +42,8 @@ pub enum ErrorKind {
     Config,
     /// A tenant-aware resource was used without a tenant.
     TenantRequired,
+    /// A cache loader (`get_or_load`) failed; its message is carried.
+    Loader,
     /// A bug or an unexpected reply; not retryable.
     Internal,
 }
@@ -154,6 +156,12 @@ pub enum Error {
         /// The resource name.
         resource: String,
     },
+    /// The loader of `get_or_load` failed (every caller waiting on that load gets this).
+    #[error("cache loader failed: {message}")]
+    Loader {
+        /// The loader's error, as it displays.
+        message: String,
+    },
     /// A bug or an unexpected reply.
     #[error("internal error in {op}: {message}")]
     Internal {
@@ -190,6 +198,7 @@ impl Error {
             Error::Codec { .. } => ErrorKind::Codec,
             Error::Config { .. } => ErrorKind::Config,
             Error::TenantRequired { .. } => ErrorKind::TenantRequired,
+            Error::Loader { .. } => ErrorKind::Loader,
             Error::Internal { .. } => ErrorKind::Internal,
         }
     }

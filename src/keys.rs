@@ -204,14 +204,18 @@ impl ResourceKind {
 /// The result contains no `:`, `{` or `}`, and [`unescape_part`] inverts it.
 pub fn escape_part(part: &str) -> String {
     let mut out = String::with_capacity(part.len());
+    push_escaped(&mut out, part);
+    out
+}
+
+fn push_escaped(out: &mut String, part: &str) {
     for c in part.chars() {
         match c {
-            '%' | ':' | '{' | '}' => push_pct(&mut out, c as u8),
-            c if c.is_ascii_control() => push_pct(&mut out, c as u8),
+            '%' | ':' | '{' | '}' => push_pct(out, c as u8),
+            c if c.is_ascii_control() => push_pct(out, c as u8),
             c => out.push(c),
         }
     }
-    out
 }
 
 fn push_pct(out: &mut String, b: u8) {
@@ -304,16 +308,31 @@ impl KeySpace {
 
     /// The key of the entity named by `parts` for `tenant`. Parts must be non-empty.
     pub fn key(&self, tenant: Option<&TenantId>, parts: &[&str]) -> Result<RedisKey> {
-        let mut s = self.tenant_base(tenant);
+        let mut s = String::new();
+        self.write_key(&mut s, tenant, parts)?;
+        Ok(RedisKey(s))
+    }
+
+    /// Write the key of [`KeySpace::key`] into `buf` (cleared first), so hot paths can reuse
+    /// one buffer instead of allocating a key per call.
+    pub fn write_key(&self, buf: &mut String, tenant: Option<&TenantId>, parts: &[&str]) -> Result<()> {
+        buf.clear();
+        buf.push_str(self.prefix.as_str());
+        buf.push(':');
+        buf.push_str(self.kind.tag());
+        buf.push_str(":{");
+        buf.push_str(self.namespace.as_str());
+        buf.push(':');
+        push_tenant(buf, tenant);
         for part in parts {
             if part.is_empty() {
                 return Err(Error::validation("key part", "must not be empty"));
             }
-            s.push(':');
-            s.push_str(&escape_part(part));
+            buf.push(':');
+            push_escaped(buf, part);
         }
-        s.push('}');
-        Ok(RedisKey(s))
+        buf.push('}');
+        Ok(())
     }
 
     /// Recover the parts of a key built by [`KeySpace::key`] for `tenant`; `None` if the key
@@ -341,7 +360,7 @@ fn push_tenant(s: &mut String, tenant: Option<&TenantId>) {
         None => s.push('_'),
         Some(t) => {
             s.push_str("t=");
-            s.push_str(&escape_part(t.as_str()));
+            push_escaped(s, t.as_str());
         }
     }
 }

@@ -12,11 +12,13 @@
 //! | [`connection`] | the fred pool with safe settings, command options, script execution, health |
 //! | [`scripts`] | the Lua scripts (`.lua` files beside the module) |
 //! | [`counter`] | atomic counters: contract, Redis store, local store, the resource wrapper |
+//! | [`cache`] | caches: contract, codec, L1, Redis and local stores, the tracking connection |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
 //! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
 //! crate call these types directly on the caller's task.
 
+pub mod cache;
 pub mod config;
 pub mod connection;
 pub mod counter;

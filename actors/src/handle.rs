@@ -68,6 +68,10 @@ pub struct ForzeStats {
     pub pool: Option<PoolStats>,
     /// Each counter actor's statistics, by resource name.
     pub counters: Vec<(String, CounterStatsSnapshot)>,
+    /// Each cache actor's statistics, by resource name.
+    pub caches: Vec<(String, forze_redis::cache::CacheStats)>,
+    /// The tracking subscriber's statistics, when there is one.
+    pub tracking: Option<crate::tracking::TrackingStats>,
 }
 
 impl ForzeHandle {
@@ -83,6 +87,37 @@ impl ForzeHandle {
             shared: self.shared.clone(),
             counter,
         })
+    }
+
+    /// The cache namespace `name`, or a `Validation` error naming the unknown resource.
+    pub fn cache(&self, name: &str) -> Result<crate::cache::CacheHandle> {
+        let cache = self.shared.caches.get(name).cloned().ok_or_else(|| {
+            Error::validation("cache", format!("no cache named `{name}` is configured"))
+        })?;
+        Ok(crate::cache::CacheHandle {
+            shared: self.shared.clone(),
+            cache,
+        })
+    }
+
+    /// The configured cache names.
+    pub fn cache_names(&self) -> Vec<String> {
+        self.shared.caches.keys().cloned().collect()
+    }
+
+    /// The tracking subscriber's statistics; `None` when there is none (embedded mode, or no
+    /// cache with an L1).
+    pub async fn tracking_stats(&self) -> Result<Option<crate::tracking::TrackingStats>> {
+        if self.shared.tracking.is_none() {
+            return Ok(None);
+        }
+        call_named(
+            &self.shared.names.tracking(),
+            self.shared.config.supervision.call_timeout,
+            crate::tracking::TrackingMsg::Stats,
+        )
+        .await
+        .map(Some)
     }
 
     /// The configured counter names.
@@ -115,7 +150,7 @@ impl ForzeHandle {
         &self.shared.names
     }
 
-    /// Ask every actor for its statistics (supervisor, pool, counters).
+    /// Ask every actor for its statistics (supervisor, pool, counters, caches, tracking).
     pub async fn stats(&self) -> Result<ForzeStats> {
         let timeout = self.shared.config.supervision.call_timeout;
         let supervisor = call_named(
@@ -133,11 +168,17 @@ impl ForzeHandle {
             let handle = self.counter(name)?;
             counters.push((name.clone(), handle.stats().await?));
         }
+        let mut caches = Vec::new();
+        for name in self.shared.caches.keys() {
+            caches.push((name.clone(), self.cache(name)?.stats().await?));
+        }
         Ok(ForzeStats {
             health: self.health(),
             supervisor,
             pool,
             counters,
+            caches,
+            tracking: self.tracking_stats().await?,
         })
     }
 

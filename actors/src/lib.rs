@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 mod call;
 pub mod counter;
 mod handle;
@@ -49,10 +50,13 @@ pub mod pool;
 pub mod restart;
 mod shared;
 pub mod supervisor;
+pub mod tracking;
 
+pub use cache::{CacheActor, CacheHandle, CacheMsg};
 pub use counter::{CounterActor, CounterHandle, CounterMsg};
 pub use handle::{Forze, ForzeHandle, ForzeStats};
 pub use names::ActorNames;
 pub use pool::{PoolActor, PoolMsg, PoolStats};
 pub use shared::Shared;
 pub use supervisor::{ChildKind, ForzeSupervisor, SupervisorMsg, SupervisorStats};
+pub use tracking::{TrackingMsg, TrackingStats, TrackingSubscriber};

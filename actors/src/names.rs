@@ -34,4 +34,14 @@ impl ActorNames {
     pub fn counter(&self, name: &str) -> String {
         format!("{}.counter.{name}", self.prefix)
     }
+
+    /// `<prefix>.cache.<name>`
+    pub fn cache(&self, name: &str) -> String {
+        format!("{}.cache.{name}", self.prefix)
+    }
+
+    /// `<prefix>.tracking`
+    pub fn tracking(&self) -> String {
+        format!("{}.tracking", self.prefix)
+    }
 }

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use forze_redis::cache::redis::RedisCacheStore;
+use forze_redis::cache::tracking::TrackingTarget;
+use forze_redis::cache::Cache;
 use forze_redis::connection::{Health, RedisConnection};
 use forze_redis::counter::{local_store, Counter, RedisCounterStore};
 use forze_redis::keys::{KeySpace, ResourceKind};
@@ -29,6 +32,10 @@ pub struct Shared {
     /// Connection health, published by the pool actor.
     pub(crate) health: watch::Sender<Health>,
     pub(crate) counters: BTreeMap<String, Arc<Counter>>,
+    pub(crate) caches: BTreeMap<String, Arc<Cache>>,
+    /// Where the tracking subscriber connects; `None` when no cache has an L1 (or embedded).
+    pub(crate) tracking: Option<TrackingTarget>,
+    pub(crate) tracking_stats: crate::tracking::TrackingCounters,
     /// Tasks spawned on behalf of callers (message requests); waited for at shutdown.
     pub(crate) tasks: TaskTracker,
     /// Set when shutdown begins: new requests are refused with `Unavailable`.
@@ -74,7 +81,29 @@ impl Shared {
                 Arc::new(Counter::new(name.clone(), space, cfg, redis, local.clone())),
             );
         }
+        let mut caches = BTreeMap::new();
+        for (name, cfg) in &config.caches {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::Cache,
+                config.cache_namespace(name, cfg)?,
+            );
+            let redis = connection.clone().map(RedisCacheStore::new);
+            caches.insert(
+                name.clone(),
+                Arc::new(Cache::new(name.clone(), space, cfg, redis)),
+            );
+        }
+        let tracking = match &config.redis {
+            Some(redis) if caches.values().any(|c| c.l1().is_some()) => {
+                Some(TrackingTarget::from_url(&redis.url)?)
+            }
+            _ => None,
+        };
         Ok(Arc::new(Shared {
+            caches,
+            tracking,
+            tracking_stats: Default::default(),
             names,
             connection,
             health: watch::Sender::new(initial),

@@ -3,7 +3,9 @@
 //! ```text
 //! <prefix>.supervisor            ForzeSupervisor (this file)
 //! ├── <prefix>.pool              PoolActor: connection lifecycle and health (Redis mode only)
-//! └── <prefix>.counter.<name>    CounterActor, one per configured counter
+//! ├── <prefix>.counter.<name>    CounterActor, one per configured counter
+//! ├── <prefix>.cache.<name>      CacheActor, one per cache namespace
+//! └── <prefix>.tracking          TrackingSubscriber (Redis mode, when a cache has an L1)
 //! ```
 //!
 //! - One-for-one restarts: a failed (or unexpectedly stopped) child is restarted alone after a
@@ -25,7 +27,9 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 
+use crate::cache::{CacheActor, CacheActorArgs};
 use crate::counter::{CounterActor, CounterActorArgs};
+use crate::tracking::TrackingSubscriber;
 use crate::pool::PoolActor;
 use crate::restart::{RestartDecision, RestartPolicy};
 use crate::shared::Shared;
@@ -37,6 +41,10 @@ pub enum ChildKind {
     Pool,
     /// The counter actor of the named resource.
     Counter(String),
+    /// The cache actor of the named namespace.
+    Cache(String),
+    /// The tracking subscriber.
+    Tracking,
 }
 
 /// Messages of the supervisor.
@@ -106,6 +114,34 @@ impl ForzeSupervisor {
                         shared: shared.clone(),
                         counter,
                     },
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+            ChildKind::Cache(name) => {
+                let cache = shared
+                    .caches
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown cache {name}"))?;
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.cache(name)),
+                    CacheActor,
+                    CacheActorArgs {
+                        shared: shared.clone(),
+                        cache,
+                    },
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+            ChildKind::Tracking => {
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.tracking()),
+                    TrackingSubscriber,
+                    shared.clone(),
                     myself.get_cell(),
                 )
                 .await?;
@@ -187,6 +223,13 @@ impl Actor for ForzeSupervisor {
         for name in names {
             Self::spawn_child(&myself, &mut state, ChildKind::Counter(name)).await?;
         }
+        let caches: Vec<String> = state.shared.caches.keys().cloned().collect();
+        for name in caches {
+            Self::spawn_child(&myself, &mut state, ChildKind::Cache(name)).await?;
+        }
+        if state.shared.tracking.is_some() {
+            Self::spawn_child(&myself, &mut state, ChildKind::Tracking).await?;
+        }
         tracing::info!(
             prefix = state.shared.names.prefix(),
             mode = if state.shared.connection.is_some() {
@@ -253,6 +296,14 @@ impl Actor for ForzeSupervisor {
                         ChildKind::Counter(_) => {
                             let _ = ActorRef::<crate::counter::CounterMsg>::from(cell.clone())
                                 .cast(crate::counter::CounterMsg::Panic);
+                        }
+                        ChildKind::Cache(_) => {
+                            let _ = ActorRef::<crate::cache::CacheMsg>::from(cell.clone())
+                                .cast(crate::cache::CacheMsg::Panic);
+                        }
+                        ChildKind::Tracking => {
+                            let _ = ActorRef::<crate::tracking::TrackingMsg>::from(cell.clone())
+                                .cast(crate::tracking::TrackingMsg::Panic);
                         }
                     }
                 }

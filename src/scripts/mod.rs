@@ -47,9 +47,17 @@ impl Script {
 pub static SERVER_TIME: LazyLock<Script> =
     LazyLock::new(|| Script::new("server_time", include_str!("server_time.lua")));
 
+/// `cache_set_versioned.lua`: a versioned cache write that never replaces a newer version.
+pub static CACHE_SET_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "cache_set_versioned",
+        include_str!("cache_set_versioned.lua"),
+    )
+});
+
 /// Every script, for preloading and tests.
-pub fn all() -> [&'static Script; 1] {
-    [&SERVER_TIME]
+pub fn all() -> [&'static Script; 2] {
+    [&SERVER_TIME, &CACHE_SET_VERSIONED]
 }
 
 #[cfg(test)]

@@ -1,0 +1,284 @@
+//! The tracking subscriber (`<prefix>.tracking`): keeps every cache L1 of this supervisor
+//! coherent with Redis through client-side caching.
+//!
+//! It owns one task per incarnation that holds a dedicated RESP3 connection with
+//! `CLIENT TRACKING ON BCAST PREFIX <one prefix per L1 namespace>` and:
+//! - applies each invalidation push to the L1 that owns the key's prefix, directly (no
+//!   mailbox between the push and the eviction);
+//! - flushes every L1 on a server flush (the null push fred would drop);
+//! - sends `PING` every `health_interval` and treats a `PONG` later than `command_timeout`
+//!   as a lost connection (black hole);
+//! - on any loss (closed, killed, restarted, timed out, refused) flushes every L1 and marks it
+//!   untrusted, so no fill happens and no hit is served from before, then reconnects with the
+//!   jittered exponential backoff of `[redis.reconnect]` and confirms tracking again before
+//!   the L1s accept fills.
+//!
+//! When the actor stops or fails, its task is aborted and a guard flushes every L1 untrusted:
+//! a dead subscriber can never leave an L1 serving entries nobody invalidates.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use forze_redis::cache::l1::{FlushReason, L1};
+use forze_redis::cache::tracking::{deoverlap, TrackingConnection, TrackingEvent};
+use forze_redis::Error;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::pool::AbortOnDrop;
+use crate::shared::Shared;
+
+/// Messages of the tracking subscriber.
+#[derive(Debug)]
+pub enum TrackingMsg {
+    /// Report statistics.
+    Stats(RpcReplyPort<TrackingStats>),
+    /// Make this actor panic, to drill supervision.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+/// Events of the tracking subscriber, counted across its restarts.
+#[derive(Debug, Default)]
+pub struct TrackingCounters {
+    confirmations: AtomicU64,
+    losses: AtomicU64,
+    connect_failures: AtomicU64,
+    invalidated_keys: AtomicU64,
+    server_flushes: AtomicU64,
+    confirmed: AtomicBool,
+}
+
+/// A copy of the tracking subscriber's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackingStats {
+    /// Whether tracking is confirmed on a live connection now.
+    pub confirmed: bool,
+    /// Times tracking was confirmed (first connect and every reconnect).
+    pub confirmations: u64,
+    /// Tracking connections lost after confirmation.
+    pub losses: u64,
+    /// Connection attempts that failed before confirmation.
+    pub connect_failures: u64,
+    /// Keys invalidated by pushes.
+    pub invalidated_keys: u64,
+    /// Server flushes seen (`FLUSHALL`/`FLUSHDB`).
+    pub server_flushes: u64,
+    /// The tracked prefixes, de-overlapped.
+    pub prefixes: Vec<String>,
+}
+
+/// The tracking subscriber actor.
+#[derive(Debug)]
+pub struct TrackingSubscriber;
+
+/// Flushes every L1 untrusted when dropped: the incarnation that kept them coherent is gone.
+#[derive(Debug)]
+struct FlushOnDrop {
+    shared: Arc<Shared>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        // Set before flushing: an aborted task still mid-poll sees it and never re-confirms.
+        self.stopped.store(true, Ordering::Release);
+        self.shared
+            .tracking_stats
+            .confirmed
+            .store(false, Ordering::Release);
+        for l1 in l1s(&self.shared).into_iter().map(|(_, l1)| l1) {
+            l1.flush(FlushReason::SubscriberRestart, false);
+        }
+    }
+}
+
+/// State of one incarnation. Field order matters: the task is aborted before the flush.
+#[derive(Debug)]
+pub struct TrackingState {
+    _task: AbortOnDrop,
+    _flush: FlushOnDrop,
+    prefixes: Vec<String>,
+    shared: Arc<Shared>,
+}
+
+/// The L1s of this supervisor with the prefix each owns.
+fn l1s(shared: &Shared) -> Vec<(String, Arc<L1>)> {
+    shared
+        .caches
+        .values()
+        .filter_map(|c| c.l1().map(|l1| (c.tracking_prefix(), l1.clone())))
+        .collect()
+}
+
+impl Actor for TrackingSubscriber {
+    type Msg = TrackingMsg;
+    type State = TrackingState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TrackingMsg>,
+        shared: Arc<Shared>,
+    ) -> Result<TrackingState, ActorProcessingErr> {
+        // A new incarnation knows nothing of what happened before it: start from empty.
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flush = FlushOnDrop {
+            shared: shared.clone(),
+            stopped: stopped.clone(),
+        };
+        for (_, l1) in l1s(&shared) {
+            l1.flush(FlushReason::SubscriberRestart, false);
+        }
+        let targets = l1s(&shared);
+        let prefixes = deoverlap(&targets.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>());
+        let task = AbortOnDrop(tokio::spawn(run(
+            shared.clone(),
+            targets,
+            prefixes.clone(),
+            stopped,
+        )));
+        Ok(TrackingState {
+            _task: task,
+            _flush: flush,
+            prefixes,
+            shared,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TrackingMsg>,
+        msg: TrackingMsg,
+        state: &mut TrackingState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TrackingMsg::Stats(reply) => {
+                let c = &state.shared.tracking_stats;
+                let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                let _ = reply.send(TrackingStats {
+                    confirmed: c.confirmed.load(Ordering::Acquire),
+                    confirmations: l(&c.confirmations),
+                    losses: l(&c.losses),
+                    connect_failures: l(&c.connect_failures),
+                    invalidated_keys: l(&c.invalidated_keys),
+                    server_flushes: l(&c.server_flushes),
+                    prefixes: state.prefixes.clone(),
+                });
+            }
+            #[cfg(feature = "fault-injection")]
+            TrackingMsg::Panic => panic!("fault injection: tracking subscriber panic"),
+        }
+        Ok(())
+    }
+}
+
+/// Connect, confirm, serve, and on every loss flush and reconnect. Runs until aborted.
+async fn run(
+    shared: Arc<Shared>,
+    l1s: Vec<(String, Arc<L1>)>,
+    prefixes: Vec<String>,
+    stopped: Arc<AtomicBool>,
+) {
+    let (Some(redis), Some(target)) = (&shared.config.redis, &shared.tracking) else {
+        return;
+    };
+    let name = format!("{}-tracking", redis.client_name);
+    let stats = &shared.tracking_stats;
+    let mut delay = redis.reconnect.min_delay;
+    loop {
+        match TrackingConnection::open(target, &name, &prefixes, redis.connect_timeout).await {
+            Ok(mut conn) => {
+                delay = redis.reconnect.min_delay;
+                if stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                for (_, l1) in &l1s {
+                    l1.confirm();
+                }
+                if stopped.load(Ordering::Acquire) {
+                    // The incarnation stopped while we confirmed: undo.
+                    for (_, l1) in &l1s {
+                        l1.flush(FlushReason::SubscriberRestart, false);
+                    }
+                    return;
+                }
+                stats.confirmed.store(true, Ordering::Release);
+                stats.confirmations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(prefixes = prefixes.len(), "cache tracking confirmed");
+                let why = serve(
+                    &mut conn,
+                    &l1s,
+                    stats,
+                    redis.health_interval,
+                    redis.command_timeout,
+                )
+                .await;
+                stats.confirmed.store(false, Ordering::Release);
+                for (_, l1) in &l1s {
+                    l1.flush(FlushReason::TrackingLost, false);
+                }
+                stats.losses.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %why, "cache tracking lost; every L1 flushed");
+            }
+            Err(e) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "cache tracking connect failed");
+            }
+        }
+        let jitter = redis.reconnect.jitter.mul_f64(rand::random::<f64>());
+        tokio::time::sleep(delay + jitter).await;
+        delay = (delay * 2).min(redis.reconnect.max_delay);
+    }
+}
+
+/// Serve one confirmed connection until it is lost; returns why.
+async fn serve(
+    conn: &mut TrackingConnection,
+    l1s: &[(String, Arc<L1>)],
+    stats: &TrackingCounters,
+    ping_every: Duration,
+    pong_within: Duration,
+) -> Error {
+    let mut ticker = tokio::time::interval(ping_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            event = conn.next_event() => match event {
+                Ok(TrackingEvent::Invalidate(keys)) => {
+                    stats.invalidated_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                    for key in &keys {
+                        if let Some((_, l1)) = l1s.iter().find(|(p, _)| key.starts_with(p.as_str())) {
+                            l1.invalidate(key);
+                        }
+                    }
+                }
+                Ok(TrackingEvent::Flush) => {
+                    stats.server_flushes.fetch_add(1, Ordering::Relaxed);
+                    for (_, l1) in l1s {
+                        // Tracking itself is intact: stay trusted, refuse fills in flight.
+                        l1.flush(FlushReason::ServerFlush, true);
+                    }
+                    tracing::info!("server flush seen; every L1 flushed");
+                }
+                Ok(TrackingEvent::Pong) => ping_sent = None,
+                Err(e) => return e,
+            },
+            _ = ticker.tick() => {
+                match ping_sent {
+                    Some(at) if at.elapsed() > pong_within => {
+                        return Error::Timeout { op: "cache.tracking.ping".into(), after: pong_within };
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Err(e) = conn.ping().await {
+                            return e;
+                        }
+                        ping_sent = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The in-process L1 of one cache namespace: a `DashMap` of stored entries keyed by their
+//! Redis key, bounded by entries and bytes, each entry with its own deadline.
+//!
+//! # Race-safe fills (the epoch technique)
+//!
+//! A read that misses takes a [`FillTicket`] *before* it sends `GET`: the epoch of the key's
+//! stripe, the namespace's global epoch, and whether tracking is confirmed. An invalidation
+//! bumps the key's stripe epoch and then removes the key; a flush bumps the global epoch and
+//! then clears the map. [`L1::fill`] re-checks the ticket under the map's shard lock and inserts
+//! only if nothing moved, so a reply that raced an invalidation (arriving before or after it)
+//! or a flush is never inserted. Stripes (4096 per namespace) keep one hot key's invalidations
+//! from refusing every other key's fills.
+//!
+//! # Trust
+//!
+//! The L1 is *untrusted* until the tracking subscriber confirms `CLIENT TRACKING` on a live
+//! connection, and again from the moment that connection is lost. Untrusted: no fills, and
+//! the flush that made it untrusted emptied it, so no hit can be served from before.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+const STRIPES: usize = 4096;
+/// Bookkeeping bytes charged per entry on top of key and value.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Why an L1 was flushed; counted per reason in the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FlushReason {
+    /// The tracking connection was lost (closed, killed, timed out, or refused on connect).
+    TrackingLost,
+    /// The server flushed its data (`FLUSHALL`/`FLUSHDB` null invalidation).
+    ServerFlush,
+    /// The tracking subscriber stopped or restarted.
+    SubscriberRestart,
+    /// Asked for by an operator or a test.
+    Manual,
+}
+
+impl FlushReason {
+    /// A short label for stats and traces.
+    pub fn label(self) -> &'static str {
+        match self {
+            FlushReason::TrackingLost => "tracking_lost",
+            FlushReason::ServerFlush => "server_flush",
+            FlushReason::SubscriberRestart => "subscriber_restart",
+            FlushReason::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    stored: Bytes,
+    deadline: Instant,
+    charge: usize,
+}
+
+/// Taken before a read is sent; presented to [`L1::fill`] with the reply.
+#[derive(Debug, Clone, Copy)]
+pub struct FillTicket {
+    stripe: usize,
+    stripe_epoch: u64,
+    global_epoch: u64,
+}
+
+/// Counters of one L1.
+#[derive(Debug, Default)]
+pub struct L1Counters {
+    hits: AtomicU64,
+    fills: AtomicU64,
+    fills_refused: AtomicU64,
+    invalidations: AtomicU64,
+    evictions: AtomicU64,
+    flushes: Mutex<BTreeMap<FlushReason, u64>>,
+}
+
+/// A copy of an L1's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct L1Stats {
+    /// Reads served from the L1.
+    pub hits: u64,
+    /// Entries inserted after a read.
+    pub fills: u64,
+    /// Fills refused because the key was invalidated (or the L1 flushed or untrusted) while
+    /// the read was in flight.
+    pub fills_refused: u64,
+    /// Keys evicted by invalidation pushes or local writes.
+    pub invalidations: u64,
+    /// Entries removed to stay within the bounds, or expired.
+    pub evictions: u64,
+    /// Flushes by reason.
+    pub flushes: BTreeMap<&'static str, u64>,
+    /// Entries now.
+    pub entries: usize,
+    /// Bytes charged now (keys, values and per-entry overhead).
+    pub bytes: usize,
+    /// Whether tracking is confirmed and fills are allowed.
+    pub trusted: bool,
+}
+
+/// The L1 of one namespace.
+#[derive(Debug)]
+pub struct L1 {
+    map: DashMap<String, Slot>,
+    stripes: Box<[AtomicU64]>,
+    hasher: RandomState,
+    global: AtomicU64,
+    trusted: AtomicBool,
+    ttl: Duration,
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: AtomicUsize,
+    counters: L1Counters,
+}
+
+impl L1 {
+    /// An empty, untrusted L1.
+    pub fn new(ttl: Duration, max_entries: usize, max_bytes: usize) -> Self {
+        L1 {
+            map: DashMap::new(),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            global: AtomicU64::new(0),
+            trusted: AtomicBool::new(false),
+            ttl,
+            max_entries,
+            max_bytes,
+            bytes: AtomicUsize::new(0),
+            counters: L1Counters::default(),
+        }
+    }
+
+    /// The per-entry time to live (before capping by the key's server PTTL).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn stripe(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) & (STRIPES - 1)
+    }
+
+    /// The stored entry for `key` if present and not past its deadline.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        let now = Instant::now();
+        let hit = self.map.get(key).and_then(|slot| {
+            if slot.deadline > now {
+                Some(slot.stored.clone())
+            } else {
+                None
+            }
+        });
+        match hit {
+            Some(b) => {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                Some(b)
+            }
+            None => {
+                self.remove_expired(key, now);
+                None
+            }
+        }
+    }
+
+    fn remove_expired(&self, key: &str, now: Instant) {
+        if let Some((_, slot)) = self.map.remove_if(key, |_, s| s.deadline <= now) {
+            self.bytes.fetch_sub(slot.charge, Ordering::Relaxed);
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A ticket for a read of `key` about to be sent; `None` while untrusted (no fill then).
+    pub fn ticket(&self, key: &str) -> Option<FillTicket> {
+        // Epochs first, trust last: a loss that happens in between is caught by the epoch.
+        let stripe = self.stripe(key);
+        let ticket = FillTicket {
+            stripe,
+            stripe_epoch: self.stripes[stripe].load(Ordering::Acquire),
+            global_epoch: self.global.load(Ordering::Acquire),
+        };
+        self.trusted.load(Ordering::Acquire).then_some(ticket)
+    }
+
+    /// Insert `stored` for `key` if nothing invalidated it since `ticket` was taken. The entry
+    /// lives for the L1 TTL, capped by `server_ttl` (the key's PTTL read with the value) minus
+    /// a margin, so it never outlives the Redis entry. Returns whether it was inserted.
+    pub fn fill(
+        &self,
+        ticket: FillTicket,
+        key: &str,
+        stored: Bytes,
+        server_ttl: Option<Duration>,
+    ) -> bool {
+        let mut ttl = self.ttl;
+        if let Some(server) = server_ttl {
+            // Keep clear of the server's expiry by a tenth (at least 1 ms).
+            let margin = (server / 10).max(Duration::from_millis(1));
+            ttl = ttl.min(server.saturating_sub(margin));
+        }
+        let charge = key.len() + stored.len() + ENTRY_OVERHEAD;
+        if ttl.is_zero() || charge > self.max_bytes {
+            return false;
+        }
+        let deadline = Instant::now() + ttl;
+        let replaced = {
+            // The shard lock orders this check against invalidate(): bump, then remove.
+            let entry = self.map.entry(key.to_string());
+            let valid = self.trusted.load(Ordering::Acquire)
+                && self.global.load(Ordering::Acquire) == ticket.global_epoch
+                && self.stripes[ticket.stripe].load(Ordering::Acquire) == ticket.stripe_epoch;
+            if !valid {
+                None
+            } else {
+                let slot = Slot {
+                    stored,
+                    deadline,
+                    charge,
+                };
+                Some(match entry {
+                    dashmap::Entry::Occupied(mut o) => o.insert(slot).charge,
+                    dashmap::Entry::Vacant(v) => {
+                        v.insert(slot);
+                        0
+                    }
+                })
+            }
+        };
+        let Some(old_charge) = replaced else {
+            self.counters.fills_refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        self.counters.fills.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(old_charge, Ordering::Relaxed);
+        self.recount_bytes_after_insert(charge);
+        true
+    }
+
+    fn recount_bytes_after_insert(&self, charge: usize) {
+        let bytes = self.bytes.fetch_add(charge, Ordering::Relaxed) + charge;
+        if self.map.len() > self.max_entries || bytes > self.max_bytes {
+            self.shrink();
+        }
+    }
+
+    /// Evict expired entries, then any, until at 90 % of both bounds. Also corrects the byte
+    /// count from the entries themselves.
+    fn shrink(&self) {
+        let now = Instant::now();
+        let entry_goal = self.max_entries * 9 / 10;
+        let byte_goal = self.max_bytes / 10 * 9;
+        let mut total: usize = 0;
+        let mut count = self.map.len();
+        let mut evicted = 0u64;
+        self.map.retain(|_, slot| {
+            if slot.deadline <= now {
+                count -= 1;
+                evicted += 1;
+                return false;
+            }
+            total += slot.charge;
+            true
+        });
+        if count > entry_goal || total > byte_goal {
+            self.map.retain(|_, slot| {
+                if count > entry_goal || total > byte_goal {
+                    count -= 1;
+                    total -= slot.charge;
+                    evicted += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.bytes.store(total, Ordering::Relaxed);
+        self.counters
+            .evictions
+            .fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Evict `key` and refuse fills of it that are in flight.
+    pub fn invalidate(&self, key: &str) {
+        let stripe = self.stripe(key);
+        self.stripes[stripe].fetch_add(1, Ordering::AcqRel);
+        if let Some((_, slot)) = self.map.remove(key) {
+            self.bytes.fetch_sub(slot.charge, Ordering::Relaxed);
+        }
+        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Empty the L1 and refuse every fill in flight. With `trusted = false` no fill happens
+    /// until [`L1::confirm`].
+    pub fn flush(&self, reason: FlushReason, trusted: bool) {
+        if !trusted {
+            self.trusted.store(false, Ordering::Release);
+        }
+        self.global.fetch_add(1, Ordering::AcqRel);
+        self.map.clear();
+        self.bytes.store(0, Ordering::Relaxed);
+        *self
+            .counters
+            .flushes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Tracking is confirmed on a live connection: fills may resume.
+    pub fn confirm(&self) {
+        // A fill ticketed before this point was ticketed while untrusted and never fills.
+        self.global.fetch_add(1, Ordering::AcqRel);
+        self.trusted.store(true, Ordering::Release);
+    }
+
+    /// Whether fills are allowed now.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Remove every entry past its deadline (the cache actor calls this periodically).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut evicted = 0u64;
+        let mut freed = 0usize;
+        self.map.retain(|_, slot| {
+            if slot.deadline <= now {
+                evicted += 1;
+                freed += slot.charge;
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes.fetch_sub(freed.min(self.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.counters
+            .evictions
+            .fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Entries now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> L1Stats {
+        let c = &self.counters;
+        L1Stats {
+            hits: c.hits.load(Ordering::Relaxed),
+            fills: c.fills.load(Ordering::Relaxed),
+            fills_refused: c.fills_refused.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            flushes: c
+                .flushes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(r, n)| (r.label(), *n))
+                .collect(),
+            entries: self.map.len(),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            trusted: self.is_trusted(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l1() -> L1 {
+        let l1 = L1::new(Duration::from_secs(10), 100, 1 << 20);
+        l1.confirm();
+        l1
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_refused() {
+        let l1 = l1();
+        let t = l1.ticket("k").unwrap();
+        l1.invalidate("k");
+        assert!(!l1.fill(t, "k", b("old"), None));
+        assert!(l1.get("k").is_none());
+        let t = l1.ticket("k").unwrap();
+        assert!(l1.fill(t, "k", b("new"), None));
+        assert_eq!(l1.get("k").unwrap(), b("new"));
+    }
+
+    #[test]
+    fn a_fill_that_raced_a_flush_is_refused_and_untrusted_refuses_tickets() {
+        let l1 = l1();
+        let t = l1.ticket("k").unwrap();
+        l1.flush(FlushReason::TrackingLost, false);
+        assert!(!l1.fill(t, "k", b("v"), None));
+        assert!(l1.ticket("k").is_none());
+        l1.confirm();
+        let t = l1.ticket("k").unwrap();
+        assert!(l1.fill(t, "k", b("v"), None));
+        assert_eq!(l1.stats().flushes.get("tracking_lost"), Some(&1));
+    }
+
+    #[test]
+    fn entries_are_capped_by_the_server_ttl() {
+        let l1 = l1();
+        let t = l1.ticket("k").unwrap();
+        assert!(l1.fill(t, "k", b("v"), Some(Duration::from_millis(20))));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(l1.get("k").is_none());
+        let t = l1.ticket("k").unwrap();
+        assert!(!l1.fill(t, "k", b("v"), Some(Duration::ZERO)));
+    }
+
+    #[test]
+    fn bounds_hold() {
+        let l1 = L1::new(Duration::from_secs(10), 50, 10_000);
+        l1.confirm();
+        for i in 0..500 {
+            let k = format!("key{i}");
+            let t = l1.ticket(&k).unwrap();
+            l1.fill(t, &k, Bytes::from(vec![0u8; 50]), None);
+            assert!(l1.len() <= 50);
+            assert!(l1.stats().bytes <= 10_000);
+        }
+        assert!(l1.stats().evictions > 0);
+    }
+}

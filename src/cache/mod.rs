@@ -1,0 +1,666 @@
+//! Caches: one [`Cache`] per configured namespace, on Redis (with an optional in-process L1
+//! kept coherent by client-side caching) or on process-local state in embedded mode.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`codec`] | the stored form: marker, flags, version, payload in one string |
+//! | [`l1`] | the in-process L1: bounds, deadlines, race-safe fills, trust |
+//! | [`redis`] | the Redis store: pipelined reads and writes, the versioned-write script |
+//! | [`local`] | the process-local store for embedded mode |
+//! | [`tracking`] | the RESP3 tracking connection the subscriber actor drives |
+//!
+//! # Contract
+//! - Values are serde values (JSON) or raw bytes that round-trip exactly.
+//! - `get` misses cleanly on a missing, expired or corrupt entry (corrupt ones are counted);
+//!   a batch never fails because of one corrupt entry.
+//! - Reads fail open: while Redis is unreachable they miss (counted as `bypassed`). Writes
+//!   return `Unavailable` (or `OutcomeUnknown` when the reply was lost).
+//! - A versioned entry is one string: readers never see a torn version, and a versioned write
+//!   never replaces a newer version (it reports `false` instead).
+//! - Read-your-own-writes: a write or delete evicts the key from this process's L1 before
+//!   and after it is sent, so the next read on this replica goes to Redis.
+//! - `get_or_load` runs the loader once per key per process at a time; concurrent callers
+//!   wait for that load and share its result.
+
+pub mod codec;
+pub mod l1;
+pub mod local;
+pub mod redis;
+pub mod tracking;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::CacheConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::{KeySpace, TenantId};
+use codec::Entry;
+use l1::{L1Stats, L1};
+use local::LocalCacheStore;
+use redis::{Read, RedisCacheStore};
+
+/// Milliseconds for `PX`/`PEXPIRE`, at least 1.
+pub(crate) fn ttl_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// The key of one cache entry: the caller's key and, for tenant-aware namespaces, the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    tenant: Option<TenantId>,
+    key: String,
+}
+
+impl CacheKey {
+    /// A key without tenant.
+    pub fn new(key: impl Into<String>) -> Self {
+        CacheKey {
+            tenant: None,
+            key: key.into(),
+        }
+    }
+
+    /// The same key for `tenant`.
+    pub fn for_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// The caller's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The tenant, if any.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
+    }
+}
+
+impl From<&str> for CacheKey {
+    fn from(key: &str) -> Self {
+        CacheKey::new(key)
+    }
+}
+
+impl From<String> for CacheKey {
+    fn from(key: String) -> Self {
+        CacheKey::new(key)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    bypassed: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+    loads: AtomicU64,
+    load_waits: AtomicU64,
+}
+
+/// A copy of one namespace's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Keys read (a batch counts each key).
+    pub reads: u64,
+    /// Keys found, in the L1 or in Redis.
+    pub hits: u64,
+    /// Keys not found (missing, expired, corrupt or bypassed).
+    pub misses: u64,
+    /// Stored values that did not decode; read as misses.
+    pub corrupt: u64,
+    /// Reads that missed because Redis could not be reached (fail-open).
+    pub bypassed: u64,
+    /// Keys written or deleted.
+    pub writes: u64,
+    /// Operations that returned an error.
+    pub errors: u64,
+    /// Loader runs of `get_or_load`.
+    pub loads: u64,
+    /// `get_or_load` callers that waited for another caller's load.
+    pub load_waits: u64,
+    /// The L1's statistics; `None` when the namespace has no L1.
+    pub l1: Option<L1Stats>,
+    /// How the L1 is kept coherent: `"tracking"`, or `"none"` without an L1.
+    pub coherence: &'static str,
+}
+
+enum Store {
+    Redis(RedisCacheStore),
+    Local(LocalCacheStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::Redis(_) => "Redis",
+            Store::Local(_) => "Local",
+        })
+    }
+}
+
+type LoadResult = Option<std::result::Result<Bytes, String>>;
+
+/// One cache namespace.
+#[derive(Debug)]
+pub struct Cache {
+    name: String,
+    space: KeySpace,
+    tenant_aware: bool,
+    ttl: Duration,
+    sliding_ttl: Option<Duration>,
+    store: Store,
+    l1: Option<Arc<L1>>,
+    counters: Counters,
+    inflight: DashMap<String, watch::Receiver<LoadResult>>,
+}
+
+thread_local! {
+    /// Reused key buffer for L1 lookups: an L1 hit allocates nothing but the value's handle.
+    static KEY_BUF: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl Cache {
+    /// A cache namespace on Redis (`redis` is `Some`) or on local state. The L1 exists only
+    /// on Redis and only when configured; it starts untrusted until the tracking subscriber
+    /// confirms tracking.
+    pub fn new(
+        name: impl Into<String>,
+        space: KeySpace,
+        config: &CacheConfig,
+        redis: Option<RedisCacheStore>,
+    ) -> Self {
+        let l1 = match (&redis, &config.l1) {
+            (Some(_), Some(l1)) => Some(Arc::new(L1::new(l1.ttl, l1.max_entries, l1.max_bytes))),
+            _ => None,
+        };
+        Cache {
+            name: name.into(),
+            space,
+            tenant_aware: config.tenant_aware,
+            ttl: config.ttl,
+            sliding_ttl: config.sliding_ttl,
+            store: match redis {
+                Some(r) => Store::Redis(r),
+                None => Store::Local(LocalCacheStore::new()),
+            },
+            l1,
+            counters: Counters::default(),
+            inflight: DashMap::new(),
+        }
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key space.
+    pub fn space(&self) -> &KeySpace {
+        &self.space
+    }
+
+    /// The L1, when the namespace has one.
+    pub fn l1(&self) -> Option<&Arc<L1>> {
+        self.l1.as_ref()
+    }
+
+    /// The prefix every key of this namespace starts with: what the tracking subscriber asks
+    /// the server to broadcast invalidations for.
+    pub fn tracking_prefix(&self) -> String {
+        self.space.namespace_prefix()
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            reads: l(&c.reads),
+            hits: l(&c.hits) + self.l1.as_ref().map_or(0, |x| x.stats().hits),
+            misses: l(&c.misses),
+            corrupt: l(&c.corrupt),
+            bypassed: l(&c.bypassed),
+            writes: l(&c.writes),
+            errors: l(&c.errors),
+            loads: l(&c.loads),
+            load_waits: l(&c.load_waits),
+            l1: self.l1.as_ref().map(|x| x.stats()),
+            coherence: if self.l1.is_some() { "tracking" } else { "none" },
+        }
+    }
+
+    fn tenant<'a>(&self, key: &'a CacheKey) -> Result<Option<&'a TenantId>> {
+        if key.key.is_empty() {
+            return Err(Error::validation("key", "must not be empty"));
+        }
+        match (self.tenant_aware, key.tenant.as_ref()) {
+            (true, None) => Err(Error::TenantRequired {
+                resource: self.name.clone(),
+            }),
+            (true, t) => Ok(t),
+            (false, _) => Ok(None),
+        }
+    }
+
+    fn redis_key(&self, key: &CacheKey) -> Result<String> {
+        let tenant = self.tenant(key)?;
+        Ok(self.space.key(tenant, &[&key.key])?.into_string())
+    }
+
+    fn l1_lookup(&self, key: &CacheKey) -> Result<Option<Bytes>> {
+        let Some(l1) = &self.l1 else { return Ok(None) };
+        let tenant = self.tenant(key)?;
+        KEY_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            self.space.write_key(&mut buf, tenant, &[&key.key])?;
+            Ok(l1.get(&buf))
+        })
+    }
+
+    fn span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "forze.cache",
+            resource = %self.name,
+            op,
+            outcome = tracing::field::Empty,
+        )
+    }
+
+    fn fail<T>(&self, e: Error) -> Result<T> {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::Span::current().record("outcome", tracing::field::debug(e.kind()));
+        Err(e)
+    }
+
+    /// Read stored entries for `keys` (all already validated), going through the L1.
+    async fn read_stored(&self, op: &'static str, keys: &[&CacheKey]) -> Result<Vec<Option<Entry>>> {
+        self.counters
+            .reads
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let mut out: Vec<Option<Entry>> = vec![None; keys.len()];
+        let mut pending: Vec<(usize, String)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.l1_lookup(key)? {
+                Some(stored) => match codec::decode(&stored) {
+                    Some(e) => out[i] = Some(e),
+                    None => {
+                        self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                None => pending.push((i, self.redis_key(key)?)),
+            }
+        }
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        async {
+            let tickets: Vec<_> = pending
+                .iter()
+                .map(|(_, k)| self.l1.as_ref().and_then(|l1| l1.ticket(k)))
+                .collect();
+            let names: Vec<&str> = pending.iter().map(|(_, k)| k.as_str()).collect();
+            let reads = match &self.store {
+                Store::Redis(r) => {
+                    Box::pin(r.read(op, &names, self.l1.is_some(), self.sliding_ttl)).await
+                }
+                Store::Local(l) => Ok(l.read(&names, self.sliding_ttl)),
+            };
+            let reads = match reads {
+                Ok(r) => r,
+                // Fail open: an unreachable Redis is a miss, never an error, for reads.
+                Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                    tracing::debug!(error = %e, "cache read bypassed");
+                    tracing::Span::current().record("outcome", "bypassed");
+                    let n = pending.len() as u64;
+                    self.counters.bypassed.fetch_add(n, Ordering::Relaxed);
+                    self.counters.misses.fetch_add(n, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => return self.fail(e),
+            };
+            for (((i, key), ticket), Read { stored, pttl }) in
+                pending.iter().zip(tickets).zip(reads)
+            {
+                let Some(stored) = stored else {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let Some(entry) = codec::decode(&stored) else {
+                    self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
+                    l1.fill(ticket, key, stored, pttl);
+                }
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                out[*i] = Some(entry);
+            }
+            Ok(())
+        }
+        .instrument(self.span(op))
+        .await?;
+        Ok(out)
+    }
+
+    fn decode_or_count<T: DeserializeOwned>(&self, entry: Option<Entry>) -> Option<T> {
+        let entry = entry?;
+        let value = codec::decode_value(&entry);
+        if value.is_none() {
+            // Stored fine but not as this type: a corrupt miss as far as the caller goes.
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        }
+        value
+    }
+
+    /// The value of `key`, or `None` (missing, expired, corrupt, or Redis unreachable).
+    pub async fn get<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<T>> {
+        let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
+        Ok(self.decode_or_count(entry))
+    }
+
+    /// The stored bytes of `key` exactly as written with [`Cache::set_bytes`] (or the JSON of
+    /// a serde value).
+    pub async fn get_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>> {
+        let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
+        Ok(entry.map(|e| e.payload))
+    }
+
+    /// The version and value of a versioned entry; `None` also for an unversioned one.
+    pub async fn get_versioned<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<(u64, T)>> {
+        let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
+        let version = entry.as_ref().and_then(|e| e.version);
+        Ok(version.zip(self.decode_or_count(entry)))
+    }
+
+    /// The values of `keys` in input order, in one round trip for those not in the L1.
+    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[CacheKey]) -> Result<Vec<Option<T>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&CacheKey> = keys.iter().collect();
+        let entries = self.read_stored("cache.get_many", &refs).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| self.decode_or_count(e))
+            .collect())
+    }
+
+    /// Whether `key` holds an entry (fails open to `false`).
+    pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
+        if self.l1_lookup(key)?.is_some() {
+            return Ok(true);
+        }
+        let rkey = self.redis_key(key)?;
+        let found = match &self.store {
+            Store::Redis(r) => Box::pin(r.exists("cache.exists", &rkey)).await,
+            Store::Local(l) => Ok(l.exists(&rkey)),
+        };
+        match found {
+            Ok(b) => Ok(b),
+            Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn evict_local(&self, keys: &[String]) {
+        if let Some(l1) = &self.l1 {
+            for k in keys {
+                l1.invalidate(k);
+            }
+        }
+    }
+
+    async fn write_stored(&self, op: &'static str, entries: Vec<(String, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+        let ttl = ttl.unwrap_or(self.ttl);
+        if ttl.is_zero() {
+            return Err(Error::validation("ttl", "must be greater than zero"));
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        async {
+            self.counters
+                .writes
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            // Before: fills in flight are refused. After: read-your-own-writes on this replica.
+            self.evict_local(&keys);
+            let refs: Vec<(&str, Bytes)> =
+                entries.iter().map(|(k, b)| (k.as_str(), b.clone())).collect();
+            let result = match &self.store {
+                Store::Redis(r) => Box::pin(r.write(op, &refs, ttl)).await,
+                Store::Local(l) => {
+                    l.write(&refs, ttl);
+                    Ok(())
+                }
+            };
+            self.evict_local(&keys);
+            match result {
+                Ok(()) => Ok(()),
+                Err(e) => self.fail(e),
+            }
+        }
+        .instrument(self.span(op))
+        .await
+    }
+
+    /// Store a serde value under `key` for `ttl` (the namespace default when `None`).
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &CacheKey, value: &T, ttl: Option<Duration>) -> Result<()> {
+        let stored = codec::encode_json(None, value)?;
+        self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
+            .await
+    }
+
+    /// Store raw bytes under `key`; [`Cache::get_bytes`] returns them exactly.
+    pub async fn set_bytes(&self, key: &CacheKey, bytes: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let stored = codec::encode_raw(None, bytes);
+        self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
+            .await
+    }
+
+    /// Store several serde values in one round trip.
+    pub async fn set_many<T: Serialize>(&self, entries: &[(CacheKey, T)], ttl: Option<Duration>) -> Result<()> {
+        let mut stored = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            stored.push((self.redis_key(key)?, codec::encode_json(None, value)?));
+        }
+        self.write_stored("cache.set_many", stored, ttl).await
+    }
+
+    /// Store `value` as `version` of `key`, unless a newer version is stored. Returns whether
+    /// it was written. Version and value are one string: no reader ever sees them torn.
+    pub async fn set_versioned<T: Serialize + ?Sized>(
+        &self,
+        key: &CacheKey,
+        version: u64,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let stored = codec::encode_json(Some(version), value)?;
+        let rkey = self.redis_key(key)?;
+        self.write_versioned("cache.set_versioned", rkey, version, stored, ttl)
+            .instrument(self.span("cache.set_versioned"))
+            .await
+    }
+
+    async fn write_versioned(&self, op: &'static str, rkey: String, version: u64, stored: Bytes, ttl: Option<Duration>) -> Result<bool> {
+        let ttl = ttl.unwrap_or(self.ttl);
+        if ttl.is_zero() {
+            return Err(Error::validation("ttl", "must be greater than zero"));
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let keys = [rkey];
+        self.evict_local(&keys);
+        let result = match &self.store {
+            Store::Redis(r) => {
+                Box::pin(r.write_versioned(op, &keys[0], stored, &codec::format_version(version), ttl)).await
+            }
+            Store::Local(l) => Ok(l.write_versioned(&keys[0], stored, version, ttl)),
+        };
+        self.evict_local(&keys);
+        result.or_else(|e| self.fail(e))
+    }
+
+    /// [`Cache::set_versioned`] for several keys, sent together; whether each was written.
+    pub async fn set_many_versioned<T: Serialize>(
+        &self,
+        entries: &[(CacheKey, u64, T)],
+        ttl: Option<Duration>,
+    ) -> Result<Vec<bool>> {
+        let mut prepared = Vec::with_capacity(entries.len());
+        for (key, version, value) in entries {
+            prepared.push((self.redis_key(key)?, *version, codec::encode_json(Some(*version), value)?));
+        }
+        // Concurrent calls share the connection's pipeline: one round trip in practice.
+        let writes = prepared.into_iter().map(|(k, v, s)| {
+            Box::pin(self.write_versioned("cache.set_many_versioned", k, v, s, ttl))
+        });
+        futures::future::join_all(writes)
+            .instrument(self.span("cache.set_many_versioned"))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Remove `key`: `hard` uses `DEL` (memory reclaimed before the reply), otherwise
+    /// `UNLINK` (reclaimed in the background). Returns whether it existed.
+    pub async fn delete(&self, key: &CacheKey, hard: bool) -> Result<bool> {
+        Ok(self.delete_many(std::slice::from_ref(key), hard).await? > 0)
+    }
+
+    /// Remove `keys` in one round trip; how many existed.
+    pub async fn delete_many(&self, keys: &[CacheKey], hard: bool) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let rkeys = keys
+            .iter()
+            .map(|k| self.redis_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        async {
+            self.counters
+                .writes
+                .fetch_add(rkeys.len() as u64, Ordering::Relaxed);
+            self.evict_local(&rkeys);
+            let refs: Vec<&str> = rkeys.iter().map(String::as_str).collect();
+            let result = match &self.store {
+                Store::Redis(r) => Box::pin(r.remove("cache.delete", &refs, hard)).await,
+                Store::Local(l) => Ok(l.remove(&refs)),
+            };
+            self.evict_local(&rkeys);
+            result.or_else(|e| self.fail(e))
+        }
+        .instrument(self.span("cache.delete"))
+        .await
+    }
+
+    /// The value of `key`; on a miss, run `loader` once in this process (concurrent callers
+    /// for the same key wait for it and share its result), store the value with `ttl` and
+    /// return it. A loader error reaches every waiting caller as [`Error::Loader`]. A failure
+    /// to store the loaded value is logged and counted, not returned: the caller has it.
+    pub async fn get_or_load<T, F, Fut, E>(&self, key: &CacheKey, ttl: Option<Duration>, loader: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let mut loader = Some(loader);
+        // A leader that is cancelled wakes its followers empty-handed; they then retry, one
+        // of them leading. Bounded: every round either returns or sees a cancelled leader.
+        for _ in 0..16 {
+            if let Some(v) = self.get::<T>(key).await? {
+                return Ok(v);
+            }
+            let rkey = self.redis_key(key)?;
+            let (tx, mut rx) = match self.inflight.entry(rkey.clone()) {
+                dashmap::Entry::Occupied(o) => (None, o.get().clone()),
+                dashmap::Entry::Vacant(v) => {
+                    let (tx, rx) = watch::channel(None);
+                    v.insert(rx.clone());
+                    (Some(tx), rx)
+                }
+            };
+            let Some(tx) = tx else {
+                self.counters.load_waits.fetch_add(1, Ordering::Relaxed);
+                let shared = match rx.wait_for(|r| r.is_some()).await {
+                    Ok(r) => r.clone(),
+                    Err(_) => None, // the leader was dropped before it finished
+                };
+                match shared {
+                    Some(Ok(bytes)) => {
+                        if let Some(v) = serde_json::from_slice(&bytes).ok() {
+                            return Ok(v);
+                        }
+                        return Err(Error::Codec {
+                            message: "the loaded value does not decode as the requested type".into(),
+                        });
+                    }
+                    Some(Err(message)) => return Err(Error::Loader { message }),
+                    None => continue,
+                }
+            };
+            // Leader: the guard removes the in-flight entry however this ends.
+            let _guard = InflightGuard {
+                map: &self.inflight,
+                key: rkey,
+            };
+            let Some(load) = loader.take() else {
+                return Err(Error::internal("cache.get_or_load", "loader already used"));
+            };
+            self.counters.loads.fetch_add(1, Ordering::Relaxed);
+            match load().await {
+                Ok(value) => {
+                    let bytes = serde_json::to_vec(&value).map(Bytes::from).map_err(|e| Error::Codec {
+                        message: format!("cannot encode the loaded value: {e}"),
+                    })?;
+                    let _ = tx.send(Some(Ok(bytes)));
+                    if let Err(e) = self.set(key, &value, ttl).await {
+                        tracing::warn!(resource = %self.name, error = %e, "loaded value not cached");
+                    }
+                    return Ok(value);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(Some(Err(message.clone())));
+                    return Err(Error::Loader { message });
+                }
+            }
+        }
+        Err(Error::internal(
+            "cache.get_or_load",
+            "the load was cancelled too many times",
+        ))
+    }
+}
+
+struct InflightGuard<'a> {
+    map: &'a DashMap<String, watch::Receiver<LoadResult>>,
+    key: String,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.map.remove(&self.key);
+    }
+}

@@ -1,0 +1,197 @@
+//! The Redis cache store: one string per entry (see [`codec`](super::codec)).
+//!
+//! Reads and batch writes are pipelines of single-key commands, one round trip each, and
+//! cluster-safe (fred routes each command to its slot's node). A versioned write is one script
+//! call per key. Every future that holds a fred call is boxed once by the caller
+//! ([`Cache`](super::Cache)) so ours stay small.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::{ExpireOptions, Expiration, Value};
+
+use crate::connection::RedisConnection;
+use crate::error::{Access, Error, Result};
+use crate::scripts::CACHE_SET_VERSIONED;
+
+use super::ttl_millis;
+
+/// What one read of one key returned.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// The stored bytes, if the key exists.
+    pub stored: Option<Bytes>,
+    /// The key's remaining time to live, when asked for and the key has one.
+    pub pttl: Option<Duration>,
+}
+
+/// Cache entries on Redis through the shared pool.
+#[derive(Debug, Clone)]
+pub struct RedisCacheStore {
+    conn: Arc<RedisConnection>,
+}
+
+fn bytes_of(op: &'static str, v: Value) -> Result<Option<Bytes>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bytes(b) => Ok(Some(b)),
+        Value::String(s) => Ok(Some(s.into_inner())),
+        other => Err(Error::internal(
+            op,
+            format!("unexpected {:?} reply", other.kind()),
+        )),
+    }
+}
+
+fn pttl_of(v: &Value) -> Option<Duration> {
+    match v {
+        Value::Integer(ms) if *ms > 0 => Some(Duration::from_millis(*ms as u64)),
+        _ => None,
+    }
+}
+
+impl RedisCacheStore {
+    /// A store over `conn`.
+    pub fn new(conn: Arc<RedisConnection>) -> Self {
+        RedisCacheStore { conn }
+    }
+
+    /// Read `keys` in one round trip. With `with_pttl`, each key's PTTL comes with it (for
+    /// capping L1 entries); with `slide`, each key's TTL is extended to at least `slide`
+    /// (`PEXPIRE … GT`: only ever extends).
+    pub async fn read(
+        &self,
+        op: &'static str,
+        keys: &[&str],
+        with_pttl: bool,
+        slide: Option<Duration>,
+    ) -> Result<Vec<Read>> {
+        let client = self
+            .conn
+            .client(op)?
+            .with_options(self.conn.options(Access::Read));
+        let err = |e| self.conn.error(op, Access::Read, e);
+        let per_key = 1 + usize::from(with_pttl) + usize::from(slide.is_some());
+        let pipeline = client.pipeline();
+        for key in keys {
+            pipeline.get::<(), _>(*key).await.map_err(err)?;
+            if with_pttl {
+                pipeline.pttl::<(), _>(*key).await.map_err(err)?;
+            }
+            if let Some(slide) = slide {
+                pipeline
+                    .pexpire::<(), _>(*key, ttl_millis(slide), Some(ExpireOptions::GT))
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        let replies: Vec<Value> = pipeline.all().await.map_err(err)?;
+        if replies.len() != keys.len() * per_key {
+            return Err(Error::internal(op, "short pipeline reply"));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut replies = replies.into_iter();
+        for _ in keys {
+            let stored = bytes_of(op, replies.next().unwrap_or(Value::Null))?;
+            let pttl = if with_pttl {
+                replies.next().as_ref().and_then(pttl_of)
+            } else {
+                None
+            };
+            if slide.is_some() {
+                replies.next();
+            }
+            out.push(Read { stored, pttl });
+        }
+        Ok(out)
+    }
+
+    /// Write each `(key, stored)` with `ttl`, in one round trip.
+    pub async fn write(&self, op: &'static str, entries: &[(&str, Bytes)], ttl: Duration) -> Result<()> {
+        let client = self
+            .conn
+            .client(op)?
+            .with_options(self.conn.options(Access::Write));
+        let err = |e| self.conn.error(op, Access::Write, e);
+        let px = Some(Expiration::PX(ttl_millis(ttl)));
+        if let [(key, stored)] = entries {
+            return client
+                .set::<(), _, _>(*key, stored.clone(), px, None, false)
+                .await
+                .map_err(err);
+        }
+        let pipeline = client.pipeline();
+        for (key, stored) in entries {
+            pipeline
+                .set::<(), _, _>(*key, stored.clone(), px.clone(), None, false)
+                .await
+                .map_err(err)?;
+        }
+        let _: Vec<Value> = pipeline.all().await.map_err(err)?;
+        Ok(())
+    }
+
+    /// Write a versioned entry unless a newer version is stored; whether it was written.
+    pub async fn write_versioned(
+        &self,
+        op: &'static str,
+        key: &str,
+        stored: Bytes,
+        version: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let applied: i64 = self
+            .conn
+            .eval(
+                op,
+                Access::Write,
+                &CACHE_SET_VERSIONED,
+                vec![key.to_string()],
+                vec![
+                    Value::Bytes(stored),
+                    Value::from(version),
+                    Value::Integer(ttl_millis(ttl)),
+                ],
+            )
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// Remove `keys` (`DEL` when `hard`: memory reclaimed before the reply; else `UNLINK`);
+    /// how many existed.
+    pub async fn remove(&self, op: &'static str, keys: &[&str], hard: bool) -> Result<u64> {
+        let client = self
+            .conn
+            .client(op)?
+            .with_options(self.conn.options(Access::Write));
+        let err = |e| self.conn.error(op, Access::Write, e);
+        let pipeline = client.pipeline();
+        for key in keys {
+            if hard {
+                pipeline.del::<(), _>(*key).await.map_err(err)?;
+            } else {
+                pipeline.unlink::<(), _>(*key).await.map_err(err)?;
+            }
+        }
+        let replies: Vec<Value> = pipeline.all().await.map_err(err)?;
+        Ok(replies
+            .iter()
+            .map(|v| v.as_u64().unwrap_or(0))
+            .sum())
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, op: &'static str, key: &str) -> Result<bool> {
+        let client = self
+            .conn
+            .client(op)?
+            .with_options(self.conn.options(Access::Read));
+        let n: i64 = client
+            .exists(key)
+            .await
+            .map_err(|e| self.conn.error(op, Access::Read, e))?;
+        Ok(n > 0)
+    }
+}

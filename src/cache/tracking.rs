@@ -1,0 +1,317 @@
+//! The tracking connection: one dedicated RESP3 connection per server with
+//! `CLIENT TRACKING ON BCAST PREFIX …`, read by the tracking subscriber actor.
+//!
+//! Why not a fred client: fred drops the `invalidate` push whose payload is null, which is
+//! how the server announces `FLUSHALL`/`FLUSHDB`, and it does not restore tracking after a
+//! reconnect (`reference/fred-ractor-facts.md` 1.6). Owning the connection lets us see every
+//! push, including the flush, and makes each loss explicit: the connection ends, the L1s are
+//! flushed, and a new connection must confirm tracking before fills resume. Liveness is ours
+//! too: a `PING` that is not answered within the deadline ends the connection.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use redis_protocol::resp3::decode::complete::decode;
+use redis_protocol::resp3::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::RedisUrl;
+use crate::error::{Error, Result};
+
+/// Where and as whom the tracking connection connects.
+#[derive(Clone)]
+pub struct TrackingTarget {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl fmt::Debug for TrackingTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackingTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl TrackingTarget {
+    /// The server of a single-server URL. Cluster and Sentinel URLs are refused with a
+    /// `Config` error: their subscribers need one connection per primary.
+    pub fn from_url(url: &RedisUrl) -> Result<Self> {
+        let cfg = url.to_fred_config()?;
+        match &cfg.server {
+            fred::types::config::ServerConfig::Centralized { server } => Ok(TrackingTarget {
+                host: server.host.to_string(),
+                port: server.port,
+                username: cfg.username.clone(),
+                password: cfg.password.clone(),
+            }),
+            _ => Err(Error::config(
+                "redis.url",
+                "client-side caching needs a single-server URL for now",
+            )),
+        }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// What the server said on the tracking connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackingEvent {
+    /// These keys changed (written, deleted, expired or evicted).
+    Invalidate(Vec<String>),
+    /// The server flushed its data: every tracked key may have changed.
+    Flush,
+    /// The answer to our `PING`.
+    Pong,
+}
+
+/// An open tracking connection.
+#[derive(Debug)]
+pub struct TrackingConnection {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn lost(what: impl fmt::Display) -> Error {
+    tracing::debug!(%what, "tracking connection lost");
+    Error::unavailable("cache.tracking")
+}
+
+impl TrackingConnection {
+    /// Connect, switch to RESP3 (authenticating when the URL has credentials), name the
+    /// connection, and turn on broadcast tracking for `prefixes` (which must not overlap;
+    /// see [`deoverlap`]). Everything is bounded by `timeout`.
+    pub async fn open(
+        target: &TrackingTarget,
+        client_name: &str,
+        prefixes: &[String],
+        timeout: Duration,
+    ) -> Result<Self> {
+        let fut = async {
+            let stream = TcpStream::connect(target.addr()).await.map_err(lost)?;
+            stream.set_nodelay(true).map_err(lost)?;
+            let mut conn = TrackingConnection {
+                stream,
+                buf: BytesMut::with_capacity(16 * 1024),
+            };
+            let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+            if let Some(password) = &target.password {
+                hello.push(b"AUTH");
+                hello.push(target.username.as_deref().unwrap_or("default").as_bytes());
+                hello.push(password.as_bytes());
+            }
+            hello.push(b"SETNAME");
+            hello.push(client_name.as_bytes());
+            conn.send(&hello).await?;
+            conn.expect_reply("HELLO").await?;
+            let mut tracking: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
+            for p in prefixes {
+                tracking.push(b"PREFIX");
+                tracking.push(p.as_bytes());
+            }
+            conn.send(&tracking).await?;
+            conn.expect_reply("CLIENT TRACKING").await?;
+            Ok(conn)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(lost("handshake timed out")),
+        }
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) -> Result<()> {
+        self.stream
+            .write_all(&command(args))
+            .await
+            .map_err(lost)
+    }
+
+    /// Send `PING`; its `Pong` arrives through [`TrackingConnection::next_event`].
+    pub async fn ping(&mut self) -> Result<()> {
+        self.send(&[b"PING"]).await
+    }
+
+    async fn next_frame(&mut self) -> Result<OwnedFrame> {
+        loop {
+            match decode(&self.buf) {
+                Ok(Some((frame, used))) => {
+                    self.buf.advance(used);
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Error::internal("cache.tracking", format!("bad frame: {e:?}"))),
+            }
+            // `read_buf` is cancel-safe: bytes read stay in the buffer.
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(lost)?;
+            if n == 0 {
+                return Err(lost("closed by the server"));
+            }
+        }
+    }
+
+    async fn expect_reply(&mut self, what: &str) -> Result<()> {
+        loop {
+            match self.next_frame().await? {
+                OwnedFrame::SimpleError { data, .. } => {
+                    // The reply text may echo arguments; keep only the error code.
+                    let code = data.split_whitespace().next().unwrap_or("").to_string();
+                    return Err(Error::internal("cache.tracking", format!("{what} refused ({code})")));
+                }
+                OwnedFrame::BlobError { .. } => {
+                    return Err(Error::internal("cache.tracking", format!("{what} refused")))
+                }
+                // An early push (there should be none yet) is not our reply.
+                OwnedFrame::Push { .. } => continue,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// The next event. Cancel-safe: dropping the future loses nothing.
+    pub async fn next_event(&mut self) -> Result<TrackingEvent> {
+        loop {
+            let frame = self.next_frame().await?;
+            if let Some(event) = classify(frame)? {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+/// Interpret one frame read on a tracking connection; `None` for frames to skip.
+pub fn classify(frame: OwnedFrame) -> Result<Option<TrackingEvent>> {
+    match frame {
+        OwnedFrame::Push { data, .. } => {
+            let mut it = data.into_iter();
+            let kind = match it.next() {
+                Some(OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. }) => data,
+                _ => return Ok(None),
+            };
+            if kind != b"invalidate" {
+                return Ok(None);
+            }
+            match it.next() {
+                Some(OwnedFrame::Array { data, .. }) => Ok(Some(TrackingEvent::Invalidate(
+                    data.into_iter()
+                        .filter_map(|f| match f {
+                            OwnedFrame::BlobString { data, .. }
+                            | OwnedFrame::SimpleString { data, .. } => {
+                                Some(String::from_utf8_lossy(&data).into_owned())
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                ))),
+                // Null payload: FLUSHALL / FLUSHDB. The frame fred drops.
+                Some(OwnedFrame::Null) | None => Ok(Some(TrackingEvent::Flush)),
+                Some(_) => Ok(Some(TrackingEvent::Flush)),
+            }
+        }
+        OwnedFrame::SimpleString { data, .. } if data == b"PONG" => Ok(Some(TrackingEvent::Pong)),
+        OwnedFrame::SimpleError { data, .. } => Err(Error::internal(
+            "cache.tracking",
+            format!(
+                "server error on the tracking connection ({})",
+                data.split_whitespace().next().unwrap_or("")
+            ),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Remove every prefix that another prefix in the list already covers (Redis refuses
+/// overlapping BCAST prefixes on one connection), keeping the shorter one; sorted, unique.
+pub fn deoverlap(prefixes: &[String]) -> Vec<String> {
+    let mut sorted: Vec<String> = prefixes.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut out: Vec<String> = Vec::new();
+    for p in sorted {
+        // Sorted order puts a prefix right before the strings it prefixes.
+        if out.last().is_some_and(|last| p.starts_with(last.as_str())) {
+            continue;
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(s: &str) -> OwnedFrame {
+        OwnedFrame::BlobString {
+            data: s.as_bytes().to_vec(),
+            attributes: None,
+        }
+    }
+
+    #[test]
+    fn invalidations_flushes_and_pongs_are_recognised() {
+        let push = |payload| OwnedFrame::Push {
+            data: vec![blob("invalidate"), payload],
+            attributes: None,
+        };
+        assert_eq!(
+            classify(push(OwnedFrame::Array {
+                data: vec![blob("a"), blob("b")],
+                attributes: None
+            }))
+            .unwrap(),
+            Some(TrackingEvent::Invalidate(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(classify(push(OwnedFrame::Null)).unwrap(), Some(TrackingEvent::Flush));
+        assert_eq!(
+            classify(OwnedFrame::SimpleString {
+                data: b"PONG".to_vec(),
+                attributes: None
+            })
+            .unwrap(),
+            Some(TrackingEvent::Pong)
+        );
+        let other_push = OwnedFrame::Push {
+            data: vec![blob("message"), blob("x")],
+            attributes: None,
+        };
+        assert_eq!(classify(other_push).unwrap(), None);
+    }
+
+    #[test]
+    fn overlapping_prefixes_keep_the_shorter_one() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            deoverlap(&v(&["app:b", "app", "other", "app:a", "other"])),
+            v(&["app", "other"])
+        );
+        assert_eq!(deoverlap(&v(&["a:{x:", "a:{xy:"])), v(&["a:{x:", "a:{xy:"]));
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let t = TrackingTarget::from_url(&RedisUrl::new("redis://u:hunter2@127.0.0.1:7000")).unwrap();
+        assert!(!format!("{t:?}").contains("hunter2"));
+        assert_eq!(t.addr(), "127.0.0.1:7000");
+    }
+}
