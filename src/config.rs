@@ -414,7 +414,10 @@ impl Config {
             if cache.ttl < Duration::from_millis(1) {
                 return Err(Error::config(field("ttl"), "must be at least 1ms"));
             }
-            if cache.sliding_ttl.is_some_and(|s| s.is_zero() || s > cache.ttl) {
+            if cache
+                .sliding_ttl
+                .is_some_and(|s| s.is_zero() || s > cache.ttl)
+            {
                 return Err(Error::config(
                     field("sliding_ttl"),
                     "must be greater than zero and not above ttl",

@@ -315,7 +315,12 @@ impl KeySpace {
 
     /// Write the key of [`KeySpace::key`] into `buf` (cleared first), so hot paths can reuse
     /// one buffer instead of allocating a key per call.
-    pub fn write_key(&self, buf: &mut String, tenant: Option<&TenantId>, parts: &[&str]) -> Result<()> {
+    pub fn write_key(
+        &self,
+        buf: &mut String,
+        tenant: Option<&TenantId>,
+        parts: &[&str],
+    ) -> Result<()> {
         buf.clear();
         buf.push_str(self.prefix.as_str());
         buf.push(':');

@@ -129,7 +129,11 @@ impl Actor for CacheActor {
         }
         match msg {
             CacheMsg::Get { key, reply } => {
-                spawn_reply!("cache.get", reply, async move { cache.get_bytes(&key).await })
+                spawn_reply!(
+                    "cache.get",
+                    reply,
+                    async move { cache.get_bytes(&key).await }
+                )
             }
             CacheMsg::Set {
                 key,
@@ -231,7 +235,12 @@ impl CacheHandle {
     }
 
     /// Store raw bytes.
-    pub async fn set_bytes(&self, key: &CacheKey, bytes: &[u8], ttl: Option<Duration>) -> Result<()> {
+    pub async fn set_bytes(
+        &self,
+        key: &CacheKey,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
         self.shared.check_open("cache.set")?;
         self.cache.set_bytes(key, bytes, ttl).await
     }

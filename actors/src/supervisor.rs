@@ -29,10 +29,10 @@ use ractor::{
 
 use crate::cache::{CacheActor, CacheActorArgs};
 use crate::counter::{CounterActor, CounterActorArgs};
-use crate::tracking::TrackingSubscriber;
 use crate::pool::PoolActor;
 use crate::restart::{RestartDecision, RestartPolicy};
 use crate::shared::Shared;
+use crate::tracking::TrackingSubscriber;
 
 /// A child of the supervisor, by role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -338,7 +338,10 @@ impl L1 {
                 true
             }
         });
-        self.bytes.fetch_sub(freed.min(self.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.bytes.fetch_sub(
+            freed.min(self.bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         self.counters
             .evictions
             .fetch_add(evicted, Ordering::Relaxed);

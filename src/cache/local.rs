@@ -92,11 +92,7 @@ impl LocalCacheStore {
     pub fn remove(&self, keys: &[&str]) -> u64 {
         let now = Instant::now();
         keys.iter()
-            .filter(|k| {
-                self.map
-                    .remove(**k)
-                    .is_some_and(|(_, s)| s.deadline > now)
-            })
+            .filter(|k| self.map.remove(**k).is_some_and(|(_, s)| s.deadline > now))
             .count() as u64
     }
 

@@ -240,7 +240,11 @@ impl Cache {
             loads: l(&c.loads),
             load_waits: l(&c.load_waits),
             l1: self.l1.as_ref().map(|x| x.stats()),
-            coherence: if self.l1.is_some() { "tracking" } else { "none" },
+            coherence: if self.l1.is_some() {
+                "tracking"
+            } else {
+                "none"
+            },
         }
     }
 
@@ -288,7 +292,11 @@ impl Cache {
     }
 
     /// Read stored entries for `keys` (all already validated), going through the L1.
-    async fn read_stored(&self, op: &'static str, keys: &[&CacheKey]) -> Result<Vec<Option<Entry>>> {
+    async fn read_stored(
+        &self,
+        op: &'static str,
+        keys: &[&CacheKey],
+    ) -> Result<Vec<Option<Entry>>> {
         self.counters
             .reads
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
@@ -307,6 +315,9 @@ impl Cache {
             }
         }
         if pending.is_empty() {
+            // Served from the L1 without touching I/O: take part in tokio's cooperative
+            // budget, so a loop of hits cannot starve the other tasks of its worker thread.
+            tokio::task::consume_budget().await;
             return Ok(out);
         }
         async {
@@ -383,7 +394,10 @@ impl Cache {
     }
 
     /// The version and value of a versioned entry; `None` also for an unversioned one.
-    pub async fn get_versioned<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<(u64, T)>> {
+    pub async fn get_versioned<T: DeserializeOwned>(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<(u64, T)>> {
         let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
         let version = entry.as_ref().and_then(|e| e.version);
         Ok(version.zip(self.decode_or_count(entry)))
@@ -430,7 +444,12 @@ impl Cache {
         }
     }
 
-    async fn write_stored(&self, op: &'static str, entries: Vec<(String, Bytes)>, ttl: Option<Duration>) -> Result<()> {
+    async fn write_stored(
+        &self,
+        op: &'static str,
+        entries: Vec<(String, Bytes)>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
         let ttl = ttl.unwrap_or(self.ttl);
         if ttl.is_zero() {
             return Err(Error::validation("ttl", "must be greater than zero"));
@@ -445,8 +464,10 @@ impl Cache {
                 .fetch_add(entries.len() as u64, Ordering::Relaxed);
             // Before: fills in flight are refused. After: read-your-own-writes on this replica.
             self.evict_local(&keys);
-            let refs: Vec<(&str, Bytes)> =
-                entries.iter().map(|(k, b)| (k.as_str(), b.clone())).collect();
+            let refs: Vec<(&str, Bytes)> = entries
+                .iter()
+                .map(|(k, b)| (k.as_str(), b.clone()))
+                .collect();
             let result = match &self.store {
                 Store::Redis(r) => Box::pin(r.write(op, &refs, ttl)).await,
                 Store::Local(l) => {
@@ -465,21 +486,35 @@ impl Cache {
     }
 
     /// Store a serde value under `key` for `ttl` (the namespace default when `None`).
-    pub async fn set<T: Serialize + ?Sized>(&self, key: &CacheKey, value: &T, ttl: Option<Duration>) -> Result<()> {
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &CacheKey,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
         let stored = codec::encode_json(None, value)?;
         self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
             .await
     }
 
     /// Store raw bytes under `key`; [`Cache::get_bytes`] returns them exactly.
-    pub async fn set_bytes(&self, key: &CacheKey, bytes: &[u8], ttl: Option<Duration>) -> Result<()> {
+    pub async fn set_bytes(
+        &self,
+        key: &CacheKey,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
         let stored = codec::encode_raw(None, bytes);
         self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
             .await
     }
 
     /// Store several serde values in one round trip.
-    pub async fn set_many<T: Serialize>(&self, entries: &[(CacheKey, T)], ttl: Option<Duration>) -> Result<()> {
+    pub async fn set_many<T: Serialize>(
+        &self,
+        entries: &[(CacheKey, T)],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
         let mut stored = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             stored.push((self.redis_key(key)?, codec::encode_json(None, value)?));
@@ -503,7 +538,14 @@ impl Cache {
             .await
     }
 
-    async fn write_versioned(&self, op: &'static str, rkey: String, version: u64, stored: Bytes, ttl: Option<Duration>) -> Result<bool> {
+    async fn write_versioned(
+        &self,
+        op: &'static str,
+        rkey: String,
+        version: u64,
+        stored: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
         let ttl = ttl.unwrap_or(self.ttl);
         if ttl.is_zero() {
             return Err(Error::validation("ttl", "must be greater than zero"));
@@ -513,7 +555,14 @@ impl Cache {
         self.evict_local(&keys);
         let result = match &self.store {
             Store::Redis(r) => {
-                Box::pin(r.write_versioned(op, &keys[0], stored, &codec::format_version(version), ttl)).await
+                Box::pin(r.write_versioned(
+                    op,
+                    &keys[0],
+                    stored,
+                    &codec::format_version(version),
+                    ttl,
+                ))
+                .await
             }
             Store::Local(l) => Ok(l.write_versioned(&keys[0], stored, version, ttl)),
         };
@@ -529,7 +578,11 @@ impl Cache {
     ) -> Result<Vec<bool>> {
         let mut prepared = Vec::with_capacity(entries.len());
         for (key, version, value) in entries {
-            prepared.push((self.redis_key(key)?, *version, codec::encode_json(Some(*version), value)?));
+            prepared.push((
+                self.redis_key(key)?,
+                *version,
+                codec::encode_json(Some(*version), value)?,
+            ));
         }
         // Concurrent calls share the connection's pipeline: one round trip in practice.
         let writes = prepared.into_iter().map(|(k, v, s)| {
@@ -578,7 +631,12 @@ impl Cache {
     /// for the same key wait for it and share its result), store the value with `ttl` and
     /// return it. A loader error reaches every waiting caller as [`Error::Loader`]. A failure
     /// to store the loaded value is logged and counted, not returned: the caller has it.
-    pub async fn get_or_load<T, F, Fut, E>(&self, key: &CacheKey, ttl: Option<Duration>, loader: F) -> Result<T>
+    pub async fn get_or_load<T, F, Fut, E>(
+        &self,
+        key: &CacheKey,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
@@ -609,11 +667,12 @@ impl Cache {
                 };
                 match shared {
                     Some(Ok(bytes)) => {
-                        if let Some(v) = serde_json::from_slice(&bytes).ok() {
+                        if let Ok(v) = serde_json::from_slice(&bytes) {
                             return Ok(v);
                         }
                         return Err(Error::Codec {
-                            message: "the loaded value does not decode as the requested type".into(),
+                            message: "the loaded value does not decode as the requested type"
+                                .into(),
                         });
                     }
                     Some(Err(message)) => return Err(Error::Loader { message }),
@@ -631,9 +690,12 @@ impl Cache {
             self.counters.loads.fetch_add(1, Ordering::Relaxed);
             match load().await {
                 Ok(value) => {
-                    let bytes = serde_json::to_vec(&value).map(Bytes::from).map_err(|e| Error::Codec {
-                        message: format!("cannot encode the loaded value: {e}"),
-                    })?;
+                    let bytes =
+                        serde_json::to_vec(&value)
+                            .map(Bytes::from)
+                            .map_err(|e| Error::Codec {
+                                message: format!("cannot encode the loaded value: {e}"),
+                            })?;
                     let _ = tx.send(Some(Ok(bytes)));
                     if let Err(e) = self.set(key, &value, ttl).await {
                         tracing::warn!(resource = %self.name, error = %e, "loaded value not cached");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::{ExpireOptions, Expiration, Value};
+use fred::types::{Expiration, ExpireOptions, Value};
 
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
@@ -109,7 +109,12 @@ impl RedisCacheStore {
     }
 
     /// Write each `(key, stored)` with `ttl`, in one round trip.
-    pub async fn write(&self, op: &'static str, entries: &[(&str, Bytes)], ttl: Duration) -> Result<()> {
+    pub async fn write(
+        &self,
+        op: &'static str,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> Result<()> {
         let client = self
             .conn
             .client(op)?
@@ -176,10 +181,7 @@ impl RedisCacheStore {
             }
         }
         let replies: Vec<Value> = pipeline.all().await.map_err(err)?;
-        Ok(replies
-            .iter()
-            .map(|v| v.as_u64().unwrap_or(0))
-            .sum())
+        Ok(replies.iter().map(|v| v.as_u64().unwrap_or(0)).sum())
     }
 
     /// Whether `key` exists.

@@ -141,10 +141,7 @@ impl TrackingConnection {
     }
 
     async fn send(&mut self, args: &[&[u8]]) -> Result<()> {
-        self.stream
-            .write_all(&command(args))
-            .await
-            .map_err(lost)
+        self.stream.write_all(&command(args)).await.map_err(lost)
     }
 
     /// Send `PING`; its `Pong` arrives through [`TrackingConnection::next_event`].
@@ -160,7 +157,12 @@ impl TrackingConnection {
                     return Ok(frame);
                 }
                 Ok(None) => {}
-                Err(e) => return Err(Error::internal("cache.tracking", format!("bad frame: {e:?}"))),
+                Err(e) => {
+                    return Err(Error::internal(
+                        "cache.tracking",
+                        format!("bad frame: {e:?}"),
+                    ))
+                }
             }
             // `read_buf` is cancel-safe: bytes read stay in the buffer.
             let n = self.stream.read_buf(&mut self.buf).await.map_err(lost)?;
@@ -176,7 +178,10 @@ impl TrackingConnection {
                 OwnedFrame::SimpleError { data, .. } => {
                     // The reply text may echo arguments; keep only the error code.
                     let code = data.split_whitespace().next().unwrap_or("").to_string();
-                    return Err(Error::internal("cache.tracking", format!("{what} refused ({code})")));
+                    return Err(Error::internal(
+                        "cache.tracking",
+                        format!("{what} refused ({code})"),
+                    ));
                 }
                 OwnedFrame::BlobError { .. } => {
                     return Err(Error::internal("cache.tracking", format!("{what} refused")))
@@ -205,7 +210,9 @@ pub fn classify(frame: OwnedFrame) -> Result<Option<TrackingEvent>> {
         OwnedFrame::Push { data, .. } => {
             let mut it = data.into_iter();
             let kind = match it.next() {
-                Some(OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. }) => data,
+                Some(
+                    OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. },
+                ) => data,
                 _ => return Ok(None),
             };
             if kind != b"invalidate" {
@@ -282,7 +289,10 @@ mod tests {
             .unwrap(),
             Some(TrackingEvent::Invalidate(vec!["a".into(), "b".into()]))
         );
-        assert_eq!(classify(push(OwnedFrame::Null)).unwrap(), Some(TrackingEvent::Flush));
+        assert_eq!(
+            classify(push(OwnedFrame::Null)).unwrap(),
+            Some(TrackingEvent::Flush)
+        );
         assert_eq!(
             classify(OwnedFrame::SimpleString {
                 data: b"PONG".to_vec(),
@@ -310,7 +320,8 @@ mod tests {
 
     #[test]
     fn the_password_never_shows() {
-        let t = TrackingTarget::from_url(&RedisUrl::new("redis://u:hunter2@127.0.0.1:7000")).unwrap();
+        let t =
+            TrackingTarget::from_url(&RedisUrl::new("redis://u:hunter2@127.0.0.1:7000")).unwrap();
         assert!(!format!("{t:?}").contains("hunter2"));
         assert_eq!(t.addr(), "127.0.0.1:7000");
     }

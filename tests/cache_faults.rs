@@ -1,0 +1,411 @@
+//! Cache faults on every server found: the tracking connection killed, the server restarted,
+//! `FLUSHALL`, the tracking connection black-holed, Redis down, and the cache actor and the
+//! tracking subscriber made to panic. Each loss must flush the L1 (no hit served from
+//! before), stop fills until tracking is confirmed again, and then let fills resume.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, spawn_ready};
+use forze_redis::cache::CacheKey;
+use forze_redis::{Config, ErrorKind};
+use forze_redis_actors::{CacheHandle, ChildKind, ForzeHandle, TrackingStats};
+use forze_redis_testkit::{server_binaries, wait_until_async, FaultProxy, ProxyMode, TestServer};
+
+const RESOURCES: &str = r#"
+[caches.hot]
+ttl = "120s"
+[caches.hot.l1]
+ttl = "60s"
+"#;
+
+/// Any call must finish well within this, whatever the fault.
+const NEVER_HANG: Duration = Duration::from_secs(3);
+
+fn k(s: &str) -> CacheKey {
+    CacheKey::new(s)
+}
+
+/// A reader configuration whose reconnects wait about a second, so the window in which
+/// tracking is down is wide enough to write behind its back.
+fn slow_reconnect(url: &str, test: &str) -> Config {
+    let mut cfg = config(Some(url), test, RESOURCES);
+    let redis = cfg.redis.as_mut().unwrap();
+    redis.reconnect.min_delay = Duration::from_secs(1);
+    redis.reconnect.max_delay = Duration::from_secs(1);
+    cfg
+}
+
+async fn tracking(forze: &ForzeHandle) -> TrackingStats {
+    forze.tracking_stats().await.unwrap().unwrap()
+}
+
+async fn wait_tracking(forze: &ForzeHandle, what: &str, f: impl Fn(&TrackingStats) -> bool) {
+    wait_until_async(Duration::from_secs(10), what, || async {
+        forze
+            .tracking_stats()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| f(&s))
+    })
+    .await;
+}
+
+/// Read `key` until the L1 serves it with `expected`.
+async fn fill(cache: &CacheHandle, key: &str, expected: &str) {
+    let before = cache.stats_now().l1.unwrap().hits;
+    wait_until_async(Duration::from_secs(5), "the L1 serves the key", || async {
+        let got = cache.get::<String>(&k(key)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(expected));
+        cache.stats_now().l1.unwrap().hits > before
+    })
+    .await;
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = tokio::time::timeout(NEVER_HANG, f)
+        .await
+        .expect("call hung");
+    assert!(started.elapsed() < NEVER_HANG);
+    out
+}
+
+/// After a loss: the L1 is empty, untrusted (reads go to Redis and fill nothing), a write made
+/// behind its back is read, and once tracking is confirmed again fills resume.
+async fn check_loss_and_recovery(
+    reader: &ForzeHandle,
+    writer: &CacheHandle,
+    key: &str,
+    reason: &str,
+    label: &str,
+) {
+    let cache = reader.cache("hot").unwrap();
+    let l1 = cache.stats_now().l1.unwrap();
+    assert_eq!(l1.entries, 0, "{label}: L1 flushed");
+    assert!(
+        l1.flushes.get(reason).copied().unwrap_or(0) >= 1,
+        "{label}: {:?}",
+        l1.flushes
+    );
+    if !l1.trusted {
+        writer.set(&k(key), "behind its back", None).await.unwrap();
+        let fills = cache.stats_now().l1.unwrap().fills;
+        let got = timed(cache.get::<String>(&k(key))).await.unwrap();
+        assert_ne!(
+            got.as_deref(),
+            Some("v1"),
+            "{label}: a hit from before the loss"
+        );
+        if cache.stats_now().l1.map(|l| l.trusted) == Some(false) {
+            assert_eq!(
+                cache.stats_now().l1.unwrap().fills,
+                fills,
+                "{label}: filled while untrusted"
+            );
+        }
+    }
+    wait_tracking(reader, "tracking confirmed again", |s| s.confirmed).await;
+    writer.set(&k(key), "after", None).await.unwrap();
+    let c = cache.clone();
+    wait_until_async(Duration::from_secs(5), "reader sees the new value", || {
+        let c = c.clone();
+        async move { c.get::<String>(&k(key)).await.unwrap().as_deref() == Some("after") }
+    })
+    .await;
+    fill(&cache, key, "after").await;
+}
+
+async fn setup(reader_url: &str, writer_url: &str, test: &str) -> (ForzeHandle, ForzeHandle) {
+    let reader = spawn_ready(slow_reconnect(reader_url, test)).await;
+    let writer = spawn_ready(config(Some(writer_url), test, RESOURCES)).await;
+    for f in [&reader, &writer] {
+        wait_tracking(f, "tracking confirmed", |s| s.confirmed).await;
+    }
+    writer
+        .cache("hot")
+        .unwrap()
+        .set(&k("key"), "v1", None)
+        .await
+        .unwrap();
+    fill(&reader.cache("hot").unwrap(), "key", "v1").await;
+    (reader, writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_connection_killed() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let (reader, writer) = setup(&server.url(), &server.url(), "kill").await;
+        // Both supervisors name their tracking connection alike: kill every one of them.
+        let ids: Vec<String> = server
+            .client_list()
+            .into_iter()
+            .filter(|c| c.get("name").is_some_and(|n| n.ends_with("-tracking")))
+            .filter_map(|c| c.get("id").cloned())
+            .collect();
+        assert_eq!(ids.len(), 2, "{bin}: two tracking connections");
+        for id in &ids {
+            server.cmd(&["CLIENT", "KILL", "ID", id]).unwrap();
+        }
+        wait_tracking(&reader, "loss seen", |s| s.losses >= 1).await;
+        check_loss_and_recovery(
+            &reader,
+            &writer.cache("hot").unwrap(),
+            "key",
+            "tracking_lost",
+            &format!("{bin} kill"),
+        )
+        .await;
+        assert!(tracking(&reader).await.confirmations >= 2);
+        for f in [reader, writer] {
+            f.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarted() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let (reader, writer) = setup(&server.url(), &server.url(), "restart").await;
+        server.restart();
+        wait_tracking(&reader, "loss seen", |s| s.losses >= 1).await;
+        // The restarted server has no data (no persistence): nothing from before is served.
+        let got = timed(reader.cache("hot").unwrap().get::<String>(&k("key")))
+            .await
+            .unwrap();
+        assert_ne!(
+            got.as_deref(),
+            Some("v1"),
+            "{bin}: a hit from before the restart"
+        );
+        wait_until_async(Duration::from_secs(10), "writer reconnected", || async {
+            writer
+                .cache("hot")
+                .unwrap()
+                .set(&k("probe"), "x", None)
+                .await
+                .is_ok()
+        })
+        .await;
+        check_loss_and_recovery(
+            &reader,
+            &writer.cache("hot").unwrap(),
+            "key",
+            "tracking_lost",
+            &format!("{bin} restart"),
+        )
+        .await;
+        for f in [reader, writer] {
+            f.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_flushes_every_l1() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let (reader, writer) = setup(&server.url(), &server.url(), "flushall").await;
+        let writer_cache = writer.cache("hot").unwrap();
+        fill(&writer_cache, "key", "v1").await;
+        server.cmd(&["FLUSHALL"]).unwrap();
+        for f in [&reader, &writer] {
+            wait_tracking(f, "server flush seen", |s| s.server_flushes >= 1).await;
+            let cache = f.cache("hot").unwrap();
+            assert_eq!(cache.stats_now().l1.unwrap().entries, 0, "{bin}");
+            assert_eq!(
+                timed(cache.get::<String>(&k("key"))).await.unwrap(),
+                None,
+                "{bin}: a hit from before FLUSHALL"
+            );
+        }
+        // Tracking survived the flush: a write still evicts, and fills go on.
+        check_loss_and_recovery(
+            &reader,
+            &writer_cache,
+            "key",
+            "server_flush",
+            &format!("{bin} flushall"),
+        )
+        .await;
+        assert_eq!(
+            tracking(&reader).await.losses,
+            0,
+            "{bin}: FLUSHALL is not a loss"
+        );
+        for f in [reader, writer] {
+            f.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_connection_black_holed() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.socket_addr()).await;
+        let (reader, writer) = setup(&proxy.url(), &server.url(), "blackhole").await;
+        proxy.set_mode(ProxyMode::BlackHole);
+        // Detected by the unanswered PING: health_interval (100 ms) + command_timeout (500 ms).
+        let started = Instant::now();
+        wait_tracking(&reader, "loss seen", |s| s.losses >= 1).await;
+        eprintln!("{bin}: black hole detected after {:?}", started.elapsed());
+        let cache = reader.cache("hot").unwrap();
+        assert_eq!(cache.stats_now().l1.unwrap().entries, 0, "{bin}");
+        // The data connections are black-holed too: reads miss cleanly, in bounded time.
+        let got = timed(cache.get::<String>(&k("key"))).await.unwrap();
+        assert_eq!(got, None, "{bin}: read through a black hole");
+        proxy.set_mode(ProxyMode::Pass);
+        proxy.cut_all();
+        check_loss_and_recovery(
+            &reader,
+            &writer.cache("hot").unwrap(),
+            "key",
+            "tracking_lost",
+            &format!("{bin} black hole"),
+        )
+        .await;
+        for f in [reader, writer] {
+            f.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_reads_miss_and_writes_are_unavailable() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "down", RESOURCES)).await;
+        let cache = forze.cache("hot").unwrap();
+        cache.set(&k("key"), "v1", None).await.unwrap();
+        server.stop();
+        wait_tracking(&forze, "loss seen", |s| !s.confirmed).await;
+        for _ in 0..20 {
+            assert_eq!(timed(cache.get::<String>(&k("key"))).await.unwrap(), None);
+            let keys = [k("key"), k("other")];
+            assert_eq!(
+                timed(cache.get_many::<String>(&keys)).await.unwrap(),
+                vec![None, None]
+            );
+            assert!(!timed(cache.exists(&k("key"))).await.unwrap());
+            let e = timed(cache.set(&k("key"), "v2", None)).await.unwrap_err();
+            assert!(
+                matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::OutcomeUnknown),
+                "{bin}: {e}"
+            );
+            let e = timed(cache.delete(&k("key"), true)).await.unwrap_err();
+            assert!(matches!(
+                e.kind(),
+                ErrorKind::Unavailable | ErrorKind::OutcomeUnknown
+            ));
+        }
+        // get_or_load still serves: the loader runs, the value is returned, caching it fails.
+        let v: String = timed(cache.get_or_load(&k("loaded"), None, || async {
+            Ok::<_, String>("from the loader".into())
+        }))
+        .await
+        .unwrap();
+        assert_eq!(v, "from the loader");
+        assert!(cache.stats_now().bypassed >= 40, "{bin}");
+        server.restart();
+        wait_tracking(&forze, "tracking back", |s| s.confirmed).await;
+        wait_until_async(Duration::from_secs(10), "writes work again", || async {
+            cache.set(&k("key"), "v3", None).await.is_ok()
+        })
+        .await;
+        assert_eq!(
+            cache.get::<String>(&k("key")).await.unwrap().as_deref(),
+            Some("v3")
+        );
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_cache_actor_and_tracking_subscriber_keep_coherence() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let (reader, writer) = setup(&server.url(), &server.url(), "panic").await;
+        let cache = reader.cache("hot").unwrap();
+        let writer_cache = writer.cache("hot").unwrap();
+
+        // Readers keep reading through both panics; none may hang.
+        let stop = Instant::now() + Duration::from_secs(3);
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let cache = cache.clone();
+            load.push(tokio::spawn(async move {
+                while Instant::now() < stop {
+                    timed(cache.get::<String>(&k("key"))).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+
+        // The cache actor: its L1 survives (it lives in shared state), coherence is intact.
+        assert!(reader
+            .inject_panic(ChildKind::Cache("hot".into()))
+            .await
+            .unwrap());
+        writer_cache.set(&k("key"), "v2", None).await.unwrap();
+        let c = cache.clone();
+        wait_until_async(Duration::from_secs(5), "reader sees v2", || {
+            let c = c.clone();
+            async move { c.get::<String>(&k("key")).await.unwrap().as_deref() == Some("v2") }
+        })
+        .await;
+        fill(&cache, "key", "v2").await;
+        wait_until_async(Duration::from_secs(5), "cache actor back", || async {
+            cache.stats().await.is_ok()
+        })
+        .await;
+
+        // The tracking subscriber: every L1 is flushed the moment it dies, untrusted until
+        // the new incarnation confirms tracking.
+        let confirmations = tracking(&reader).await.confirmations;
+        assert!(reader.inject_panic(ChildKind::Tracking).await.unwrap());
+        wait_until_async(
+            Duration::from_secs(5),
+            "L1 flushed by the dying subscriber",
+            || async {
+                cache
+                    .stats_now()
+                    .l1
+                    .unwrap()
+                    .flushes
+                    .get("subscriber_restart")
+                    .copied()
+                    .unwrap_or(0)
+                    >= 2
+            },
+        )
+        .await;
+        wait_tracking(&reader, "new incarnation confirmed", |s| {
+            s.confirmed && s.confirmations > confirmations
+        })
+        .await;
+        writer_cache.set(&k("key"), "v3", None).await.unwrap();
+        let c = cache.clone();
+        wait_until_async(Duration::from_secs(5), "reader sees v3", || {
+            let c = c.clone();
+            async move { c.get::<String>(&k("key")).await.unwrap().as_deref() == Some("v3") }
+        })
+        .await;
+        fill(&cache, "key", "v3").await;
+        for t in load {
+            t.await.expect("no reader hung or failed");
+        }
+        assert_eq!(
+            reader.stats().await.unwrap().supervisor.restarts,
+            2,
+            "{bin}"
+        );
+        for f in [reader, writer] {
+            f.shutdown().await.unwrap();
+        }
+    }
+}
