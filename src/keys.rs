@@ -208,7 +208,16 @@ pub fn escape_part(part: &str) -> String {
     out
 }
 
-fn push_escaped(out: &mut String, part: &str) {
+/// Append the [`escape_part`] form of `part` to `out` (no allocation when `out` has room).
+pub fn push_escaped(out: &mut String, part: &str) {
+    // Most parts need no escape: copy them whole.
+    if !part
+        .bytes()
+        .any(|b| matches!(b, b'%' | b':' | b'{' | b'}') || b.is_ascii_control())
+    {
+        out.push_str(part);
+        return;
+    }
     for c in part.chars() {
         match c {
             '%' | ':' | '{' | '}' => push_pct(out, c as u8),
@@ -265,15 +274,24 @@ pub struct KeySpace {
     prefix: KeyPrefix,
     kind: ResourceKind,
     namespace: Namespace,
+    /// `<prefix>:<kind>:{<namespace>:`, built once: every key starts with it.
+    base: String,
 }
 
 impl KeySpace {
     /// A key space.
     pub fn new(prefix: KeyPrefix, kind: ResourceKind, namespace: Namespace) -> Self {
+        let base = format!(
+            "{}:{}:{{{}:",
+            prefix.as_str(),
+            kind.tag(),
+            namespace.as_str()
+        );
         KeySpace {
             prefix,
             kind,
             namespace,
+            base,
         }
     }
 
@@ -290,12 +308,12 @@ impl KeySpace {
     /// `<prefix>:<kind>:{<namespace>:`: every key of this namespace, for every tenant, starts
     /// with it, and no key of another namespace or kind does.
     pub fn namespace_prefix(&self) -> String {
-        format!(
-            "{}:{}:{{{}:",
-            self.prefix.as_str(),
-            self.kind.tag(),
-            self.namespace.as_str()
-        )
+        self.base.clone()
+    }
+
+    /// [`KeySpace::namespace_prefix`] without a copy.
+    pub fn namespace_prefix_str(&self) -> &str {
+        &self.base
     }
 
     /// `<namespace prefix><tenant>`: the common start of every key of one tenant (or of the
@@ -322,12 +340,7 @@ impl KeySpace {
         parts: &[&str],
     ) -> Result<()> {
         buf.clear();
-        buf.push_str(self.prefix.as_str());
-        buf.push(':');
-        buf.push_str(self.kind.tag());
-        buf.push_str(":{");
-        buf.push_str(self.namespace.as_str());
-        buf.push(':');
+        buf.push_str(&self.base);
         push_tenant(buf, tenant);
         for part in parts {
             if part.is_empty() {

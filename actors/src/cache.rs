@@ -306,6 +306,11 @@ impl CacheHandle {
         self.cache.get_or_load(key, ttl, loader).await
     }
 
+    /// The namespace's L1, for diagnostics and benchmarks (`None` without one).
+    pub fn l1(&self) -> Option<&Arc<forze_redis::cache::l1::L1>> {
+        self.cache.l1()
+    }
+
     /// Statistics, read without a mailbox.
     pub fn stats_now(&self) -> CacheStats {
         self.cache.stats()

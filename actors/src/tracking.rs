@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use forze_redis::cache::l1::{FlushReason, L1};
 use forze_redis::cache::tracking::{deoverlap, TrackingConnection, TrackingEvent};
+use forze_redis::cache::Cache;
 use forze_redis::Error;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -111,6 +112,17 @@ fn l1s(shared: &Shared) -> Vec<(String, Arc<L1>)> {
         .collect()
 }
 
+/// The caches with an L1, by the prefix each owns: invalidations are routed through the
+/// cache, which maps a Redis key to its L1 key.
+fn tracked_caches(shared: &Shared) -> Vec<(String, Arc<Cache>)> {
+    shared
+        .caches
+        .values()
+        .filter(|c| c.l1().is_some())
+        .map(|c| (c.tracking_prefix(), c.clone()))
+        .collect()
+}
+
 impl Actor for TrackingSubscriber {
     type Msg = TrackingMsg;
     type State = TrackingState;
@@ -135,6 +147,7 @@ impl Actor for TrackingSubscriber {
         let task = AbortOnDrop(tokio::spawn(run(
             shared.clone(),
             targets,
+            tracked_caches(&shared),
             prefixes.clone(),
             stopped,
         )));
@@ -177,6 +190,7 @@ impl Actor for TrackingSubscriber {
 async fn run(
     shared: Arc<Shared>,
     l1s: Vec<(String, Arc<L1>)>,
+    caches: Vec<(String, Arc<Cache>)>,
     prefixes: Vec<String>,
     stopped: Arc<AtomicBool>,
 ) {
@@ -209,6 +223,7 @@ async fn run(
                 let why = serve(
                     &mut conn,
                     &l1s,
+                    &caches,
                     stats,
                     redis.health_interval,
                     redis.command_timeout,
@@ -236,6 +251,7 @@ async fn run(
 async fn serve(
     conn: &mut TrackingConnection,
     l1s: &[(String, Arc<L1>)],
+    caches: &[(String, Arc<Cache>)],
     stats: &TrackingCounters,
     ping_every: Duration,
     pong_within: Duration,
@@ -249,8 +265,8 @@ async fn serve(
                 Ok(TrackingEvent::Invalidate(keys)) => {
                     stats.invalidated_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
                     for key in &keys {
-                        if let Some((_, l1)) = l1s.iter().find(|(p, _)| key.starts_with(p.as_str())) {
-                            l1.invalidate(key);
+                        if let Some((_, cache)) = caches.iter().find(|(p, _)| key.starts_with(p.as_str())) {
+                            cache.apply_invalidation(key);
                         }
                     }
                 }

@@ -76,7 +76,7 @@ impl LocalCacheStore {
             deadline: now,
         });
         let current = (entry.deadline > now)
-            .then(|| codec::decode(&entry.bytes).and_then(|e| e.version))
+            .then(|| codec::decode(entry.bytes.clone()).and_then(|e| e.version))
             .flatten();
         if current.is_some_and(|c| c > version) {
             return false;

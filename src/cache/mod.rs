@@ -43,7 +43,7 @@ use tracing::Instrument;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{KeySpace, TenantId};
+use crate::keys::{push_escaped, unescape_part, KeySpace, TenantId};
 use codec::Entry;
 use l1::{L1Stats, L1};
 use local::LocalCacheStore;
@@ -101,7 +101,8 @@ impl From<String> for CacheKey {
 
 #[derive(Debug, Default)]
 struct Counters {
-    reads: AtomicU64,
+    /// Keys read from the store (L1 hits are counted by the L1).
+    remote_reads: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     corrupt: AtomicU64,
@@ -170,8 +171,8 @@ pub struct Cache {
 }
 
 thread_local! {
-    /// Reused key buffer for L1 lookups: an L1 hit allocates nothing but the value's handle.
-    static KEY_BUF: RefCell<String> = const { RefCell::new(String::new()) };
+    /// Reused key buffer for tenant-aware L1 lookups: a hit allocates nothing.
+    static L1_KEY_BUF: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl Cache {
@@ -229,9 +230,11 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let l1 = self.l1.as_ref().map(|x| x.stats());
+        let l1_hits = l1.as_ref().map_or(0, |s| s.hits);
         CacheStats {
-            reads: l(&c.reads),
-            hits: l(&c.hits) + self.l1.as_ref().map_or(0, |x| x.stats().hits),
+            reads: l(&c.remote_reads) + l1_hits,
+            hits: l(&c.hits) + l1_hits,
             misses: l(&c.misses),
             corrupt: l(&c.corrupt),
             bypassed: l(&c.bypassed),
@@ -239,7 +242,7 @@ impl Cache {
             errors: l(&c.errors),
             loads: l(&c.loads),
             load_waits: l(&c.load_waits),
-            l1: self.l1.as_ref().map(|x| x.stats()),
+            l1,
             coherence: if self.l1.is_some() {
                 "tracking"
             } else {
@@ -266,14 +269,42 @@ impl Cache {
         Ok(self.space.key(tenant, &[&key.key])?.into_string())
     }
 
-    fn l1_lookup(&self, key: &CacheKey) -> Result<Option<Bytes>> {
+    /// Look `key` up in the L1. The L1 is keyed by the logical key (the caller's key, after
+    /// the escaped tenant and a `:` in tenant-aware namespaces), so a tenant-less lookup
+    /// builds nothing and hashes only the caller's key.
+    fn l1_lookup(&self, key: &CacheKey) -> Result<Option<Entry>> {
         let Some(l1) = &self.l1 else { return Ok(None) };
-        let tenant = self.tenant(key)?;
-        KEY_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            self.space.write_key(&mut buf, tenant, &[&key.key])?;
-            Ok(l1.get(&buf))
-        })
+        match self.tenant(key)? {
+            None => Ok(l1.get(&key.key)),
+            Some(tenant) => L1_KEY_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.clear();
+                push_escaped(&mut buf, tenant.as_str());
+                buf.push(':');
+                buf.push_str(&key.key);
+                Ok(l1.get(&buf))
+            }),
+        }
+    }
+
+    /// The L1 key of a Redis key of this namespace; `None` for any other key.
+    pub fn l1_key_from_redis(&self, redis_key: &str) -> Option<String> {
+        let rest = redis_key.strip_prefix(self.space.namespace_prefix_str())?;
+        let rest = rest.strip_suffix('}')?;
+        if self.tenant_aware {
+            let (tenant, key) = rest.strip_prefix("t=")?.split_once(':')?;
+            Some(format!("{tenant}:{}", unescape_part(key)?))
+        } else {
+            unescape_part(rest.strip_prefix("_:")?)
+        }
+    }
+
+    /// Apply an invalidation push for `redis_key` (the tracking subscriber calls this).
+    /// Keys of other namespaces are ignored.
+    pub fn apply_invalidation(&self, redis_key: &str) {
+        if let (Some(l1), Some(k)) = (&self.l1, self.l1_key_from_redis(redis_key)) {
+            l1.invalidate(&k);
+        }
     }
 
     fn span(&self, op: &'static str) -> tracing::Span {
@@ -291,39 +322,74 @@ impl Cache {
         Err(e)
     }
 
-    /// Read stored entries for `keys` (all already validated), going through the L1.
+    /// Read the stored entry of one key, going through the L1. The hit path allocates
+    /// nothing and touches one shared counter.
+    async fn read_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
+        if let Some(entry) = self.l1_lookup(key)? {
+            cooperate().await;
+            return Ok(Some(entry));
+        }
+        self.read_remote_one(op, key).await
+    }
+
+    /// Read one key from the store (the L1 missed). Boxed: the miss path's future is large,
+    /// and unboxed it would be built and moved on every hit too.
+    async fn read_remote_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
+        let mut out = vec![None];
+        Box::pin(self.fetch(op, &mut out, vec![(0, self.redis_key(key)?)])).await?;
+        Ok(out.pop().flatten())
+    }
+
+    /// Read stored entries for `keys`, going through the L1; in input order.
     async fn read_stored(
         &self,
         op: &'static str,
         keys: &[&CacheKey],
     ) -> Result<Vec<Option<Entry>>> {
-        self.counters
-            .reads
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let mut out: Vec<Option<Entry>> = vec![None; keys.len()];
         let mut pending: Vec<(usize, String)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             match self.l1_lookup(key)? {
-                Some(stored) => match codec::decode(&stored) {
-                    Some(e) => out[i] = Some(e),
-                    None => {
-                        self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
+                Some(entry) => out[i] = Some(entry),
                 None => pending.push((i, self.redis_key(key)?)),
             }
         }
         if pending.is_empty() {
-            // Served from the L1 without touching I/O: take part in tokio's cooperative
-            // budget, so a loop of hits cannot starve the other tasks of its worker thread.
-            tokio::task::consume_budget().await;
-            return Ok(out);
+            cooperate().await;
+        } else {
+            self.fetch(op, &mut out, pending).await?;
         }
+        Ok(out)
+    }
+
+    fn decode_counted(&self, stored: Bytes) -> Option<Entry> {
+        let entry = codec::decode(stored);
+        if entry.is_none() {
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        entry
+    }
+
+    /// Read `pending` (index into `out`, Redis key) from the store in one round trip, fill
+    /// the L1 with what raced nothing, and put the decoded entries into `out`.
+    async fn fetch(
+        &self,
+        op: &'static str,
+        out: &mut [Option<Entry>],
+        pending: Vec<(usize, String)>,
+    ) -> Result<()> {
+        self.counters
+            .remote_reads
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
         async {
             let tickets: Vec<_> = pending
                 .iter()
-                .map(|(_, k)| self.l1.as_ref().and_then(|l1| l1.ticket(k)))
+                .map(|(_, k)| {
+                    let l1 = self.l1.as_ref()?;
+                    let l1_key = self.l1_key_from_redis(k)?;
+                    Some((l1.ticket(&l1_key)?, l1_key))
+                })
                 .collect();
             let names: Vec<&str> = pending.iter().map(|(_, k)| k.as_str()).collect();
             let reads = match &self.store {
@@ -345,20 +411,18 @@ impl Cache {
                 }
                 Err(e) => return self.fail(e),
             };
-            for (((i, key), ticket), Read { stored, pttl }) in
-                pending.iter().zip(tickets).zip(reads)
+            for (((i, _), ticket), Read { stored, pttl }) in pending.iter().zip(tickets).zip(reads)
             {
                 let Some(stored) = stored else {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let Some(entry) = codec::decode(&stored) else {
-                    self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                // Only what decodes is worth keeping in the L1.
+                let Some(entry) = self.decode_counted(stored) else {
                     continue;
                 };
-                if let (Some(l1), Some(ticket)) = (&self.l1, ticket) {
-                    l1.fill(ticket, key, stored, pttl);
+                if let (Some(l1), Some((ticket, l1_key))) = (&self.l1, ticket) {
+                    l1.fill(ticket, &l1_key, entry.clone(), pttl);
                 }
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 out[*i] = Some(entry);
@@ -366,8 +430,7 @@ impl Cache {
             Ok(())
         }
         .instrument(self.span(op))
-        .await?;
-        Ok(out)
+        .await
     }
 
     fn decode_or_count<T: DeserializeOwned>(&self, entry: Option<Entry>) -> Option<T> {
@@ -382,15 +445,22 @@ impl Cache {
 
     /// The value of `key`, or `None` (missing, expired, corrupt, or Redis unreachable).
     pub async fn get<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<T>> {
-        let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
+        let entry = self.read_one("cache.get", key).await?;
         Ok(self.decode_or_count(entry))
     }
 
     /// The stored bytes of `key` exactly as written with [`Cache::set_bytes`] (or the JSON of
     /// a serde value).
     pub async fn get_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>> {
-        let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
-        Ok(entry.map(|e| e.payload))
+        // The hit path is written out here so that no inner future is built for it.
+        if let Some(entry) = self.l1_lookup(key)? {
+            cooperate().await;
+            return Ok(Some(entry.payload));
+        }
+        Ok(self
+            .read_remote_one("cache.get", key)
+            .await?
+            .map(|e| e.payload))
     }
 
     /// The version and value of a versioned entry; `None` also for an unversioned one.
@@ -398,7 +468,7 @@ impl Cache {
         &self,
         key: &CacheKey,
     ) -> Result<Option<(u64, T)>> {
-        let entry = self.read_stored("cache.get", &[key]).await?.pop().flatten();
+        let entry = self.read_one("cache.get", key).await?;
         let version = entry.as_ref().and_then(|e| e.version);
         Ok(version.zip(self.decode_or_count(entry)))
     }
@@ -436,11 +506,10 @@ impl Cache {
         }
     }
 
+    /// Evict the keys (Redis keys) from this process's L1.
     fn evict_local(&self, keys: &[String]) {
-        if let Some(l1) = &self.l1 {
-            for k in keys {
-                l1.invalidate(k);
-            }
+        for k in keys {
+            self.apply_invalidation(k);
         }
     }
 
@@ -716,6 +785,24 @@ impl Cache {
     }
 }
 
+thread_local! {
+    static HITS_SINCE_YIELD_POINT: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Served without I/O: take part in tokio's cooperative budget every 16th time, so a loop of
+/// L1 hits still yields to the other tasks of its worker thread (after at most 16 × the
+/// task budget hits) without paying for the budget check on every hit.
+async fn cooperate() {
+    let due = HITS_SINCE_YIELD_POINT.with(|n| {
+        let v = n.get().wrapping_add(1) & 15;
+        n.set(v);
+        v == 0
+    });
+    if due {
+        tokio::task::consume_budget().await;
+    }
+}
+
 struct InflightGuard<'a> {
     map: &'a DashMap<String, watch::Receiver<LoadResult>>,
     key: String,
@@ -724,5 +811,61 @@ struct InflightGuard<'a> {
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.map.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{L1Config, RedisConfig};
+    use crate::connection::RedisConnection;
+    use crate::keys::{KeyPrefix, Namespace, ResourceKind};
+
+    fn cache(tenant_aware: bool) -> Cache {
+        let conn =
+            Arc::new(RedisConnection::build(&RedisConfig::new("redis://127.0.0.1:1")).unwrap());
+        let space = KeySpace::new(
+            KeyPrefix::default(),
+            ResourceKind::Cache,
+            Namespace::parse("ns", "docs").unwrap(),
+        );
+        let config = CacheConfig {
+            tenant_aware,
+            l1: Some(L1Config::default()),
+            ..CacheConfig::default()
+        };
+        Cache::new("docs", space, &config, Some(RedisCacheStore::new(conn)))
+    }
+
+    #[test]
+    fn an_invalidation_reaches_the_l1_entry_its_lookup_uses() {
+        for tenant_aware in [false, true] {
+            let c = cache(tenant_aware);
+            let l1 = c.l1().unwrap();
+            l1.confirm();
+            for raw in ["plain", "a:{b}%c", "t=x:y", "_:z}"] {
+                let mut key = CacheKey::new(raw);
+                if tenant_aware {
+                    key = key.for_tenant(TenantId::new("t:1{}").unwrap());
+                }
+                let redis_key = c.redis_key(&key).unwrap();
+                let l1_key = c.l1_key_from_redis(&redis_key).unwrap();
+                let entry = codec::decode(codec::encode_raw(None, b"v")).unwrap();
+                let ticket = l1.ticket(&l1_key).unwrap();
+                assert!(l1.fill(ticket, &l1_key, entry, None));
+                assert!(
+                    c.l1_lookup(&key).unwrap().is_some(),
+                    "{raw}: lookup finds the fill"
+                );
+                c.apply_invalidation(&redis_key);
+                assert!(
+                    c.l1_lookup(&key).unwrap().is_none(),
+                    "{raw}: invalidation evicts it"
+                );
+            }
+            // Keys of other namespaces or kinds map to nothing.
+            assert_eq!(c.l1_key_from_redis("forze:cache:{other:_:plain}"), None);
+            assert_eq!(c.l1_key_from_redis("forze:lock:{docs:_:plain}"), None);
+        }
     }
 }

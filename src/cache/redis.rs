@@ -73,6 +73,14 @@ impl RedisCacheStore {
             .client(op)?
             .with_options(self.conn.options(Access::Read));
         let err = |e| self.conn.error(op, Access::Read, e);
+        if let ([key], false, None) = (keys, with_pttl, slide) {
+            // One key, nothing else asked: a plain GET, no pipeline to build.
+            let v: Value = client.get(*key).await.map_err(err)?;
+            return Ok(vec![Read {
+                stored: bytes_of(op, v)?,
+                pttl: None,
+            }]);
+        }
         let per_key = 1 + usize::from(with_pttl) + usize::from(slide.is_some());
         let pipeline = client.pipeline();
         for key in keys {
