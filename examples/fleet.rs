@@ -1,11 +1,13 @@
 //! The main job: several supervisors as replicas in one process, worker actors messaging their
-//! children, and a summary table built from every actor's `Stats`.
+//! children, a cached read-mostly catalog shared by the replicas (L1 kept coherent by
+//! client-side caching when on Redis), and summary tables built from every actor's `Stats`.
 //!
 //! `REDIS_URL=redis://127.0.0.1:7000 cargo run --example fleet` runs against that server;
 //! without `REDIS_URL` every replica runs on embedded local state.
 
 use std::time::{Duration, Instant};
 
+use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
 use forze_redis::Config;
 use forze_redis_actors::{CounterMsg, Forze, ForzeHandle};
@@ -14,6 +16,18 @@ use ractor::{call_t, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 const REPLICAS: usize = 3;
 const WORKERS_PER_REPLICA: usize = 4;
 const ORDERS_PER_WORKER: usize = 250;
+const PRODUCTS: u64 = 40;
+const CATALOG_READERS_PER_REPLICA: usize = 4;
+const CATALOG_READS_PER_READER: u64 = 1_500;
+const PRICE_UPDATES: u64 = 30;
+
+/// A catalog entry, versioned by its revision.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Product {
+    id: u64,
+    revision: u64,
+    price_cents: u64,
+}
 
 /// A worker actor of the user's application: allocates order numbers by messaging the
 /// replica's counter actor, the way any actor in an application would.
@@ -107,6 +121,11 @@ name_prefix = "replica{replica}"
 fallback = "local"
 [counters.invoices]
 tenant_aware = true
+[caches.catalog]
+ttl = "120s"
+[caches.catalog.l1]
+ttl = "30s"
+max_entries = 1000
 {redis}
 "#
     ))
@@ -169,6 +188,84 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await?;
         }
     }
+    // The catalog: read-mostly, cached, loaded from "the database" on a miss.
+    let db_loads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut catalog_runs = Vec::new();
+    for replica in &replicas {
+        let catalog = replica.cache("catalog")?;
+        for reader in 0..CATALOG_READERS_PER_REPLICA {
+            let (catalog, db_loads) = (catalog.clone(), db_loads.clone());
+            catalog_runs.push(tokio::spawn(async move {
+                let mut errors = 0u64;
+                for i in 0..CATALOG_READS_PER_READER {
+                    // Skewed popularity: low ids are read far more often.
+                    let id = (i * 7 + reader as u64 * 13) % PRODUCTS;
+                    let id = id * id / PRODUCTS;
+                    let loads = db_loads.clone();
+                    let got = catalog
+                        .get_or_load(
+                            &CacheKey::new(format!("product:{id}")),
+                            None,
+                            || async move {
+                                loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                Ok::<_, String>(Product {
+                                    id,
+                                    revision: 0,
+                                    price_cents: 1_000 + id,
+                                })
+                            },
+                        )
+                        .await;
+                    if got.is_err() {
+                        errors += 1;
+                    }
+                }
+                errors
+            }));
+        }
+    }
+    // Meanwhile an editor on replica1 reprices product 0 (the hottest) again and again.
+    let editor = replicas[0].cache("catalog")?;
+    let mut editor_errors = 0u64;
+    for revision in 1..=PRICE_UPDATES {
+        let product = Product {
+            id: 0,
+            revision,
+            price_cents: 2_000 + revision,
+        };
+        if editor
+            .set_versioned(&CacheKey::new("product:0"), revision, &product, None)
+            .await
+            .is_err()
+        {
+            editor_errors += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut catalog_errors = editor_errors;
+    for run in catalog_runs {
+        catalog_errors += run.await?;
+    }
+    // After quiescence every replica must serve the last revision (embedded: each replica
+    // has its own local state, so only the editor's replica shares its writes).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut stale = 0;
+    let sharing = if redis_url.is_some() {
+        replicas.len()
+    } else {
+        1
+    };
+    for replica in &replicas[..sharing] {
+        let seen = replica
+            .cache("catalog")?
+            .get_versioned::<Product>(&CacheKey::new("product:0"))
+            .await?;
+        if seen.map(|(v, _)| v) != Some(PRICE_UPDATES) {
+            stale += 1;
+        }
+    }
+
     let mut highest = 0;
     let mut worker_errors = 0;
     for run in runs {
@@ -201,8 +298,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>9} {:>10} {:>13} {:>9}",
+        "catalog", "reads", "hits", "l1 hits", "hit ratio", "l1 fills", "invalidations", "l1 flush"
+    );
+    for (i, replica) in replicas.iter().enumerate() {
+        let stats = replica.stats().await?;
+        for (_, c) in &stats.caches {
+            let l1 = c.l1.clone().unwrap_or_default();
+            let ratio = if c.reads == 0 {
+                0.0
+            } else {
+                c.hits as f64 / c.reads as f64
+            };
+            println!(
+                "{:<10} {:>8} {:>8} {:>8} {:>8.1}% {:>10} {:>13} {:>9}",
+                format!("replica{}", i + 1),
+                c.reads,
+                c.hits,
+                l1.hits,
+                ratio * 100.0,
+                l1.fills,
+                l1.invalidations,
+                l1.flushes.values().sum::<u64>(),
+            );
+        }
+    }
+    println!();
+    println!(
         "highest order number: {highest}; worker errors: {worker_errors}; {} ms",
         elapsed.as_millis()
+    );
+    println!(
+        "catalog: {} database loads, {catalog_errors} errors, {stale} of {sharing} replicas \
+         stale after {PRICE_UPDATES} price updates{}",
+        db_loads.load(std::sync::atomic::Ordering::Relaxed),
+        if redis_url.is_some() {
+            ""
+        } else {
+            " (embedded: each replica caches alone)"
+        }
     );
     for replica in &replicas {
         replica.shutdown().await?;

@@ -380,7 +380,7 @@ async fn panicking_cache_actor_and_tracking_subscriber_keep_coherence() {
                     .get("subscriber_restart")
                     .copied()
                     .unwrap_or(0)
-                    >= 2
+                    >= 1
             },
         )
         .await;

@@ -48,6 +48,8 @@ pub struct TrackingCounters {
     invalidated_keys: AtomicU64,
     server_flushes: AtomicU64,
     confirmed: AtomicBool,
+    /// Set by the first incarnation.
+    started: AtomicBool,
 }
 
 /// A copy of the tracking subscriber's statistics.
@@ -139,8 +141,12 @@ impl Actor for TrackingSubscriber {
             shared: shared.clone(),
             stopped: stopped.clone(),
         };
-        for (_, l1) in l1s(&shared) {
-            l1.flush(FlushReason::SubscriberRestart, false);
+        // The first incarnation starts with empty, untrusted L1s; a later one flushes again
+        // (the dying one already did, through its guard) in case anything slipped in between.
+        if shared.tracking_stats.started.swap(true, Ordering::AcqRel) {
+            for (_, l1) in l1s(&shared) {
+                l1.flush(FlushReason::SubscriberRestart, false);
+            }
         }
         let targets = l1s(&shared);
         let prefixes = deoverlap(&targets.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>());
