@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
+use forze_redis::lock::LockId;
 use forze_redis::Config;
 use forze_redis_actors::{CounterMsg, Forze, ForzeHandle};
 use ractor::{call_t, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -20,6 +21,32 @@ const PRODUCTS: u64 = 40;
 const CATALOG_READERS_PER_REPLICA: usize = 4;
 const CATALOG_READS_PER_READER: u64 = 1_500;
 const PRICE_UPDATES: u64 = 30;
+const SETTLEMENTS_PER_REPLICA: u64 = 20;
+
+/// Stands in for the storage a lock protects: it remembers the highest fencing token it has
+/// accepted and refuses writes that carry a lower one (the consumer-side check of fencing).
+#[derive(Default)]
+struct FencedLedger {
+    highest: std::sync::Mutex<u64>,
+    accepted: std::sync::atomic::AtomicU64,
+    rejected: std::sync::atomic::AtomicU64,
+}
+
+impl FencedLedger {
+    fn write(&self, token: u64) -> bool {
+        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = token >= *highest;
+        if ok {
+            *highest = token;
+            self.accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
+    }
+}
 
 /// A catalog entry, versioned by its revision.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -126,6 +153,10 @@ ttl = "120s"
 [caches.catalog.l1]
 ttl = "30s"
 max_entries = 1000
+[locks.settlement]
+lease = "5s"
+retry_min = "2ms"
+retry_max = "20ms"
 {redis}
 "#
     ))
@@ -266,6 +297,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // A lock-protected job: every replica settles the ledger in turn; each write carries the
+    // fencing token, so a holder that lost its lease could never overwrite a newer one.
+    let ledger = std::sync::Arc::new(FencedLedger::default());
+    let mut settlement_runs = Vec::new();
+    for replica in &replicas {
+        let (lock, ledger) = (replica.lock("settlement")?, ledger.clone());
+        settlement_runs.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            for _ in 0..SETTLEMENTS_PER_REPLICA {
+                match lock
+                    .acquire(&LockId::new("daily"), Duration::from_secs(10))
+                    .await
+                {
+                    Ok(guard) => {
+                        // A refused write is the fence doing its job, counted by the ledger.
+                        if !guard.is_lost() {
+                            ledger.write(guard.token());
+                        }
+                        if guard.release().await.is_err() {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            errors
+        }));
+    }
+    let mut settlement_errors = 0;
+    for run in settlement_runs {
+        settlement_errors += run.await?;
+    }
+
     let mut highest = 0;
     let mut worker_errors = 0;
     for run in runs {
@@ -336,6 +400,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ""
         } else {
             " (embedded: each replica caches alone)"
+        }
+    );
+    println!(
+        "settlement: {} fenced writes accepted, {} rejected, {settlement_errors} errors{}",
+        ledger.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        ledger.rejected.load(std::sync::atomic::Ordering::Relaxed),
+        if redis_url.is_some() {
+            " (one lock across the replicas)"
+        } else {
+            " (embedded: each replica locks alone, so their turns interleave)"
         }
     );
     for replica in &replicas {

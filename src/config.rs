@@ -42,6 +42,8 @@ pub struct Config {
     pub counters: BTreeMap<String, CounterConfig>,
     /// Cache namespaces by name.
     pub caches: BTreeMap<String, CacheConfig>,
+    /// Distributed lock resources by name.
+    pub locks: BTreeMap<String, LockConfig>,
 }
 
 impl Default for Config {
@@ -52,11 +54,12 @@ impl Default for Config {
             supervision: SupervisionConfig::default(),
             counters: BTreeMap::new(),
             caches: BTreeMap::new(),
+            locks: BTreeMap::new(),
         }
     }
 }
 
-/// The Redis connection (section 6 of the spec). RESP3 is always on.
+/// The Redis connection (section 6 of the spec).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
@@ -221,6 +224,59 @@ impl Default for CacheConfig {
             sliding_ttl: None,
             l1: None,
         }
+    }
+}
+
+/// One distributed lock resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockConfig {
+    /// Key namespace; defaults to the resource name.
+    pub namespace: Option<String>,
+    /// Require a tenant on every operation and isolate tenants' locks (default false).
+    pub tenant_aware: bool,
+    /// Lease of an acquisition (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the heartbeater renews a held lease (default a third of the lease).
+    #[serde(with = "humantime_serde")]
+    pub extend_every: Option<Duration>,
+    /// Taken off the lease for the holder's local deadline, for clock drift and the time an
+    /// acquire or extend reply spends in flight (default a tenth of the lease).
+    #[serde(with = "humantime_serde")]
+    pub drift_margin: Option<Duration>,
+    /// Shortest pause between attempts of `acquire` (default 20 ms); doubles up to
+    /// `retry_max`, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// Longest pause between attempts of `acquire` (default 200 ms).
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        LockConfig {
+            namespace: None,
+            tenant_aware: false,
+            lease: Duration::from_secs(30),
+            extend_every: None,
+            drift_margin: None,
+            retry_min: Duration::from_millis(20),
+            retry_max: Duration::from_millis(200),
+        }
+    }
+}
+
+impl LockConfig {
+    /// The renewal period: `extend_every`, or a third of the lease.
+    pub fn extend_period(&self) -> Duration {
+        self.extend_every.unwrap_or(self.lease / 3)
+    }
+
+    /// The drift margin: `drift_margin`, or a tenth of the lease.
+    pub fn drift(&self) -> Duration {
+        self.drift_margin.unwrap_or(self.lease / 10)
     }
 }
 
@@ -438,7 +494,48 @@ impl Config {
                 }
             }
         }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, lock) in &self.locks {
+            let field = |f: &str| format!("locks.{name}.{f}");
+            validate_resource_name(&format!("locks.{name}"), name)?;
+            let ns = self.lock_namespace(name, lock)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    field("namespace"),
+                    format!("namespace `{ns}` is already used by locks.{other}"),
+                ));
+            }
+            if lock.lease < Duration::from_millis(10) {
+                return Err(Error::config(field("lease"), "must be at least 10ms"));
+            }
+            if lock.drift() >= lock.lease {
+                return Err(Error::config(
+                    field("drift_margin"),
+                    "must be below the lease",
+                ));
+            }
+            if lock.extend_period().is_zero() || lock.extend_period() >= lock.lease - lock.drift() {
+                return Err(Error::config(
+                    field("extend_every"),
+                    "must be greater than zero and below the lease minus the drift margin",
+                ));
+            }
+            if lock.retry_min.is_zero() || lock.retry_max < lock.retry_min {
+                return Err(Error::config(
+                    field("retry_min"),
+                    "must be greater than zero and not above retry_max",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The validated namespace of lock `name`.
+    pub fn lock_namespace(&self, name: &str, lock: &LockConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("locks.{name}.namespace"),
+            lock.namespace.as_deref().unwrap_or(name),
+        )
     }
 
     /// The validated namespace of cache `name`.
@@ -505,7 +602,8 @@ impl RedisUrl {
         redact_url(&self.0)
     }
 
-    /// The fred configuration for this URL (RESP3). Errors never contain the URL.
+    /// The fred configuration for this URL (RESP2: see `connection`). Errors never contain
+    /// the URL.
     pub fn to_fred_config(&self) -> Result<fred::types::config::Config> {
         let scheme = self.0.split_once("://").map(|(s, _)| s).unwrap_or("");
         if !SCHEMES.contains(&scheme) {
@@ -524,7 +622,9 @@ impl RedisUrl {
                 format!("cannot parse {} ({:?})", self.redacted(), e.kind()),
             )
         })?;
-        cfg.version = fred::types::RespVersion::RESP3;
+        // The pool never needs pushes (the tracking subscriber owns its own RESP3
+        // connection), and RESP2 replies are cheaper for fred to parse.
+        cfg.version = fred::types::RespVersion::RESP2;
         Ok(cfg)
     }
 }

@@ -13,6 +13,7 @@
 //! | [`scripts`] | the Lua scripts (`.lua` files beside the module) |
 //! | [`counter`] | atomic counters: contract, Redis store, local store, the resource wrapper |
 //! | [`cache`] | caches: contract, codec, L1, Redis and local stores, the tracking connection |
+//! | [`lock`] | fenced distributed locks: contract, scripts' callers, local store |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
 //! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
@@ -24,6 +25,7 @@ pub mod connection;
 pub mod counter;
 pub mod error;
 pub mod keys;
+pub mod lock;
 pub mod scripts;
 
 pub use config::Config;

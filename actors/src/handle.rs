@@ -100,6 +100,41 @@ impl ForzeHandle {
         })
     }
 
+    /// The lock resource `name`, or a `Validation` error naming the unknown resource.
+    pub fn lock(&self, name: &str) -> Result<crate::lock::LockHandle> {
+        let lock = self.shared.locks.get(name).cloned().ok_or_else(|| {
+            Error::validation("lock", format!("no lock named `{name}` is configured"))
+        })?;
+        Ok(crate::lock::LockHandle {
+            shared: self.shared.clone(),
+            lock,
+        })
+    }
+
+    /// The heartbeater's statistics; `None` when no lock is configured.
+    pub async fn heartbeat_stats(&self) -> Result<Option<crate::heartbeat::HeartbeatStats>> {
+        if self.shared.locks.is_empty() {
+            return Ok(None);
+        }
+        call_named(
+            &self.shared.names.heartbeat(),
+            self.shared.config.supervision.call_timeout,
+            crate::heartbeat::HeartbeatMsg::Stats,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Stop (`true`) or resume (`false`) lease renewals: freezes every lock holder of this
+    /// supervisor, for drills of lost leases.
+    #[cfg(feature = "fault-injection")]
+    pub fn stall_heartbeats(&self, stalled: bool) {
+        self.shared
+            .heartbeat
+            .stalled
+            .store(stalled, std::sync::atomic::Ordering::Release);
+    }
+
     /// The configured cache names.
     pub fn cache_names(&self) -> Vec<String> {
         self.shared.caches.keys().cloned().collect()

@@ -44,4 +44,9 @@ impl ActorNames {
     pub fn tracking(&self) -> String {
         format!("{}.tracking", self.prefix)
     }
+
+    /// `<prefix>.heartbeat`
+    pub fn heartbeat(&self) -> String {
+        format!("{}.heartbeat", self.prefix)
+    }
 }

@@ -15,6 +15,9 @@ use forze_redis::cache::Cache;
 use forze_redis::connection::{Health, RedisConnection};
 use forze_redis::counter::{local_store, Counter, RedisCounterStore};
 use forze_redis::keys::{KeySpace, ResourceKind};
+use forze_redis::lock::local::LocalLockStore;
+use forze_redis::lock::redis::RedisLockStore;
+use forze_redis::lock::Lock;
 use forze_redis::{Config, Error, Result};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -36,6 +39,10 @@ pub struct Shared {
     /// Where the tracking subscriber connects; `None` when no cache has an L1 (or embedded).
     pub(crate) tracking: Option<TrackingTarget>,
     pub(crate) tracking_stats: crate::tracking::TrackingCounters,
+    pub(crate) locks: BTreeMap<String, Arc<Lock>>,
+    /// Every lease held through this supervisor's guards.
+    pub(crate) leases: crate::lock::LeaseRegistry,
+    pub(crate) heartbeat: crate::heartbeat::HeartbeatCounters,
     /// Tasks spawned on behalf of callers (message requests); waited for at shutdown.
     pub(crate) tasks: TaskTracker,
     /// Set when shutdown begins: new requests are refused with `Unavailable`.
@@ -94,6 +101,26 @@ impl Shared {
                 Arc::new(Cache::new(name.clone(), space, cfg, redis)),
             );
         }
+        let local_locks = LocalLockStore::new();
+        let mut locks = BTreeMap::new();
+        for (name, cfg) in &config.locks {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::Lock,
+                config.lock_namespace(name, cfg)?,
+            );
+            let redis = connection.clone().map(RedisLockStore::new);
+            locks.insert(
+                name.clone(),
+                Arc::new(Lock::new(
+                    name.clone(),
+                    space,
+                    cfg,
+                    redis,
+                    local_locks.clone(),
+                )),
+            );
+        }
         let tracking = match &config.redis {
             Some(redis) if caches.values().any(|c| c.l1().is_some()) => {
                 Some(TrackingTarget::from_url(&redis.url)?)
@@ -101,6 +128,9 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Shared {
+            locks,
+            leases: Default::default(),
+            heartbeat: Default::default(),
             caches,
             tracking,
             tracking_stats: Default::default(),

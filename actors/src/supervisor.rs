@@ -5,7 +5,8 @@
 //! ├── <prefix>.pool              PoolActor: connection lifecycle and health (Redis mode only)
 //! ├── <prefix>.counter.<name>    CounterActor, one per configured counter
 //! ├── <prefix>.cache.<name>      CacheActor, one per cache namespace
-//! └── <prefix>.tracking          TrackingSubscriber (Redis mode, when a cache has an L1)
+//! ├── <prefix>.tracking          TrackingSubscriber (Redis mode, when a cache has an L1)
+//! └── <prefix>.heartbeat         Heartbeater (when a lock is configured)
 //! ```
 //!
 //! - One-for-one restarts: a failed (or unexpectedly stopped) child is restarted alone after a
@@ -45,6 +46,8 @@ pub enum ChildKind {
     Cache(String),
     /// The tracking subscriber.
     Tracking,
+    /// The lease heartbeater.
+    Heartbeat,
 }
 
 /// Messages of the supervisor.
@@ -132,6 +135,16 @@ impl ForzeSupervisor {
                         shared: shared.clone(),
                         cache,
                     },
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+            ChildKind::Heartbeat => {
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.heartbeat()),
+                    crate::heartbeat::Heartbeater,
+                    shared.clone(),
                     myself.get_cell(),
                 )
                 .await?;
@@ -230,6 +243,9 @@ impl Actor for ForzeSupervisor {
         if state.shared.tracking.is_some() {
             Self::spawn_child(&myself, &mut state, ChildKind::Tracking).await?;
         }
+        if !state.shared.locks.is_empty() {
+            Self::spawn_child(&myself, &mut state, ChildKind::Heartbeat).await?;
+        }
         tracing::info!(
             prefix = state.shared.names.prefix(),
             mode = if state.shared.connection.is_some() {
@@ -304,6 +320,10 @@ impl Actor for ForzeSupervisor {
                         ChildKind::Tracking => {
                             let _ = ActorRef::<crate::tracking::TrackingMsg>::from(cell.clone())
                                 .cast(crate::tracking::TrackingMsg::Panic);
+                        }
+                        ChildKind::Heartbeat => {
+                            let _ = ActorRef::<crate::heartbeat::HeartbeatMsg>::from(cell.clone())
+                                .cast(crate::heartbeat::HeartbeatMsg::Panic);
                         }
                     }
                 }

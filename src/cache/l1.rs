@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,10 @@ pub struct L1 {
     ttl: Duration,
     max_entries: usize,
     max_bytes: usize,
-    bytes: AtomicUsize,
+    /// Bytes charged. Signed: an invalidation can subtract an entry's charge before the fill
+    /// that inserted it has added it, so the count may dip below zero for a moment. It is
+    /// read clamped at zero, and `shrink` recounts it exactly.
+    bytes: AtomicI64,
     counters: L1Counters,
     created: Instant,
     /// Nanoseconds after `created` of the last invalidation, plus one (0: never).
@@ -146,7 +149,7 @@ impl L1 {
             ttl,
             max_entries,
             max_bytes,
-            bytes: AtomicUsize::new(0),
+            bytes: AtomicI64::new(0),
             counters: L1Counters::default(),
             created: Instant::now(),
             last_invalidation: AtomicU64::new(0),
@@ -187,7 +190,7 @@ impl L1 {
 
     fn remove_expired(&self, key: &str, now: Deadline) {
         if let Some((_, slot)) = self.map.remove_if(key, |_, s| s.deadline <= now) {
-            self.bytes.fetch_sub(slot.charge, Ordering::Relaxed);
+            self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -253,14 +256,18 @@ impl L1 {
             return false;
         };
         self.counters.fills.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(old_charge, Ordering::Relaxed);
+        self.bytes.fetch_sub(old_charge as i64, Ordering::Relaxed);
         self.recount_bytes_after_insert(charge);
         true
     }
 
     fn recount_bytes_after_insert(&self, charge: usize) {
-        let bytes = self.bytes.fetch_add(charge, Ordering::Relaxed) + charge;
-        if self.map.len() > self.max_entries || bytes > self.max_bytes {
+        let charge = charge as i64;
+        let bytes = self
+            .bytes
+            .fetch_add(charge, Ordering::Relaxed)
+            .saturating_add(charge);
+        if self.map.len() > self.max_entries || bytes > self.max_bytes as i64 {
             self.shrink();
         }
     }
@@ -271,23 +278,25 @@ impl L1 {
         let now = now();
         let entry_goal = self.max_entries * 9 / 10;
         let byte_goal = self.max_bytes / 10 * 9;
+        // Counted from what `retain` visits (fills may run concurrently), never from a
+        // snapshot that could go stale mid-way.
         let mut total: usize = 0;
-        let mut count = self.map.len();
+        let mut count: usize = 0;
         let mut evicted = 0u64;
         self.map.retain(|_, slot| {
             if slot.deadline <= now {
-                count -= 1;
                 evicted += 1;
                 return false;
             }
+            count += 1;
             total += slot.charge;
             true
         });
         if count > entry_goal || total > byte_goal {
             self.map.retain(|_, slot| {
                 if count > entry_goal || total > byte_goal {
-                    count -= 1;
-                    total -= slot.charge;
+                    count = count.saturating_sub(1);
+                    total = total.saturating_sub(slot.charge);
                     evicted += 1;
                     false
                 } else {
@@ -295,7 +304,7 @@ impl L1 {
                 }
             });
         }
-        self.bytes.store(total, Ordering::Relaxed);
+        self.bytes.store(total as i64, Ordering::Relaxed);
         self.counters
             .evictions
             .fetch_add(evicted, Ordering::Relaxed);
@@ -306,7 +315,7 @@ impl L1 {
         let stripe = self.stripe(key);
         self.stripes[stripe].fetch_add(1, Ordering::AcqRel);
         if let Some((_, slot)) = self.map.remove(key) {
-            self.bytes.fetch_sub(slot.charge, Ordering::Relaxed);
+            self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
         }
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         let at = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
@@ -371,10 +380,7 @@ impl L1 {
                 true
             }
         });
-        self.bytes.fetch_sub(
-            freed.min(self.bytes.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
         self.counters
             .evictions
             .fetch_add(evicted, Ordering::Relaxed);
@@ -407,7 +413,7 @@ impl L1 {
                 .map(|(r, n)| (r.label(), *n))
                 .collect(),
             entries: self.map.len(),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed).max(0) as usize,
             trusted: self.is_trusted(),
         }
     }
@@ -461,6 +467,39 @@ mod tests {
         assert!(l1.get("k").is_none());
         let t = l1.ticket("k").unwrap();
         assert!(!l1.fill(t, "k", b("v"), Some(Duration::ZERO)));
+    }
+
+    #[test]
+    fn concurrent_fills_invalidations_and_flushes_never_break_the_accounting() {
+        let l1 = std::sync::Arc::new(L1::new(Duration::from_secs(10), 64, 8_000));
+        l1.confirm();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let l1 = l1.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let k = format!("k{}", (i * 7 + t) % 100);
+                        match i % 5 {
+                            0 => l1.invalidate(&k),
+                            1 if i % 1000 == 1 => l1.flush(FlushReason::Manual, true),
+                            2 => {
+                                l1.get(&k);
+                            }
+                            _ => {
+                                if let Some(ticket) = l1.ticket(&k) {
+                                    l1.fill(ticket, &k, b("value"), None);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no overflow or panic");
+        }
+        let stats = l1.stats();
+        assert!(stats.entries <= 64 && stats.bytes <= 8_000, "{stats:?}");
     }
 
     #[test]

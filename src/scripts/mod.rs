@@ -55,9 +55,27 @@ pub static CACHE_SET_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// `lock_acquire.lua`: a fenced lease.
+pub static LOCK_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("lock_acquire", include_str!("lock_acquire.lua")));
+
+/// `lock_release.lua`: owner-checked release.
+pub static LOCK_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("lock_release", include_str!("lock_release.lua")));
+
+/// `lock_extend.lua`: owner-checked renewal of many leases at once.
+pub static LOCK_EXTEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new("lock_extend", include_str!("lock_extend.lua")));
+
 /// Every script, for preloading and tests.
-pub fn all() -> [&'static Script; 2] {
-    [&SERVER_TIME, &CACHE_SET_VERSIONED]
+pub fn all() -> [&'static Script; 5] {
+    [
+        &SERVER_TIME,
+        &CACHE_SET_VERSIONED,
+        &LOCK_ACQUIRE,
+        &LOCK_RELEASE,
+        &LOCK_EXTEND,
+    ]
 }
 
 #[cfg(test)]

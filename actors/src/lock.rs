@@ -1,0 +1,327 @@
+//! Lock handles and guards: [`LockHandle`] acquires, [`LockGuard`] holds.
+//!
+//! A guard carries the fencing token and a **lost signal** ([`LostSignal`]) that fires
+//! - as soon as a renewal finds another owner (or no owner) on the lock, and
+//! - in any case at the guard's local deadline (acquire start + lease − drift margin, moved
+//!   forward only by renewals the server confirmed), whether Redis is reachable or not.
+//!
+//! The deadline is kept by a small task per guard that sleeps until it, so the signal does not
+//! depend on the heartbeater (which may be stalled, restarting or cut off from Redis). The
+//! heartbeater renews every registered lease in batches ([`crate::heartbeat`]); the registry
+//! lives in [`Shared`], so it survives the heartbeater's restarts.
+//!
+//! Dropping a guard without [`LockGuard::release`] deregisters it and releases the lock in the
+//! background (best effort, never blocking the drop).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use forze_redis::lock::{Lease, Lock, LockId};
+use forze_redis::Result;
+use tokio::sync::watch;
+
+use crate::pool::AbortOnDrop;
+use crate::shared::Shared;
+
+/// tokio's timers fire up to a millisecond late: the deadline task wakes this much early.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// Why a lease was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// A renewal found the lock held by another owner, or not held at all.
+    Stolen,
+    /// The local deadline passed without a renewal the server confirmed.
+    DeadlinePassed,
+}
+
+/// One held lease, shared by its guard, its deadline task and the heartbeater.
+#[derive(Debug)]
+pub(crate) struct HeldLease {
+    pub(crate) lock: Arc<Lock>,
+    pub(crate) lease: Lease,
+    /// The local deadline; only ever moved forward.
+    deadline: Mutex<Instant>,
+    /// When the heartbeater should renew next.
+    pub(crate) next_renewal: Mutex<Instant>,
+    lost: watch::Sender<Option<LostReason>>,
+}
+
+impl HeldLease {
+    pub(crate) fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A renewal sent at `sent` was confirmed.
+    pub(crate) fn confirmed(&self, sent: Instant) {
+        let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        // A confirmation that arrives after the deadline passed does not resurrect the lease:
+        // the holder has already been told it is lost.
+        if self.lost.borrow().is_none() {
+            *d = (*d).max(self.lock.deadline_from(sent));
+        }
+        *self.next_renewal.lock().unwrap_or_else(|p| p.into_inner()) =
+            sent + self.lock.config().extend_period();
+    }
+
+    /// Fire the lost signal (once).
+    pub(crate) fn lose(&self, why: LostReason) {
+        self.lost.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Whether the lease is lost; fires the signal first if the deadline has passed.
+    pub(crate) fn check_deadline(&self) -> bool {
+        if self.lost.borrow().is_some() {
+            return true;
+        }
+        if Instant::now() + TIMER_SLACK >= self.deadline() {
+            self.lose(LostReason::DeadlinePassed);
+            return true;
+        }
+        false
+    }
+}
+
+/// Every lease this supervisor holds, by registration id.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseRegistry {
+    pub(crate) held: DashMap<u64, Arc<HeldLease>>,
+    next_id: AtomicU64,
+}
+
+/// A future-friendly view of a guard's lost signal. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LostSignal(watch::Receiver<Option<LostReason>>);
+
+impl LostSignal {
+    /// Wait until the lease is lost; returns why.
+    pub async fn wait(&mut self) -> LostReason {
+        match self.0.wait_for(|v| v.is_some()).await {
+            Ok(v) => v.unwrap_or(LostReason::DeadlinePassed),
+            // The sender lives as long as the lease record; gone means the guard is gone.
+            Err(_) => LostReason::DeadlinePassed,
+        }
+    }
+
+    /// Whether it has fired, and why.
+    pub fn get(&self) -> Option<LostReason> {
+        *self.0.borrow()
+    }
+}
+
+/// A held lock. See the module docs for the lost signal and drop behaviour.
+#[derive(Debug)]
+pub struct LockGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    held: Arc<HeldLease>,
+    deadline_task: OnceLock<AbortOnDrop>,
+    released: bool,
+}
+
+impl LockGuard {
+    fn new(shared: Arc<Shared>, lock: Arc<Lock>, lease: Lease) -> Self {
+        let (lost, _) = watch::channel(None);
+        let deadline = lock.deadline_from(lease.started);
+        let next = lease.started + lock.config().extend_period();
+        let held = Arc::new(HeldLease {
+            lock,
+            lease,
+            deadline: Mutex::new(deadline),
+            next_renewal: Mutex::new(next),
+            lost,
+        });
+        let id = shared.leases.next_id.fetch_add(1, Ordering::Relaxed);
+        shared.leases.held.insert(id, held.clone());
+        LockGuard {
+            shared,
+            id,
+            held,
+            deadline_task: OnceLock::new(),
+            released: false,
+        }
+    }
+
+    /// Start the task that fires the lost signal at the deadline (once, on first demand:
+    /// holders that never ask for the signal do not pay for a task and a timer).
+    fn watch_deadline(&self) {
+        self.deadline_task.get_or_init(|| {
+            let watched = self.held.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                // Sleep to the deadline; renewals move it, so look again on waking. Wake early
+                // by the timer's resolution, so the signal is never later than the deadline.
+                loop {
+                    if watched.check_deadline() {
+                        return;
+                    }
+                    tokio::time::sleep_until((watched.deadline() - TIMER_SLACK).into()).await;
+                }
+            }))
+        });
+    }
+
+    /// The fencing token. Send it with every write to the resource the lock protects; the
+    /// resource keeps the highest token it has seen and refuses lower ones.
+    pub fn token(&self) -> u64 {
+        self.held.lease.token
+    }
+
+    /// The owner string of this acquisition.
+    pub fn owner(&self) -> &str {
+        &self.held.lease.owner
+    }
+
+    /// The local deadline: act on the protected resource only before it.
+    pub fn deadline(&self) -> Instant {
+        self.held.deadline()
+    }
+
+    /// The lost signal. It fires at the latest at the local deadline (its timer starts with
+    /// the first call), and at once when a renewal finds another owner.
+    pub fn lost(&self) -> LostSignal {
+        self.watch_deadline();
+        LostSignal(self.held.lost.subscribe())
+    }
+
+    /// Whether the lease is lost (signalled, or past its local deadline).
+    pub fn is_lost(&self) -> bool {
+        self.held.check_deadline()
+    }
+
+    /// Renew now (besides the heartbeater). `Ok(false)` and the lost signal when another owner
+    /// holds the lock; an error leaves the lease as it was (the deadline still applies).
+    pub async fn extend(&self) -> Result<bool> {
+        let sent = Instant::now();
+        let lease = &self.held.lease;
+        let ok = self
+            .held
+            .lock
+            .extend_many(&[(lease.key.as_str(), lease.owner.as_str())])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false);
+        if ok {
+            self.held.confirmed(sent);
+        } else {
+            self.held.lose(LostReason::Stolen);
+        }
+        Ok(ok)
+    }
+
+    /// Release the lock; whether this acquisition still held it.
+    pub async fn release(mut self) -> Result<bool> {
+        self.released = true;
+        self.shared.leases.held.remove(&self.id);
+        self.held.lock.release(&self.held.lease).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.shared.leases.held.remove(&self.id);
+        if self.released {
+            return;
+        }
+        // Best effort, never blocking: release in the background if a runtime is at hand.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let held = self.held.clone();
+            rt.spawn(async move {
+                if let Err(e) = held.lock.release(&held.lease).await {
+                    tracing::debug!(error = %e, "release of a dropped lock guard failed");
+                }
+            });
+        }
+    }
+}
+
+/// A lock resource, used from any task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LockHandle {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) lock: Arc<Lock>,
+}
+
+impl LockHandle {
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        self.lock.name()
+    }
+
+    /// Try once: `Ok(None)` when another owner holds it.
+    pub async fn try_acquire(&self, id: &LockId) -> Result<Option<LockGuard>> {
+        self.shared.check_open("lock.acquire")?;
+        Ok(self
+            .lock
+            .try_acquire(id)
+            .await?
+            .map(|lease| LockGuard::new(self.shared.clone(), self.lock.clone(), lease)))
+    }
+
+    /// Acquire, waiting up to `wait` (jittered retries). `Timeout` if still held then;
+    /// `Unavailable` at once while Redis is unreachable.
+    pub async fn acquire(&self, id: &LockId, wait: Duration) -> Result<LockGuard> {
+        self.shared.check_open("lock.acquire")?;
+        let lease = self.lock.acquire(id, wait).await?;
+        Ok(LockGuard::new(
+            self.shared.clone(),
+            self.lock.clone(),
+            lease,
+        ))
+    }
+
+    /// Whether `id` is held by anyone.
+    pub async fn is_locked(&self, id: &LockId) -> Result<bool> {
+        self.lock.is_locked(id).await
+    }
+
+    /// The owner of `id` and its token, if held.
+    pub async fn owner(&self, id: &LockId) -> Result<Option<(String, u64)>> {
+        self.lock.owner(id).await
+    }
+
+    /// The remaining lease of `id`, if held.
+    pub async fn ttl(&self, id: &LockId) -> Result<Option<Duration>> {
+        self.lock.ttl(id).await
+    }
+
+    /// Release a lease by key and owner, as a holder that lost its guard would (owner-checked:
+    /// `Ok(false)` unless `owner` holds it).
+    pub async fn release_as(&self, id: &LockId, owner: &str) -> Result<bool> {
+        let key = self.lock.key(id)?;
+        let lease = Lease {
+            key,
+            owner: owner.to_string(),
+            token: 0,
+            started: Instant::now(),
+            lease: self.lock.config().lease,
+        };
+        self.lock.release(&lease).await
+    }
+
+    /// Renew a lease by key and owner (owner-checked).
+    pub async fn extend_as(&self, id: &LockId, owner: &str) -> Result<bool> {
+        let key = self.lock.key(id)?;
+        Ok(self
+            .lock
+            .extend_many(&[(key.as_str(), owner)])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Leases this supervisor holds now (all lock resources).
+    pub fn held_leases(&self) -> usize {
+        self.shared.leases.held.len()
+    }
+}

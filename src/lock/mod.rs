@@ -1,0 +1,306 @@
+//! Distributed locks with fencing tokens: the contract, the Redis store (three scripts) and the
+//! process-local store of embedded mode.
+//!
+//! A [`Lease`] is one acquisition: a unique owner, a fencing token, and the local deadline
+//! before which the holder may act (acquire start + lease − drift margin, moved forward by
+//! every confirmed extend). Tokens rise strictly across every generation of a lock (release,
+//! expiry, steal) and stay rising across a server that lost its data, because each token is
+//! `max(last token + 1, server TIME in µs)`: see `docs/locks.md` for the exact guarantee.
+//!
+//! The guard with its lost signal, and the heartbeater that renews leases in batches, live in
+//! the actor crate; this module is what they call.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`redis`] | the scripts' callers: acquire, release, batched extend, queries |
+//! | [`local`] | embedded mode's in-process locks (same contract, process-wide only) |
+
+pub mod local;
+pub mod redis;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use crate::config::LockConfig;
+use crate::error::{Error, Result};
+use crate::keys::{KeySpace, TenantId};
+use local::LocalLockStore;
+use redis::RedisLockStore;
+
+/// A lock name and, for tenant-aware resources, its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LockId {
+    tenant: Option<TenantId>,
+    name: String,
+}
+
+impl LockId {
+    /// A lock without tenant.
+    pub fn new(name: impl Into<String>) -> Self {
+        LockId {
+            tenant: None,
+            name: name.into(),
+        }
+    }
+
+    /// The same lock for `tenant`.
+    pub fn for_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl From<&str> for LockId {
+    fn from(name: &str) -> Self {
+        LockId::new(name)
+    }
+}
+
+/// One acquisition of a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The lock's Redis key (or local key).
+    pub key: String,
+    /// The owner: unique per acquisition.
+    pub owner: String,
+    /// The fencing token: present it to every resource the lock protects.
+    pub token: u64,
+    /// When the acquire was sent: the lease counts from here, not from the reply.
+    pub started: Instant,
+    /// The lease duration.
+    pub lease: Duration,
+}
+
+/// A unique owner string: a random per-process prefix and a counter.
+pub fn new_owner() -> String {
+    static PROCESS: LazyLock<u64> = LazyLock::new(rand::random);
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{:016x}-{}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[derive(Debug)]
+enum Store {
+    Redis(RedisLockStore),
+    Local(LocalLockStore),
+}
+
+/// What acquiring returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Taken, with this token.
+    Taken(u64),
+    /// Held by another owner; its remaining lease if known.
+    Held(Option<Duration>),
+}
+
+/// One configured lock resource.
+#[derive(Debug)]
+pub struct Lock {
+    name: String,
+    space: KeySpace,
+    tenant_aware: bool,
+    config: LockConfig,
+    store: Store,
+}
+
+impl Lock {
+    /// A lock resource on Redis (`redis` is `Some`) or on local state (embedded mode).
+    pub fn new(
+        name: impl Into<String>,
+        space: KeySpace,
+        config: &LockConfig,
+        redis: Option<RedisLockStore>,
+        local: LocalLockStore,
+    ) -> Self {
+        Lock {
+            name: name.into(),
+            space,
+            tenant_aware: config.tenant_aware,
+            config: config.clone(),
+            store: match redis {
+                Some(r) => Store::Redis(r),
+                None => Store::Local(local),
+            },
+        }
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LockConfig {
+        &self.config
+    }
+
+    /// Whether this lock runs on Redis (`false`: embedded local mode).
+    pub fn is_redis(&self) -> bool {
+        matches!(self.store, Store::Redis(_))
+    }
+
+    /// The lock's key for `id` (validated: tenant rules, non-empty name).
+    pub fn key(&self, id: &LockId) -> Result<String> {
+        if id.name.is_empty() {
+            return Err(Error::validation("lock", "the name must not be empty"));
+        }
+        let tenant = match (self.tenant_aware, id.tenant.as_ref()) {
+            (true, None) => {
+                return Err(Error::TenantRequired {
+                    resource: self.name.clone(),
+                })
+            }
+            (true, t) => t,
+            (false, _) => None,
+        };
+        Ok(self.space.key(tenant, &[&id.name])?.into_string())
+    }
+
+    /// The local deadline of a lease confirmed at `from`: `from + lease − drift margin`.
+    pub fn deadline_from(&self, from: Instant) -> Instant {
+        from + self.config.lease - self.config.drift()
+    }
+
+    /// Try once. `Ok(None)` when another owner holds it.
+    pub async fn try_acquire(&self, id: &LockId) -> Result<Option<Lease>> {
+        let key = self.key(id)?;
+        let owner = new_owner();
+        let started = Instant::now();
+        let attempt = self.attempt(&key, &owner).await?;
+        Ok(match attempt {
+            Attempt::Taken(token) => Some(Lease {
+                key,
+                owner,
+                token,
+                started,
+                lease: self.config.lease,
+            }),
+            Attempt::Held(_) => None,
+        })
+    }
+
+    async fn attempt(&self, key: &str, owner: &str) -> Result<Attempt> {
+        match &self.store {
+            Store::Redis(r) => Box::pin(r.acquire(key, owner, self.config.lease)).await,
+            Store::Local(l) => Ok(l.acquire(key, owner, self.config.lease)),
+        }
+    }
+
+    /// Acquire, waiting up to `wait` with jittered exponential retries (`retry_min` doubling
+    /// to `retry_max`, never past the wait deadline). `Timeout` when still held after `wait`;
+    /// `Unavailable` at once when Redis cannot be reached (never a local lock instead).
+    pub async fn acquire(&self, id: &LockId, wait: Duration) -> Result<Lease> {
+        let key = self.key(id)?;
+        let owner = new_owner();
+        let deadline = Instant::now() + wait;
+        let mut pause = self.config.retry_min;
+        loop {
+            let started = Instant::now();
+            if let Attempt::Taken(token) = self.attempt(&key, &owner).await? {
+                return Ok(Lease {
+                    key,
+                    owner,
+                    token,
+                    started,
+                    lease: self.config.lease,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    op: "lock.acquire".into(),
+                    after: wait,
+                });
+            }
+            // Jitter (50–100 % of the pause): contenders that lost together do not retry together.
+            let sleep = pause.mul_f64(rand::random_range(0.5..=1.0));
+            tokio::time::sleep(sleep.min(deadline - now)).await;
+            pause = (pause * 2).min(self.config.retry_max);
+        }
+    }
+
+    /// Release `lease` if it is still the owner's; whether it was.
+    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+        match &self.store {
+            Store::Redis(r) => Box::pin(r.release(&lease.key, &lease.owner)).await,
+            Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
+        }
+    }
+
+    /// Renew leases (key, owner) for a full lease each; one flag per lease, `false` when it
+    /// is lost (another owner, or expired). On Redis: one script call per group.
+    pub async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
+        match &self.store {
+            Store::Redis(r) => Box::pin(r.extend_many(leases, self.config.lease)).await,
+            Store::Local(l) => Ok(leases
+                .iter()
+                .map(|(k, o)| l.extend(k, o, self.config.lease))
+                .collect()),
+        }
+    }
+
+    /// How many round-trip calls [`Lock::extend_many`] makes for `leases` (0 locally).
+    pub fn redis_groups(&self, leases: &[(&str, &str)]) -> usize {
+        match &self.store {
+            Store::Redis(r) => r.extend_calls(leases),
+            Store::Local(_) => 0,
+        }
+    }
+
+    /// Whether `id` is held by anyone.
+    pub async fn is_locked(&self, id: &LockId) -> Result<bool> {
+        Ok(self.owner(id).await?.is_some())
+    }
+
+    /// The current owner of `id` and its token, if held.
+    pub async fn owner(&self, id: &LockId) -> Result<Option<(String, u64)>> {
+        let key = self.key(id)?;
+        match &self.store {
+            Store::Redis(r) => Box::pin(r.holder(&key)).await,
+            Store::Local(l) => Ok(l.holder(&key)),
+        }
+    }
+
+    /// The remaining lease of `id`, if held.
+    pub async fn ttl(&self, id: &LockId) -> Result<Option<Duration>> {
+        let key = self.key(id)?;
+        match &self.store {
+            Store::Redis(r) => Box::pin(r.ttl(&key)).await,
+            Store::Local(l) => Ok(l.ttl(&key)),
+        }
+    }
+}
+
+/// Split a stored lock value `"<token>:<owner>"`.
+pub(crate) fn parse_holder(value: &str) -> Option<(String, u64)> {
+    let (token, owner) = value.split_once(':')?;
+    Some((owner.to_string(), token.parse().ok()?))
+}
+
+/// Shared handle to the store of a lock resource, for the heartbeater.
+pub type SharedLock = Arc<Lock>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_unique_and_colon_free() {
+        let a = new_owner();
+        let b = new_owner();
+        assert_ne!(a, b);
+        assert!(!a.contains(':'));
+    }
+
+    #[test]
+    fn holder_values_parse() {
+        assert_eq!(parse_holder("42:abc-1"), Some(("abc-1".into(), 42)));
+        assert_eq!(parse_holder("x:abc"), None);
+    }
+}

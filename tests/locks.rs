@@ -1,0 +1,538 @@
+//! Fenced distributed locks: the conformance battery (local backend and every server found),
+//! contention with a fenced resource, a frozen holder, Redis down while held, tokens across a
+//! server restart, a panicking heartbeater, and 10 000 leases renewed in one call per tick.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{config, spawn_ready, Backend};
+use forze_redis::keys::TenantId;
+use forze_redis::lock::LockId;
+use forze_redis::{Config, ErrorKind};
+use forze_redis_actors::{ChildKind, ForzeHandle, LockHandle, LostReason};
+use forze_redis_testkit::{server_binaries, wait_until_async, Resp, TestServer};
+
+const RESOURCES: &str = r#"
+[locks.jobs]
+lease = "2s"
+retry_min = "1ms"
+retry_max = "5ms"
+[locks.short]
+lease = "600ms"
+extend_every = "150ms"
+drift_margin = "100ms"
+retry_min = "5ms"
+retry_max = "20ms"
+[locks.tenanted]
+tenant_aware = true
+"#;
+
+fn id(s: &str) -> LockId {
+    LockId::new(s)
+}
+
+/// The test double of a fenced resource: keeps the highest token it accepted and refuses
+/// any lower one, as a storage system would with a fencing check.
+#[derive(Debug, Default)]
+struct FencedResource {
+    highest: Mutex<u64>,
+    accepted: Mutex<Vec<u64>>,
+    rejected: AtomicU64,
+}
+
+impl FencedResource {
+    fn write(&self, token: u64) -> bool {
+        let mut h = self.highest.lock().unwrap();
+        if token < *h {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        *h = token;
+        self.accepted.lock().unwrap().push(token);
+        true
+    }
+}
+
+async fn replicas(url: Option<&str>, test: &str, n: usize) -> Vec<ForzeHandle> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(spawn_ready(config(url, test, RESOURCES)).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_battery_on_every_backend() {
+    for backend in Backend::all() {
+        let label = backend.label();
+        eprintln!("lock battery on {label}");
+        let forze = spawn_ready(config(backend.url().as_deref(), "lock-battery", RESOURCES)).await;
+        let jobs = forze.lock("jobs").unwrap();
+        exclusive_and_tokens_rise_across_release(&jobs, &label).await;
+        wrong_owner_cannot_release_or_extend(&jobs, &label).await;
+        queries_report_the_holder(&jobs, &label).await;
+        a_dropped_guard_frees_the_lock(&jobs, &label).await;
+        acquire_waits_then_times_out(&jobs, &label).await;
+        expiry_and_steal_raise_the_token_and_fire_lost(&forze, &label).await;
+        the_heartbeater_keeps_a_lease_alive_past_its_lease(&forze, &label).await;
+        tenants_are_isolated_and_required(&forze, &label).await;
+        forze.shutdown().await.unwrap();
+    }
+}
+
+async fn exclusive_and_tokens_rise_across_release(jobs: &LockHandle, label: &str) {
+    let a = jobs.try_acquire(&id("x")).await.unwrap().expect("free");
+    assert!(a.token() > 0);
+    assert!(
+        jobs.try_acquire(&id("x")).await.unwrap().is_none(),
+        "{label}: exclusive"
+    );
+    let t1 = a.token();
+    assert!(a.release().await.unwrap(), "{label}");
+    let b = jobs
+        .try_acquire(&id("x"))
+        .await
+        .unwrap()
+        .expect("free again");
+    assert!(b.token() > t1, "{label}: token rises across release");
+    // A lock named like another lock's fence key is a different lock.
+    let fence_named = jobs.try_acquire(&id("x:fence")).await.unwrap();
+    assert!(
+        fence_named.is_some(),
+        "{label}: no aliasing with the fence key"
+    );
+    drop(fence_named);
+    b.release().await.unwrap();
+}
+
+async fn wrong_owner_cannot_release_or_extend(jobs: &LockHandle, label: &str) {
+    let g = jobs.try_acquire(&id("owned")).await.unwrap().unwrap();
+    assert!(
+        !jobs
+            .release_as(&id("owned"), "not-the-owner")
+            .await
+            .unwrap(),
+        "{label}"
+    );
+    assert!(
+        !jobs.extend_as(&id("owned"), "not-the-owner").await.unwrap(),
+        "{label}"
+    );
+    assert!(jobs.is_locked(&id("owned")).await.unwrap());
+    assert!(
+        jobs.extend_as(&id("owned"), g.owner()).await.unwrap(),
+        "{label}: owner extends"
+    );
+    assert!(g.extend().await.unwrap());
+    assert!(g.release().await.unwrap());
+    assert!(!jobs.is_locked(&id("owned")).await.unwrap());
+}
+
+async fn queries_report_the_holder(jobs: &LockHandle, label: &str) {
+    assert_eq!(jobs.owner(&id("q")).await.unwrap(), None);
+    assert_eq!(jobs.ttl(&id("q")).await.unwrap(), None);
+    let g = jobs.try_acquire(&id("q")).await.unwrap().unwrap();
+    assert_eq!(
+        jobs.owner(&id("q")).await.unwrap(),
+        Some((g.owner().to_string(), g.token())),
+        "{label}"
+    );
+    let ttl = jobs.ttl(&id("q")).await.unwrap().unwrap();
+    assert!(
+        ttl <= Duration::from_secs(2) && ttl > Duration::from_millis(500),
+        "{label}: {ttl:?}"
+    );
+    g.release().await.unwrap();
+}
+
+async fn a_dropped_guard_frees_the_lock(jobs: &LockHandle, label: &str) {
+    let g = jobs.try_acquire(&id("dropped")).await.unwrap().unwrap();
+    drop(g);
+    wait_until_async(Duration::from_secs(2), "dropped guard released", || async {
+        !jobs.is_locked(&id("dropped")).await.unwrap()
+    })
+    .await;
+    assert!(
+        jobs.try_acquire(&id("dropped")).await.unwrap().is_some(),
+        "{label}"
+    );
+}
+
+async fn acquire_waits_then_times_out(jobs: &LockHandle, label: &str) {
+    let g = jobs.try_acquire(&id("wait")).await.unwrap().unwrap();
+    let t1 = g.token();
+    let e = jobs
+        .acquire(&id("wait"), Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{label}: {e}");
+    let waiter = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move { jobs.acquire(&id("wait"), Duration::from_secs(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    g.release().await.unwrap();
+    let w = waiter.await.unwrap().unwrap();
+    assert!(w.token() > t1, "{label}: the waiter got a higher token");
+    w.release().await.unwrap();
+}
+
+async fn expiry_and_steal_raise_the_token_and_fire_lost(forze: &ForzeHandle, label: &str) {
+    let short = forze.lock("short").unwrap();
+    forze.stall_heartbeats(true);
+    let g = short.try_acquire(&id("expiring")).await.unwrap().unwrap();
+    let deadline = g.deadline();
+    let mut lost = g.lost();
+    let why = tokio::time::timeout(Duration::from_secs(3), lost.wait())
+        .await
+        .expect("lost fires");
+    let fired = Instant::now();
+    assert_eq!(why, LostReason::DeadlinePassed, "{label}");
+    // The signal is timed to the deadline (a few milliseconds early, never later).
+    assert!(
+        fired + Duration::from_millis(5) >= deadline,
+        "{label}: fired far too early"
+    );
+    // The server lease (600 ms) outlives the local deadline (500 ms): a steal must wait it out.
+    let stolen = short
+        .acquire(&id("expiring"), Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(
+        stolen.token() > g.token(),
+        "{label}: token rises across expiry"
+    );
+    assert!(
+        !g.release().await.unwrap(),
+        "{label}: the expired holder releases nothing"
+    );
+    assert_eq!(
+        short.owner(&id("expiring")).await.unwrap().map(|(_, t)| t),
+        Some(stolen.token())
+    );
+    forze.stall_heartbeats(false);
+    stolen.release().await.unwrap();
+}
+
+async fn the_heartbeater_keeps_a_lease_alive_past_its_lease(forze: &ForzeHandle, label: &str) {
+    let short = forze.lock("short").unwrap();
+    let g = short.try_acquire(&id("kept")).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!g.is_lost(), "{label}: renewed lease was lost");
+    assert_eq!(
+        short.owner(&id("kept")).await.unwrap().map(|(o, _)| o),
+        Some(g.owner().to_string()),
+        "{label}"
+    );
+    assert!(g.deadline() > Instant::now());
+    // The heartbeater restarted mid-lease keeps renewing.
+    assert!(forze.inject_panic(ChildKind::Heartbeat).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !g.is_lost(),
+        "{label}: lease lost across a heartbeater restart"
+    );
+    assert!(g.release().await.unwrap(), "{label}");
+}
+
+async fn tenants_are_isolated_and_required(forze: &ForzeHandle, label: &str) {
+    let t = forze.lock("tenanted").unwrap();
+    let a = LockId::new("j").for_tenant(TenantId::new("a").unwrap());
+    let b = LockId::new("j").for_tenant(TenantId::new("b").unwrap());
+    let ga = t.try_acquire(&a).await.unwrap().unwrap();
+    let gb = t.try_acquire(&b).await.unwrap();
+    assert!(gb.is_some(), "{label}: tenants isolated");
+    let e = t.try_acquire(&id("j")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TenantRequired);
+    let e = t
+        .try_acquire(&LockId::new("").for_tenant(TenantId::new("a").unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Validation);
+    ga.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_over_three_supervisors_never_overlaps_or_goes_back() {
+    const ACQUISITIONS: u64 = 2_000;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let reps = replicas(Some(&server.url()), "contend", 3).await;
+        let resource = Arc::new(FencedResource::default());
+        let inside = Arc::new(AtomicBool::new(false));
+        let overlaps = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let jobs = reps[t % 3].lock("jobs").unwrap();
+            let (resource, inside, overlaps, done) = (
+                resource.clone(),
+                inside.clone(),
+                overlaps.clone(),
+                done.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while done.fetch_add(1, Ordering::SeqCst) < ACQUISITIONS {
+                    let g = jobs
+                        .acquire(&id("contended"), Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    if inside.swap(true, Ordering::SeqCst) {
+                        overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    assert!(
+                        resource.write(g.token()),
+                        "a healthy holder's write was refused"
+                    );
+                    tokio::task::yield_now().await;
+                    inside.store(false, Ordering::SeqCst);
+                    assert!(g.release().await.unwrap());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let accepted = resource.accepted.lock().unwrap().clone();
+        assert_eq!(accepted.len() as u64, ACQUISITIONS, "{bin}");
+        assert!(
+            accepted.windows(2).all(|w| w[0] < w[1]),
+            "{bin}: tokens out of order"
+        );
+        assert_eq!(
+            overlaps.load(Ordering::SeqCst),
+            0,
+            "{bin}: critical sections overlapped"
+        );
+        assert_eq!(resource.rejected.load(Ordering::Relaxed), 0);
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_holder_loses_by_its_deadline_and_its_fenced_write_is_rejected() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let reps = replicas(Some(&server.url()), "frozen", 2).await;
+        let (a, b) = (
+            reps[0].lock("short").unwrap(),
+            reps[1].lock("short").unwrap(),
+        );
+        let resource = FencedResource::default();
+        let old = a.try_acquire(&id("frozen")).await.unwrap().unwrap();
+        assert!(resource.write(old.token()));
+        // Freeze the holder: its renewals stop, as if its process were stopped.
+        reps[0].stall_heartbeats(true);
+        let deadline = old.deadline();
+        let mut lost = old.lost();
+        let why = tokio::time::timeout(Duration::from_secs(3), lost.wait())
+            .await
+            .unwrap();
+        let fired = Instant::now();
+        assert_eq!(why, LostReason::DeadlinePassed);
+        let late = fired.saturating_duration_since(deadline);
+        eprintln!(
+            "{bin}: lost fired {:?} before / {late:?} after the local deadline",
+            deadline.saturating_duration_since(fired)
+        );
+        // Timed to the deadline; the bound only absorbs a loaded test machine's scheduling.
+        assert!(
+            late < Duration::from_millis(100),
+            "{bin}: lost fired {late:?} late"
+        );
+        let new = b
+            .acquire(&id("frozen"), Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(
+            new.token() > old.token(),
+            "{bin}: the next holder's token is higher"
+        );
+        assert!(resource.write(new.token()));
+        // The old holder wakes up and writes anyway: the resource refuses it.
+        assert!(
+            !resource.write(old.token()),
+            "{bin}: the stale write was accepted"
+        );
+        reps[0].stall_heartbeats(false);
+        new.release().await.unwrap();
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_while_held_fires_lost_and_refuses_acquire_then_tokens_keep_rising() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "lock-down", RESOURCES)).await;
+        let short = forze.lock("short").unwrap();
+        let held = short.try_acquire(&id("held")).await.unwrap().unwrap();
+        let t_before = held.token();
+        server.stop();
+        let deadline = held.deadline();
+        let mut lost = held.lost();
+        let why = tokio::time::timeout(Duration::from_secs(3), lost.wait())
+            .await
+            .unwrap();
+        assert_eq!(why, LostReason::DeadlinePassed, "{bin}");
+        let late = Instant::now().saturating_duration_since(deadline);
+        assert!(
+            late < Duration::from_millis(100),
+            "{bin}: lost fired {late:?} late"
+        );
+        let started = Instant::now();
+        let e = short
+            .acquire(&id("other"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{bin}: {e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{bin}: acquire waited"
+        );
+        // Back without its data (no persistence): the fence key is gone, tokens still rise.
+        server.restart();
+        let again = wait_for_lock(&short, "held").await;
+        assert!(
+            again.token() > t_before,
+            "{bin}: {} <= {t_before}",
+            again.token()
+        );
+        again.release().await.unwrap();
+        forze.shutdown().await.unwrap();
+    }
+}
+
+async fn wait_for_lock(lock: &LockHandle, name: &str) -> forze_redis_actors::LockGuard {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lock.acquire(&id(name), Duration::from_secs(2)).await {
+            Ok(g) => return g,
+            Err(e) if Instant::now() < deadline && e.kind() == ErrorKind::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no lock after the server came back: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rise_across_release_expiry_steal_and_a_restart_without_persistence() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "lock-tokens", RESOURCES)).await;
+        let short = forze.lock("short").unwrap();
+        let mut tokens = Vec::new();
+        for round in 0..5 {
+            let g = wait_for_lock(&short, "tok").await;
+            tokens.push(g.token());
+            match round % 3 {
+                0 => assert!(g.release().await.unwrap()),
+                // Expiry: the holder goes silent and the lease runs out on the server.
+                1 => {
+                    forze.stall_heartbeats(true);
+                    let mut lost = g.lost();
+                    lost.wait().await;
+                    wait_until_async(Duration::from_secs(2), "expired", || async {
+                        !short.is_locked(&id("tok")).await.unwrap()
+                    })
+                    .await;
+                    forze.stall_heartbeats(false);
+                }
+                // Restart with the lock held: the server forgets lock and fence alike.
+                _ => {
+                    server.restart();
+                    drop(g);
+                }
+            }
+        }
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{bin}: {tokens:?}");
+        let fence = server
+            .cmd(&["GET", "forze:lock:{short:_:tok}:fence"])
+            .unwrap();
+        eprintln!("{bin}: tokens {tokens:?}, fence {fence:?}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_leases_are_renewed_with_one_call_per_tick() {
+    const LEASES: usize = 10_000;
+    let bin = server_binaries().remove(0);
+    let server = TestServer::start(&bin);
+    let mut cfg: Config = config(
+        Some(&server.url()),
+        "bulk",
+        r#"
+[locks.bulk]
+lease = "3s"
+extend_every = "1s"
+"#,
+    );
+    // No health probes in the window: every EVALSHA the server counts is ours.
+    cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+    let forze = spawn_ready(cfg).await;
+    let bulk = forze.lock("bulk").unwrap();
+    let mut guards = Vec::with_capacity(LEASES);
+    for chunk in 0..(LEASES / 500) {
+        let attempts = (0..500).map(|i| {
+            let bulk = bulk.clone();
+            async move {
+                bulk.try_acquire(&id(&format!("lease{}", chunk * 500 + i)))
+                    .await
+            }
+        });
+        for g in futures::future::join_all(attempts).await {
+            guards.push(g.unwrap().expect("free"));
+        }
+    }
+    let evalsha = || match server.cmd(&["INFO", "commandstats"]) {
+        Ok(Resp::Bulk(Some(text))) => String::from_utf8_lossy(&text)
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0),
+        other => panic!("INFO: {other:?}"),
+    };
+    let stats0 = forze.heartbeat_stats().await.unwrap().unwrap();
+    let calls0 = evalsha();
+    // Longer than the lease: every lease must have been renewed to still be held.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let stats1 = forze.heartbeat_stats().await.unwrap().unwrap();
+    let calls1 = evalsha();
+    let ticks = stats1.ticks - stats0.ticks;
+    eprintln!(
+        "{bin}: {ticks} ticks, {} calls counted by us, {} EVALSHA counted by the server, {} renewals",
+        stats1.calls - stats0.calls,
+        calls1 - calls0,
+        stats1.renewed - stats0.renewed
+    );
+    assert!(ticks >= 3, "{bin}: {ticks} ticks");
+    assert_eq!(
+        stats1.calls - stats0.calls,
+        ticks,
+        "{bin}: one call per tick"
+    );
+    assert!(
+        calls1 - calls0 <= ticks,
+        "{bin}: the server saw more calls than ticks"
+    );
+    assert!(
+        guards.iter().all(|g| !g.is_lost()),
+        "{bin}: a lease was lost"
+    );
+    assert_eq!(stats1.held, LEASES);
+    let sample = bulk.owner(&id("lease1234")).await.unwrap().map(|(o, _)| o);
+    assert_eq!(sample.as_deref(), Some(guards[1234].owner()));
+    drop(guards);
+    forze.shutdown().await.unwrap();
+}
