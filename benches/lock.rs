@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use forze_redis::connection::RedisConnection;
+use forze_redis::error::Access;
 use forze_redis::lock::LockId;
 use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
 use forze_redis::Config;
@@ -77,13 +79,29 @@ async fn main() {
     for s in [&*LOCK_ACQUIRE, &*LOCK_RELEASE] {
         let _: String = direct.next().script_load(s.source()).await.expect("load");
     }
+    // fred direct on a pool built with our connection settings (per-command timeout,
+    // unresponsive detection, one attempt per write): the cost of those settings, which bare
+    // fred lacks, apart from the cost of our code.
+    let safe = Arc::new(
+        RedisConnection::build(
+            &Config::from_toml_str(&format!(
+                "[redis]\nurl = \"{}\"\npool_size = 4",
+                server.url()
+            ))
+            .expect("config")
+            .redis
+            .expect("redis"),
+        )
+        .expect("pool"),
+    );
+    safe.pool().init().await.expect("connect");
     let names: Arc<Vec<LockId>> = Arc::new(
         (0..TASKS)
             .map(|t| LockId::new(format!("ours{t}")))
             .collect(),
     );
 
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let (l, n) = (lock.clone(), names.clone());
         ours.push(
@@ -123,10 +141,50 @@ async fn main() {
             })
             .await,
         );
+        let sf = safe.clone();
+        same.push(
+            throughput(move |t, i| {
+                let sf = sf.clone();
+                async move {
+                    let key = format!("forze:lock:{{same:_:s{t}}}");
+                    let owner = format!("owner-{t}-{i}");
+                    let r: Vec<i64> = sf
+                        .eval(
+                            "bench",
+                            Access::Write,
+                            &LOCK_ACQUIRE,
+                            vec![key.clone(), format!("{key}:fence")],
+                            vec![owner.clone(), "30000".to_string()],
+                        )
+                        .await
+                        .expect("acquire");
+                    assert_eq!(r[0], 1);
+                    let n: i64 = sf
+                        .eval(
+                            "bench",
+                            Access::Write,
+                            &LOCK_RELEASE,
+                            vec![key],
+                            vec![owner],
+                        )
+                        .await
+                        .expect("release");
+                    assert_eq!(n, 1);
+                }
+            })
+            .await,
+        );
     }
-    let (o, t) = (median(ours), median(theirs));
-    println!("lock_acquire_release_c64: ours {o:.0} pairs/s, fred EVALSHA direct {t:.0} pairs/s");
+    let (o, t, s) = (median(ours), median(theirs), median(same));
+    println!(
+        "lock_acquire_release_c64: ours {o:.0} pairs/s, fred EVALSHA direct {t:.0} pairs/s, \
+         fred with our settings {s:.0} pairs/s"
+    );
     println!("ratio lock_acquire_release_c64 {:.3}", o / t);
+    println!(
+        "ratio lock_acquire_release_c64_vs_fred_same_settings {:.3}",
+        o / s
+    );
     let _ = direct.quit().await;
     forze.shutdown().await.expect("shutdown");
 }
