@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
+use forze_redis::idempotency::{payload_hash, IdemRequest, RunError};
 use forze_redis::lock::LockId;
+use forze_redis::snapshot::RunId;
 use forze_redis::Config;
 use forze_redis_actors::{CounterMsg, Forze, ForzeHandle};
 use ractor::{call_t, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -153,6 +155,8 @@ ttl = "120s"
 [caches.catalog.l1]
 ttl = "30s"
 max_entries = 1000
+[idempotency.payments]
+[snapshots.search]
 [locks.settlement]
 lease = "5s"
 retry_min = "2ms"
@@ -330,6 +334,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settlement_errors += run.await?;
     }
 
+    // Payments with client retries: each request is sent 3 times, to different replicas (a
+    // load balancer retrying after a timeout). The charge must happen once per request.
+    let charges = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut payment_runs = Vec::new();
+    for request in 0..30u64 {
+        for attempt in 0..3usize {
+            // Embedded replicas share nothing, so there the retries stay on one replica.
+            let spread = if redis_url.is_some() { attempt } else { 0 };
+            let payments =
+                replicas[(request as usize + spread) % replicas.len()].idempotency("payments")?;
+            let charges = charges.clone();
+            payment_runs.push(tokio::spawn(async move {
+                let body = format!("{{\"amount\":{}}}", 100 + request);
+                let req = IdemRequest::new(
+                    "charge",
+                    format!("pay-{request}"),
+                    payload_hash(body.as_bytes()),
+                );
+                payments
+                    .run(&req, || async move {
+                        charges.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        Ok::<_, String>(format!("receipt-{request}"))
+                    })
+                    .await
+            }));
+        }
+    }
+    let (mut paid, mut replayed_or_busy, mut payment_errors) = (0u64, 0u64, 0u64);
+    for run in payment_runs {
+        match run.await? {
+            Ok(_) => paid += 1,
+            Err(RunError::Idempotency(e)) if e.is_retryable() => replayed_or_busy += 1,
+            Err(_) => payment_errors += 1,
+        }
+    }
+
+    // A paged search: the result ids are stored once, then pages come without re-searching.
+    let search = replicas[0].snapshots("search")?;
+    let hits: Vec<String> = (0..2_500).map(|i| format!("product:{i}")).collect();
+    let fingerprint = payload_hash(b"q=lamp&sort=price");
+    search
+        .put(&RunId::new("run-1"), &fingerprint, &hits)
+        .await?;
+    let mut paged = 0;
+    let reader = if redis_url.is_some() {
+        replicas[replicas.len() - 1].snapshots("search")?
+    } else {
+        search.clone()
+    };
+    let mut offset = 0;
+    while let Some(page) = reader
+        .page(&RunId::new("run-1"), offset, 100, Some(&fingerprint))
+        .await?
+    {
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len() as u64;
+        paged += 1;
+    }
+
     let mut highest = 0;
     let mut worker_errors = 0;
     for run in runs {
@@ -410,6 +476,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             " (one lock across the replicas)"
         } else {
             " (embedded: each replica locks alone, so their turns interleave)"
+        }
+    );
+    println!(
+        "payments: 90 attempts of 30 requests, {} charges, {paid} answered, {replayed_or_busy} told \
+         to retry (in progress), {payment_errors} errors{}",
+        charges.load(std::sync::atomic::Ordering::SeqCst),
+        if redis_url.is_some() {
+            ""
+        } else {
+            " (embedded: each request's retries hit one replica)"
+        }
+    );
+    println!(
+        "search: {} ids stored once, read back in {paged} pages of 100{}",
+        hits.len(),
+        if redis_url.is_some() {
+            " on another replica"
+        } else {
+            " (embedded: on the same replica)"
         }
     );
     for replica in &replicas {

@@ -44,6 +44,10 @@ pub struct Config {
     pub caches: BTreeMap<String, CacheConfig>,
     /// Distributed lock resources by name.
     pub locks: BTreeMap<String, LockConfig>,
+    /// Idempotency record resources by name.
+    pub idempotency: BTreeMap<String, IdempotencyConfig>,
+    /// Search-result snapshot resources by name.
+    pub snapshots: BTreeMap<String, SnapshotConfig>,
 }
 
 impl Default for Config {
@@ -55,6 +59,8 @@ impl Default for Config {
             counters: BTreeMap::new(),
             caches: BTreeMap::new(),
             locks: BTreeMap::new(),
+            idempotency: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
         }
     }
 }
@@ -223,6 +229,74 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(300),
             sliding_ttl: None,
             l1: None,
+        }
+    }
+}
+
+/// One search-result snapshot resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Key namespace; defaults to the resource name.
+    pub namespace: Option<String>,
+    /// Require a tenant on every operation and isolate tenants' runs (default false).
+    pub tenant_aware: bool,
+    /// Life of a run, counted from its `begin` (or `put`), for all its keys at once
+    /// (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most ids one run may hold (default 50 000).
+    pub max_ids: u64,
+    /// Push a run's expiry to at least now + this on every page read, like a search engine's
+    /// point-in-time keep-alive. Off by default.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+    /// Ids per append when `put` writes a run (default 5 000).
+    pub chunk_size: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            namespace: None,
+            tenant_aware: false,
+            ttl: Duration::from_secs(300),
+            max_ids: 50_000,
+            keep_alive: None,
+            chunk_size: 5_000,
+        }
+    }
+}
+
+/// One idempotency record resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// Key namespace; defaults to the resource name.
+    pub namespace: Option<String>,
+    /// Require a tenant on every operation and isolate tenants' records (default false).
+    pub tenant_aware: bool,
+    /// How long a claim that was neither committed nor failed blocks its key before another
+    /// attempt may take it over (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub pending_lease: Duration,
+    /// How long a record is kept, counted from the claim and again from the commit
+    /// (default 24 h).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often `begin_wait` looks again at a pending claim (default 50 ms).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            namespace: None,
+            tenant_aware: false,
+            pending_lease: Duration::from_secs(300),
+            retention: Duration::from_secs(24 * 3600),
+            poll_interval: Duration::from_millis(50),
         }
     }
 }
@@ -495,6 +569,66 @@ impl Config {
             }
         }
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, c) in &self.snapshots {
+            let field = |f: &str| format!("snapshots.{name}.{f}");
+            validate_resource_name(&format!("snapshots.{name}"), name)?;
+            let ns = self.snapshot_namespace(name, c)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    field("namespace"),
+                    format!("namespace `{ns}` is already used by snapshots.{other}"),
+                ));
+            }
+            if c.ttl < Duration::from_millis(10) {
+                return Err(Error::config(field("ttl"), "must be at least 10ms"));
+            }
+            if c.max_ids == 0 {
+                return Err(Error::config(field("max_ids"), "must be greater than zero"));
+            }
+            if c.chunk_size == 0 || c.chunk_size > 7_000 {
+                return Err(Error::config(
+                    field("chunk_size"),
+                    "must be between 1 and 7000",
+                ));
+            }
+            if c.keep_alive.is_some_and(|k| k.is_zero()) {
+                return Err(Error::config(
+                    field("keep_alive"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, c) in &self.idempotency {
+            let field = |f: &str| format!("idempotency.{name}.{f}");
+            validate_resource_name(&format!("idempotency.{name}"), name)?;
+            let ns = self.idempotency_namespace(name, c)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    field("namespace"),
+                    format!("namespace `{ns}` is already used by idempotency.{other}"),
+                ));
+            }
+            if c.pending_lease < Duration::from_millis(10) {
+                return Err(Error::config(
+                    field("pending_lease"),
+                    "must be at least 10ms",
+                ));
+            }
+            if c.retention < c.pending_lease {
+                return Err(Error::config(
+                    field("retention"),
+                    "must not be below pending_lease",
+                ));
+            }
+            if c.poll_interval.is_zero() {
+                return Err(Error::config(
+                    field("poll_interval"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, lock) in &self.locks {
             let field = |f: &str| format!("locks.{name}.{f}");
             validate_resource_name(&format!("locks.{name}"), name)?;
@@ -528,6 +662,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The validated namespace of snapshot resource `name`.
+    pub fn snapshot_namespace(&self, name: &str, c: &SnapshotConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("snapshots.{name}.namespace"),
+            c.namespace.as_deref().unwrap_or(name),
+        )
+    }
+
+    /// The validated namespace of idempotency resource `name`.
+    pub fn idempotency_namespace(&self, name: &str, c: &IdempotencyConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("idempotency.{name}.namespace"),
+            c.namespace.as_deref().unwrap_or(name),
+        )
     }
 
     /// The validated namespace of lock `name`.

@@ -59,6 +59,9 @@ pub enum ConflictReason {
     InProgress,
     /// The same key was used with a different payload.
     PayloadMismatch,
+    /// A step of a sequence came out of order, or after the sequence was complete (for
+    /// instance a snapshot chunk); nothing was written.
+    OutOfOrder,
     /// The caller does not own the record or lease it tried to change.
     NotOwner,
 }
@@ -70,6 +73,7 @@ impl fmt::Display for ConflictReason {
             ConflictReason::InProgress => "a duplicate request is in progress",
             ConflictReason::PayloadMismatch => "the key was used with a different payload",
             ConflictReason::NotOwner => "not the owner",
+            ConflictReason::OutOfOrder => "out of order, or after the sequence was complete",
         })
     }
 }

@@ -14,6 +14,8 @@
 //! | [`counter`] | atomic counters: contract, Redis store, local store, the resource wrapper |
 //! | [`cache`] | caches: contract, codec, L1, Redis and local stores, the tracking connection |
 //! | [`lock`] | fenced distributed locks: contract, scripts' callers, local store |
+//! | [`idempotency`] | idempotency records: claim, commit, fail, replay, the `run` wrapper |
+//! | [`snapshot`] | search-result snapshots: runs written in order, paged in one round trip |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
 //! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
@@ -24,9 +26,11 @@ pub mod config;
 pub mod connection;
 pub mod counter;
 pub mod error;
+pub mod idempotency;
 pub mod keys;
 pub mod lock;
 pub mod scripts;
+pub mod snapshot;
 
 pub use config::Config;
 pub use error::{ConflictReason, Error, ErrorKind, Result};

@@ -111,6 +111,34 @@ impl ForzeHandle {
         })
     }
 
+    /// The snapshot resource `name`, or a `Validation` error naming the unknown resource.
+    pub fn snapshots(&self, name: &str) -> Result<crate::snapshot::SnapshotHandle> {
+        let snaps = self.shared.snapshots.get(name).cloned().ok_or_else(|| {
+            Error::validation(
+                "snapshots",
+                format!("no snapshot resource named `{name}` is configured"),
+            )
+        })?;
+        Ok(crate::snapshot::SnapshotHandle {
+            shared: self.shared.clone(),
+            snaps,
+        })
+    }
+
+    /// The idempotency resource `name`, or a `Validation` error naming the unknown resource.
+    pub fn idempotency(&self, name: &str) -> Result<crate::idempotency::IdempotencyHandle> {
+        let idem = self.shared.idempotency.get(name).cloned().ok_or_else(|| {
+            Error::validation(
+                "idempotency",
+                format!("no idempotency resource named `{name}` is configured"),
+            )
+        })?;
+        Ok(crate::idempotency::IdempotencyHandle {
+            shared: self.shared.clone(),
+            idem,
+        })
+    }
+
     /// The heartbeater's statistics; `None` when no lock is configured.
     pub async fn heartbeat_stats(&self) -> Result<Option<crate::heartbeat::HeartbeatStats>> {
         if self.shared.locks.is_empty() {

@@ -14,10 +14,16 @@ use forze_redis::cache::tracking::TrackingTarget;
 use forze_redis::cache::Cache;
 use forze_redis::connection::{Health, RedisConnection};
 use forze_redis::counter::{local_store, Counter, RedisCounterStore};
+use forze_redis::idempotency::local::LocalIdempotencyStore;
+use forze_redis::idempotency::redis::RedisIdempotencyStore;
+use forze_redis::idempotency::Idempotency;
 use forze_redis::keys::{KeySpace, ResourceKind};
 use forze_redis::lock::local::LocalLockStore;
 use forze_redis::lock::redis::RedisLockStore;
 use forze_redis::lock::Lock;
+use forze_redis::snapshot::local::LocalSnapshotStore;
+use forze_redis::snapshot::redis::RedisSnapshotStore;
+use forze_redis::snapshot::Snapshots;
 use forze_redis::{Config, Error, Result};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -40,6 +46,8 @@ pub struct Shared {
     pub(crate) tracking: Option<TrackingTarget>,
     pub(crate) tracking_stats: crate::tracking::TrackingCounters,
     pub(crate) locks: BTreeMap<String, Arc<Lock>>,
+    pub(crate) idempotency: BTreeMap<String, Arc<Idempotency>>,
+    pub(crate) snapshots: BTreeMap<String, Arc<Snapshots>>,
     /// Every lease held through this supervisor's guards.
     pub(crate) leases: crate::lock::LeaseRegistry,
     pub(crate) heartbeat: crate::heartbeat::HeartbeatCounters,
@@ -121,6 +129,46 @@ impl Shared {
                 )),
             );
         }
+        let local_idem = LocalIdempotencyStore::new();
+        let mut idempotency = BTreeMap::new();
+        for (name, cfg) in &config.idempotency {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::Idempotency,
+                config.idempotency_namespace(name, cfg)?,
+            );
+            let redis = connection.clone().map(RedisIdempotencyStore::new);
+            idempotency.insert(
+                name.clone(),
+                Arc::new(Idempotency::new(
+                    name.clone(),
+                    space,
+                    cfg,
+                    redis,
+                    local_idem.clone(),
+                )),
+            );
+        }
+        let local_snaps = LocalSnapshotStore::new();
+        let mut snapshots = BTreeMap::new();
+        for (name, cfg) in &config.snapshots {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::Snapshot,
+                config.snapshot_namespace(name, cfg)?,
+            );
+            let redis = connection.clone().map(RedisSnapshotStore::new);
+            snapshots.insert(
+                name.clone(),
+                Arc::new(Snapshots::new(
+                    name.clone(),
+                    space,
+                    cfg,
+                    redis,
+                    local_snaps.clone(),
+                )),
+            );
+        }
         let tracking = match &config.redis {
             Some(redis) if caches.values().any(|c| c.l1().is_some()) => {
                 Some(TrackingTarget::from_url(&redis.url)?)
@@ -128,6 +176,8 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Shared {
+            snapshots,
+            idempotency,
             locks,
             leases: Default::default(),
             heartbeat: Default::default(),

@@ -67,14 +67,44 @@ pub static LOCK_RELEASE: LazyLock<Script> =
 pub static LOCK_EXTEND: LazyLock<Script> =
     LazyLock::new(|| Script::new("lock_extend", include_str!("lock_extend.lua")));
 
+/// `idem_begin.lua`: claim an idempotency record, replay it, or refuse.
+pub static IDEM_BEGIN: LazyLock<Script> =
+    LazyLock::new(|| Script::new("idem_begin", include_str!("idem_begin.lua")));
+
+/// `idem_commit.lua`: store a claim's result, owner-checked.
+pub static IDEM_COMMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new("idem_commit", include_str!("idem_commit.lua")));
+
+/// `idem_fail.lua`: release a claim, owner-checked.
+pub static IDEM_FAIL: LazyLock<Script> =
+    LazyLock::new(|| Script::new("idem_fail", include_str!("idem_fail.lua")));
+
+/// `snap_begin.lua`: open a snapshot run.
+pub static SNAP_BEGIN: LazyLock<Script> =
+    LazyLock::new(|| Script::new("snap_begin", include_str!("snap_begin.lua")));
+
+/// `snap_append.lua`: append the next chunk of a run, in order, by its writer.
+pub static SNAP_APPEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new("snap_append", include_str!("snap_append.lua")));
+
+/// `snap_page.lua`: one page of a complete run.
+pub static SNAP_PAGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("snap_page", include_str!("snap_page.lua")));
+
 /// Every script, for preloading and tests.
-pub fn all() -> [&'static Script; 5] {
+pub fn all() -> [&'static Script; 11] {
     [
         &SERVER_TIME,
         &CACHE_SET_VERSIONED,
         &LOCK_ACQUIRE,
         &LOCK_RELEASE,
         &LOCK_EXTEND,
+        &IDEM_BEGIN,
+        &IDEM_COMMIT,
+        &IDEM_FAIL,
+        &SNAP_BEGIN,
+        &SNAP_APPEND,
+        &SNAP_PAGE,
     ]
 }
 

@@ -1,0 +1,359 @@
+//! Idempotency records: the battery on the local backend and every server found, 50 concurrent
+//! duplicates over 3 supervisors, a crashed worker's claim, Redis down, and lost replies.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, spawn_ready, Backend};
+use forze_redis::idempotency::{payload_hash, Begin, IdemRequest, RunError};
+use forze_redis::keys::TenantId;
+use forze_redis::{ConflictReason, ErrorKind};
+use forze_redis_actors::{ForzeHandle, IdempotencyHandle};
+use forze_redis_testkit::{server_binaries, FaultProxy, Resp, TestServer};
+
+const RESOURCES: &str = r#"
+[idempotency.orders]
+[idempotency.quick]
+pending_lease = "300ms"
+retention = "1h"
+poll_interval = "10ms"
+[idempotency.tenanted]
+tenant_aware = true
+"#;
+
+fn req(key: &str, payload: &str) -> IdemRequest {
+    IdemRequest::new("create_order", key, payload_hash(payload.as_bytes()))
+}
+
+fn reason(e: &forze_redis::Error) -> Option<ConflictReason> {
+    e.conflict_reason()
+}
+
+async fn claim(h: &IdempotencyHandle, r: &IdemRequest) -> forze_redis::idempotency::Claim {
+    match h.begin(r).await.unwrap() {
+        Begin::Proceed(c) => c,
+        Begin::Replay(_) => panic!("expected a claim"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_battery_on_every_backend() {
+    for backend in Backend::all() {
+        let label = backend.label();
+        eprintln!("idempotency battery on {label}");
+        let forze = spawn_ready(config(backend.url().as_deref(), "idem-battery", RESOURCES)).await;
+        let orders = forze.idempotency("orders").unwrap();
+
+        // Claim, duplicate refused at once, commit, replay.
+        let r = req("k1", "payload-1");
+        let c = claim(&orders, &r).await;
+        let e = orders.begin(&r).await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{label}: {e}");
+        assert!(e.is_retryable());
+        // Mismatch is checked before the state: pending...
+        let e = orders.begin(&req("k1", "payload-2")).await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::PayloadMismatch), "{label}");
+        orders.commit(&c, b"\x00result bytes\xff").await.unwrap();
+        match orders.begin(&r).await.unwrap() {
+            Begin::Replay(bytes) => assert_eq!(&bytes[..], b"\x00result bytes\xff", "{label}"),
+            other => panic!("{label}: {other:?}"),
+        }
+        // ...and done.
+        let e = orders.begin(&req("k1", "payload-2")).await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::PayloadMismatch), "{label}");
+        // A replayed commit by the owner is harmless; fail after commit keeps the record.
+        orders.commit(&c, b"\x00result bytes\xff").await.unwrap();
+        assert!(!orders.fail(&c).await.unwrap(), "{label}");
+        assert!(matches!(orders.begin(&r).await.unwrap(), Begin::Replay(_)));
+
+        // fail releases only the caller's own claim.
+        let r2 = req("k2", "p");
+        let first = claim(&orders, &r2).await;
+        assert!(orders.fail(&first).await.unwrap(), "{label}");
+        let second = claim(&orders, &r2).await;
+        assert!(
+            !orders.fail(&first).await.unwrap(),
+            "{label}: a stale fail released another claim"
+        );
+        let e = orders.begin(&r2).await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{label}");
+        let e = orders.commit(&first, b"late").await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::NotOwner), "{label}");
+        orders.commit(&second, b"second").await.unwrap();
+
+        crashed_worker_blocks_only_until_its_lease(&forze, &label).await;
+        begin_wait_replays_a_finished_duplicate(&forze, &label).await;
+        the_run_wrapper_executes_once(&orders, &label).await;
+        inputs_are_validated_and_tenants_isolated(&forze, &label).await;
+        if let Backend::Server(server) = &backend {
+            let keys = match server.cmd(&["KEYS", "*"]).unwrap() {
+                Resp::Array(Some(items)) => items,
+                other => panic!("{other:?}"),
+            };
+            for k in keys {
+                let Resp::Bulk(Some(k)) = k else { continue };
+                let k = String::from_utf8_lossy(&k);
+                assert!(
+                    !k.contains("k1") && !k.contains("secret"),
+                    "{label}: raw key in {k}"
+                );
+            }
+        }
+        forze.shutdown().await.unwrap();
+    }
+}
+
+async fn crashed_worker_blocks_only_until_its_lease(forze: &ForzeHandle, label: &str) {
+    let quick = forze.idempotency("quick").unwrap();
+    let r = req("crash", "p");
+    let crashed = claim(&quick, &r).await; // never commits: "crashes"
+    let e = quick.begin(&r).await.unwrap_err();
+    assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{label}");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let retry = claim(&quick, &r).await;
+    assert!(
+        retry.took_over,
+        "{label}: the retry took the abandoned claim over"
+    );
+    let e = quick.commit(&crashed, b"stale").await.unwrap_err();
+    assert_eq!(
+        reason(&e),
+        Some(ConflictReason::NotOwner),
+        "{label}: late commit refused"
+    );
+    quick.commit(&retry, b"fresh").await.unwrap();
+    match quick.begin(&r).await.unwrap() {
+        Begin::Replay(b) => assert_eq!(&b[..], b"fresh", "{label}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn begin_wait_replays_a_finished_duplicate(forze: &ForzeHandle, label: &str) {
+    let quick = forze.idempotency("quick").unwrap();
+    let r = req("wait", "p");
+    let c = claim(&quick, &r).await;
+    let waiter = {
+        let (quick, r) = (quick.clone(), r.clone());
+        tokio::spawn(async move { quick.begin_wait(&r, Duration::from_secs(2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    quick.commit(&c, b"done").await.unwrap();
+    match waiter.await.unwrap().unwrap() {
+        Begin::Replay(b) => assert_eq!(&b[..], b"done", "{label}"),
+        other => panic!("{label}: {other:?}"),
+    }
+    // A wait that ends before the claim does is still InProgress.
+    let r = req("wait2", "p");
+    let _c = claim(&quick, &r).await;
+    let e = quick
+        .begin_wait(&r, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{label}");
+}
+
+async fn the_run_wrapper_executes_once(orders: &IdempotencyHandle, label: &str) {
+    let runs = Arc::new(AtomicU64::new(0));
+    let op = |runs: Arc<AtomicU64>| async move {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, String>(vec![1u32, 2, 3])
+    };
+    let r = req("wrapped", "p");
+    let a: Vec<u32> = orders.run(&r, || op(runs.clone())).await.unwrap();
+    let b: Vec<u32> = orders.run(&r, || op(runs.clone())).await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "{label}: ran twice");
+    // A failing operation releases its claim: the retry runs.
+    let r = req("wrapped-fail", "p");
+    let e = orders
+        .run(&r, || async { Err::<u32, _>("downstream refused") })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RunError::Operation("downstream refused")),
+        "{label}"
+    );
+    let v: u32 = orders
+        .run(&r, || async { Ok::<_, String>(7) })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+}
+
+async fn inputs_are_validated_and_tenants_isolated(forze: &ForzeHandle, label: &str) {
+    let orders = forze.idempotency("orders").unwrap();
+    for bad in [
+        IdemRequest::new("", "k", "h"),
+        IdemRequest::new("op", "", "h"),
+        IdemRequest::new("op", "k", ""),
+    ] {
+        let e = orders.begin(&bad).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Validation, "{label}: {bad:?}");
+    }
+    let t = forze.idempotency("tenanted").unwrap();
+    let e = t.begin(&req("k", "p")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TenantRequired);
+    let a = req("secret-key", "p").for_tenant(TenantId::new("a").unwrap());
+    let b = req("secret-key", "other").for_tenant(TenantId::new("b").unwrap());
+    let _ca = claim(&t, &a).await;
+    let _cb = claim(&t, &b).await; // another tenant: no mismatch, no conflict
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_duplicates_over_three_supervisors_run_once() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let mut reps = Vec::new();
+        for _ in 0..3 {
+            reps.push(spawn_ready(config(Some(&server.url()), "idem-dups", RESOURCES)).await);
+        }
+        let executions = Arc::new(AtomicU64::new(0));
+        let r = req("order-42", "the same payload");
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let h = reps[i % 3].idempotency("orders").unwrap();
+            let (executions, r) = (executions.clone(), r.clone());
+            tasks.push(tokio::spawn(async move {
+                h.run(&r, || async move {
+                    executions.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, String>("order 42 created".to_string())
+                })
+                .await
+            }));
+        }
+        let (mut ok, mut in_progress) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, "order 42 created");
+                    ok += 1;
+                }
+                Err(RunError::Idempotency(e)) if reason(&e) == Some(ConflictReason::InProgress) => {
+                    in_progress += 1
+                }
+                Err(e) => panic!("{bin}: {e:?}"),
+            }
+        }
+        assert_eq!(
+            executions.load(Ordering::SeqCst),
+            1,
+            "{bin}: executed more than once"
+        );
+        assert_eq!(ok + in_progress, 50);
+        assert!(ok >= 1);
+        // After the commit every duplicate replays.
+        for rep in &reps {
+            let h = rep.idempotency("orders").unwrap();
+            let v: String = h
+                .run(&r, || async { Err::<String, _>("must not run") })
+                .await
+                .unwrap();
+            assert_eq!(v, "order 42 created");
+        }
+        eprintln!("{bin}: 1 execution, {ok} results, {in_progress} InProgress");
+        for rep in reps {
+            rep.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_unavailable_and_never_a_second_execution() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "idem-down", RESOURCES)).await;
+        let h = forze.idempotency("orders").unwrap();
+        let r = req("down", "p");
+        let v: u32 = h.run(&r, || async { Ok::<_, String>(1) }).await.unwrap();
+        assert_eq!(v, 1);
+        server.stop();
+        // Once the loss is seen nothing is sent: Unavailable, never OutcomeUnknown.
+        let f = forze.clone();
+        forze_redis_testkit::wait_until(Duration::from_secs(10), "health not Up", move || {
+            f.health().state != forze_redis::connection::HealthState::Up
+        })
+        .await;
+        let executions = AtomicU64::new(0);
+        for _ in 0..5 {
+            let e = h
+                .run(&r, || async {
+                    executions.fetch_add(1, Ordering::SeqCst);
+                    Ok::<u32, String>(2)
+                })
+                .await
+                .unwrap_err();
+            match e {
+                RunError::Idempotency(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{bin}"),
+                RunError::Operation(_) => panic!("{bin}: ran"),
+            }
+        }
+        assert_eq!(
+            executions.load(Ordering::SeqCst),
+            0,
+            "{bin}: executed without a claim"
+        );
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_on_begin_or_commit_is_outcome_unknown() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.addr()).await;
+        let mut cfg = config(Some(&proxy.url()), "idem-lost", RESOURCES);
+        // No health probes: the lost reply must be ours.
+        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let forze = spawn_ready(cfg).await;
+        let h = forze.idempotency("quick").unwrap();
+
+        // Load the scripts first, so the lost reply is a script's that ran (a lost NOSCRIPT
+        // reply would prove nothing).
+        let warm = claim(&h, &req("warm", "p")).await;
+        h.commit(&warm, b"w").await.unwrap();
+
+        // fred may re-send an EVALSHA whose reply was lost once the connection is back; the
+        // scripts make that harmless (same owner: proceed again / commit again). So a lost
+        // reply surfaces either as OutcomeUnknown or as the replayed answer, never as a
+        // second claim or a wrong result.
+        proxy.lose_next_reply();
+        let first = h.begin(&req("lost-begin", "p")).await;
+        match &first {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{bin}: {e}"),
+            Ok(Begin::Proceed(_)) => eprintln!("{bin}: fred replayed the lost begin"),
+            Ok(other) => panic!("{bin}: {other:?}"),
+        }
+        wait_up(&forze).await;
+        // The claim exists (its owner may not know it): a duplicate is refused, not run.
+        let e = h.begin(&req("lost-begin", "p")).await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{bin}");
+
+        let r = req("lost-commit", "p");
+        let c = claim(&h, &r).await;
+        proxy.lose_next_reply();
+        match h.commit(&c, b"result").await {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{bin}: {e}"),
+            Ok(()) => eprintln!("{bin}: fred replayed the lost commit"),
+        }
+        wait_up(&forze).await;
+        // Retrying the commit is safe: the same owner's commit answers yes again.
+        h.commit(&c, b"result").await.unwrap();
+        match h.begin(&r).await.unwrap() {
+            Begin::Replay(b) => assert_eq!(&b[..], b"result", "{bin}"),
+            other => panic!("{bin}: {other:?}"),
+        }
+        forze.shutdown().await.unwrap();
+    }
+}
+
+async fn wait_up(forze: &ForzeHandle) {
+    let f = forze.clone();
+    forze_redis_testkit::wait_until(Duration::from_secs(10), "reconnected", move || {
+        f.health().state == forze_redis::connection::HealthState::Up
+    })
+    .await;
+}
