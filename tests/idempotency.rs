@@ -357,3 +357,64 @@ async fn wait_up(forze: &ForzeHandle) {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_the_same_records_and_survive_an_actor_panic() {
+    use forze_redis_actors::{ChildKind, IdempotencyMsg};
+    use ractor::{call_t, ActorRef};
+    for backend in Backend::all() {
+        let label = backend.label();
+        let forze = spawn_ready(config(backend.url().as_deref(), "idem-msg", RESOURCES)).await;
+        let h = forze.idempotency("orders").unwrap();
+        let actor = || ActorRef::<IdempotencyMsg>::where_is(h.actor_name()).expect("registered");
+        let r = req("by-message", "p");
+        let begun = call_t!(
+            actor(),
+            |reply| IdempotencyMsg::Begin {
+                req: r.clone(),
+                reply
+            },
+            2000
+        )
+        .unwrap()
+        .unwrap();
+        let Begin::Proceed(claim) = begun else {
+            panic!("{label}: fresh key replayed")
+        };
+        // The handle sees the claim the message made.
+        let e = h.begin(&r).await.unwrap_err();
+        assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{label}");
+        assert!(forze
+            .inject_panic(ChildKind::Idempotency("orders".into()))
+            .await
+            .unwrap());
+        // Records live outside the actor: the restarted actor commits the same claim.
+        let mut committed = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let Some(a) = ActorRef::<IdempotencyMsg>::where_is(h.actor_name()) else {
+                continue;
+            };
+            let claim = claim.clone();
+            if let Ok(r) = call_t!(
+                a,
+                |reply| IdempotencyMsg::Commit {
+                    claim,
+                    result: bytes::Bytes::from_static(b"via message"),
+                    reply
+                },
+                2000
+            ) {
+                r.unwrap();
+                committed = true;
+                break;
+            }
+        }
+        assert!(committed, "{label}: the restarted actor answered");
+        match h.begin(&r).await.unwrap() {
+            Begin::Replay(b) => assert_eq!(&b[..], b"via message", "{label}"),
+            other => panic!("{label}: {other:?}"),
+        }
+        forze.shutdown().await.unwrap();
+    }
+}

@@ -240,3 +240,57 @@ async fn keep_alive_extends_a_read_run(s: &SnapshotHandle, label: &str) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_the_same_runs() {
+    use forze_redis_actors::SnapshotMsg;
+    use ractor::{call_t, ActorRef};
+    for backend in Backend::all() {
+        let label = backend.label();
+        let forze = spawn_ready(config(backend.url().as_deref(), "snap-msg", RESOURCES)).await;
+        let s = forze.snapshots("search").unwrap();
+        let actor = ActorRef::<SnapshotMsg>::where_is(s.actor_name()).expect("registered");
+        call_t!(
+            actor,
+            |reply| SnapshotMsg::Put {
+                run: run("m"),
+                fingerprint: "fp".into(),
+                ids: ids(0..250),
+                reply
+            },
+            2000
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.page(&run("m"), 240, 20, Some("fp")).await.unwrap(),
+            Some(ids(240..250))
+        );
+        let page = call_t!(
+            actor,
+            |reply| SnapshotMsg::Page {
+                run: run("m"),
+                offset: 0,
+                limit: 3,
+                expected_fingerprint: None,
+                reply
+            },
+            2000
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(page, Some(ids(0..3)), "{label}");
+        let deleted = call_t!(
+            actor,
+            |reply| SnapshotMsg::Delete {
+                run: run("m"),
+                reply
+            },
+            2000
+        )
+        .unwrap()
+        .unwrap();
+        assert!(deleted, "{label}");
+        forze.shutdown().await.unwrap();
+    }
+}

@@ -28,6 +28,11 @@ impl IdempotencyHandle {
         self.idem.name()
     }
 
+    /// The registered name of this resource's actor, for sending [`IdempotencyMsg`]s.
+    pub fn actor_name(&self) -> String {
+        self.shared.names.idempotency(self.idem.name())
+    }
+
     /// Claim or replay; `Conflict(InProgress)` at once for a live duplicate.
     pub async fn begin(&self, req: &IdemRequest) -> Result<Begin> {
         self.shared.check_open("idempotency.begin")?;
@@ -67,5 +72,90 @@ impl IdempotencyHandle {
             .check_open("idempotency.run")
             .map_err(RunError::Idempotency)?;
         self.idem.run(req, operation).await
+    }
+}
+
+/// Requests to an idempotency actor (`<prefix>.idempotency.<name>`), for callers that are
+/// actors. Each is served on a tracked task that replies on the port; the actor never awaits
+/// Redis.
+#[derive(Debug)]
+pub enum IdempotencyMsg {
+    /// [`IdempotencyHandle::begin`].
+    Begin {
+        /// The request.
+        req: IdemRequest,
+        /// The claim or the replayed result.
+        reply: ractor::RpcReplyPort<Result<Begin>>,
+    },
+    /// [`IdempotencyHandle::commit`].
+    Commit {
+        /// The claim.
+        claim: Claim,
+        /// The result bytes.
+        result: bytes::Bytes,
+        /// Done.
+        reply: ractor::RpcReplyPort<Result<()>>,
+    },
+    /// [`IdempotencyHandle::fail`].
+    Fail {
+        /// The claim.
+        claim: Claim,
+        /// Whether it was the caller's.
+        reply: ractor::RpcReplyPort<Result<bool>>,
+    },
+    /// Make this actor panic, to drill supervision.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+/// The actor of one idempotency resource: a message front door to the same records.
+#[derive(Debug)]
+pub struct IdempotencyActor;
+
+impl ractor::Actor for IdempotencyActor {
+    type Msg = IdempotencyMsg;
+    type State = IdempotencyHandle;
+    type Arguments = IdempotencyHandle;
+
+    async fn pre_start(
+        &self,
+        _myself: ractor::ActorRef<IdempotencyMsg>,
+        handle: IdempotencyHandle,
+    ) -> std::result::Result<IdempotencyHandle, ractor::ActorProcessingErr> {
+        Ok(handle)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ractor::ActorRef<IdempotencyMsg>,
+        msg: IdempotencyMsg,
+        h: &mut IdempotencyHandle,
+    ) -> std::result::Result<(), ractor::ActorProcessingErr> {
+        let handle = h.clone();
+        let tasks = &h.shared.tasks;
+        match msg {
+            IdempotencyMsg::Begin { req, reply } => {
+                tasks.spawn(async move {
+                    let _ = reply.send(handle.begin(&req).await);
+                });
+            }
+            IdempotencyMsg::Commit {
+                claim,
+                result,
+                reply,
+            } => {
+                tasks.spawn(async move {
+                    let _ = reply.send(handle.commit(&claim, &result).await);
+                });
+            }
+            IdempotencyMsg::Fail { claim, reply } => {
+                tasks.spawn(async move {
+                    let _ = reply.send(handle.fail(&claim).await);
+                });
+            }
+            #[cfg(feature = "fault-injection")]
+            IdempotencyMsg::Panic => panic!("fault injection: idempotency actor panic"),
+        }
+        Ok(())
     }
 }

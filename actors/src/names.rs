@@ -49,4 +49,14 @@ impl ActorNames {
     pub fn heartbeat(&self) -> String {
         format!("{}.heartbeat", self.prefix)
     }
+
+    /// `<prefix>.idempotency.<name>`
+    pub fn idempotency(&self, name: &str) -> String {
+        format!("{}.idempotency.{name}", self.prefix)
+    }
+
+    /// `<prefix>.snapshots.<name>`
+    pub fn snapshots(&self, name: &str) -> String {
+        format!("{}.snapshots.{name}", self.prefix)
+    }
 }

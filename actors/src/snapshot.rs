@@ -22,6 +22,11 @@ impl SnapshotHandle {
         self.snaps.name()
     }
 
+    /// The registered name of this resource's actor, for sending [`SnapshotMsg`]s.
+    pub fn actor_name(&self) -> String {
+        self.shared.names.snapshots(self.snaps.name())
+    }
+
     /// Write a whole run (readable once complete).
     pub async fn put(&self, run: &RunId, fingerprint: &str, ids: &[String]) -> Result<()> {
         self.shared.check_open("snapshot.put")?;
@@ -75,5 +80,107 @@ impl SnapshotHandle {
     pub async fn delete(&self, run: &RunId) -> Result<bool> {
         self.shared.check_open("snapshot.delete")?;
         self.snaps.delete(run).await
+    }
+}
+
+/// Requests to a snapshot actor (`<prefix>.snapshots.<name>`), for callers that are actors.
+/// Each is served on a tracked task that replies on the port; the actor never awaits Redis.
+#[derive(Debug)]
+pub enum SnapshotMsg {
+    /// [`SnapshotHandle::put`].
+    Put {
+        /// The run.
+        run: RunId,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// The ids, in order.
+        ids: Vec<String>,
+        /// Done.
+        reply: ractor::RpcReplyPort<Result<()>>,
+    },
+    /// [`SnapshotHandle::page`].
+    Page {
+        /// The run.
+        run: RunId,
+        /// First id.
+        offset: u64,
+        /// Most ids.
+        limit: u64,
+        /// The fingerprint the reader expects, if any.
+        expected_fingerprint: Option<String>,
+        /// The page.
+        reply: ractor::RpcReplyPort<Result<Option<Vec<String>>>>,
+    },
+    /// [`SnapshotHandle::delete`].
+    Delete {
+        /// The run.
+        run: RunId,
+        /// Whether it existed.
+        reply: ractor::RpcReplyPort<Result<bool>>,
+    },
+    /// Make this actor panic, to drill supervision.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+/// The actor of one snapshot resource: a message front door to the same runs.
+#[derive(Debug)]
+pub struct SnapshotActor;
+
+impl ractor::Actor for SnapshotActor {
+    type Msg = SnapshotMsg;
+    type State = SnapshotHandle;
+    type Arguments = SnapshotHandle;
+
+    async fn pre_start(
+        &self,
+        _myself: ractor::ActorRef<SnapshotMsg>,
+        handle: SnapshotHandle,
+    ) -> std::result::Result<SnapshotHandle, ractor::ActorProcessingErr> {
+        Ok(handle)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ractor::ActorRef<SnapshotMsg>,
+        msg: SnapshotMsg,
+        h: &mut SnapshotHandle,
+    ) -> std::result::Result<(), ractor::ActorProcessingErr> {
+        let handle = h.clone();
+        let tasks = &h.shared.tasks;
+        match msg {
+            SnapshotMsg::Put {
+                run,
+                fingerprint,
+                ids,
+                reply,
+            } => {
+                tasks.spawn(async move {
+                    let _ = reply.send(handle.put(&run, &fingerprint, &ids).await);
+                });
+            }
+            SnapshotMsg::Page {
+                run,
+                offset,
+                limit,
+                expected_fingerprint,
+                reply,
+            } => {
+                tasks.spawn(async move {
+                    let page = handle
+                        .page(&run, offset, limit, expected_fingerprint.as_deref())
+                        .await;
+                    let _ = reply.send(page);
+                });
+            }
+            SnapshotMsg::Delete { run, reply } => {
+                tasks.spawn(async move {
+                    let _ = reply.send(handle.delete(&run).await);
+                });
+            }
+            #[cfg(feature = "fault-injection")]
+            SnapshotMsg::Panic => panic!("fault injection: snapshot actor panic"),
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! ├── <prefix>.counter.<name>    CounterActor, one per configured counter
 //! ├── <prefix>.cache.<name>      CacheActor, one per cache namespace
 //! ├── <prefix>.tracking          TrackingSubscriber (Redis mode, when a cache has an L1)
-//! └── <prefix>.heartbeat         Heartbeater (when a lock is configured)
+//! ├── <prefix>.heartbeat         Heartbeater (when a lock is configured)
+//! ├── <prefix>.idempotency.<name> IdempotencyActor, a message front door per resource
+//! └── <prefix>.snapshots.<name>  SnapshotActor, a message front door per resource
 //! ```
 //!
 //! - One-for-one restarts: a failed (or unexpectedly stopped) child is restarted alone after a
@@ -48,6 +50,10 @@ pub enum ChildKind {
     Tracking,
     /// The lease heartbeater.
     Heartbeat,
+    /// The idempotency actor of the named resource.
+    Idempotency(String),
+    /// The snapshot actor of the named resource.
+    Snapshots(String),
 }
 
 /// Messages of the supervisor.
@@ -134,6 +140,42 @@ impl ForzeSupervisor {
                     CacheActorArgs {
                         shared: shared.clone(),
                         cache,
+                    },
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+            ChildKind::Idempotency(name) => {
+                let idem = shared
+                    .idempotency
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown idempotency resource {name}"))?;
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.idempotency(name)),
+                    crate::idempotency::IdempotencyActor,
+                    crate::idempotency::IdempotencyHandle {
+                        shared: shared.clone(),
+                        idem,
+                    },
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
+            ChildKind::Snapshots(name) => {
+                let snaps = shared
+                    .snapshots
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown snapshot resource {name}"))?;
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.snapshots(name)),
+                    crate::snapshot::SnapshotActor,
+                    crate::snapshot::SnapshotHandle {
+                        shared: shared.clone(),
+                        snaps,
                     },
                     myself.get_cell(),
                 )
@@ -246,6 +288,14 @@ impl Actor for ForzeSupervisor {
         if !state.shared.locks.is_empty() {
             Self::spawn_child(&myself, &mut state, ChildKind::Heartbeat).await?;
         }
+        let idem: Vec<String> = state.shared.idempotency.keys().cloned().collect();
+        for name in idem {
+            Self::spawn_child(&myself, &mut state, ChildKind::Idempotency(name)).await?;
+        }
+        let snaps: Vec<String> = state.shared.snapshots.keys().cloned().collect();
+        for name in snaps {
+            Self::spawn_child(&myself, &mut state, ChildKind::Snapshots(name)).await?;
+        }
         tracing::info!(
             prefix = state.shared.names.prefix(),
             mode = if state.shared.connection.is_some() {
@@ -324,6 +374,15 @@ impl Actor for ForzeSupervisor {
                         ChildKind::Heartbeat => {
                             let _ = ActorRef::<crate::heartbeat::HeartbeatMsg>::from(cell.clone())
                                 .cast(crate::heartbeat::HeartbeatMsg::Panic);
+                        }
+                        ChildKind::Idempotency(_) => {
+                            let _ =
+                                ActorRef::<crate::idempotency::IdempotencyMsg>::from(cell.clone())
+                                    .cast(crate::idempotency::IdempotencyMsg::Panic);
+                        }
+                        ChildKind::Snapshots(_) => {
+                            let _ = ActorRef::<crate::snapshot::SnapshotMsg>::from(cell.clone())
+                                .cast(crate::snapshot::SnapshotMsg::Panic);
                         }
                     }
                 }
