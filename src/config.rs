@@ -48,6 +48,8 @@ pub struct Config {
     pub idempotency: BTreeMap<String, IdempotencyConfig>,
     /// Search-result snapshot resources by name.
     pub snapshots: BTreeMap<String, SnapshotConfig>,
+    /// Rate-limit policies by name.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             locks: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            rate_limits: BTreeMap::new(),
         }
     }
 }
@@ -230,6 +233,49 @@ impl Default for CacheConfig {
             sliding_ttl: None,
             l1: None,
         }
+    }
+}
+
+/// One rate-limit policy: a token bucket per route, shared by the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Key namespace; defaults to the policy name.
+    pub namespace: Option<String>,
+    /// Permits per `per` (default 100).
+    pub permits: u32,
+    /// The period of `permits` (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Bucket capacity: the most permits granted at once after idling (default `permits`).
+    pub burst: Option<u32>,
+    /// While Redis is unreachable each replica decides alone with a local bucket of
+    /// `fallback_share × permits` per `per` (default 1.0, as forze: the fleet may then grant
+    /// up to replicas × permits; set 1/replicas to keep the fleet's rate).
+    pub fallback_share: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            namespace: None,
+            permits: 100,
+            per: Duration::from_secs(1),
+            burst: None,
+            fallback_share: 1.0,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// The bucket capacity.
+    pub fn capacity(&self) -> u32 {
+        self.burst.unwrap_or(self.permits)
+    }
+
+    /// Refill rate in permits per millisecond.
+    pub fn rate_per_ms(&self) -> f64 {
+        f64::from(self.permits) / (self.per.as_secs_f64() * 1000.0)
     }
 }
 
@@ -569,6 +615,30 @@ impl Config {
             }
         }
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, c) in &self.rate_limits {
+            let field = |f: &str| format!("rate_limits.{name}.{f}");
+            validate_resource_name(&format!("rate_limits.{name}"), name)?;
+            let ns = self.rate_limit_namespace(name, c)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    field("namespace"),
+                    format!("namespace `{ns}` is already used by rate_limits.{other}"),
+                ));
+            }
+            if c.permits == 0 {
+                return Err(Error::config(field("permits"), "must be at least 1"));
+            }
+            if c.per < Duration::from_millis(1) {
+                return Err(Error::config(field("per"), "must be at least 1ms"));
+            }
+            if c.burst == Some(0) {
+                return Err(Error::config(field("burst"), "must be at least 1"));
+            }
+            if !(c.fallback_share > 0.0 && c.fallback_share <= 1.0) {
+                return Err(Error::config(field("fallback_share"), "must be in (0, 1]"));
+            }
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, c) in &self.snapshots {
             let field = |f: &str| format!("snapshots.{name}.{f}");
             validate_resource_name(&format!("snapshots.{name}"), name)?;
@@ -662,6 +732,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The validated namespace of rate-limit policy `name`.
+    pub fn rate_limit_namespace(&self, name: &str, c: &RateLimitConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("rate_limits.{name}.namespace"),
+            c.namespace.as_deref().unwrap_or(name),
+        )
     }
 
     /// The validated namespace of snapshot resource `name`.

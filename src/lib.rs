@@ -16,6 +16,7 @@
 //! | [`lock`] | fenced distributed locks: contract, scripts' callers, local store |
 //! | [`idempotency`] | idempotency records: claim, commit, fail, replay, the `run` wrapper |
 //! | [`snapshot`] | search-result snapshots: runs written in order, paged in one round trip |
+//! | [`ratelimit`] | fleet-wide token buckets on the server clock, with a local fallback |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
 //! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
@@ -29,6 +30,7 @@ pub mod error;
 pub mod idempotency;
 pub mod keys;
 pub mod lock;
+pub mod ratelimit;
 pub mod scripts;
 pub mod snapshot;
 

@@ -111,6 +111,20 @@ impl ForzeHandle {
         })
     }
 
+    /// The rate-limit policy `name`, or a `Validation` error naming the unknown policy.
+    pub fn rate_limit(&self, name: &str) -> Result<crate::ratelimit::RateLimitHandle> {
+        let limiter = self.shared.rate_limits.get(name).cloned().ok_or_else(|| {
+            Error::validation(
+                "rate_limit",
+                format!("no rate-limit policy named `{name}` is configured"),
+            )
+        })?;
+        Ok(crate::ratelimit::RateLimitHandle {
+            shared: self.shared.clone(),
+            limiter,
+        })
+    }
+
     /// The snapshot resource `name`, or a `Validation` error naming the unknown resource.
     pub fn snapshots(&self, name: &str) -> Result<crate::snapshot::SnapshotHandle> {
         let snaps = self.shared.snapshots.get(name).cloned().ok_or_else(|| {

@@ -21,6 +21,7 @@ use forze_redis::keys::{KeySpace, ResourceKind};
 use forze_redis::lock::local::LocalLockStore;
 use forze_redis::lock::redis::RedisLockStore;
 use forze_redis::lock::Lock;
+use forze_redis::ratelimit::RateLimiter;
 use forze_redis::snapshot::local::LocalSnapshotStore;
 use forze_redis::snapshot::redis::RedisSnapshotStore;
 use forze_redis::snapshot::Snapshots;
@@ -48,6 +49,7 @@ pub struct Shared {
     pub(crate) locks: BTreeMap<String, Arc<Lock>>,
     pub(crate) idempotency: BTreeMap<String, Arc<Idempotency>>,
     pub(crate) snapshots: BTreeMap<String, Arc<Snapshots>>,
+    pub(crate) rate_limits: BTreeMap<String, Arc<RateLimiter>>,
     /// Every lease held through this supervisor's guards.
     pub(crate) leases: crate::lock::LeaseRegistry,
     pub(crate) heartbeat: crate::heartbeat::HeartbeatCounters,
@@ -169,6 +171,23 @@ impl Shared {
                 )),
             );
         }
+        let mut rate_limits = BTreeMap::new();
+        for (name, cfg) in &config.rate_limits {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::RateLimit,
+                config.rate_limit_namespace(name, cfg)?,
+            );
+            rate_limits.insert(
+                name.clone(),
+                Arc::new(RateLimiter::new(
+                    name.clone(),
+                    space,
+                    cfg,
+                    connection.clone(),
+                )),
+            );
+        }
         let tracking = match &config.redis {
             Some(redis) if caches.values().any(|c| c.l1().is_some()) => {
                 Some(TrackingTarget::from_url(&redis.url)?)
@@ -176,6 +195,7 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Shared {
+            rate_limits,
             snapshots,
             idempotency,
             locks,

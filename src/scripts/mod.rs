@@ -91,8 +91,12 @@ pub static SNAP_APPEND: LazyLock<Script> =
 pub static SNAP_PAGE: LazyLock<Script> =
     LazyLock::new(|| Script::new("snap_page", include_str!("snap_page.lua")));
 
+/// `ratelimit_acquire.lua`: a token bucket on the server clock.
+pub static RATELIMIT_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_acquire", include_str!("ratelimit_acquire.lua")));
+
 /// Every script, for preloading and tests.
-pub fn all() -> [&'static Script; 11] {
+pub fn all() -> [&'static Script; 12] {
     [
         &SERVER_TIME,
         &CACHE_SET_VERSIONED,
@@ -105,6 +109,7 @@ pub fn all() -> [&'static Script; 11] {
         &SNAP_BEGIN,
         &SNAP_APPEND,
         &SNAP_PAGE,
+        &RATELIMIT_ACQUIRE,
     ]
 }
 

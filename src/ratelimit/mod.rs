@@ -1,0 +1,283 @@
+//! Fleet-wide rate limits: a token bucket per (policy, route), decided by one script on the
+//! server clock, with a process-local fallback.
+//!
+//! - The bucket starts full (`burst`, default `permits`) and refills at `permits / per`.
+//! - [`RateLimiter::try_acquire`] answers allowed, permits left and how long until `n` permits
+//!   would be there, in one round trip, never with a Redis error: on any Redis failure the
+//!   replica decides alone with a local bucket of `fallback_share × permits` (counted, traced),
+//!   and goes back to Redis on the next call by itself.
+//! - **No double budget on the way back.** What the local bucket granted during an outage is
+//!   charged to the shared bucket with the first call that reaches Redis again (capped at the
+//!   capacity), so a replica cannot spend a full local bucket and then a full shared one in
+//!   the same refill period.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::config::RateLimitConfig;
+use crate::connection::RedisConnection;
+use crate::error::{Access, Error, ErrorKind, Result};
+use crate::keys::KeySpace;
+use crate::scripts::RATELIMIT_ACQUIRE;
+
+/// Where a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The shared bucket on Redis.
+    Redis,
+    /// This replica's fallback bucket, because Redis could not be reached.
+    Fallback,
+    /// Embedded mode's local bucket.
+    Local,
+}
+
+/// One rate-limit decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the permits were granted.
+    pub allowed: bool,
+    /// Whole permits left in the bucket after this decision.
+    pub remaining: u64,
+    /// When denied: how long until the bucket holds the permits asked for.
+    pub retry_after: Duration,
+    /// Where it was decided.
+    pub decided_by: DecidedBy,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LocalBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Counters of one policy.
+#[derive(Debug, Default)]
+struct Counters {
+    decisions: AtomicU64,
+    denied: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+/// A copy of one policy's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitStats {
+    /// Decisions made.
+    pub decisions: u64,
+    /// Decisions that denied.
+    pub denied: u64,
+    /// Decisions made by the fallback bucket.
+    pub fallbacks: u64,
+}
+
+/// One rate-limit policy.
+#[derive(Debug)]
+pub struct RateLimiter {
+    name: String,
+    space: KeySpace,
+    config: RateLimitConfig,
+    conn: Option<Arc<RedisConnection>>,
+    /// Local buckets by route: embedded mode's only state, the fallback in Redis mode. In
+    /// Shared state, so they survive actor restarts.
+    local: DashMap<String, LocalBucket>,
+    /// Permits granted by the fallback per route, not yet charged to the shared bucket.
+    owed: DashMap<String, f64>,
+    counters: Counters,
+    /// The script's fixed arguments (rate per ms, capacity, ttl), formatted once.
+    fixed_args: [String; 3],
+}
+
+impl RateLimiter {
+    /// A policy on Redis (`conn` is `Some`) or on local state.
+    pub fn new(
+        name: impl Into<String>,
+        space: KeySpace,
+        config: &RateLimitConfig,
+        conn: Option<Arc<RedisConnection>>,
+    ) -> Self {
+        let cap = config.capacity();
+        let rate = config.rate_per_ms();
+        // Long enough for an idle bucket to refill completely: expiry is a full bucket.
+        let ttl_ms = ((f64::from(cap) / rate) * 2.0).ceil().max(1000.0) as u64;
+        RateLimiter {
+            fixed_args: [format!("{rate:.9}"), cap.to_string(), ttl_ms.to_string()],
+            name: name.into(),
+            space,
+            config: config.clone(),
+            conn,
+            local: DashMap::new(),
+            owed: DashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The policy name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.config
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> RateLimitStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RateLimitStats {
+            decisions: l(&self.counters.decisions),
+            denied: l(&self.counters.denied),
+            fallbacks: l(&self.counters.fallbacks),
+        }
+    }
+
+    fn key(&self, route: &str) -> Result<String> {
+        let route = if route.is_empty() { "-" } else { route };
+        Ok(self.space.key(None, &[route])?.into_string())
+    }
+
+    /// Take `n` permits for `route` if the bucket has them. Never a Redis error: only
+    /// `Validation` for `n == 0` or `n` above the capacity (it could never be granted).
+    pub async fn try_acquire(&self, route: &str, n: u32) -> Result<Decision> {
+        if n == 0 || n > self.config.capacity() {
+            return Err(Error::validation(
+                "n",
+                format!(
+                    "must be between 1 and the capacity ({})",
+                    self.config.capacity()
+                ),
+            ));
+        }
+        let key = self.key(route)?;
+        self.counters.decisions.fetch_add(1, Ordering::Relaxed);
+        let decision = match &self.conn {
+            None => self.local_decide(&key, n, 1.0, DecidedBy::Local),
+            Some(conn) => match Box::pin(self.redis_decide(conn, &key, n)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(policy = %self.name, error = %e, "rate limit decided locally");
+                    let d =
+                        self.local_decide(&key, n, self.config.fallback_share, DecidedBy::Fallback);
+                    if d.allowed {
+                        *self.owed.entry(key).or_insert(0.0) += f64::from(n);
+                    }
+                    d
+                }
+            },
+        };
+        if !decision.allowed {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(decision)
+    }
+
+    /// Take `n` permits, waiting up to `max_wait` for the bucket to refill (sleeping the
+    /// `retry_after` it reports). `Throttled` with the remaining wait when it cannot be done
+    /// in time.
+    pub async fn acquire(&self, route: &str, n: u32, max_wait: Duration) -> Result<Decision> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let d = self.try_acquire(route, n).await?;
+            if d.allowed {
+                return Ok(d);
+            }
+            let now = Instant::now();
+            if now + d.retry_after > deadline {
+                return Err(Error::Throttled {
+                    retry_after: d.retry_after,
+                });
+            }
+            tokio::time::sleep(d.retry_after.max(Duration::from_millis(1))).await;
+        }
+    }
+
+    async fn redis_decide(&self, conn: &RedisConnection, key: &str, n: u32) -> Result<Decision> {
+        let cap = self.config.capacity();
+        // The local spend of an outage is charged once, with the first call that gets through.
+        let owed = self
+            .owed
+            .remove(key)
+            .map(|(_, v)| v.min(f64::from(cap)))
+            .unwrap_or(0.0);
+        let reply: Result<Vec<i64>> = conn
+            .eval(
+                "ratelimit.try_acquire",
+                Access::Write,
+                &RATELIMIT_ACQUIRE,
+                vec![key.to_string()],
+                vec![
+                    self.fixed_args[0].clone(),
+                    self.fixed_args[1].clone(),
+                    n.to_string(),
+                    self.fixed_args[2].clone(),
+                    if owed > 0.0 {
+                        format!("{owed:.3}")
+                    } else {
+                        "0".to_string()
+                    },
+                ],
+            )
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // Not charged after all (the call may not have run): owe it again. A call
+                // whose outcome is unknown may charge twice; it never grants twice.
+                if owed > 0.0 && e.kind() != ErrorKind::OutcomeUnknown {
+                    *self.owed.entry(key.to_string()).or_insert(0.0) += owed;
+                }
+                return Err(e);
+            }
+        };
+        match reply.as_slice() {
+            [allowed, remaining, retry] => Ok(Decision {
+                allowed: *allowed == 1,
+                remaining: (*remaining).max(0) as u64,
+                retry_after: Duration::from_millis((*retry).max(0) as u64),
+                decided_by: DecidedBy::Redis,
+            }),
+            _ => Err(Error::internal(
+                "ratelimit.try_acquire",
+                "unexpected script reply",
+            )),
+        }
+    }
+
+    fn local_decide(&self, key: &str, n: u32, share: f64, decided_by: DecidedBy) -> Decision {
+        let cap = f64::from(self.config.capacity()) * share;
+        let rate = self.config.rate_per_ms() * share;
+        let now = Instant::now();
+        let mut b = self.local.entry(key.to_string()).or_insert(LocalBucket {
+            tokens: cap,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64() * 1000.0;
+        b.tokens = (b.tokens + elapsed * rate).min(cap);
+        b.updated = now;
+        let n = f64::from(n);
+        if b.tokens >= n {
+            b.tokens -= n;
+            Decision {
+                allowed: true,
+                remaining: b.tokens.floor() as u64,
+                retry_after: Duration::ZERO,
+                decided_by,
+            }
+        } else {
+            let wait_ms = if n > cap {
+                f64::MAX
+            } else {
+                ((n - b.tokens) / rate).ceil()
+            };
+            Decision {
+                allowed: false,
+                remaining: b.tokens.floor() as u64,
+                retry_after: Duration::from_millis(wait_ms.min(u64::MAX as f64) as u64),
+                decided_by,
+            }
+        }
+    }
+}
