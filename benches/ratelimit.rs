@@ -1,7 +1,9 @@
 //! Rate-limit decisions through the handle against the same script sent with fred direct,
 //! same private server, same run, 64 tasks (each on its own route; the bucket is large, so
 //! both sides decide "allowed" and do the same work).
-//! Prints `ratio ratelimit_try_acquire_c64 <ours/direct throughput>`.
+//! Prints `ratio ratelimit_try_acquire_c64 <ours/direct throughput>`, and
+//! `rate breaker_admit_closed_cached <decisions/s>`: breaker admissions served from the
+//! replica's closed-state cache, one task (target at least 1 000 000).
 //!
 //! `cargo bench --bench ratelimit` (release build).
 
@@ -58,7 +60,7 @@ async fn main() {
     let server = TestServer::start(&bin);
     println!("server: {} {}", bin.kind, bin.version);
     let config = Config::from_toml_str(&format!(
-        "[redis]\nurl = \"{}\"\npool_size = 4\n[rate_limits.bench]\npermits = 100000000\nper = \"1s\"\n[supervision]\nname_prefix = \"bench\"",
+        "[redis]\nurl = \"{}\"\npool_size = 4\n[rate_limits.bench]\npermits = 100000000\nper = \"1s\"\n[breakers.bench]\nclosed_cache_ttl = \"10s\"\n[supervision]\nname_prefix = \"bench\"",
         server.url()
     ))
     .expect("config");
@@ -163,6 +165,24 @@ async fn main() {
         "ratio ratelimit_try_acquire_c64_vs_fred_same_settings {:.3}",
         o / s
     );
+
+    // Breaker admissions while closed and cached: no I/O, one task.
+    let breaker = forze.breaker("bench").expect("breaker");
+    assert!(breaker.admit("svc").await.expect("admit").allowed);
+    const ADMITS: usize = 2_000_000;
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..ADMITS {
+            let a = breaker
+                .admit(std::hint::black_box("svc"))
+                .await
+                .expect("admit");
+            std::hint::black_box(a);
+        }
+        rates.push(ADMITS as f64 / started.elapsed().as_secs_f64());
+    }
+    println!("rate breaker_admit_closed_cached {:.0}", median(rates));
     let _ = direct.quit().await;
     forze.shutdown().await.expect("shutdown");
 }

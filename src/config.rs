@@ -50,6 +50,8 @@ pub struct Config {
     pub snapshots: BTreeMap<String, SnapshotConfig>,
     /// Rate-limit policies by name.
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Circuit-breaker policies by name.
+    pub breakers: BTreeMap<String, BreakerConfig>,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             idempotency: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             rate_limits: BTreeMap::new(),
+            breakers: BTreeMap::new(),
         }
     }
 }
@@ -232,6 +235,44 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(300),
             sliding_ttl: None,
             l1: None,
+        }
+    }
+}
+
+/// One circuit-breaker policy: a breaker per route, shared by the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Key namespace; defaults to the policy name.
+    pub namespace: Option<String>,
+    /// Failure ratio in the window that opens the breaker (default 0.5), in (0, 1].
+    pub failure_ratio: f64,
+    /// Tumbling window of the counts (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Calls in the window before the ratio counts (default 10).
+    pub min_calls: u32,
+    /// How long it stays open before a trial call (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub break_duration: Duration,
+    /// Trial calls admitted while half-open, fleet-wide (default 1).
+    pub half_open_max_calls: u32,
+    /// How long a replica serves a closed state from memory without asking Redis
+    /// (default 250 ms): the staleness bound of a trip for a replica that keeps admitting.
+    #[serde(with = "humantime_serde")]
+    pub closed_cache_ttl: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            namespace: None,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 10,
+            break_duration: Duration::from_secs(30),
+            half_open_max_calls: 1,
+            closed_cache_ttl: Duration::from_millis(250),
         }
     }
 }
@@ -615,6 +656,32 @@ impl Config {
             }
         }
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (name, c) in &self.breakers {
+            let field = |f: &str| format!("breakers.{name}.{f}");
+            validate_resource_name(&format!("breakers.{name}"), name)?;
+            let ns = self.breaker_namespace(name, c)?;
+            if let Some(other) = seen.insert(ns.as_str().to_string(), name.clone()) {
+                return Err(Error::config(
+                    field("namespace"),
+                    format!("namespace `{ns}` is already used by breakers.{other}"),
+                ));
+            }
+            if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
+                return Err(Error::config(field("failure_ratio"), "must be in (0, 1]"));
+            }
+            for (f, d) in [("window", c.window), ("break_duration", c.break_duration)] {
+                if d < Duration::from_millis(1) {
+                    return Err(Error::config(field(f), "must be at least 1ms"));
+                }
+            }
+            if c.min_calls == 0 || c.half_open_max_calls == 0 {
+                return Err(Error::config(
+                    field("min_calls"),
+                    "min_calls and half_open_max_calls must be at least 1",
+                ));
+            }
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, c) in &self.rate_limits {
             let field = |f: &str| format!("rate_limits.{name}.{f}");
             validate_resource_name(&format!("rate_limits.{name}"), name)?;
@@ -732,6 +799,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The validated namespace of breaker policy `name`.
+    pub fn breaker_namespace(&self, name: &str, c: &BreakerConfig) -> Result<Namespace> {
+        Namespace::parse(
+            &format!("breakers.{name}.namespace"),
+            c.namespace.as_deref().unwrap_or(name),
+        )
     }
 
     /// The validated namespace of rate-limit policy `name`.

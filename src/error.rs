@@ -42,6 +42,8 @@ pub enum ErrorKind {
     Config,
     /// A tenant-aware resource was used without a tenant.
     TenantRequired,
+    /// A circuit breaker refused the call; retry after the given delay.
+    CircuitOpen,
     /// A cache loader (`get_or_load`) failed; its message is carried.
     Loader,
     /// A bug or an unexpected reply; not retryable.
@@ -160,6 +162,12 @@ pub enum Error {
         /// The resource name.
         resource: String,
     },
+    /// A circuit breaker is open (or half-open with its trials taken): the call was not made.
+    #[error("circuit open; retry after {retry_after:?}")]
+    CircuitOpen {
+        /// How long until a trial call may be admitted (0 when unknown).
+        retry_after: Duration,
+    },
     /// The loader of `get_or_load` failed (every caller waiting on that load gets this).
     #[error("cache loader failed: {message}")]
     Loader {
@@ -202,6 +210,7 @@ impl Error {
             Error::Codec { .. } => ErrorKind::Codec,
             Error::Config { .. } => ErrorKind::Config,
             Error::TenantRequired { .. } => ErrorKind::TenantRequired,
+            Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             Error::Loader { .. } => ErrorKind::Loader,
             Error::Internal { .. } => ErrorKind::Internal,
         }
@@ -213,7 +222,10 @@ impl Error {
     /// knows whether applying it twice is acceptable.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unavailable { .. } | Error::Timeout { .. } | Error::Throttled { .. } => true,
+            Error::Unavailable { .. }
+            | Error::Timeout { .. }
+            | Error::Throttled { .. }
+            | Error::CircuitOpen { .. } => true,
             Error::Conflict { reason, .. } => *reason == ConflictReason::InProgress,
             _ => false,
         }

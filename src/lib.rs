@@ -17,11 +17,13 @@
 //! | [`idempotency`] | idempotency records: claim, commit, fail, replay, the `run` wrapper |
 //! | [`snapshot`] | search-result snapshots: runs written in order, paged in one round trip |
 //! | [`ratelimit`] | fleet-wide token buckets on the server clock, with a local fallback |
+//! | [`breaker`] | fleet-wide circuit breakers on the server clock, local cache and fallback |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
 //! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
 //! crate call these types directly on the caller's task.
 
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod connection;

@@ -111,6 +111,20 @@ impl ForzeHandle {
         })
     }
 
+    /// The circuit-breaker policy `name`, or a `Validation` error naming the unknown policy.
+    pub fn breaker(&self, name: &str) -> Result<crate::ratelimit::BreakerHandle> {
+        let breakers = self.shared.breakers.get(name).cloned().ok_or_else(|| {
+            Error::validation(
+                "breaker",
+                format!("no breaker policy named `{name}` is configured"),
+            )
+        })?;
+        Ok(crate::ratelimit::BreakerHandle {
+            shared: self.shared.clone(),
+            breakers,
+        })
+    }
+
     /// The rate-limit policy `name`, or a `Validation` error naming the unknown policy.
     pub fn rate_limit(&self, name: &str) -> Result<crate::ratelimit::RateLimitHandle> {
         let limiter = self.shared.rate_limits.get(name).cloned().ok_or_else(|| {

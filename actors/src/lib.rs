@@ -65,7 +65,7 @@ pub use idempotency::{IdempotencyActor, IdempotencyHandle, IdempotencyMsg};
 pub use lock::{LockGuard, LockHandle, LostReason, LostSignal};
 pub use names::ActorNames;
 pub use pool::{PoolActor, PoolMsg, PoolStats};
-pub use ratelimit::RateLimitHandle;
+pub use ratelimit::{BreakerHandle, RateLimitHandle};
 pub use shared::Shared;
 pub use snapshot::{SnapshotActor, SnapshotHandle, SnapshotMsg};
 pub use supervisor::{ChildKind, ForzeSupervisor, SupervisorMsg, SupervisorStats};

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use forze_redis::breaker::Breakers;
 use forze_redis::cache::redis::RedisCacheStore;
 use forze_redis::cache::tracking::TrackingTarget;
 use forze_redis::cache::Cache;
@@ -50,6 +51,7 @@ pub struct Shared {
     pub(crate) idempotency: BTreeMap<String, Arc<Idempotency>>,
     pub(crate) snapshots: BTreeMap<String, Arc<Snapshots>>,
     pub(crate) rate_limits: BTreeMap<String, Arc<RateLimiter>>,
+    pub(crate) breakers: BTreeMap<String, Arc<Breakers>>,
     /// Every lease held through this supervisor's guards.
     pub(crate) leases: crate::lock::LeaseRegistry,
     pub(crate) heartbeat: crate::heartbeat::HeartbeatCounters,
@@ -188,6 +190,18 @@ impl Shared {
                 )),
             );
         }
+        let mut breakers = BTreeMap::new();
+        for (name, cfg) in &config.breakers {
+            let space = KeySpace::new(
+                prefix.clone(),
+                ResourceKind::Breaker,
+                config.breaker_namespace(name, cfg)?,
+            );
+            breakers.insert(
+                name.clone(),
+                Arc::new(Breakers::new(name.clone(), space, cfg, connection.clone())),
+            );
+        }
         let tracking = match &config.redis {
             Some(redis) if caches.values().any(|c| c.l1().is_some()) => {
                 Some(TrackingTarget::from_url(&redis.url)?)
@@ -195,6 +209,7 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Shared {
+            breakers,
             rate_limits,
             snapshots,
             idempotency,

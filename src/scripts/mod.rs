@@ -95,8 +95,12 @@ pub static SNAP_PAGE: LazyLock<Script> =
 pub static RATELIMIT_ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_acquire", include_str!("ratelimit_acquire.lua")));
 
+/// `breaker.lua`: admit or record for a fleet-wide circuit breaker.
+pub static BREAKER: LazyLock<Script> =
+    LazyLock::new(|| Script::new("breaker", include_str!("breaker.lua")));
+
 /// Every script, for preloading and tests.
-pub fn all() -> [&'static Script; 12] {
+pub fn all() -> [&'static Script; 13] {
     [
         &SERVER_TIME,
         &CACHE_SET_VERSIONED,
@@ -110,6 +114,7 @@ pub fn all() -> [&'static Script; 12] {
         &SNAP_APPEND,
         &SNAP_PAGE,
         &RATELIMIT_ACQUIRE,
+        &BREAKER,
     ]
 }
 

@@ -1,0 +1,517 @@
+//! Fleet-wide circuit breakers: closed → open → half-open per (policy, route), decided by one
+//! script on the server clock (`breaker.lua`), with a local cache and a local fallback.
+//!
+//! - **Local cache.** A closed state is served from memory for `closed_cache_ttl` (no round
+//!   trip); an open state is served from memory until the `retry_at` the script returned,
+//!   converted to this process's monotonic clock from the server's own `now` in the same reply,
+//!   so a replica whose wall clock is skewed decides exactly as the others. Half-open is never
+//!   cached: trial calls are counted fleet-wide by the script.
+//! - **Fallback.** On any Redis error the replica decides with a process-local breaker of the
+//!   same rules (counted, traced) and goes back to Redis on the next call. No Redis error ever
+//!   escapes `admit` or `record`.
+//! - **Events.** Every transition the script reports is traced and sent on a broadcast channel
+//!   ([`Breakers::transitions`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::broadcast;
+
+use crate::config::BreakerConfig;
+use crate::connection::RedisConnection;
+use crate::error::{Access, Error, Result};
+use crate::keys::KeySpace;
+use crate::scripts::BREAKER;
+
+/// A breaker's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Calls go through; outcomes are counted.
+    Closed,
+    /// Calls are refused until the break ends.
+    Open,
+    /// A bounded number of trial calls go through; one success closes, one failure reopens.
+    HalfOpen,
+}
+
+impl Phase {
+    fn parse(s: &str) -> Phase {
+        match s {
+            "open" => Phase::Open,
+            "half_open" => Phase::HalfOpen,
+            _ => Phase::Closed,
+        }
+    }
+}
+
+/// Where a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The script on Redis (one round trip).
+    Redis,
+    /// This replica's memory of a recent Redis answer (no round trip).
+    Cache,
+    /// The local fallback breaker, because Redis could not be reached.
+    Fallback,
+    /// Embedded mode's local breaker.
+    Local,
+}
+
+/// An admission decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Whether the call may go ahead.
+    pub allowed: bool,
+    /// The phase after the decision.
+    pub phase: Phase,
+    /// When refused and known: how long until a trial call may be admitted.
+    pub retry_after: Duration,
+    /// Where it was decided.
+    pub decided_by: DecidedBy,
+}
+
+/// A phase change, as the script (or the fallback) reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The policy.
+    pub policy: String,
+    /// The route.
+    pub route: String,
+    /// The new phase.
+    pub to: Phase,
+    /// Whether the fallback (not the fleet) made it.
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    phase: Phase,
+    until: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LocalState {
+    phase: Phase,
+    window_start: Instant,
+    successes: u32,
+    failures: u32,
+    opened_at: Instant,
+    half_open_calls: u32,
+    /// Set by force_open / force_close until reset.
+    forced: Option<Phase>,
+}
+
+/// Counters of one policy.
+#[derive(Debug, Default)]
+struct Counters {
+    admits: AtomicU64,
+    refused: AtomicU64,
+    round_trips: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+/// A copy of one policy's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BreakerStats {
+    /// Admission decisions.
+    pub admits: u64,
+    /// Decisions that refused.
+    pub refused: u64,
+    /// Script calls made (admits and records).
+    pub round_trips: u64,
+    /// Decisions or records handled by the local fallback.
+    pub fallbacks: u64,
+}
+
+/// One breaker policy: a breaker per route.
+#[derive(Debug)]
+pub struct Breakers {
+    name: String,
+    space: KeySpace,
+    config: BreakerConfig,
+    conn: Option<Arc<RedisConnection>>,
+    cache: DashMap<String, Cached>,
+    /// Local breakers by route: embedded mode's only state, the fallback in Redis mode.
+    local: DashMap<String, LocalState>,
+    counters: Counters,
+    events: broadcast::Sender<Transition>,
+    args: [String; 6],
+}
+
+impl Breakers {
+    /// A policy on Redis (`conn` is `Some`) or on local state.
+    pub fn new(
+        name: impl Into<String>,
+        space: KeySpace,
+        config: &BreakerConfig,
+        conn: Option<Arc<RedisConnection>>,
+    ) -> Self {
+        let ms = |d: Duration| d.as_millis().max(1).to_string();
+        let ttl = (config.window.max(config.break_duration) * 4).max(Duration::from_secs(60));
+        Breakers {
+            args: [
+                format!("{:.6}", config.failure_ratio),
+                ms(config.window),
+                config.min_calls.to_string(),
+                ms(config.break_duration),
+                config.half_open_max_calls.to_string(),
+                ms(ttl),
+            ],
+            name: name.into(),
+            space,
+            config: config.clone(),
+            conn,
+            cache: DashMap::new(),
+            local: DashMap::new(),
+            counters: Counters::default(),
+            events: broadcast::channel(256).0,
+        }
+    }
+
+    /// The policy name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every transition from now on.
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.events.subscribe()
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> BreakerStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BreakerStats {
+            admits: l(&self.counters.admits),
+            refused: l(&self.counters.refused),
+            round_trips: l(&self.counters.round_trips),
+            fallbacks: l(&self.counters.fallbacks),
+        }
+    }
+
+    fn key(&self, route: &str) -> Result<String> {
+        let route = if route.is_empty() { "-" } else { route };
+        Ok(self.space.key(None, &[route])?.into_string())
+    }
+
+    fn emit(&self, route: &str, to: Phase, local: bool) {
+        tracing::info!(policy = %self.name, route, ?to, local, "circuit breaker transition");
+        let _ = self.events.send(Transition {
+            policy: self.name.clone(),
+            route: route.to_string(),
+            to,
+            local,
+        });
+    }
+
+    /// Whether a call on `route` may go ahead. Never a Redis error.
+    pub async fn admit(&self, route: &str) -> Result<Admission> {
+        let key = self.key(route)?;
+        self.counters.admits.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let cached = self.cache.get(&key).map(|c| *c);
+        let decision = match (&self.conn, cached) {
+            (Some(_), Some(c)) if c.until > now && c.phase == Phase::Closed => Admission {
+                allowed: true,
+                phase: Phase::Closed,
+                retry_after: Duration::ZERO,
+                decided_by: DecidedBy::Cache,
+            },
+            (Some(_), Some(c)) if c.until > now && c.phase == Phase::Open => Admission {
+                allowed: false,
+                phase: Phase::Open,
+                retry_after: c.until - now,
+                decided_by: DecidedBy::Cache,
+            },
+            (Some(conn), _) => match Box::pin(self.script(conn, &key, route, "admit")).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(policy = %self.name, error = %e, "breaker decided locally");
+                    self.local_admit(&key, route, DecidedBy::Fallback)
+                }
+            },
+            (None, _) => self.local_admit(&key, route, DecidedBy::Local),
+        };
+        if !decision.allowed {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(decision)
+    }
+
+    /// Record the outcome of an admitted call. Never a Redis error.
+    pub async fn record(&self, route: &str, ok: bool) -> Result<Phase> {
+        let key = self.key(route)?;
+        let action = if ok { "ok" } else { "fail" };
+        Ok(match &self.conn {
+            Some(conn) => match Box::pin(self.script(conn, &key, route, action)).await {
+                Ok(a) => a.phase,
+                Err(_) => {
+                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.local_record(&key, route, ok)
+                }
+            },
+            None => self.local_record(&key, route, ok),
+        })
+    }
+
+    /// Admit, run `call`, and record its outcome (`Err` counts as a failure). A refused call
+    /// returns [`Error::CircuitOpen`] without running.
+    pub async fn call<T, E, F>(&self, route: &str, call: F) -> std::result::Result<T, CallError<E>>
+    where
+        F: std::future::Future<Output = std::result::Result<T, E>>,
+    {
+        let a = self.admit(route).await.map_err(CallError::Breaker)?;
+        if !a.allowed {
+            return Err(CallError::Breaker(Error::CircuitOpen {
+                retry_after: a.retry_after,
+            }));
+        }
+        let out = call.await;
+        let _ = self.record(route, out.is_ok()).await;
+        out.map_err(CallError::Call)
+    }
+
+    /// Open the breaker of `route` fleet-wide until [`Breakers::reset`]. Admin operation: a
+    /// Redis error is returned.
+    pub async fn force_open(&self, route: &str) -> Result<()> {
+        self.admin(route, "force_open").await
+    }
+
+    /// Hold the breaker of `route` closed fleet-wide until [`Breakers::reset`].
+    pub async fn force_close(&self, route: &str) -> Result<()> {
+        self.admin(route, "force_closed").await
+    }
+
+    /// Clear any forcing and counts: closed, fleet-wide.
+    pub async fn reset(&self, route: &str) -> Result<()> {
+        self.admin(route, "reset").await
+    }
+
+    async fn admin(&self, route: &str, action: &'static str) -> Result<()> {
+        let key = self.key(route)?;
+        match &self.conn {
+            Some(conn) => {
+                self.cache.remove(&key);
+                Box::pin(self.script(conn, &key, route, action)).await?;
+                // Forced states are never cached: every replica asks until reset.
+                self.cache.remove(&key);
+            }
+            None => {
+                let (phase, forced) = match action {
+                    "force_open" => (Phase::Open, Some(Phase::Open)),
+                    "force_closed" => (Phase::Closed, Some(Phase::Closed)),
+                    _ => (Phase::Closed, None),
+                };
+                let mut state = Self::fresh(Instant::now());
+                state.phase = phase;
+                state.forced = forced;
+                self.local.insert(key, state);
+                self.emit(route, phase, true);
+            }
+        }
+        Ok(())
+    }
+
+    async fn script(
+        &self,
+        conn: &RedisConnection,
+        key: &str,
+        route: &str,
+        action: &'static str,
+    ) -> Result<Admission> {
+        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let [a1, a2, a3, a4, a5, a6] = &self.args;
+        let reply: Vec<fred::types::Value> = conn
+            .eval(
+                "breaker",
+                Access::Write,
+                &BREAKER,
+                vec![key.to_string()],
+                vec![
+                    action.to_string(),
+                    a1.clone(),
+                    a2.clone(),
+                    a3.clone(),
+                    a4.clone(),
+                    a5.clone(),
+                    a6.clone(),
+                ],
+            )
+            .await?;
+        let bad = || Error::internal("breaker", "unexpected script reply");
+        let [allowed, phase, transition, retry_at, server_now] = reply.as_slice() else {
+            return Err(bad());
+        };
+        let phase = Phase::parse(&phase.as_string().ok_or_else(bad)?);
+        let retry_at = retry_at.as_i64().unwrap_or(0);
+        let server_now = server_now.as_i64().unwrap_or(0);
+        // The server's own clock sets the deadline; only its distance from the server's now
+        // is carried over to ours, so a skewed local wall clock changes nothing.
+        let wait = Duration::from_millis((retry_at - server_now).max(0) as u64);
+        let forced = retry_at == 0 && phase == Phase::Open;
+        match phase {
+            Phase::Closed if action != "force_closed" => {
+                self.cache.insert(
+                    key.to_string(),
+                    Cached {
+                        phase,
+                        until: sent + self.config.closed_cache_ttl,
+                    },
+                );
+            }
+            Phase::Open if !forced => {
+                self.cache.insert(
+                    key.to_string(),
+                    Cached {
+                        phase,
+                        until: sent + wait,
+                    },
+                );
+            }
+            _ => {
+                self.cache.remove(key);
+            }
+        }
+        if let Some(t) = transition.as_string().filter(|t| !t.is_empty()) {
+            self.emit(route, Phase::parse(&t), false);
+        }
+        Ok(Admission {
+            allowed: allowed.as_i64() == Some(1),
+            phase,
+            retry_after: if phase == Phase::Open {
+                wait
+            } else {
+                Duration::ZERO
+            },
+            decided_by: DecidedBy::Redis,
+        })
+    }
+
+    fn fresh(now: Instant) -> LocalState {
+        LocalState {
+            phase: Phase::Closed,
+            window_start: now,
+            successes: 0,
+            failures: 0,
+            opened_at: now,
+            half_open_calls: 0,
+            forced: None,
+        }
+    }
+
+    fn local_admit(&self, key: &str, route: &str, decided_by: DecidedBy) -> Admission {
+        let now = Instant::now();
+        let mut s = self
+            .local
+            .entry(key.to_string())
+            .or_insert_with(|| Self::fresh(now));
+        if let Some(forced) = s.forced {
+            return Admission {
+                allowed: forced == Phase::Closed,
+                phase: forced,
+                retry_after: Duration::ZERO,
+                decided_by,
+            };
+        }
+        let mut to = None;
+        if s.phase == Phase::Open
+            && now.saturating_duration_since(s.opened_at) >= self.config.break_duration
+        {
+            s.phase = Phase::HalfOpen;
+            s.half_open_calls = 0;
+            to = Some(Phase::HalfOpen);
+        }
+        let allowed = match s.phase {
+            Phase::Closed => true,
+            Phase::HalfOpen if s.half_open_calls < self.config.half_open_max_calls => {
+                s.half_open_calls += 1;
+                true
+            }
+            _ => false,
+        };
+        let retry_after = if s.phase == Phase::Open {
+            (s.opened_at + self.config.break_duration).saturating_duration_since(now)
+        } else {
+            Duration::ZERO
+        };
+        let phase = s.phase;
+        drop(s);
+        if let Some(p) = to {
+            self.emit(route, p, true);
+        }
+        Admission {
+            allowed,
+            phase,
+            retry_after,
+            decided_by,
+        }
+    }
+
+    fn local_record(&self, key: &str, route: &str, ok: bool) -> Phase {
+        let now = Instant::now();
+        let mut s = self
+            .local
+            .entry(key.to_string())
+            .or_insert_with(|| Self::fresh(now));
+        if let Some(forced) = s.forced {
+            return forced;
+        }
+        let mut to = None;
+        let roll = |s: &mut LocalState| {
+            if now.saturating_duration_since(s.window_start) >= self.config.window {
+                s.window_start = now;
+                s.successes = 0;
+                s.failures = 0;
+            }
+        };
+        match (s.phase, ok) {
+            (Phase::HalfOpen, true) => {
+                *s = Self::fresh(now);
+                to = Some(Phase::Closed);
+            }
+            (Phase::HalfOpen, false) => {
+                s.phase = Phase::Open;
+                s.opened_at = now;
+                to = Some(Phase::Open);
+            }
+            (Phase::Closed, true) => {
+                roll(&mut s);
+                s.successes += 1;
+            }
+            (Phase::Closed, false) => {
+                roll(&mut s);
+                s.failures += 1;
+                let total = s.successes + s.failures;
+                if total >= self.config.min_calls
+                    && f64::from(s.failures) / f64::from(total) >= self.config.failure_ratio
+                {
+                    s.phase = Phase::Open;
+                    s.opened_at = now;
+                    to = Some(Phase::Open);
+                }
+            }
+            (Phase::Open, _) => {}
+        }
+        let phase = s.phase;
+        drop(s);
+        if let Some(p) = to {
+            self.emit(route, p, true);
+        }
+        phase
+    }
+}
+
+/// The error of [`Breakers::call`].
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<E> {
+    /// The breaker refused the call (or its input was invalid).
+    #[error(transparent)]
+    Breaker(Error),
+    /// The call ran and failed (recorded as a failure).
+    #[error("the call failed")]
+    Call(E),
+}

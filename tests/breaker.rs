@@ -1,0 +1,203 @@
+//! Fleet-wide circuit breakers: the battery on the local backend and every server found, a trip
+//! seen by every replica, no round trips while open, half-open trials bounded fleet-wide, and
+//! Redis killed mid-load.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, spawn_ready, Backend};
+use forze_redis::breaker::{CallError, DecidedBy, Phase};
+use forze_redis::ErrorKind;
+use forze_redis_actors::BreakerHandle;
+use forze_redis_testkit::{server_binaries, TestServer};
+
+const RESOURCES: &str = r#"
+[breakers.downstream]
+failure_ratio = 0.5
+window = "10s"
+min_calls = 4
+break_duration = "300ms"
+half_open_max_calls = 2
+closed_cache_ttl = "100ms"
+"#;
+
+async fn trip(b: &BreakerHandle, route: &str) {
+    for ok in [true, true, false, false] {
+        let a = b.admit(route).await.unwrap();
+        assert!(a.allowed);
+        b.record(route, ok).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_battery_on_every_backend() {
+    for backend in Backend::all() {
+        let label = backend.label();
+        let forze = spawn_ready(config(backend.url().as_deref(), "brk", RESOURCES)).await;
+        let b = forze.breaker("downstream").unwrap();
+        let mut events = b.transitions();
+        trip(&b, "r").await;
+        let ev = events.recv().await.unwrap();
+        assert_eq!(ev.to, Phase::Open, "{label}");
+        let a = b.admit("r").await.unwrap();
+        assert!(!a.allowed && a.phase == Phase::Open, "{label}: {a:?}");
+        assert!(a.retry_after <= Duration::from_millis(300), "{label}");
+        // A refused call does not run.
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let e = b
+            .call("r", async {
+                ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Breaker(ref e) if e.kind() == ErrorKind::CircuitOpen));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+        // After the break: two trials (half_open_max_calls), then refused.
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        let t1 = b.admit("r").await.unwrap();
+        let t2 = b.admit("r").await.unwrap();
+        let t3 = b.admit("r").await.unwrap();
+        assert!(
+            t1.allowed && t2.allowed && !t3.allowed,
+            "{label}: {t1:?} {t2:?} {t3:?}"
+        );
+        assert_eq!(t1.phase, Phase::HalfOpen);
+        // One success closes it.
+        assert_eq!(b.record("r", true).await.unwrap(), Phase::Closed, "{label}");
+        assert!(b.admit("r").await.unwrap().allowed);
+        // A half-open failure reopens it.
+        trip(&b, "r2").await;
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        assert!(b.admit("r2").await.unwrap().allowed);
+        assert_eq!(b.record("r2", false).await.unwrap(), Phase::Open, "{label}");
+        // Routes are separate breakers.
+        assert!(b.admit("other").await.unwrap().allowed, "{label}");
+        // Forced states, and reset.
+        b.force_open("f").await.unwrap();
+        assert!(!b.admit("f").await.unwrap().allowed, "{label}: forced open");
+        b.reset("f").await.unwrap();
+        assert!(b.admit("f").await.unwrap().allowed, "{label}: reset");
+        b.force_close("g").await.unwrap();
+        trip(&b, "g").await;
+        assert!(
+            b.admit("g").await.unwrap().allowed,
+            "{label}: forced closed"
+        );
+        forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replicas_failures_open_the_breaker_for_all_and_trials_are_bounded_fleet_wide() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let mut reps = Vec::new();
+        for _ in 0..3 {
+            reps.push(spawn_ready(config(Some(&server.url()), "brk-fleet", RESOURCES)).await);
+        }
+        let bs: Vec<BreakerHandle> = reps
+            .iter()
+            .map(|r| r.breaker("downstream").unwrap())
+            .collect();
+        // Replicas 1 and 2 have a warm closed cache.
+        for b in &bs[1..] {
+            assert!(b.admit("svc").await.unwrap().allowed);
+        }
+        trip(&bs[0], "svc").await;
+        let tripped = Instant::now();
+        // Within the closed-cache TTL (100 ms) every replica stops admitting.
+        for (i, b) in bs.iter().enumerate() {
+            let mut refused_at = None;
+            for _ in 0..200 {
+                if !b.admit("svc").await.unwrap().allowed {
+                    refused_at = Some(tripped.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let at = refused_at.expect("replica stopped admitting");
+            assert!(
+                at <= Duration::from_millis(200),
+                "{bin}: replica {i} admitted for {at:?}"
+            );
+        }
+        // While open, admits are answered from memory: no round trip per request.
+        let before: u64 = bs.iter().map(|b| b.stats_now().round_trips).sum();
+        for b in &bs {
+            for _ in 0..100 {
+                let a = b.admit("svc").await.unwrap();
+                assert!(!a.allowed);
+                assert_eq!(a.decided_by, DecidedBy::Cache, "{bin}");
+            }
+        }
+        let after: u64 = bs.iter().map(|b| b.stats_now().round_trips).sum();
+        assert_eq!(after, before, "{bin}: round trips while open");
+        // Half-open: at most 2 trials across 3 replicas × 10 callers.
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        let mut tasks = Vec::new();
+        for b in &bs {
+            for _ in 0..10 {
+                let b = b.clone();
+                tasks.push(tokio::spawn(async move {
+                    b.admit("svc").await.unwrap().allowed
+                }));
+            }
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 2, "{bin}: half-open trials fleet-wide");
+        // One success closes it for everyone (their caches expire within the TTL).
+        assert_eq!(bs[2].record("svc", true).await.unwrap(), Phase::Closed);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        for b in &bs {
+            assert!(b.admit("svc").await.unwrap().allowed, "{bin}");
+        }
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_falls_back_without_errors_and_comes_back() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "brk-down", RESOURCES)).await;
+        let b = forze.breaker("downstream").unwrap();
+        assert!(b.admit("svc").await.unwrap().allowed);
+        server.stop();
+        tokio::time::sleep(Duration::from_millis(150)).await; // past the closed-cache TTL
+        for _ in 0..20 {
+            let a = b.admit("svc").await.unwrap();
+            assert_eq!(a.decided_by, DecidedBy::Fallback, "{bin}");
+            b.record("svc", true).await.unwrap();
+        }
+        // The local fallback trips on its own counts.
+        for _ in 0..30 {
+            b.admit("svc2").await.unwrap();
+            b.record("svc2", false).await.unwrap();
+        }
+        assert!(
+            !b.admit("svc2").await.unwrap().allowed,
+            "{bin}: the fallback opened"
+        );
+        assert!(b.stats_now().fallbacks >= 40);
+        server.restart();
+        let mut back = false;
+        for _ in 0..200 {
+            if b.admit("svc").await.unwrap().decided_by == DecidedBy::Redis {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(back, "{bin}: switched back to Redis by itself");
+        forze.shutdown().await.unwrap();
+    }
+}
