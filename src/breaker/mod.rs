@@ -423,7 +423,16 @@ impl Breakers {
         {
             s.phase = Phase::HalfOpen;
             s.half_open_calls = 0;
+            s.opened_at = now;
             to = Some(Phase::HalfOpen);
+        }
+        // Trials that never reported back free their slots after one more break duration.
+        if s.phase == Phase::HalfOpen
+            && s.half_open_calls >= self.config.half_open_max_calls
+            && now.saturating_duration_since(s.opened_at) >= self.config.break_duration
+        {
+            s.half_open_calls = 0;
+            s.opened_at = now;
         }
         let allowed = match s.phase {
             Phase::Closed => true,

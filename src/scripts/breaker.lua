@@ -1,7 +1,8 @@
 -- breaker: admit a call or record an outcome for one circuit breaker, on the server clock.
 --
 -- KEYS[1]  the breaker: a hash with ph (closed | open | half_open), ws (window start, ms),
---          s, f (successes, failures in the window), oa (opened at, ms), hc (half-open calls
+--          s, f (successes, failures in the window), oa (when it opened, or when the current
+--          round of half-open trials began, ms), hc (half-open calls
 --          admitted), fo (forced: open | closed | absent)
 -- ARGV[1]  the action: admit | ok | fail | force_open | force_closed | reset
 -- ARGV[2]  failure ratio that opens it (0 < r ≤ 1)
@@ -35,7 +36,10 @@ elseif act == 'reset' then fo = false; ph, ws, s, f, hc, tr = 'closed', now, 0, 
 elseif fo == 'open' then allowed = 0; ph = 'open'
 elseif fo == 'closed' then allowed = 1; ph = 'closed'
 elseif act == 'admit' then
-  if ph == 'open' and now - oa >= brk then ph, hc, tr = 'half_open', 0, 'half_open' end
+  if ph == 'open' and now - oa >= brk then ph, hc, oa, tr = 'half_open', 0, now, 'half_open' end
+  -- Trials that never reported back (a dropped call, a crashed caller) free their slots
+  -- after one more break duration, so the breaker cannot stay half-open for ever.
+  if ph == 'half_open' and hc >= hmax and now - oa >= brk then hc, oa = 0, now end
   if ph == 'closed' then allowed = 1
   elseif ph == 'half_open' and hc < hmax then hc = hc + 1; allowed = 1 end
 elseif act == 'ok' then
