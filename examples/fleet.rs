@@ -157,6 +157,15 @@ ttl = "30s"
 max_entries = 1000
 [idempotency.payments]
 [snapshots.search]
+[breakers.inventory]
+failure_ratio = 0.5
+min_calls = 10
+window = "5s"
+break_duration = "150ms"
+closed_cache_ttl = "50ms"
+[rate_limits.partner_api]
+permits = 200
+per = "1s"
 [locks.settlement]
 lease = "5s"
 retry_min = "2ms"
@@ -396,6 +405,60 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         paged += 1;
     }
 
+    // A flaky downstream behind a fleet-wide breaker and a shared rate limit: it fails for a
+    // while, the breaker opens for every replica, trials probe it, it recovers, it closes.
+    let downstream_calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let healthy_after = Instant::now() + Duration::from_millis(400);
+    let mut resilience_runs = Vec::new();
+    for replica in &replicas {
+        let (breaker, limit) = (
+            replica.breaker("inventory")?,
+            replica.rate_limit("partner_api")?,
+        );
+        let calls = downstream_calls.clone();
+        resilience_runs.push(tokio::spawn(async move {
+            let (mut ok, mut refused, mut failed, mut throttled) = (0u64, 0u64, 0u64, 0u64);
+            for _ in 0..150 {
+                if !limit
+                    .try_acquire("inventory", 1)
+                    .await
+                    .map(|d| d.allowed)
+                    .unwrap_or(false)
+                {
+                    throttled += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                let calls = calls.clone();
+                let outcome = breaker
+                    .call("inventory", async move {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if Instant::now() < healthy_after {
+                            Err("inventory service down")
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await;
+                match outcome {
+                    Ok(()) => ok += 1,
+                    Err(forze_redis::breaker::CallError::Breaker(_)) => refused += 1,
+                    Err(forze_redis::breaker::CallError::Call(_)) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+            (ok, refused, failed, throttled)
+        }));
+    }
+    let (mut r_ok, mut r_refused, mut r_failed, mut r_throttled) = (0, 0, 0, 0);
+    for run in resilience_runs {
+        let (a, b, c, d) = run.await?;
+        r_ok += a;
+        r_refused += b;
+        r_failed += c;
+        r_throttled += d;
+    }
+
     let mut highest = 0;
     let mut worker_errors = 0;
     for run in runs {
@@ -496,6 +559,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             " (embedded: on the same replica)"
         }
+    );
+    println!(
+        "inventory (flaky for 400 ms): {} calls reached it; {r_ok} ok, {r_failed} failed, \
+         {r_refused} refused by the open breaker, {r_throttled} throttled by the shared limit",
+        downstream_calls.load(std::sync::atomic::Ordering::Relaxed)
     );
     for replica in &replicas {
         replica.shutdown().await?;

@@ -66,7 +66,10 @@ async fn breaker_battery_on_every_backend() {
         assert_eq!(t1.phase, Phase::HalfOpen);
         // Trials that never report back free their slots after another break duration.
         tokio::time::sleep(Duration::from_millis(320)).await;
-        assert!(b.admit("r").await.unwrap().allowed, "{label}: abandoned trials freed");
+        assert!(
+            b.admit("r").await.unwrap().allowed,
+            "{label}: abandoned trials freed"
+        );
         // One success closes it.
         assert_eq!(b.record("r", true).await.unwrap(), Phase::Closed, "{label}");
         assert!(b.admit("r").await.unwrap().allowed);
