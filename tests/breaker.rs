@@ -207,3 +207,67 @@ async fn redis_killed_mid_load_falls_back_without_errors_and_comes_back() {
         forze.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_go_on_while_the_resilience_actor_restarts() {
+    use forze_redis_actors::ChildKind;
+    const BOTH: &str = r#"
+[breakers.downstream]
+min_calls = 4
+break_duration = "300ms"
+closed_cache_ttl = "20ms"
+[rate_limits.api]
+permits = 1000
+per = "1s"
+"#;
+    for backend in Backend::all() {
+        let label = backend.label();
+        let forze = spawn_ready(config(backend.url().as_deref(), "brk-panic", BOTH)).await;
+        let (b, rl) = (
+            forze.breaker("downstream").unwrap(),
+            forze.rate_limit("api").unwrap(),
+        );
+        let load = {
+            let (b, rl) = (b.clone(), rl.clone());
+            tokio::spawn(async move {
+                let stop = Instant::now() + Duration::from_millis(800);
+                let mut decisions = 0;
+                while Instant::now() < stop {
+                    // Never an error, whatever the actor is doing.
+                    b.admit("svc").await.unwrap();
+                    b.record("svc", true).await.unwrap();
+                    rl.try_acquire("svc", 1).await.unwrap();
+                    decisions += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                decisions
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            forze.inject_panic(ChildKind::Resilience).await.unwrap(),
+            "{label}"
+        );
+        let decisions = load.await.unwrap();
+        assert!(decisions > 50, "{label}: {decisions} decisions");
+        let mut stats = None;
+        for _ in 0..100 {
+            if let Ok(Some(s)) = forze.resilience_stats().await {
+                stats = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stats = stats.expect("the restarted actor answers");
+        assert!(
+            stats.breakers[0].1.admits >= decisions,
+            "{label}: counts survive the restart"
+        );
+        assert_eq!(
+            forze.stats().await.unwrap().supervisor.restarts,
+            1,
+            "{label}"
+        );
+        forze.shutdown().await.unwrap();
+    }
+}

@@ -125,6 +125,21 @@ impl ForzeHandle {
         })
     }
 
+    /// Statistics of every breaker and rate-limit policy, from the resilience actor; `None`
+    /// when no policy is configured.
+    pub async fn resilience_stats(&self) -> Result<Option<crate::resilience::ResilienceStats>> {
+        if self.shared.breakers.is_empty() && self.shared.rate_limits.is_empty() {
+            return Ok(None);
+        }
+        call_named(
+            &self.shared.names.resilience(),
+            self.shared.config.supervision.call_timeout,
+            crate::resilience::ResilienceMsg::Stats,
+        )
+        .await
+        .map(Some)
+    }
+
     /// The rate-limit policy `name`, or a `Validation` error naming the unknown policy.
     pub fn rate_limit(&self, name: &str) -> Result<crate::ratelimit::RateLimitHandle> {
         let limiter = self.shared.rate_limits.get(name).cloned().ok_or_else(|| {

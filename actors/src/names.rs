@@ -59,4 +59,9 @@ impl ActorNames {
     pub fn snapshots(&self, name: &str) -> String {
         format!("{}.snapshots.{name}", self.prefix)
     }
+
+    /// `<prefix>.resilience`
+    pub fn resilience(&self) -> String {
+        format!("{}.resilience", self.prefix)
+    }
 }

@@ -8,7 +8,8 @@
 //! ├── <prefix>.tracking          TrackingSubscriber (Redis mode, when a cache has an L1)
 //! ├── <prefix>.heartbeat         Heartbeater (when a lock is configured)
 //! ├── <prefix>.idempotency.<name> IdempotencyActor, a message front door per resource
-//! └── <prefix>.snapshots.<name>  SnapshotActor, a message front door per resource
+//! ├── <prefix>.snapshots.<name>  SnapshotActor, a message front door per resource
+//! └── <prefix>.resilience        ResilienceActor: breaker and rate-limit housekeeping, stats
 //! ```
 //!
 //! - One-for-one restarts: a failed (or unexpectedly stopped) child is restarted alone after a
@@ -54,6 +55,8 @@ pub enum ChildKind {
     Idempotency(String),
     /// The snapshot actor of the named resource.
     Snapshots(String),
+    /// The resilience actor (breakers and rate limits).
+    Resilience,
 }
 
 /// Messages of the supervisor.
@@ -182,6 +185,16 @@ impl ForzeSupervisor {
                 .await?;
                 r.get_cell()
             }
+            ChildKind::Resilience => {
+                let (r, _) = Actor::spawn_linked(
+                    Some(shared.names.resilience()),
+                    crate::resilience::ResilienceActor,
+                    shared.clone(),
+                    myself.get_cell(),
+                )
+                .await?;
+                r.get_cell()
+            }
             ChildKind::Heartbeat => {
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.heartbeat()),
@@ -296,6 +309,9 @@ impl Actor for ForzeSupervisor {
         for name in snaps {
             Self::spawn_child(&myself, &mut state, ChildKind::Snapshots(name)).await?;
         }
+        if !state.shared.breakers.is_empty() || !state.shared.rate_limits.is_empty() {
+            Self::spawn_child(&myself, &mut state, ChildKind::Resilience).await?;
+        }
         tracing::info!(
             prefix = state.shared.names.prefix(),
             mode = if state.shared.connection.is_some() {
@@ -379,6 +395,11 @@ impl Actor for ForzeSupervisor {
                             let _ =
                                 ActorRef::<crate::idempotency::IdempotencyMsg>::from(cell.clone())
                                     .cast(crate::idempotency::IdempotencyMsg::Panic);
+                        }
+                        ChildKind::Resilience => {
+                            let _ =
+                                ActorRef::<crate::resilience::ResilienceMsg>::from(cell.clone())
+                                    .cast(crate::resilience::ResilienceMsg::Panic);
                         }
                         ChildKind::Snapshots(_) => {
                             let _ = ActorRef::<crate::snapshot::SnapshotMsg>::from(cell.clone())

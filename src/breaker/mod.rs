@@ -175,6 +175,18 @@ impl Breakers {
         &self.name
     }
 
+    /// Drop cached phases past their deadline (the resilience actor calls this periodically,
+    /// so routes that stopped being used do not hold memory).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.cache.retain(|_, c| c.until > now);
+    }
+
+    /// Cached phases held now.
+    pub fn cached_routes(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Every transition from now on.
     pub fn transitions(&self) -> broadcast::Receiver<Transition> {
         self.events.subscribe()
