@@ -171,6 +171,10 @@ pub enum ResourceKind {
     Breaker,
     /// Rate limiters (`ratelimit`).
     RateLimit,
+    /// The outcome counts of circuit breakers (`breaker-counts`): kept apart from the breaker
+    /// state (same hash slot, different prefix), so tracking the state prefix sees phase
+    /// changes only, not every recorded outcome.
+    BreakerCounts,
 }
 
 impl ResourceKind {
@@ -184,11 +188,12 @@ impl ResourceKind {
             ResourceKind::Lock => "lock",
             ResourceKind::Breaker => "breaker",
             ResourceKind::RateLimit => "ratelimit",
+            ResourceKind::BreakerCounts => "breaker-counts",
         }
     }
 
     /// Every kind.
-    pub const ALL: [ResourceKind; 7] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Cache,
         ResourceKind::Counter,
         ResourceKind::Idempotency,
@@ -196,6 +201,7 @@ impl ResourceKind {
         ResourceKind::Lock,
         ResourceKind::Breaker,
         ResourceKind::RateLimit,
+        ResourceKind::BreakerCounts,
     ];
 }
 
@@ -293,6 +299,11 @@ impl KeySpace {
             namespace,
             base,
         }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &KeyPrefix {
+        &self.prefix
     }
 
     /// The namespace.

@@ -129,7 +129,13 @@ async fn one_replicas_failures_open_the_breaker_for_all_and_trials_are_bounded_f
                 "{bin}: replica {i} admitted for {at:?}"
             );
         }
-        // While open, admits are answered from memory: no round trip per request.
+        // While open, admits are answered from memory: no round trip per request. (Once the
+        // trip's own invalidation push has landed: it may evict a phase a replica had just
+        // learned, costing that replica one more round trip.)
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for b in &bs {
+            b.admit("svc").await.unwrap();
+        }
         let before: u64 = bs.iter().map(|b| b.stats_now().round_trips).sum();
         for b in &bs {
             for _ in 0..100 {
@@ -269,5 +275,121 @@ per = "1s"
             "{label}"
         );
         forze.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trip_reaches_cached_replicas_through_tracking_far_sooner_than_the_cache_ttl() {
+    // A closed cache of 10 s: only the invalidation push can stop the others this soon.
+    const TRACKED: &str = r#"
+[breakers.downstream]
+min_calls = 4
+break_duration = "5s"
+closed_cache_ttl = "10s"
+"#;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let mut reps = Vec::new();
+        for _ in 0..3 {
+            let mut cfg = config(Some(&server.url()), "brk-track", TRACKED);
+            // Tracking reconnects slowly, so the kill below leaves it down for the second half.
+            cfg.redis.as_mut().unwrap().reconnect.min_delay = Duration::from_secs(3);
+            cfg.redis.as_mut().unwrap().reconnect.max_delay = Duration::from_secs(3);
+            reps.push(spawn_ready(cfg).await);
+        }
+        for r in &reps {
+            let r2 = r.clone();
+            forze_redis_testkit::wait_until_async(Duration::from_secs(10), "tracking", || {
+                let r = r2.clone();
+                async move { matches!(r.tracking_stats().await, Ok(Some(s)) if s.confirmed) }
+            })
+            .await;
+        }
+        let bs: Vec<BreakerHandle> = reps
+            .iter()
+            .map(|r| r.breaker("downstream").unwrap())
+            .collect();
+        for b in &bs[1..] {
+            assert!(b.admit("svc").await.unwrap().allowed);
+            assert_eq!(b.admit("svc").await.unwrap().decided_by, DecidedBy::Cache);
+        }
+        trip(&bs[0], "svc").await;
+        let tripped = Instant::now();
+        for (i, b) in bs.iter().enumerate().skip(1) {
+            let mut stopped = None;
+            for _ in 0..400 {
+                if !b.admit("svc").await.unwrap().allowed {
+                    stopped = Some(tripped.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let at = stopped.expect("stopped admitting");
+            eprintln!(
+                "{bin}: replica {i} stopped admitting {at:?} after the trip (cache TTL 10 s)"
+            );
+            assert!(
+                at < Duration::from_millis(500),
+                "{bin}: replica {i} took {at:?}"
+            );
+        }
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tracking_down_the_closed_cache_ttl_bounds_a_trip() {
+    const UNTRACKED: &str = r#"
+[breakers.downstream]
+min_calls = 4
+break_duration = "5s"
+closed_cache_ttl = "300ms"
+"#;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let mut reps = Vec::new();
+        for _ in 0..2 {
+            let mut cfg = config(Some(&server.url()), "brk-untracked", UNTRACKED);
+            cfg.redis.as_mut().unwrap().reconnect.min_delay = Duration::from_secs(5);
+            cfg.redis.as_mut().unwrap().reconnect.max_delay = Duration::from_secs(5);
+            reps.push(spawn_ready(cfg).await);
+        }
+        // Kill every tracking connection; they stay down for 5 s.
+        for c in server.client_list() {
+            if c.get("name").is_some_and(|n| n.ends_with("-tracking")) {
+                server.cmd(&["CLIENT", "KILL", "ID", &c["id"]]).unwrap();
+            }
+        }
+        let r1 = reps[1].clone();
+        forze_redis_testkit::wait_until_async(Duration::from_secs(5), "tracking lost", || {
+            let r = r1.clone();
+            async move { matches!(r.tracking_stats().await, Ok(Some(s)) if !s.confirmed) }
+        })
+        .await;
+        let (a, b) = (
+            reps[0].breaker("downstream").unwrap(),
+            reps[1].breaker("downstream").unwrap(),
+        );
+        assert!(b.admit("svc").await.unwrap().allowed);
+        trip(&a, "svc").await;
+        let tripped = Instant::now();
+        let mut stopped = None;
+        for _ in 0..400 {
+            if !b.admit("svc").await.unwrap().allowed {
+                stopped = Some(tripped.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let at = stopped.expect("stopped admitting");
+        eprintln!(
+            "{bin}: untracked replica stopped admitting {at:?} after the trip (cache TTL 300 ms)"
+        );
+        assert!(at <= Duration::from_millis(400), "{bin}: {at:?}");
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
     }
 }

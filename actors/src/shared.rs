@@ -202,9 +202,19 @@ impl Shared {
                 Arc::new(Breakers::new(name.clone(), space, cfg, connection.clone())),
             );
         }
+        let needs_l1_tracking = caches.values().any(|c| c.l1().is_some());
         let tracking = match &config.redis {
-            Some(redis) if caches.values().any(|c| c.l1().is_some()) => {
-                Some(TrackingTarget::from_url(&redis.url)?)
+            // Cache L1s and breakers' cached phases are both kept fresh by the subscriber.
+            Some(redis) if needs_l1_tracking || !breakers.is_empty() => {
+                match TrackingTarget::from_url(&redis.url) {
+                    Ok(t) => Some(t),
+                    // An L1 cannot run untracked; breakers can (their cache TTL bounds it).
+                    Err(e) if needs_l1_tracking => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "breaker phases cached by TTL only");
+                        None
+                    }
+                }
             }
             _ => None,
         };

@@ -149,7 +149,9 @@ impl Actor for TrackingSubscriber {
             }
         }
         let targets = l1s(&shared);
-        let prefixes = deoverlap(&targets.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>());
+        let mut all_prefixes: Vec<String> = targets.iter().map(|(p, _)| p.clone()).collect();
+        all_prefixes.extend(shared.breakers.values().map(|b| b.tracking_prefix()));
+        let prefixes = deoverlap(&all_prefixes);
         let task = AbortOnDrop(tokio::spawn(run(
             shared.clone(),
             targets,
@@ -226,10 +228,12 @@ async fn run(
                 stats.confirmed.store(true, Ordering::Release);
                 stats.confirmations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(prefixes = prefixes.len(), "cache tracking confirmed");
+                let breakers: Vec<_> = shared.breakers.values().cloned().collect();
                 let why = serve(
                     &mut conn,
                     &l1s,
                     &caches,
+                    &breakers,
                     stats,
                     redis.health_interval,
                     redis.command_timeout,
@@ -238,6 +242,9 @@ async fn run(
                 stats.confirmed.store(false, Ordering::Release);
                 for (_, l1) in &l1s {
                     l1.flush(FlushReason::TrackingLost, false);
+                }
+                for b in shared.breakers.values() {
+                    b.flush_cache();
                 }
                 stats.losses.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %why, "cache tracking lost; every L1 flushed");
@@ -258,6 +265,7 @@ async fn serve(
     conn: &mut TrackingConnection,
     l1s: &[(String, Arc<L1>)],
     caches: &[(String, Arc<Cache>)],
+    breakers: &[Arc<forze_redis::breaker::Breakers>],
     stats: &TrackingCounters,
     ping_every: Duration,
     pong_within: Duration,
@@ -273,11 +281,16 @@ async fn serve(
                     for key in &keys {
                         if let Some((_, cache)) = caches.iter().find(|(p, _)| key.starts_with(p.as_str())) {
                             cache.apply_invalidation(key);
+                        } else if let Some(b) = breakers.iter().find(|b| key.starts_with(&b.tracking_prefix())) {
+                            b.apply_invalidation(key);
                         }
                     }
                 }
                 Ok(TrackingEvent::Flush) => {
                     stats.server_flushes.fetch_add(1, Ordering::Relaxed);
+                    for b in breakers {
+                        b.flush_cache();
+                    }
                     for (_, l1) in l1s {
                         // Tracking itself is intact: stay trusted, refuse fills in flight.
                         l1.flush(FlushReason::ServerFlush, true);

@@ -130,6 +130,11 @@ pub struct BreakerStats {
 pub struct Breakers {
     name: String,
     space: KeySpace,
+    /// Same namespace, the `breaker-counts` kind: outcome counts, apart from the state.
+    counts_space: KeySpace,
+    /// Bumped by every invalidation push for this policy: a phase read before it moved is
+    /// not cached (the same race rule as the cache L1's fills).
+    epoch: AtomicU64,
     config: BreakerConfig,
     conn: Option<Arc<RedisConnection>>,
     cache: DashMap<String, Cached>,
@@ -150,7 +155,14 @@ impl Breakers {
     ) -> Self {
         let ms = |d: Duration| d.as_millis().max(1).to_string();
         let ttl = (config.window.max(config.break_duration) * 4).max(Duration::from_secs(60));
+        let counts_space = KeySpace::new(
+            space.prefix().clone(),
+            crate::keys::ResourceKind::BreakerCounts,
+            space.namespace().clone(),
+        );
         Breakers {
+            counts_space,
+            epoch: AtomicU64::new(0),
             args: [
                 format!("{:.6}", config.failure_ratio),
                 ms(config.window),
@@ -173,6 +185,25 @@ impl Breakers {
     /// The policy name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The prefix of every state key of this policy: what the tracking subscriber asks the
+    /// server to broadcast invalidations for (state keys change only on phase changes).
+    pub fn tracking_prefix(&self) -> String {
+        self.space.namespace_prefix()
+    }
+
+    /// An invalidation push for `redis_key` (a state key of this policy): drop its cached
+    /// phase, so the next admit asks Redis. A phase read in flight is not cached.
+    pub fn apply_invalidation(&self, redis_key: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.remove(redis_key);
+    }
+
+    /// Drop every cached phase (tracking lost: the closed-cache TTL bounds staleness again).
+    pub fn flush_cache(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.clear();
     }
 
     /// Drop cached phases past their deadline (the resilience actor calls this periodically,
@@ -206,6 +237,11 @@ impl Breakers {
     fn key(&self, route: &str) -> Result<String> {
         let route = if route.is_empty() { "-" } else { route };
         Ok(self.space.key(None, &[route])?.into_string())
+    }
+
+    fn counts_key(&self, route: &str) -> Result<String> {
+        let route = if route.is_empty() { "-" } else { route };
+        Ok(self.counts_space.key(None, &[route])?.into_string())
     }
 
     fn emit(&self, route: &str, to: Phase, local: bool) {
@@ -336,13 +372,15 @@ impl Breakers {
     ) -> Result<Admission> {
         self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let counts = self.counts_key(route)?;
         let [a1, a2, a3, a4, a5, a6] = &self.args;
         let reply: Vec<fred::types::Value> = conn
             .eval(
                 "breaker",
                 Access::Write,
                 &BREAKER,
-                vec![key.to_string()],
+                vec![key.to_string(), counts],
                 vec![
                     action.to_string(),
                     a1.clone(),
@@ -365,7 +403,13 @@ impl Breakers {
         // is carried over to ours, so a skewed local wall clock changes nothing.
         let wait = Duration::from_millis((retry_at - server_now).max(0) as u64);
         let forced = retry_at == 0 && phase == Phase::Open;
+        // An invalidation that arrived while this call was in flight may concern a newer
+        // phase than the one it returned: do not cache it then.
+        let raced = self.epoch.load(Ordering::Acquire) != epoch;
         match phase {
+            _ if raced => {
+                self.cache.remove(key);
+            }
             Phase::Closed if action != "force_closed" => {
                 self.cache.insert(
                     key.to_string(),

@@ -1,38 +1,45 @@
 -- breaker: admit a call or record an outcome for one circuit breaker, on the server clock.
 --
--- KEYS[1]  the breaker: a hash with ph (closed | open | half_open), ws (window start, ms),
---          s, f (successes, failures in the window), oa (when it opened, or when the current
---          round of half-open trials began, ms), hc (half-open calls
---          admitted), fo (forced: open | closed | absent)
+-- KEYS[1]  the state: a hash with ph (closed | open | half_open), oa (when it opened, or when
+--          the current round of half-open trials began, ms), hc (half-open calls admitted),
+--          fo (forced: open | closed | absent). Written only when one of these changes, so
+--          replicas tracking this key hear of phase changes, not of every call.
+-- KEYS[2]  the counts, same hash slot, another prefix: ws (window start, ms), s, f
+--          (successes and failures in the window). Written by every recorded outcome.
 -- ARGV[1]  the action: admit | ok | fail | force_open | force_closed | reset
 -- ARGV[2]  failure ratio that opens it (0 < r ≤ 1)
 -- ARGV[3]  tumbling window, ms
 -- ARGV[4]  minimum calls in the window before the ratio counts
 -- ARGV[5]  break duration, ms
 -- ARGV[6]  most half-open trial calls, fleet-wide
--- ARGV[7]  time to live of the hash, ms
+-- ARGV[7]  time to live of both hashes, ms (forced states persist)
 --
 -- Returns  {allowed 1|0, phase, transition ('' | open | half_open | closed), retry_at ms
---          (when open: when a trial may be admitted), now ms}
+--          (when open and not forced: when a trial may be admitted), now ms}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local act = ARGV[1]
 local ratio, win, minc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local brk, hmax = tonumber(ARGV[5]), tonumber(ARGV[6])
-local v = redis.call('HMGET', KEYS[1], 'ph', 'ws', 's', 'f', 'oa', 'hc', 'fo')
-local ph = v[1] or 'closed'
-local ws, s, f = tonumber(v[2]) or now, tonumber(v[3]) or 0, tonumber(v[4]) or 0
-local oa, hc, fo = tonumber(v[5]) or 0, tonumber(v[6]) or 0, v[7]
+local st = redis.call('HMGET', KEYS[1], 'ph', 'oa', 'hc', 'fo')
+local ct = redis.call('HMGET', KEYS[2], 'ws', 's', 'f')
+local ph, oa, hc, fo = st[1] or 'closed', tonumber(st[2]) or 0, tonumber(st[3]) or 0, st[4]
+local ws, s, f = tonumber(ct[1]) or now, tonumber(ct[2]) or 0, tonumber(ct[3]) or 0
+local before = ph .. '|' .. oa .. '|' .. hc .. '|' .. tostring(fo)
+local counted = false
 local tr, allowed = '', 0
 local function open()
   ph, oa, hc, tr = 'open', now, 0, 'open'
 end
+local function zero()
+  ws, s, f, counted = now, 0, 0, true
+end
 local function roll()
-  if now - ws >= win then ws, s, f = now, 0, 0 end
+  if now - ws >= win then zero() end
 end
 if act == 'force_open' then fo = 'open'; open()
-elseif act == 'force_closed' then fo = 'closed'; ph, ws, s, f, tr = 'closed', now, 0, 0, 'closed'
-elseif act == 'reset' then fo = false; ph, ws, s, f, hc, tr = 'closed', now, 0, 0, 0, 'closed'
+elseif act == 'force_closed' then fo = 'closed'; ph, hc, tr = 'closed', 0, 'closed'; zero()
+elseif act == 'reset' then fo = false; ph, hc, tr = 'closed', 0, 'closed'; zero()
 elseif fo == 'open' then allowed = 0; ph = 'open'
 elseif fo == 'closed' then allowed = 1; ph = 'closed'
 elseif act == 'admit' then
@@ -43,18 +50,24 @@ elseif act == 'admit' then
   if ph == 'closed' then allowed = 1
   elseif ph == 'half_open' and hc < hmax then hc = hc + 1; allowed = 1 end
 elseif act == 'ok' then
-  if ph == 'half_open' then ph, ws, s, f, tr = 'closed', now, 0, 0, 'closed'
-  elseif ph == 'closed' then roll(); s = s + 1 end
+  if ph == 'half_open' then ph, hc, tr = 'closed', 0, 'closed'; zero()
+  elseif ph == 'closed' then roll(); s = s + 1; counted = true end
 elseif act == 'fail' then
   if ph == 'half_open' then open()
   elseif ph == 'closed' then
-    roll(); f = f + 1
-    if s + f >= minc and f / (s + f) >= ratio then open() end
+    roll(); f = f + 1; counted = true
+    if s + f >= minc and f / (s + f) >= ratio then open(); zero() end
   end
 end
-redis.call('HSET', KEYS[1], 'ph', ph, 'ws', ws, 's', s, 'f', f, 'oa', oa, 'hc', hc)
-if fo then redis.call('HSET', KEYS[1], 'fo', fo) else redis.call('HDEL', KEYS[1], 'fo') end
-if fo then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+if before ~= ph .. '|' .. oa .. '|' .. hc .. '|' .. tostring(fo) then
+  redis.call('HSET', KEYS[1], 'ph', ph, 'oa', oa, 'hc', hc)
+  if fo then redis.call('HSET', KEYS[1], 'fo', fo) else redis.call('HDEL', KEYS[1], 'fo') end
+  if fo then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+end
+if counted then
+  redis.call('HSET', KEYS[2], 'ws', ws, 's', s, 'f', f)
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
 local retry_at = 0
 if ph == 'open' and fo ~= 'open' then retry_at = oa + brk end
 return {allowed, ph, tr, retry_at, now}
