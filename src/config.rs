@@ -669,9 +669,17 @@ impl Config {
             if !(c.failure_ratio > 0.0 && c.failure_ratio <= 1.0) {
                 return Err(Error::config(field("failure_ratio"), "must be in (0, 1]"));
             }
-            for (f, d) in [("window", c.window), ("break_duration", c.break_duration)] {
-                if d < Duration::from_millis(1) {
-                    return Err(Error::config(field(f), "must be at least 1ms"));
+            const DAY: Duration = Duration::from_secs(24 * 3600);
+            for (f, d) in [
+                ("window", c.window),
+                ("break_duration", c.break_duration),
+                (
+                    "closed_cache_ttl",
+                    c.closed_cache_ttl.max(Duration::from_millis(1)),
+                ),
+            ] {
+                if d < Duration::from_millis(1) || d > DAY {
+                    return Err(Error::config(field(f), "must be between 1ms and 24h"));
                 }
             }
             if c.min_calls == 0 || c.half_open_max_calls == 0 {
@@ -695,8 +703,11 @@ impl Config {
             if c.permits == 0 {
                 return Err(Error::config(field("permits"), "must be at least 1"));
             }
-            if c.per < Duration::from_millis(1) {
-                return Err(Error::config(field("per"), "must be at least 1ms"));
+            if c.per < Duration::from_millis(1) || c.per > Duration::from_secs(366 * 24 * 3600) {
+                return Err(Error::config(
+                    field("per"),
+                    "must be between 1ms and 366 days",
+                ));
             }
             if c.burst == Some(0) {
                 return Err(Error::config(field("burst"), "must be at least 1"));

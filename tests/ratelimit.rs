@@ -22,6 +22,9 @@ per = "1s"
 [rate_limits.ten]
 permits = 10
 per = "1s"
+[rate_limits.slow]
+permits = 1
+per = "30days"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,6 +41,27 @@ async fn rate_limit_battery_on_every_backend() {
             e.kind(),
             ErrorKind::Validation,
             "{label}: above the capacity"
+        );
+        // A slow limit keeps its precision: one permit per 30 days.
+        let slow = forze.rate_limit("slow").unwrap();
+        assert!(slow.try_acquire("r", 1).await.unwrap().allowed, "{label}");
+        let d = slow.try_acquire("r", 1).await.unwrap();
+        let month = Duration::from_secs(30 * 24 * 3600);
+        assert!(!d.allowed, "{label}");
+        assert!(
+            month - d.retry_after < Duration::from_secs(5),
+            "{label}: {:?}",
+            d.retry_after
+        );
+        let e = slow
+            .acquire("r", 1, Duration::from_millis(10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Throttled, "{label}");
+        // An unrepresentable wait is "no deadline", not a panic.
+        assert!(
+            five.acquire("r", 1, Duration::MAX).await.unwrap().allowed,
+            "{label}"
         );
         // Routes are separate buckets.
         assert!(

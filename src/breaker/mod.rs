@@ -154,7 +154,11 @@ impl Breakers {
         conn: Option<Arc<RedisConnection>>,
     ) -> Self {
         let ms = |d: Duration| d.as_millis().max(1).to_string();
-        let ttl = (config.window.max(config.break_duration) * 4).max(Duration::from_secs(60));
+        let ttl = config
+            .window
+            .max(config.break_duration)
+            .saturating_mul(4)
+            .max(Duration::from_secs(60));
         let counts_space = KeySpace::new(
             space.prefix().clone(),
             crate::keys::ResourceKind::BreakerCounts,
@@ -403,6 +407,7 @@ impl Breakers {
         // is carried over to ours, so a skewed local wall clock changes nothing.
         let wait = Duration::from_millis((retry_at - server_now).max(0) as u64);
         let forced = retry_at == 0 && phase == Phase::Open;
+        let allowed = allowed.as_i64() == Some(1);
         // An invalidation that arrived while this call was in flight may concern a newer
         // phase than the one it returned: do not cache it then.
         let raced = self.epoch.load(Ordering::Acquire) != epoch;
@@ -435,14 +440,14 @@ impl Breakers {
         if let Some(t) = transition.as_string().filter(|t| !t.is_empty()) {
             self.emit(route, Phase::parse(&t), false);
         }
+        // An invalidation that landed between the epoch check and the insert: undo.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.cache.remove(key);
+        }
         Ok(Admission {
-            allowed: allowed.as_i64() == Some(1),
+            allowed,
             phase,
-            retry_after: if phase == Phase::Open {
-                wait
-            } else {
-                Duration::ZERO
-            },
+            retry_after: if allowed { Duration::ZERO } else { wait },
             decided_by: DecidedBy::Redis,
         })
     }
@@ -545,12 +550,12 @@ impl Breakers {
             }
             (Phase::Closed, true) => {
                 roll(&mut s);
-                s.successes += 1;
+                s.successes = s.successes.saturating_add(1);
             }
             (Phase::Closed, false) => {
                 roll(&mut s);
-                s.failures += 1;
-                let total = s.successes + s.failures;
+                s.failures = s.failures.saturating_add(1);
+                let total = s.successes.saturating_add(s.failures);
                 if total >= self.config.min_calls
                     && f64::from(s.failures) / f64::from(total) >= self.config.failure_ratio
                 {

@@ -102,7 +102,12 @@ impl RateLimiter {
         // Long enough for an idle bucket to refill completely: expiry is a full bucket.
         let ttl_ms = ((f64::from(cap) / rate) * 2.0).ceil().max(1000.0) as u64;
         RateLimiter {
-            fixed_args: [format!("{rate:.9}"), cap.to_string(), ttl_ms.to_string()],
+            // The rate as exact integers: a decimal would round slow limits (1 per day) away.
+            fixed_args: [
+                format!("{}/{}", config.permits, config.per.as_millis().max(1)),
+                cap.to_string(),
+                ttl_ms.to_string(),
+            ],
             name: name.into(),
             space,
             config: config.clone(),
@@ -178,14 +183,20 @@ impl RateLimiter {
     /// `retry_after` it reports). `Throttled` with the remaining wait when it cannot be done
     /// in time.
     pub async fn acquire(&self, route: &str, n: u32, max_wait: Duration) -> Result<Decision> {
-        let deadline = Instant::now() + max_wait;
+        // A wait too long to represent is "no deadline".
+        let deadline = Instant::now().checked_add(max_wait);
         loop {
             let d = self.try_acquire(route, n).await?;
             if d.allowed {
                 return Ok(d);
             }
-            let now = Instant::now();
-            if now + d.retry_after > deadline {
+            let ready = Instant::now().checked_add(d.retry_after);
+            let too_late = match (ready, deadline) {
+                (None, _) => true,
+                (Some(r), Some(dl)) => r > dl,
+                (Some(_), None) => false,
+            };
+            if too_late {
                 return Err(Error::Throttled {
                     retry_after: d.retry_after,
                 });
@@ -226,7 +237,7 @@ impl RateLimiter {
             Err(e) => {
                 // Not charged after all (the call may not have run): owe it again. A call
                 // whose outcome is unknown may charge twice; it never grants twice.
-                if owed > 0.0 && e.kind() != ErrorKind::OutcomeUnknown {
+                if owed > 0.0 && e.kind() == ErrorKind::Unavailable {
                     *self.owed.entry(key.to_string()).or_insert(0.0) += owed;
                 }
                 return Err(e);

@@ -15,7 +15,8 @@
 -- ARGV[7]  time to live of both hashes, ms (forced states persist)
 --
 -- Returns  {allowed 1|0, phase, transition ('' | open | half_open | closed), retry_at ms
---          (when open and not forced: when a trial may be admitted), now ms}
+--          (when open and not forced, or refused while half-open: when a call may be
+--          admitted), now ms}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local act = ARGV[1]
@@ -70,4 +71,6 @@ if counted then
 end
 local retry_at = 0
 if ph == 'open' and fo ~= 'open' then retry_at = oa + brk end
+-- Refused while half-open: the trial slots free up one break duration after this round began.
+if ph == 'half_open' and allowed == 0 then retry_at = oa + brk end
 return {allowed, ph, tr, retry_at, now}
