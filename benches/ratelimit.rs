@@ -91,10 +91,11 @@ async fn main() {
         .expect("pool"),
     );
     safe.pool().init().await.expect("connect");
-    // The same arguments the handle sends for this policy (rate per ms, capacity, n, ttl, debt).
+    // The same arguments the handle sends for this policy (permits/period ms, capacity, n, ttl,
+    // debt).
     let args = |_t: usize, _i: usize| {
         vec![
-            "100000.000000000".to_string(),
+            "100000000/1000".to_string(),
             "100000000".to_string(),
             "1".to_string(),
             "2000".to_string(),
