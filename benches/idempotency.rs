@@ -4,20 +4,13 @@
 //!
 //! `cargo bench --bench idempotency` (release build).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use forze_redis::connection::RedisConnection;
 use forze_redis::error::Access;
 use forze_redis::idempotency::{Begin, IdemRequest};
 use forze_redis::scripts::{IDEM_BEGIN, IDEM_COMMIT};
-use forze_redis::Config;
-use forze_redis_actors::Forze;
-use forze_redis_testkit::{server_binaries, ServerKind, TestServer};
 use fred::interfaces::{ClientLike, LuaInterface};
 
-const ROUNDS: usize = 5;
-const TASKS: usize = 64;
 const PER_TASK: usize = 400;
 
 /// Distinguishes the rounds, so every request of every round is fresh.
@@ -27,87 +20,23 @@ fn nonce() -> u64 {
     ROUND.fetch_add(1, Ordering::Relaxed)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-async fn throughput<F, Fut>(op: F) -> f64
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                for i in 0..PER_TASK {
-                    op(t, i).await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    (TASKS * PER_TASK) as f64 / started.elapsed().as_secs_f64()
-}
-
 #[tokio::main]
 async fn main() {
-    let bin = server_binaries()
-        .into_iter()
-        .find(|b| b.kind == ServerKind::Redis)
-        .unwrap_or_else(|| server_binaries().remove(0));
-    let server = TestServer::start(&bin);
-    println!("server: {} {}", bin.kind, bin.version);
-    let config = Config::from_toml_str(&format!(
-        "[redis]\nurl = \"{}\"\npool_size = 4\n[idempotency.bench]\n[supervision]\nname_prefix = \"bench\"",
-        server.url()
-    ))
-    .expect("config");
-    let (forze, _join) = Forze::spawn(config).await.expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while forze.health().state != forze_redis::connection::HealthState::Up
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let server = common::server();
+    let forze = common::spawn(&server.url(), "[idempotency.bench]").await;
     let idem = forze.idempotency("bench").expect("idempotency");
-    let direct = fred::types::Builder::from_config(
-        fred::types::config::Config::from_url(&server.url()).expect("url"),
-    )
-    .build_pool(4)
-    .expect("pool");
-    direct.init().await.expect("connect");
+    let direct = common::direct_pool(&server.url()).await;
     // Load the scripts so the direct side's EVALSHA never misses.
     for s in [&*IDEM_BEGIN, &*IDEM_COMMIT] {
         let _: String = direct.next().script_load(s.source()).await.expect("load");
     }
-    // fred direct on a pool built with our connection settings (per-command timeout,
-    // unresponsive detection, one attempt per write): the cost of those settings, which bare
-    // fred lacks, apart from the cost of our code.
-    let safe = Arc::new(
-        RedisConnection::build(
-            &Config::from_toml_str(&format!(
-                "[redis]\nurl = \"{}\"\npool_size = 4",
-                server.url()
-            ))
-            .expect("config")
-            .redis
-            .expect("redis"),
-        )
-        .expect("pool"),
-    );
-    safe.pool().init().await.expect("connect");
+    let safe = common::same_settings_pool(&server.url()).await;
 
     let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..common::ROUNDS {
         let h = idem.clone();
         ours.push(
-            throughput(move |t, i| {
+            common::throughput(PER_TASK, move |t, i| {
                 let h = h.clone();
                 async move {
                     let r = IdemRequest::new("bench", format!("ours-{t}-{i}-{}", nonce()), "ph");
@@ -121,7 +50,7 @@ async fn main() {
         );
         let d = direct.clone();
         theirs.push(
-            throughput(move |t, i| {
+            common::throughput(PER_TASK, move |t, i| {
                 let d = d.clone();
                 async move {
                     let key = format!("forze:idem:{{direct:_:bench:{t}-{i}-{}}}", nonce());
@@ -157,7 +86,7 @@ async fn main() {
         );
         let sf = safe.clone();
         same.push(
-            throughput(move |t, i| {
+            common::throughput(PER_TASK, move |t, i| {
                 let sf = sf.clone();
                 async move {
                     let key = format!("forze:idem:{{same:_:bench:{t}-{i}-{}}}", nonce());
@@ -194,15 +123,12 @@ async fn main() {
             .await,
         );
     }
-    let (o, t, s) = (median(ours), median(theirs), median(same));
-    println!(
-        "idempotency_begin_commit_c64: ours {o:.0} pairs/s, fred EVALSHA direct {t:.0} pairs/s, \
-         fred with our settings {s:.0} pairs/s"
-    );
-    println!("ratio idempotency_begin_commit_c64 {:.3}", o / t);
-    println!(
-        "ratio idempotency_begin_commit_c64_vs_fred_same_settings {:.3}",
-        o / s
+    common::report(
+        "idempotency_begin_commit_c64",
+        "pairs/s",
+        ours,
+        theirs,
+        same,
     );
     let _ = direct.quit().await;
     forze.shutdown().await.expect("shutdown");

@@ -4,108 +4,39 @@
 //!
 //! `cargo bench --bench lock` (release build).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use forze_redis::connection::RedisConnection;
+use std::sync::Arc;
+
 use forze_redis::error::Access;
 use forze_redis::lock::LockId;
 use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
-use forze_redis::Config;
-use forze_redis_actors::Forze;
-use forze_redis_testkit::{server_binaries, ServerKind, TestServer};
 use fred::interfaces::{ClientLike, LuaInterface};
 
-const ROUNDS: usize = 5;
-const TASKS: usize = 64;
 const PER_TASK: usize = 400;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-async fn throughput<F, Fut>(op: F) -> f64
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                for i in 0..PER_TASK {
-                    op(t, i).await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    (TASKS * PER_TASK) as f64 / started.elapsed().as_secs_f64()
-}
 
 #[tokio::main]
 async fn main() {
-    let bin = server_binaries()
-        .into_iter()
-        .find(|b| b.kind == ServerKind::Redis)
-        .unwrap_or_else(|| server_binaries().remove(0));
-    let server = TestServer::start(&bin);
-    println!("server: {} {}", bin.kind, bin.version);
-    let config = Config::from_toml_str(&format!(
-        "[redis]\nurl = \"{}\"\npool_size = 4\n[locks.bench]\nlease = \"30s\"\n[supervision]\nname_prefix = \"bench\"",
-        server.url()
-    ))
-    .expect("config");
-    let (forze, _join) = Forze::spawn(config).await.expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while forze.health().state != forze_redis::connection::HealthState::Up
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let server = common::server();
+    let forze = common::spawn(&server.url(), "[locks.bench]\nlease = \"30s\"").await;
     let lock = forze.lock("bench").expect("lock");
-    let direct = fred::types::Builder::from_config(
-        fred::types::config::Config::from_url(&server.url()).expect("url"),
-    )
-    .build_pool(4)
-    .expect("pool");
-    direct.init().await.expect("connect");
+    let direct = common::direct_pool(&server.url()).await;
     // Load the scripts so the direct side's EVALSHA never misses.
     for s in [&*LOCK_ACQUIRE, &*LOCK_RELEASE] {
         let _: String = direct.next().script_load(s.source()).await.expect("load");
     }
-    // fred direct on a pool built with our connection settings (per-command timeout,
-    // unresponsive detection, one attempt per write): the cost of those settings, which bare
-    // fred lacks, apart from the cost of our code.
-    let safe = Arc::new(
-        RedisConnection::build(
-            &Config::from_toml_str(&format!(
-                "[redis]\nurl = \"{}\"\npool_size = 4",
-                server.url()
-            ))
-            .expect("config")
-            .redis
-            .expect("redis"),
-        )
-        .expect("pool"),
-    );
-    safe.pool().init().await.expect("connect");
+    let safe = common::same_settings_pool(&server.url()).await;
     let names: Arc<Vec<LockId>> = Arc::new(
-        (0..TASKS)
+        (0..common::TASKS)
             .map(|t| LockId::new(format!("ours{t}")))
             .collect(),
     );
 
     let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..common::ROUNDS {
         let (l, n) = (lock.clone(), names.clone());
         ours.push(
-            throughput(move |t, _| {
+            common::throughput(PER_TASK, move |t, _| {
                 let (l, n) = (l.clone(), n.clone());
                 async move {
                     let g = l.try_acquire(&n[t]).await.expect("acquire").expect("free");
@@ -116,7 +47,7 @@ async fn main() {
         );
         let d = direct.clone();
         theirs.push(
-            throughput(move |t, i| {
+            common::throughput(PER_TASK, move |t, i| {
                 let d = d.clone();
                 async move {
                     let key = format!("forze:lock:{{direct:_:d{t}}}");
@@ -143,7 +74,7 @@ async fn main() {
         );
         let sf = safe.clone();
         same.push(
-            throughput(move |t, i| {
+            common::throughput(PER_TASK, move |t, i| {
                 let sf = sf.clone();
                 async move {
                     let key = format!("forze:lock:{{same:_:s{t}}}");
@@ -175,16 +106,7 @@ async fn main() {
             .await,
         );
     }
-    let (o, t, s) = (median(ours), median(theirs), median(same));
-    println!(
-        "lock_acquire_release_c64: ours {o:.0} pairs/s, fred EVALSHA direct {t:.0} pairs/s, \
-         fred with our settings {s:.0} pairs/s"
-    );
-    println!("ratio lock_acquire_release_c64 {:.3}", o / t);
-    println!(
-        "ratio lock_acquire_release_c64_vs_fred_same_settings {:.3}",
-        o / s
-    );
+    common::report("lock_acquire_release_c64", "pairs/s", ours, theirs, same);
     let _ = direct.quit().await;
     forze.shutdown().await.expect("shutdown");
 }
