@@ -21,9 +21,11 @@ lease = "2s"
 retry_min = "1ms"
 retry_max = "5ms"
 [locks.short]
-lease = "600ms"
-extend_every = "150ms"
-drift_margin = "100ms"
+# Short enough to expire within a test, long enough that a loaded 2-core CI machine never
+# misses a renewal for scheduling reasons alone.
+lease = "1200ms"
+extend_every = "200ms"
+drift_margin = "200ms"
 retry_min = "5ms"
 retry_max = "20ms"
 [locks.tenanted]
@@ -196,7 +198,7 @@ async fn expiry_and_steal_raise_the_token_and_fire_lost(forze: &ForzeHandle, lab
         fired + Duration::from_millis(5) >= deadline,
         "{label}: fired far too early"
     );
-    // The server lease (600 ms) outlives the local deadline (500 ms): a steal must wait it out.
+    // The server lease (1.2 s) outlives the local deadline (1 s): a steal must wait it out.
     let stolen = short
         .acquire(&id("expiring"), Duration::from_secs(3))
         .await
@@ -220,7 +222,7 @@ async fn expiry_and_steal_raise_the_token_and_fire_lost(forze: &ForzeHandle, lab
 async fn the_heartbeater_keeps_a_lease_alive_past_its_lease(forze: &ForzeHandle, label: &str) {
     let short = forze.lock("short").unwrap();
     let g = short.try_acquire(&id("kept")).await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!g.is_lost(), "{label}: renewed lease was lost");
     assert_eq!(
         short.owner(&id("kept")).await.unwrap().map(|(o, _)| o),
@@ -230,7 +232,7 @@ async fn the_heartbeater_keeps_a_lease_alive_past_its_lease(forze: &ForzeHandle,
     assert!(g.deadline() > Instant::now());
     // The heartbeater restarted mid-lease keeps renewing.
     assert!(forze.inject_panic(ChildKind::Heartbeat).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         !g.is_lost(),
         "{label}: lease lost across a heartbeater restart"
