@@ -52,6 +52,10 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Circuit-breaker policies by name.
     pub breakers: BTreeMap<String, BreakerConfig>,
+    /// The local clock breakers and rate limiters read (the system clock; not configurable
+    /// from a file). Tests inject a skewed one with [`Config::with_clock`].
+    #[serde(skip)]
+    pub clock: crate::clock::SharedClock,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             snapshots: BTreeMap::new(),
             rate_limits: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            clock: Default::default(),
         }
     }
 }
@@ -552,6 +557,13 @@ impl RedisConfig {
 }
 
 impl Config {
+    /// This configuration with another local clock for breakers and rate limiters (tests and
+    /// drills: a replica whose clock is skewed).
+    pub fn with_clock(mut self, clock: impl crate::clock::Clock + 'static) -> Self {
+        self.clock = crate::clock::SharedClock(std::sync::Arc::new(clock));
+        self
+    }
+
     /// Parse and validate a TOML document. Errors name the offending field.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         let de = toml::Deserializer::parse(text)

@@ -18,6 +18,7 @@
 //! | [`snapshot`] | search-result snapshots: runs written in order, paged in one round trip |
 //! | [`ratelimit`] | fleet-wide token buckets on the server clock, with a local fallback |
 //! | [`breaker`] | fleet-wide circuit breakers on the server clock, local cache and fallback |
+//! | [`clock`] | the injectable local clock breakers and rate limiters read |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
 //! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
@@ -25,6 +26,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod counter;

@@ -91,6 +91,16 @@ async fn breaker_battery_on_every_backend() {
             b.admit("g").await.unwrap().allowed,
             "{label}: forced closed"
         );
+        // Forcing or resetting to the phase it already has is no transition.
+        let mut events = b.transitions();
+        b.reset("f").await.unwrap();
+        b.force_open("h").await.unwrap();
+        b.force_open("h").await.unwrap();
+        let mut seen = Vec::new();
+        while let Ok(ev) = events.try_recv() {
+            seen.push((ev.route, ev.to));
+        }
+        assert_eq!(seen, [("h".to_string(), Phase::Open)], "{label}");
         forze.shutdown().await.unwrap();
     }
 }
@@ -183,7 +193,15 @@ async fn redis_killed_mid_load_falls_back_without_errors_and_comes_back() {
         let forze = spawn_ready(config(Some(&server.url()), "brk-down", RESOURCES)).await;
         let b = forze.breaker("downstream").unwrap();
         assert!(b.admit("svc").await.unwrap().allowed);
+        // Open in Redis when it goes: the fallback starts open, not closed.
+        trip(&b, "tripped").await;
         server.stop();
+        let a = b.admit("tripped").await.unwrap();
+        // (Open, or half-open if the 300 ms break ended while the outage was being noticed.)
+        assert!(
+            a.decided_by == DecidedBy::Fallback && a.phase != Phase::Closed,
+            "{bin}: the fallback starts where the fleet was: {a:?}"
+        );
         tokio::time::sleep(Duration::from_millis(150)).await; // past the closed-cache TTL
         for _ in 0..20 {
             let a = b.admit("svc").await.unwrap();
@@ -388,6 +406,134 @@ closed_cache_ttl = "300ms"
             "{bin}: untracked replica stopped admitting {at:?} after the trip (cache TTL 300 ms)"
         );
         assert!(at <= Duration::from_millis(400), "{bin}: {at:?}");
+        // A reset made elsewhere is seen within the same TTL, not at the end of the 5 s break:
+        // untracked, an open phase is not cached longer than a closed one.
+        a.reset("svc").await.unwrap();
+        let reset = Instant::now();
+        let mut admitted = None;
+        for _ in 0..400 {
+            if b.admit("svc").await.unwrap().allowed {
+                admitted = Some(reset.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let at = admitted.expect("admitting again after the reset");
+        eprintln!("{bin}: untracked replica saw the reset after {at:?} (break 5 s, TTL 300 ms)");
+        assert!(at <= Duration::from_millis(400), "{bin}: {at:?}");
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_skewed_clocks_decide_as_the_others() {
+    use forze_redis::clock::{SignedDuration, SkewedClock};
+    use std::time::SystemTime;
+    const SKEW: &str = r#"
+[breakers.downstream]
+min_calls = 4
+break_duration = "600ms"
+half_open_max_calls = 2
+closed_cache_ttl = "50ms"
+[rate_limits.five]
+permits = 5
+per = "1s"
+"#;
+    let hour = Duration::from_secs(3600);
+    let clocks = [
+        None,
+        Some(SkewedClock {
+            wall_ahead: SignedDuration::Ahead(hour),
+            monotonic_ahead: 3 * hour,
+        }),
+        Some(SkewedClock {
+            wall_ahead: SignedDuration::Behind(hour / 4 * 3),
+            monotonic_ahead: Duration::ZERO,
+        }),
+    ];
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let mut reps = Vec::new();
+        for clock in clocks {
+            let cfg = config(Some(&server.url()), "brk-skew", SKEW);
+            let cfg = match clock {
+                Some(c) => cfg.with_clock(c),
+                None => cfg,
+            };
+            reps.push(spawn_ready(cfg).await);
+        }
+        let bs: Vec<BreakerHandle> = reps
+            .iter()
+            .map(|r| r.breaker("downstream").unwrap())
+            .collect();
+        // The replica an hour ahead trips it: its transition carries the server's time.
+        let mut events = bs[1].transitions();
+        trip(&bs[1], "svc").await;
+        let ev = events.recv().await.unwrap();
+        assert_eq!(ev.to, Phase::Open);
+        let off = SystemTime::now()
+            .duration_since(ev.at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            off < Duration::from_secs(2),
+            "{bin}: transition stamped {off:?} off"
+        );
+        // Every replica refuses with the same wait (all measured from the server's retry_at).
+        let mut waits = Vec::new();
+        for b in &bs {
+            let a = b.admit("svc").await.unwrap();
+            assert!(!a.allowed, "{bin}");
+            waits.push(a.retry_after);
+        }
+        for (i, w) in waits.iter().enumerate() {
+            assert!(
+                w.abs_diff(waits[0]) <= Duration::from_millis(15)
+                    && *w > Duration::from_millis(400),
+                "{bin}: replica {i} waits {w:?}, replica 0 {:?}",
+                waits[0]
+            );
+        }
+        // Just before the break ends every replica still refuses; just after, the replicas
+        // together get exactly the two fleet-wide trials.
+        tokio::time::sleep(waits[0].saturating_sub(Duration::from_millis(100))).await;
+        for (i, b) in bs.iter().enumerate() {
+            assert!(
+                !b.admit("svc").await.unwrap().allowed,
+                "{bin}: replica {i} early"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(130)).await;
+        let mut trials = 0;
+        for b in &bs {
+            for _ in 0..2 {
+                if b.admit("svc").await.unwrap().allowed {
+                    trials += 1;
+                }
+            }
+        }
+        assert_eq!(trials, 2, "{bin}: half-open trials across skewed replicas");
+        // Rate limits: the bucket one replica drained is empty for the skewed ones, with the
+        // same retry_after.
+        let rls: Vec<_> = reps.iter().map(|r| r.rate_limit("five").unwrap()).collect();
+        for _ in 0..5 {
+            assert!(rls[0].try_acquire("svc", 1).await.unwrap().allowed);
+        }
+        let mut retry = Vec::new();
+        for rl in &rls {
+            let d = rl.try_acquire("svc", 1).await.unwrap();
+            assert!(!d.allowed, "{bin}");
+            retry.push(d.retry_after);
+        }
+        for (i, r) in retry.iter().enumerate() {
+            assert!(
+                r.abs_diff(retry[0]) <= Duration::from_millis(10)
+                    && *r > Duration::from_millis(150),
+                "{bin}: replica {i} retry_after {r:?} vs {:?}",
+                retry[0]
+            );
+        }
         for r in reps {
             r.shutdown().await.unwrap();
         }

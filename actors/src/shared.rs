@@ -187,6 +187,7 @@ impl Shared {
                     space,
                     cfg,
                     connection.clone(),
+                    config.clock.clone(),
                 )),
             );
         }
@@ -199,7 +200,13 @@ impl Shared {
             );
             breakers.insert(
                 name.clone(),
-                Arc::new(Breakers::new(name.clone(), space, cfg, connection.clone())),
+                Arc::new(Breakers::new(
+                    name.clone(),
+                    space,
+                    cfg,
+                    connection.clone(),
+                    config.clock.clone(),
+                )),
             );
         }
         let needs_l1_tracking = caches.values().any(|c| c.l1().is_some());

@@ -93,6 +93,9 @@ impl Drop for FlushOnDrop {
         for l1 in l1s(&self.shared).into_iter().map(|(_, l1)| l1) {
             l1.flush(FlushReason::SubscriberRestart, false);
         }
+        for b in self.shared.breakers.values() {
+            b.set_tracked(false);
+        }
     }
 }
 
@@ -225,6 +228,9 @@ async fn run(
                     }
                     return;
                 }
+                for b in shared.breakers.values() {
+                    b.set_tracked(true);
+                }
                 stats.confirmed.store(true, Ordering::Release);
                 stats.confirmations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(prefixes = prefixes.len(), "cache tracking confirmed");
@@ -244,7 +250,7 @@ async fn run(
                     l1.flush(FlushReason::TrackingLost, false);
                 }
                 for b in shared.breakers.values() {
-                    b.flush_cache();
+                    b.set_tracked(false);
                 }
                 stats.losses.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %why, "cache tracking lost; every L1 flushed");

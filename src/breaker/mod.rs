@@ -12,13 +12,15 @@
 //! - **Events.** Every transition the script reports is traced and sent on a broadcast channel
 //!   ([`Breakers::transitions`]).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
+use crate::clock::{from_unix_ms, SharedClock};
 use crate::config::BreakerConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
@@ -83,6 +85,9 @@ pub struct Transition {
     pub to: Phase,
     /// Whether the fallback (not the fleet) made it.
     pub local: bool,
+    /// When: the server's clock for the fleet's transitions, this host's wall clock for the
+    /// fallback's.
+    pub at: SystemTime,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +140,11 @@ pub struct Breakers {
     /// Bumped by every invalidation push for this policy: a phase read before it moved is
     /// not cached (the same race rule as the cache L1's fills).
     epoch: AtomicU64,
+    /// Whether the tracking subscriber is confirmed: an open phase is then cached until its
+    /// `retry_at` (a reset elsewhere would be pushed); otherwise no longer than
+    /// `closed_cache_ttl`, like a closed one.
+    tracked: AtomicBool,
+    clock: SharedClock,
     config: BreakerConfig,
     conn: Option<Arc<RedisConnection>>,
     cache: DashMap<String, Cached>,
@@ -152,6 +162,7 @@ impl Breakers {
         space: KeySpace,
         config: &BreakerConfig,
         conn: Option<Arc<RedisConnection>>,
+        clock: SharedClock,
     ) -> Self {
         let ms = |d: Duration| d.as_millis().max(1).to_string();
         let ttl = config
@@ -167,6 +178,8 @@ impl Breakers {
         Breakers {
             counts_space,
             epoch: AtomicU64::new(0),
+            tracked: AtomicBool::new(false),
+            clock,
             args: [
                 format!("{:.6}", config.failure_ratio),
                 ms(config.window),
@@ -204,16 +217,27 @@ impl Breakers {
         self.cache.remove(redis_key);
     }
 
-    /// Drop every cached phase (tracking lost: the closed-cache TTL bounds staleness again).
+    /// Drop every cached phase (a server flush, or tracking lost).
     pub fn flush_cache(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
     }
 
+    /// The tracking subscriber confirmed (`true`) or lost (`false`) invalidations for this
+    /// policy. Lost: every cached phase is dropped and, until confirmed again, none is served
+    /// longer than `closed_cache_ttl` (an open one included, so a reset made by another replica
+    /// is seen within that TTL).
+    pub fn set_tracked(&self, tracked: bool) {
+        self.tracked.store(tracked, Ordering::Release);
+        if !tracked {
+            self.flush_cache();
+        }
+    }
+
     /// Drop cached phases past their deadline (the resilience actor calls this periodically,
     /// so routes that stopped being used do not hold memory).
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.cache.retain(|_, c| c.until > now);
     }
 
@@ -248,13 +272,14 @@ impl Breakers {
         Ok(self.counts_space.key(None, &[route])?.into_string())
     }
 
-    fn emit(&self, route: &str, to: Phase, local: bool) {
+    fn emit(&self, route: &str, to: Phase, local: bool, at: SystemTime) {
         tracing::info!(policy = %self.name, route, ?to, local, "circuit breaker transition");
         let _ = self.events.send(Transition {
             policy: self.name.clone(),
             route: route.to_string(),
             to,
             local,
+            at,
         });
     }
 
@@ -262,7 +287,7 @@ impl Breakers {
     pub async fn admit(&self, route: &str) -> Result<Admission> {
         let key = self.key(route)?;
         self.counters.admits.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let now = self.clock.now();
         let cached = self.cache.get(&key).map(|c| *c);
         let decision = match (&self.conn, cached) {
             (Some(_), Some(c)) if c.until > now && c.phase == Phase::Closed => Admission {
@@ -357,11 +382,14 @@ impl Breakers {
                     "force_closed" => (Phase::Closed, Some(Phase::Closed)),
                     _ => (Phase::Closed, None),
                 };
-                let mut state = Self::fresh(Instant::now());
+                let mut state = Self::fresh(self.clock.now());
+                let before = self.local.get(&key).map(|s| s.phase);
                 state.phase = phase;
                 state.forced = forced;
                 self.local.insert(key, state);
-                self.emit(route, phase, true);
+                if before.unwrap_or(Phase::Closed) != phase {
+                    self.emit(route, phase, true, self.clock.wall());
+                }
             }
         }
         Ok(())
@@ -375,7 +403,7 @@ impl Breakers {
         action: &'static str,
     ) -> Result<Admission> {
         self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
+        let sent = self.clock.now();
         let epoch = self.epoch.load(Ordering::Acquire);
         let counts = self.counts_key(route)?;
         let [a1, a2, a3, a4, a5, a6] = &self.args;
@@ -425,11 +453,16 @@ impl Breakers {
                 );
             }
             Phase::Open if !forced => {
+                let hold = if self.tracked.load(Ordering::Acquire) {
+                    wait
+                } else {
+                    wait.min(self.config.closed_cache_ttl)
+                };
                 self.cache.insert(
                     key.to_string(),
                     Cached {
                         phase,
-                        until: sent + wait,
+                        until: sent + hold,
                     },
                 );
             }
@@ -437,8 +470,9 @@ impl Breakers {
                 self.cache.remove(key);
             }
         }
+        self.seed_fallback(key, phase, forced, sent, wait);
         if let Some(t) = transition.as_string().filter(|t| !t.is_empty()) {
-            self.emit(route, Phase::parse(&t), false);
+            self.emit(route, Phase::parse(&t), false, from_unix_ms(server_now));
         }
         // An invalidation that landed between the epoch check and the insert: undo.
         if self.epoch.load(Ordering::Acquire) != epoch {
@@ -450,6 +484,33 @@ impl Breakers {
             retry_after: if allowed { Duration::ZERO } else { wait },
             decided_by: DecidedBy::Redis,
         })
+    }
+
+    /// Keep the fallback breaker of `key` in the phase Redis last gave, so an outage starts
+    /// where the fleet was: open (ending when the fleet's break ends) or closed. Half-open and
+    /// forced phases leave it as it is.
+    fn seed_fallback(&self, key: &str, phase: Phase, forced: bool, sent: Instant, wait: Duration) {
+        let seeded = match phase {
+            Phase::Open if !forced => {
+                let ends = sent + wait;
+                let opened_at = ends.checked_sub(self.config.break_duration).unwrap_or(sent);
+                LocalState {
+                    phase: Phase::Open,
+                    opened_at,
+                    ..Self::fresh(sent)
+                }
+            }
+            Phase::Closed if !forced => Self::fresh(sent),
+            _ => return,
+        };
+        match self.local.get_mut(key) {
+            Some(mut s) if s.phase != seeded.phase || seeded.phase == Phase::Open => *s = seeded,
+            Some(_) => {}
+            None if seeded.phase == Phase::Open => {
+                self.local.insert(key.to_string(), seeded);
+            }
+            None => {}
+        }
     }
 
     fn fresh(now: Instant) -> LocalState {
@@ -465,7 +526,7 @@ impl Breakers {
     }
 
     fn local_admit(&self, key: &str, route: &str, decided_by: DecidedBy) -> Admission {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut s = self
             .local
             .entry(key.to_string())
@@ -511,7 +572,7 @@ impl Breakers {
         let phase = s.phase;
         drop(s);
         if let Some(p) = to {
-            self.emit(route, p, true);
+            self.emit(route, p, true, self.clock.wall());
         }
         Admission {
             allowed,
@@ -522,7 +583,7 @@ impl Breakers {
     }
 
     fn local_record(&self, key: &str, route: &str, ok: bool) -> Phase {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut s = self
             .local
             .entry(key.to_string())
@@ -569,7 +630,7 @@ impl Breakers {
         let phase = s.phase;
         drop(s);
         if let Some(p) = to {
-            self.emit(route, p, true);
+            self.emit(route, p, true, self.clock.wall());
         }
         phase
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::clock::SharedClock;
 use crate::config::RateLimitConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, ErrorKind, Result};
@@ -79,6 +80,7 @@ pub struct RateLimiter {
     space: KeySpace,
     config: RateLimitConfig,
     conn: Option<Arc<RedisConnection>>,
+    clock: SharedClock,
     /// Local buckets by route: embedded mode's only state, the fallback in Redis mode. In
     /// Shared state, so they survive actor restarts.
     local: DashMap<String, LocalBucket>,
@@ -96,6 +98,7 @@ impl RateLimiter {
         space: KeySpace,
         config: &RateLimitConfig,
         conn: Option<Arc<RedisConnection>>,
+        clock: SharedClock,
     ) -> Self {
         let cap = config.capacity();
         let rate = config.rate_per_ms();
@@ -112,6 +115,7 @@ impl RateLimiter {
             space,
             config: config.clone(),
             conn,
+            clock,
             local: DashMap::new(),
             owed: DashMap::new(),
             counters: Counters::default(),
@@ -184,13 +188,13 @@ impl RateLimiter {
     /// in time.
     pub async fn acquire(&self, route: &str, n: u32, max_wait: Duration) -> Result<Decision> {
         // A wait too long to represent is "no deadline".
-        let deadline = Instant::now().checked_add(max_wait);
+        let deadline = self.clock.now().checked_add(max_wait);
         loop {
             let d = self.try_acquire(route, n).await?;
             if d.allowed {
                 return Ok(d);
             }
-            let ready = Instant::now().checked_add(d.retry_after);
+            let ready = self.clock.now().checked_add(d.retry_after);
             let too_late = match (ready, deadline) {
                 (None, _) => true,
                 (Some(r), Some(dl)) => r > dl,
@@ -260,7 +264,7 @@ impl RateLimiter {
     fn local_decide(&self, key: &str, n: u32, share: f64, decided_by: DecidedBy) -> Decision {
         let cap = f64::from(self.config.capacity()) * share;
         let rate = self.config.rate_per_ms() * share;
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut b = self.local.entry(key.to_string()).or_insert(LocalBucket {
             tokens: cap,
             updated: now,

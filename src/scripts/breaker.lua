@@ -27,6 +27,7 @@ local ct = redis.call('HMGET', KEYS[2], 'ws', 's', 'f')
 local ph, oa, hc, fo = st[1] or 'closed', tonumber(st[2]) or 0, tonumber(st[3]) or 0, st[4]
 local ws, s, f = tonumber(ct[1]) or now, tonumber(ct[2]) or 0, tonumber(ct[3]) or 0
 local before = ph .. '|' .. oa .. '|' .. hc .. '|' .. tostring(fo)
+local ph0 = ph
 local counted = false
 local tr, allowed = '', 0
 local function open()
@@ -69,6 +70,8 @@ if counted then
   redis.call('HSET', KEYS[2], 'ws', ws, 's', s, 'f', f)
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
+-- A transition is a change of phase: forcing or resetting to the phase it already has is none.
+if ph == ph0 then tr = '' end
 local retry_at = 0
 if ph == 'open' and fo ~= 'open' then retry_at = oa + brk end
 -- Refused while half-open: the trial slots free up one break duration after this round began.
