@@ -32,7 +32,7 @@ async fn trip(b: &BreakerHandle, route: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_battery_on_every_backend() {
-    for backend in Backend::all() {
+    for backend in Backend::batteries() {
         let label = backend.label();
         let forze = spawn_ready(config(backend.url().as_deref(), "brk", RESOURCES)).await;
         let b = forze.breaker("downstream").unwrap();

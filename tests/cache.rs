@@ -60,7 +60,7 @@ async fn tracking_confirmed(forze: &ForzeHandle) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_conformance_battery_on_every_backend() {
-    for backend in Backend::all() {
+    for backend in Backend::batteries() {
         let label = backend.label();
         eprintln!("cache battery on {label}");
         let forze = spawn_ready(config(backend.url().as_deref(), "cache-battery", RESOURCES)).await;
@@ -212,13 +212,10 @@ async fn server_pttl(
     cache: &str,
     key: &str,
 ) -> Option<i64> {
-    let Backend::Server(server) = backend else {
-        return None;
-    };
     let _ = forze;
     let full = format!("forze:cache:{{{cache}:_:{key}}}");
-    match server.cmd(&["PTTL", &full]) {
-        Ok(forze_redis_testkit::Resp::Integer(ms)) => Some(ms),
+    match backend.cmd_for_key(&full, &["PTTL", &full])? {
+        forze_redis_testkit::Resp::Integer(ms) => Some(ms),
         other => panic!("PTTL: {other:?}"),
     }
 }
@@ -250,14 +247,13 @@ async fn corrupt_values_are_counted_misses(forze: &ForzeHandle, backend: &Backen
     cache.set(&k("ok1"), &1u64, None).await.unwrap();
     cache.set(&k("ok2"), &2u64, None).await.unwrap();
     let before = cache.stats_now().corrupt;
-    match backend {
-        Backend::Server(server) => {
-            server
-                .cmd(&["SET", "forze:cache:{plain:_:bad}", "not ours"])
-                .unwrap();
-        }
+    let bad = "forze:cache:{plain:_:bad}";
+    if backend
+        .cmd_for_key(bad, &["SET", bad, "not ours"])
+        .is_none()
+    {
         // Locally, a value of another type is the corrupt case we can produce.
-        Backend::Local => cache.set(&k("bad"), "a string", None).await.unwrap(),
+        cache.set(&k("bad"), "a string", None).await.unwrap();
     }
     let got: Vec<Option<u64>> = cache
         .get_many(&[k("ok1"), k("bad"), k("ok2")])

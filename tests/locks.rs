@@ -68,7 +68,7 @@ async fn replicas(url: Option<&str>, test: &str, n: usize) -> Vec<ForzeHandle> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_battery_on_every_backend() {
-    for backend in Backend::all() {
+    for backend in Backend::batteries() {
         let label = backend.label();
         eprintln!("lock battery on {label}");
         let forze = spawn_ready(config(backend.url().as_deref(), "lock-battery", RESOURCES)).await;

@@ -29,7 +29,7 @@ per = "30days"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_battery_on_every_backend() {
-    for backend in Backend::all() {
+    for backend in Backend::batteries() {
         let label = backend.label();
         let forze = spawn_ready(config(backend.url().as_deref(), "rl", RESOURCES)).await;
         let five = forze.rate_limit("five").unwrap();

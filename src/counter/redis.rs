@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, ClusterInterface, KeysInterface};
 use fred::types::Value;
 
 use super::{out_of_range, CounterStore};
@@ -99,30 +99,48 @@ impl CounterStore for RedisCounterStore {
 
     async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
         const OP: &str = "counter.list";
-        let client = self
-            .conn
-            .client(OP)?
-            .with_options(self.conn.options(Access::Read));
+        let raw = self.conn.client(OP)?;
+        let client = raw.with_options(self.conn.options(Access::Read));
         let pattern = format!("{}*", glob_escape(base));
         // BTreeMap: sorted, and SCAN may return a key more than once.
         let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut cursor = "0".to_string();
-        for _ in 0..MAX_SCAN_STEPS {
-            let page: Value = client
-                .scan_page(cursor.clone(), pattern.clone(), Some(SCAN_COUNT), None)
-                .await
-                .map_err(|e| self.conn.error(OP, Access::Read, e))?;
-            let (next, keys) = parse_scan_page(page)?;
-            for key in keys {
-                if let Some(parts) = parts_after_base(base, &key) {
-                    found.insert(key, parts);
+        // A cluster's keys are spread over its primaries, and SCAN walks one node: walk each.
+        let nodes: Vec<Option<fred::types::config::Server>> = if raw.is_clustered() {
+            raw.cached_cluster_state()
+                .map(|s| s.unique_primary_nodes())
+                .unwrap_or_default()
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        if nodes.is_empty() {
+            return Err(Error::unavailable(OP));
+        }
+        for node in nodes {
+            let on_node = raw.with_options(&fred::types::config::Options {
+                cluster_node: node,
+                ..self.conn.options(Access::Read).clone()
+            });
+            let mut cursor = "0".to_string();
+            for _ in 0..MAX_SCAN_STEPS {
+                let page: Value = on_node
+                    .scan_page(cursor.clone(), pattern.clone(), Some(SCAN_COUNT), None)
+                    .await
+                    .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+                let (next, keys) = parse_scan_page(page)?;
+                for key in keys {
+                    if let Some(parts) = parts_after_base(base, &key) {
+                        found.insert(key, parts);
+                    }
                 }
+                // The loop ends on cursor 0 only: an empty page does not mean the end.
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            // The loop ends on cursor 0 only: an empty page does not mean the end.
-            if next == "0" {
-                break;
-            }
-            cursor = next;
         }
         let keys: Vec<(String, Vec<String>)> = found.into_iter().collect();
         let mut out = Vec::with_capacity(keys.len());

@@ -12,6 +12,7 @@
 //! | [`server`] | [`TestServer`]: a private, throw-away server process on a loopback port, with an admin channel ([`TestServer::cmd`]). |
 //! | [`resp`] | A tiny RESP2 encoder / parser ([`Resp`]) used by the admin channel. |
 //! | [`proxy`] | [`FaultProxy`]: an in-process TCP proxy that can refuse, black-hole, cut, delay or lose replies. |
+//! | [`topology`] | [`TestCluster`] (primaries, slots assigned by hand, slot migration) and [`TestSentinels`] (primary, replica, three sentinels, failover). |
 //! | [`signals`] | `SIGSTOP` / `SIGCONT` helpers for freezing processes. |
 //! | [`wait`] | Bounded polling helpers ([`wait_until`], [`wait_until_async`]) to use instead of fixed sleeps. |
 //!
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod resp;
 pub mod server;
 pub mod signals;
+pub mod topology;
 pub mod wait;
 
 pub use binaries::{find_server_binaries, server_binaries, ServerBinary, ServerKind};
@@ -48,4 +50,5 @@ pub use proxy::{FaultProxy, ProxyMode};
 pub use resp::Resp;
 pub use server::{reserve_port, TestServer};
 pub use signals::{sigcont, sigstop};
+pub use topology::{key_slot, TestCluster, TestSentinels};
 pub use wait::{wait_until, wait_until_async};

@@ -92,6 +92,10 @@ pub struct TestServer {
     dir: PathBuf,
     child: Mutex<Option<Child>>,
     paused: AtomicBool,
+    /// A configuration file written to the server's directory and passed first (Sentinel
+    /// needs one it can rewrite), and extra command-line arguments; both kept for restarts.
+    config_file: Option<String>,
+    extra_args: Vec<String>,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -118,10 +122,23 @@ impl TestServer {
     /// Panics with the tail of the server log if the server cannot be
     /// started after 5 attempts on fresh ports.
     pub fn start(bin: &ServerBinary) -> TestServer {
+        Self::start_with(bin, None, &[])
+    }
+
+    /// Like [`TestServer::start`], with a configuration file (written to the server's own
+    /// directory, passed as the first argument; `port` and `bind` lines are added) and extra
+    /// arguments such as `["--cluster-enabled", "yes"]` or `["--sentinel"]`.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestServer::start`].
+    pub fn start_with(bin: &ServerBinary, config_file: Option<&str>, args: &[&str]) -> TestServer {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = reserve_port();
             let mut server = TestServer::unstarted(bin, port);
+            server.config_file = config_file.map(str::to_string);
+            server.extra_args = args.iter().map(|a| a.to_string()).collect();
             match server.spawn_once() {
                 Ok(()) => return server,
                 Err(SpawnFailure::PortProblem(msg)) => last_error = msg,
@@ -147,7 +164,28 @@ impl TestServer {
             port, FORBIDDEN_PORT,
             "forze-redis-testkit: port {FORBIDDEN_PORT} is reserved for real servers; never used by tests"
         );
+        Self::start_on_with(bin, port, None, &[])
+    }
+
+    /// [`TestServer::start_on`] with a configuration file and extra arguments, as
+    /// [`TestServer::start_with`].
+    ///
+    /// # Panics
+    ///
+    /// As [`TestServer::start_on`].
+    pub fn start_on_with(
+        bin: &ServerBinary,
+        port: u16,
+        config_file: Option<&str>,
+        args: &[&str],
+    ) -> TestServer {
+        assert_ne!(
+            port, FORBIDDEN_PORT,
+            "forze-redis-testkit: port {FORBIDDEN_PORT} is reserved for real servers; never used by tests"
+        );
         let mut server = TestServer::unstarted(bin, port);
+        server.config_file = config_file.map(str::to_string);
+        server.extra_args = args.iter().map(|a| a.to_string()).collect();
         server.spawn_on_same_port();
         server
     }
@@ -347,6 +385,8 @@ impl TestServer {
             dir: make_temp_dir(),
             child: Mutex::new(None),
             paused: AtomicBool::new(false),
+            config_file: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -441,6 +481,17 @@ impl TestServer {
         })?;
         let port = self.port.to_string();
         let mut command = Command::new(&self.binary.path);
+        if let Some(text) = &self.config_file {
+            let path = self.dir.join("server.conf");
+            // Written once: Sentinel rewrites it with what it learned, kept across restarts.
+            if !path.exists() {
+                let text = format!("port {port}\nbind 127.0.0.1\n{text}\n");
+                std::fs::write(&path, text).map_err(|e| {
+                    SpawnFailure::Fatal(format!("forze-redis-testkit: cannot write config: {e}"))
+                })?;
+            }
+            command.arg(&path);
+        }
         command
             .args(["--port", port.as_str()])
             .args(["--bind", "127.0.0.1"])
@@ -452,6 +503,7 @@ impl TestServer {
             .args(["--enable-debug-command", "yes"])
             .args(["--loglevel", "warning"])
             .args(["--protected-mode", "no"])
+            .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use forze_redis::Config;
 use forze_redis_actors::{Forze, ForzeHandle};
 
-pub use forze_redis_testkit::{server_binaries, wait_until, TestServer};
+pub use forze_redis_testkit::{server_binaries, wait_until, TestCluster, TestServer};
 
 /// A unique actor-name prefix for one supervisor of one test.
 pub fn prefix(test: &str) -> String {
@@ -75,6 +75,8 @@ pub enum Backend {
     Local,
     /// A private server process.
     Server(TestServer),
+    /// A private 3-primary cluster.
+    Cluster(TestCluster),
 }
 
 impl Backend {
@@ -89,11 +91,63 @@ impl Backend {
         out
     }
 
+    /// What a conformance battery runs on: [`Backend::all`], then a 3-primary cluster per
+    /// binary found.
+    pub fn batteries() -> Vec<Backend> {
+        let mut out = Self::all();
+        out.extend(
+            server_binaries()
+                .iter()
+                .map(|b| Backend::Cluster(TestCluster::start(b, 3))),
+        );
+        out
+    }
+
     /// The Redis URL, `None` for local.
     pub fn url(&self) -> Option<String> {
         match self {
             Backend::Local => None,
             Backend::Server(s) => Some(s.url()),
+            Backend::Cluster(c) => Some(c.url()),
+        }
+    }
+
+    /// Run a command on the server that holds `key` (`None` for local).
+    pub fn cmd_for_key(&self, key: &str, args: &[&str]) -> Option<forze_redis_testkit::Resp> {
+        let r = match self {
+            Backend::Local => return None,
+            Backend::Server(s) => s.cmd(args),
+            Backend::Cluster(c) => c.cmd_for_key(key, args),
+        };
+        Some(r.unwrap_or_else(|e| panic!("{args:?}: {e}")))
+    }
+
+    /// Every key on the server(s) (`None` for local).
+    pub fn all_keys(&self) -> Option<Vec<String>> {
+        let servers: Vec<&TestServer> = match self {
+            Backend::Local => return None,
+            Backend::Server(s) => vec![s],
+            Backend::Cluster(c) => c.nodes().iter().collect(),
+        };
+        let mut out = Vec::new();
+        for s in servers {
+            let keys = s.cmd(&["KEYS", "*"]).expect("KEYS");
+            out.extend(
+                keys.as_array()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|k| k.as_str()),
+            );
+        }
+        Some(out)
+    }
+
+    /// How many times `command` ran on the server(s) (`None` for local).
+    pub fn command_calls(&self, command: &str) -> Option<u64> {
+        match self {
+            Backend::Local => None,
+            Backend::Server(s) => Some(s.command_calls(command)),
+            Backend::Cluster(c) => Some(c.nodes().iter().map(|n| n.command_calls(command)).sum()),
         }
     }
 
@@ -102,6 +156,11 @@ impl Backend {
         match self {
             Backend::Local => "local".into(),
             Backend::Server(s) => format!("{} {}", s.kind(), s.binary().version),
+            Backend::Cluster(c) => format!(
+                "{} {} cluster",
+                c.nodes()[0].kind(),
+                c.nodes()[0].binary().version
+            ),
         }
     }
 }

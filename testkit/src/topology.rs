@@ -1,0 +1,451 @@
+//! Multi-server topologies on loopback: a [`TestCluster`] of primaries (Redis Cluster or Valkey
+//! Cluster, slots assigned by hand with `CLUSTER ADDSLOTSRANGE`, no `redis-cli` needed) and a
+//! [`TestSentinels`] group (a primary, a replica and three sentinels).
+//!
+//! Both are built from [`TestServer`]s, so every node has its own directory and log, and is
+//! killed when dropped. Set-up waits are bounded and panic with what they were waiting for.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use crate::binaries::ServerBinary;
+use crate::resp::Resp;
+use crate::server::{reserve_port, TestServer};
+
+/// Hash slots in a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The Sentinel service name of a [`TestSentinels`] group.
+pub const SERVICE: &str = "forze-primary";
+
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forze-redis-testkit: timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text(r: &Resp) -> String {
+    r.as_str().unwrap_or_default()
+}
+
+/// An `INFO`-style field (`name:value` lines).
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// The CRC16 hash slot of `key` (hash tags honoured), as `CLUSTER KEYSLOT` computes it.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(tagged) % SLOTS
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// A port whose cluster bus port (port + 10000) is free too.
+fn reserve_cluster_port() -> u16 {
+    for _ in 0..64 {
+        let p = reserve_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("forze-redis-testkit: no port with a free cluster bus port");
+}
+
+/// A Redis/Valkey Cluster of primaries on loopback, every slot assigned and the cluster `ok`.
+pub struct TestCluster {
+    nodes: Vec<TestServer>,
+    ids: Vec<String>,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field(
+                "ports",
+                &self.nodes.iter().map(|n| n.port()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl TestCluster {
+    /// Start `primaries` nodes (at least 1), split the slots evenly between them, join them
+    /// and wait until every node reports `cluster_state:ok` and knows every other node.
+    ///
+    /// # Panics
+    ///
+    /// When a node cannot start or the cluster does not form within 20 s.
+    pub fn start(bin: &ServerBinary, primaries: usize) -> TestCluster {
+        assert!(primaries >= 1, "a cluster needs a primary");
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "3000",
+        ];
+        let nodes: Vec<TestServer> = (0..primaries)
+            .map(|_| {
+                let port = reserve_cluster_port();
+                TestServer::start_on_with(bin, port, None, &args)
+            })
+            .collect();
+        let ids: Vec<String> = nodes
+            .iter()
+            .map(|n| text(&n.cmd(&["CLUSTER", "MYID"]).expect("CLUSTER MYID")))
+            .collect();
+        let per = SLOTS as usize / primaries;
+        for (i, n) in nodes.iter().enumerate() {
+            let start = i * per;
+            let end = if i + 1 == primaries {
+                SLOTS as usize - 1
+            } else {
+                (i + 1) * per - 1
+            };
+            n.cmd(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &start.to_string(),
+                &end.to_string(),
+            ])
+            .expect("CLUSTER ADDSLOTSRANGE");
+        }
+        for n in &nodes[1..] {
+            nodes[0]
+                .cmd(&["CLUSTER", "MEET", "127.0.0.1", &n.port().to_string()])
+                .expect("CLUSTER MEET");
+        }
+        let cluster = TestCluster { nodes, ids };
+        cluster.wait_consistent();
+        cluster
+    }
+
+    /// Wait until every node says `cluster_state:ok`, knows all nodes, and agrees on the owner
+    /// of every slot.
+    pub fn wait_consistent(&self) {
+        poll("the cluster to agree", SETUP_TIMEOUT, || {
+            let first = self.slot_owners_seen_by(0)?;
+            for i in 0..self.nodes.len() {
+                let info = text(&self.nodes[i].cmd(&["CLUSTER", "INFO"]).ok()?);
+                if info_field(&info, "cluster_state").as_deref() != Some("ok")
+                    || info_field(&info, "cluster_known_nodes")?
+                        .parse::<usize>()
+                        .ok()?
+                        != self.nodes.len()
+                {
+                    return None;
+                }
+                if self.slot_owners_seen_by(i)? != first {
+                    return None;
+                }
+            }
+            Some(())
+        })
+    }
+
+    /// (start, end, port) for every slot range, as node `i` sees it; `None` when not all
+    /// slots are covered.
+    fn slot_owners_seen_by(&self, i: usize) -> Option<Vec<(i64, i64, i64)>> {
+        let slots = self.nodes[i].cmd(&["CLUSTER", "SLOTS"]).ok()?;
+        let mut ranges: Vec<(i64, i64, i64)> = slots
+            .as_array()?
+            .iter()
+            .filter_map(|r| {
+                let r = r.as_array()?;
+                let primary = r.get(2)?.as_array()?;
+                Some((r[0].as_int()?, r[1].as_int()?, primary.get(1)?.as_int()?))
+            })
+            .collect();
+        ranges.sort();
+        let covered: i64 = ranges.iter().map(|(s, e, _)| e - s + 1).sum();
+        (covered == i64::from(SLOTS)).then_some(ranges)
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[TestServer] {
+        &self.nodes
+    }
+
+    /// `redis-cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", n.port()));
+        }
+        url
+    }
+
+    /// The index of the node that owns `slot` now.
+    pub fn owner_of_slot(&self, slot: u16) -> usize {
+        let ranges = self.slot_owners_seen_by(0).expect("every slot covered");
+        let (_, _, port) = ranges
+            .iter()
+            .find(|(s, e, _)| i64::from(slot) >= *s && i64::from(slot) <= *e)
+            .expect("slot covered");
+        self.nodes
+            .iter()
+            .position(|n| i64::from(n.port()) == *port)
+            .expect("owner is one of ours")
+    }
+
+    /// The index of the node that owns `key`.
+    pub fn owner_of(&self, key: &str) -> usize {
+        self.owner_of_slot(key_slot(key.as_bytes()))
+    }
+
+    /// Run a command on the node that owns `key`.
+    pub fn cmd_for_key(&self, key: &str, args: &[&str]) -> Result<Resp, String> {
+        self.nodes[self.owner_of(key)].cmd(args)
+    }
+
+    /// Move `slot` with its keys to node `to`: `SETSLOT IMPORTING/MIGRATING`, `MIGRATE` of every
+    /// key, then `SETSLOT NODE` on every node, and wait until the cluster agrees.
+    pub fn migrate_slot(&self, slot: u16, to: usize) {
+        let from = self.owner_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is already on node {to}");
+        let s = slot.to_string();
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        dst.cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &self.ids[from]])
+            .expect("SETSLOT IMPORTING");
+        src.cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &self.ids[to]])
+            .expect("SETSLOT MIGRATING");
+        for _ in 0..10_000 {
+            let keys = src
+                .cmd(&["CLUSTER", "GETKEYSINSLOT", &s, "100"])
+                .expect("GETKEYSINSLOT");
+            let keys: Vec<String> = keys
+                .as_array()
+                .unwrap_or_default()
+                .iter()
+                .map(text)
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = dst.port().to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            src.cmd(&args).expect("MIGRATE");
+        }
+        // The new owner first, then the old one, then everyone else (the documented order).
+        for i in std::iter::once(to)
+            .chain(std::iter::once(from))
+            .chain((0..self.nodes.len()).filter(|&i| i != to && i != from))
+        {
+            self.nodes[i]
+                .cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &self.ids[to]])
+                .expect("SETSLOT NODE");
+        }
+        poll("the slot's new owner to be agreed", SETUP_TIMEOUT, || {
+            (0..self.nodes.len())
+                .all(|i| {
+                    self.slot_owners_seen_by(i).is_some_and(|r| {
+                        r.iter().any(|(st, e, p)| {
+                            i64::from(slot) >= *st
+                                && i64::from(slot) <= *e
+                                && *p == i64::from(self.nodes[to].port())
+                        })
+                    })
+                })
+                .then_some(())
+        });
+    }
+}
+
+/// A primary, one replica and three sentinels (quorum 2) watching them as [`SERVICE`].
+pub struct TestSentinels {
+    data: Vec<TestServer>,
+    sentinels: Vec<TestServer>,
+}
+
+impl std::fmt::Debug for TestSentinels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestSentinels")
+            .field(
+                "data",
+                &self.data.iter().map(|n| n.port()).collect::<Vec<_>>(),
+            )
+            .field(
+                "sentinels",
+                &self.sentinels.iter().map(|n| n.port()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl TestSentinels {
+    /// Start the group and wait until every sentinel knows the replica and the other two
+    /// sentinels (so a failover can be agreed at once).
+    ///
+    /// # Panics
+    ///
+    /// When a process cannot start or the group does not settle within 20 s.
+    pub fn start(bin: &ServerBinary) -> TestSentinels {
+        let primary = TestServer::start(bin);
+        let replica = TestServer::start_with(
+            bin,
+            None,
+            &["--replicaof", "127.0.0.1", &primary.port().to_string()],
+        );
+        poll("the replica's link to the primary", SETUP_TIMEOUT, || {
+            let info = text(&replica.cmd(&["INFO", "replication"]).ok()?);
+            (info_field(&info, "master_link_status").as_deref() == Some("up")).then_some(())
+        });
+        let conf = format!(
+            "sentinel monitor {SERVICE} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {SERVICE} 1000\n\
+             sentinel failover-timeout {SERVICE} 5000\n\
+             sentinel parallel-syncs {SERVICE} 1\n",
+            primary.port()
+        );
+        let sentinels: Vec<TestServer> = (0..3)
+            .map(|_| TestServer::start_with(bin, Some(&conf), &["--sentinel"]))
+            .collect();
+        let group = TestSentinels {
+            data: vec![primary, replica],
+            sentinels,
+        };
+        poll(
+            "sentinels to know each other and the replica",
+            SETUP_TIMEOUT,
+            || {
+                group
+                    .sentinels
+                    .iter()
+                    .all(|s| {
+                        let known = |what: &str| {
+                            s.cmd(&["SENTINEL", what, SERVICE])
+                                .ok()
+                                .and_then(|r| r.as_array().map(<[Resp]>::len))
+                                .unwrap_or(0)
+                        };
+                        known("REPLICAS") >= 1 && known("SENTINELS") >= 2
+                    })
+                    .then_some(())
+            },
+        );
+        group
+    }
+
+    /// `redis-sentinel://` URL naming the three sentinels and the service.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-sentinel://127.0.0.1:{}", self.sentinels[0].port());
+        for s in &self.sentinels[1..] {
+            url.push_str(if url.contains('?') { "&" } else { "?" });
+            url.push_str(&format!("node=127.0.0.1:{}", s.port()));
+        }
+        url.push_str(&format!("&sentinelServiceName={SERVICE}"));
+        url
+    }
+
+    /// The port of the primary as the sentinels announce it.
+    pub fn primary_port(&self) -> u16 {
+        let r = self.sentinels[0]
+            .cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE])
+            .expect("GET-MASTER-ADDR-BY-NAME");
+        let addr = r.as_array().expect("an address");
+        text(&addr[1]).parse().expect("a port")
+    }
+
+    /// The data server (primary or replica) listening on `port`.
+    pub fn data_server(&self, port: u16) -> &TestServer {
+        self.data
+            .iter()
+            .find(|s| s.port() == port)
+            .expect("one of ours")
+    }
+
+    /// The current primary.
+    pub fn primary(&self) -> &TestServer {
+        self.data_server(self.primary_port())
+    }
+
+    /// The data servers (the first started as primary).
+    pub fn data_servers(&self) -> &[TestServer] {
+        &self.data
+    }
+
+    /// The sentinels.
+    pub fn sentinels(&self) -> &[TestServer] {
+        &self.sentinels
+    }
+
+    /// `SENTINEL FAILOVER`, then wait until the sentinels announce the replica as primary and
+    /// it says `role:master`. Returns the new primary's port.
+    ///
+    /// # Panics
+    ///
+    /// When the failover does not complete within 20 s.
+    pub fn failover(&self) -> u16 {
+        let old = self.primary_port();
+        poll("SENTINEL FAILOVER to be accepted", SETUP_TIMEOUT, || {
+            self.sentinels[0]
+                .cmd(&["SENTINEL", "FAILOVER", SERVICE])
+                .ok()
+        });
+        let new = poll(
+            "the sentinels to announce a new primary",
+            SETUP_TIMEOUT,
+            || {
+                let p = self.primary_port();
+                (p != old).then_some(p)
+            },
+        );
+        poll("the new primary to say role:master", SETUP_TIMEOUT, || {
+            let info = text(&self.data_server(new).cmd(&["INFO", "replication"]).ok()?);
+            (info_field(&info, "role").as_deref() == Some("master")).then_some(())
+        });
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_the_reference_values() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % SLOTS);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"{}x"), key_slot(b"{}x"));
+        assert_ne!(key_slot(b"{}x"), key_slot(b"x"));
+    }
+}
