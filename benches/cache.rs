@@ -17,7 +17,6 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use forze_redis::cache::tracking::{TrackingConnection, TrackingEvent, TrackingTarget};
 use forze_redis::cache::CacheKey;
-use forze_redis::config::RedisUrl;
 use forze_redis::Config;
 use forze_redis_actors::{Forze, ForzeHandle};
 use forze_redis_testkit::{server_binaries, ServerKind, TestServer};
@@ -178,7 +177,7 @@ async fn main() {
     println!("ratio cache_get_remote_c64 {:.3}", o / t);
 
     // 3. Invalidation latency, interleaved: our eviction vs the raw push on a bare connection.
-    let target = TrackingTarget::from_url(&RedisUrl::new(server.url())).expect("target");
+    let target = TrackingTarget::new("127.0.0.1", server.port(), Default::default());
     let mut raw = TrackingConnection::open(
         &target,
         "bench-raw",

@@ -40,6 +40,7 @@ pub struct RedisConnection {
     command_timeout: Duration,
     read_opts: Options,
     write_opts: Options,
+    idempotent_write_opts: Options,
     script_reloads: AtomicU64,
 }
 
@@ -93,11 +94,19 @@ impl RedisConnection {
             max_attempts: Some(1),
             ..read_opts.clone()
         };
+        // fred counts a send after a MOVED/ASK redirection as another attempt: with one
+        // attempt, a write to a slot that moved fails. Writes that are safe to run twice get a
+        // second attempt, so they follow a redirection (or a reconnect) transparently.
+        let idempotent_write_opts = Options {
+            max_attempts: Some(2),
+            ..read_opts.clone()
+        };
         Ok(RedisConnection {
             pool,
             command_timeout: cfg.command_timeout,
             read_opts,
             write_opts,
+            idempotent_write_opts,
             script_reloads: AtomicU64::new(0),
         })
     }
@@ -139,6 +148,7 @@ impl RedisConnection {
         match access {
             Access::Read => &self.read_opts,
             Access::Write => &self.write_opts,
+            Access::IdempotentWrite => &self.idempotent_write_opts,
         }
     }
 

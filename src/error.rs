@@ -192,8 +192,14 @@ pub enum Error {
 pub enum Access {
     /// The command only reads: a lost reply means it did not complete (`Unavailable`/`Timeout`).
     Read,
-    /// The command writes: a lost reply after sending means `OutcomeUnknown`.
+    /// The command writes: a lost reply after sending means `OutcomeUnknown`. Sent once: fred
+    /// never sends it again, not after a lost connection and not after a cluster redirection.
     Write,
+    /// The command writes, and running it twice leaves the same state as running it once
+    /// (a plain `SET`, `DEL`, a replay-safe script). Classified like [`Access::Write`], but
+    /// fred may send it a second time: after a `MOVED`/`ASK` redirection (on a cluster whose
+    /// slots moved) or after a lost connection.
+    IdempotentWrite,
 }
 
 impl Error {
@@ -298,10 +304,12 @@ impl Error {
         let driver = DriverError::new(err);
         use DriverErrorClass as C;
         match (driver.class(), access) {
-            (C::Connection | C::Canceled | C::Timeout, Access::Write) => Error::OutcomeUnknown {
-                op,
-                source: Some(driver),
-            },
+            (C::Connection | C::Canceled | C::Timeout, Access::Write | Access::IdempotentWrite) => {
+                Error::OutcomeUnknown {
+                    op,
+                    source: Some(driver),
+                }
+            }
             (C::Timeout, Access::Read) => Error::Timeout { op, after: timeout },
             (
                 C::Connection
@@ -312,6 +320,7 @@ impl Error {
                 | C::ClusterDown
                 | C::Refused
                 | C::Auth
+                | C::Redirect
                 | C::Backpressure,
                 _,
             ) => Error::Unavailable {
@@ -389,7 +398,17 @@ impl DriverErrorClass {
             K::Backpressure => DriverErrorClass::Backpressure,
             K::Protocol | K::Parse | K::NotFound => DriverErrorClass::Protocol,
             K::Config | K::Url => DriverErrorClass::Config,
+            // fred stopped following MOVED/ASK before sending again: the command did not run.
+            K::Routing if err.details().starts_with("Too many redirections") => {
+                DriverErrorClass::Redirect
+            }
             K::Routing | K::Sentinel => DriverErrorClass::Connection,
+            // fred wanted to send the command again and the attempt budget forbade it: after a
+            // lost connection (it may have run) or a cluster redirection (it did not). Only
+            // the first can be assumed.
+            K::Unknown if err.details().starts_with("Too many failed write attempts") => {
+                DriverErrorClass::Connection
+            }
             K::Auth | K::Cluster | K::Unknown | K::InvalidArgument | K::InvalidCommand => {
                 Self::of_reply_code(err.details().split_whitespace().next().unwrap_or(""))
                     .unwrap_or(match err.kind() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use forze_redis::breaker::Breakers;
 use forze_redis::cache::redis::RedisCacheStore;
-use forze_redis::cache::tracking::TrackingTarget;
+use forze_redis::cache::topology::TrackingSource;
 use forze_redis::cache::Cache;
 use forze_redis::connection::{Health, RedisConnection};
 use forze_redis::counter::{local_store, Counter, RedisCounterStore};
@@ -45,7 +45,7 @@ pub struct Shared {
     pub(crate) counters: BTreeMap<String, Arc<Counter>>,
     pub(crate) caches: BTreeMap<String, Arc<Cache>>,
     /// Where the tracking subscriber connects; `None` when no cache has an L1 (or embedded).
-    pub(crate) tracking: Option<TrackingTarget>,
+    pub(crate) tracking: Option<TrackingSource>,
     pub(crate) tracking_stats: crate::tracking::TrackingCounters,
     pub(crate) locks: BTreeMap<String, Arc<Lock>>,
     pub(crate) idempotency: BTreeMap<String, Arc<Idempotency>>,
@@ -213,7 +213,7 @@ impl Shared {
         let tracking = match &config.redis {
             // Cache L1s and breakers' cached phases are both kept fresh by the subscriber.
             Some(redis) if needs_l1_tracking || !breakers.is_empty() => {
-                match TrackingTarget::from_url(&redis.url) {
+                match TrackingSource::from_url(&redis.url) {
                     Ok(t) => Some(t),
                     // An L1 cannot run untracked; breakers can (their cache TTL bounds it).
                     Err(e) if needs_l1_tracking => return Err(e),

@@ -21,10 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use forze_redis::cache::l1::{FlushReason, L1};
+use forze_redis::cache::topology::{Topology, TopologyWatch, TrackingSource};
 use forze_redis::cache::tracking::{deoverlap, TrackingConnection, TrackingEvent};
 use forze_redis::cache::Cache;
 use forze_redis::Error;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 
 use crate::pool::AbortOnDrop;
 use crate::shared::Shared;
@@ -47,6 +49,8 @@ pub struct TrackingCounters {
     connect_failures: AtomicU64,
     invalidated_keys: AtomicU64,
     server_flushes: AtomicU64,
+    topology_changes: AtomicU64,
+    primaries: AtomicU64,
     confirmed: AtomicBool,
     /// Set by the first incarnation.
     started: AtomicBool,
@@ -67,6 +71,10 @@ pub struct TrackingStats {
     pub invalidated_keys: u64,
     /// Server flushes seen (`FLUSHALL`/`FLUSHDB`).
     pub server_flushes: u64,
+    /// Topology changes (a slot moved, a failover) that flushed the L1s and re-tracked.
+    pub topology_changes: u64,
+    /// Primaries tracked by the last confirmed set of connections.
+    pub primaries: u64,
     /// The tracked prefixes, de-overlapped.
     pub prefixes: Vec<String>,
 }
@@ -187,6 +195,8 @@ impl Actor for TrackingSubscriber {
                     connect_failures: l(&c.connect_failures),
                     invalidated_keys: l(&c.invalidated_keys),
                     server_flushes: l(&c.server_flushes),
+                    topology_changes: l(&c.topology_changes),
+                    primaries: l(&c.primaries),
                     prefixes: state.prefixes.clone(),
                 });
             }
@@ -197,7 +207,8 @@ impl Actor for TrackingSubscriber {
     }
 }
 
-/// Connect, confirm, serve, and on every loss flush and reconnect. Runs until aborted.
+/// Resolve the primaries, track every one, confirm, serve, and on every loss or topology
+/// change flush and start again. Runs until aborted.
 async fn run(
     shared: Arc<Shared>,
     l1s: Vec<(String, Arc<L1>)>,
@@ -205,15 +216,15 @@ async fn run(
     prefixes: Vec<String>,
     stopped: Arc<AtomicBool>,
 ) {
-    let (Some(redis), Some(target)) = (&shared.config.redis, &shared.tracking) else {
+    let (Some(redis), Some(source)) = (&shared.config.redis, &shared.tracking) else {
         return;
     };
     let name = format!("{}-tracking", redis.client_name);
     let stats = &shared.tracking_stats;
     let mut delay = redis.reconnect.min_delay;
     loop {
-        match TrackingConnection::open(target, &name, &prefixes, redis.connect_timeout).await {
-            Ok(mut conn) => {
+        match track_all(source, &name, &prefixes, redis.connect_timeout).await {
+            Ok((conns, watch, topology)) => {
                 delay = redis.reconnect.min_delay;
                 if stopped.load(Ordering::Acquire) {
                     return;
@@ -231,29 +242,48 @@ async fn run(
                 for b in shared.breakers.values() {
                     b.set_tracked(true);
                 }
+                stats.primaries.store(conns.len() as u64, Ordering::Relaxed);
                 stats.confirmed.store(true, Ordering::Release);
                 stats.confirmations.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(prefixes = prefixes.len(), "cache tracking confirmed");
+                tracing::info!(
+                    prefixes = prefixes.len(),
+                    primaries = conns.len(),
+                    "cache tracking confirmed"
+                );
                 let breakers: Vec<_> = shared.breakers.values().cloned().collect();
                 let why = serve(
-                    &mut conn,
+                    conns,
+                    watch.map(|w| (source, w, topology)),
                     &l1s,
                     &caches,
                     &breakers,
                     stats,
-                    redis.health_interval,
-                    redis.command_timeout,
+                    redis,
                 )
                 .await;
                 stats.confirmed.store(false, Ordering::Release);
+                let reason = match why {
+                    Lost::TopologyChanged => FlushReason::TopologyChanged,
+                    Lost::Connection(_) => FlushReason::TrackingLost,
+                };
                 for (_, l1) in &l1s {
-                    l1.flush(FlushReason::TrackingLost, false);
+                    l1.flush(reason, false);
                 }
                 for b in shared.breakers.values() {
                     b.set_tracked(false);
                 }
-                stats.losses.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %why, "cache tracking lost; every L1 flushed");
+                match why {
+                    Lost::TopologyChanged => {
+                        stats.topology_changes.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("topology changed; every L1 flushed, re-tracking");
+                        // The new primaries are known: re-track at once.
+                        continue;
+                    }
+                    Lost::Connection(e) => {
+                        stats.losses.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cache tracking lost; every L1 flushed");
+                    }
+                }
             }
             Err(e) => {
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -266,23 +296,114 @@ async fn run(
     }
 }
 
-/// Serve one confirmed connection until it is lost; returns why.
+/// Resolve the topology and open a tracking connection to every primary. All or nothing: an
+/// L1 is trusted only while every primary that may hold its keys is tracked.
+async fn track_all(
+    source: &TrackingSource,
+    name: &str,
+    prefixes: &[String],
+    timeout: Duration,
+) -> Result<(Vec<TrackingConnection>, Option<TopologyWatch>, Topology), Error> {
+    let (topology, watch) = source.resolve(name, timeout).await?;
+    let mut conns = Vec::with_capacity(topology.primaries.len());
+    for target in &topology.primaries {
+        conns.push(TrackingConnection::open(target, name, prefixes, timeout).await?);
+    }
+    Ok((conns, watch, topology))
+}
+
+/// Why serving ended.
+enum Lost {
+    /// A tracking or topology connection failed (closed, refused, timed out).
+    Connection(Error),
+    /// The primaries or the slot map changed.
+    TopologyChanged,
+}
+
+/// What one connection's reader reports.
+enum Heard {
+    Invalidate(Vec<String>),
+    Flush,
+    Lost(Error),
+}
+
+/// Read one tracking connection until it fails: pings it every `ping_every`, treats a pong
+/// later than `pong_within` as lost, and forwards invalidations and flushes.
+async fn read_connection(
+    mut conn: TrackingConnection,
+    tx: mpsc::UnboundedSender<Heard>,
+    ping_every: Duration,
+    pong_within: Duration,
+) {
+    let mut ticker = tokio::time::interval(ping_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_sent: Option<Instant> = None;
+    let lost = loop {
+        tokio::select! {
+            event = conn.next_event() => match event {
+                Ok(TrackingEvent::Invalidate(keys)) => {
+                    if tx.send(Heard::Invalidate(keys)).is_err() {
+                        return;
+                    }
+                }
+                Ok(TrackingEvent::Flush) => {
+                    if tx.send(Heard::Flush).is_err() {
+                        return;
+                    }
+                }
+                Ok(TrackingEvent::Pong) => ping_sent = None,
+                Err(e) => break e,
+            },
+            _ = ticker.tick() => {
+                match ping_sent {
+                    Some(at) if at.elapsed() > pong_within => {
+                        break Error::Timeout { op: "cache.tracking.ping".into(), after: pong_within };
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Err(e) = conn.ping().await {
+                            break e;
+                        }
+                        ping_sent = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    };
+    let _ = tx.send(Heard::Lost(lost));
+}
+
+/// Serve confirmed connections until one is lost or the topology changes; returns why.
 async fn serve(
-    conn: &mut TrackingConnection,
+    conns: Vec<TrackingConnection>,
+    mut watch: Option<(&TrackingSource, TopologyWatch, Topology)>,
     l1s: &[(String, Arc<L1>)],
     caches: &[(String, Arc<Cache>)],
     breakers: &[Arc<forze_redis::breaker::Breakers>],
     stats: &TrackingCounters,
-    ping_every: Duration,
-    pong_within: Duration,
-) -> Error {
-    let mut ticker = tokio::time::interval(ping_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping_sent: Option<Instant> = None;
+    redis: &forze_redis::config::RedisConfig,
+) -> Lost {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Aborted when serving ends, whichever way.
+    let _readers: Vec<AbortOnDrop> = conns
+        .into_iter()
+        .map(|c| {
+            AbortOnDrop(tokio::spawn(read_connection(
+                c,
+                tx.clone(),
+                redis.health_interval,
+                redis.command_timeout,
+            )))
+        })
+        .collect();
+    drop(tx);
+    let mut poll = tokio::time::interval(redis.health_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
     loop {
         tokio::select! {
-            event = conn.next_event() => match event {
-                Ok(TrackingEvent::Invalidate(keys)) => {
+            heard = rx.recv() => match heard {
+                Some(Heard::Invalidate(keys)) => {
                     stats.invalidated_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
                     for key in &keys {
                         if let Some((_, cache)) = caches.iter().find(|(p, _)| key.starts_with(p.as_str())) {
@@ -292,7 +413,7 @@ async fn serve(
                         }
                     }
                 }
-                Ok(TrackingEvent::Flush) => {
+                Some(Heard::Flush) => {
                     stats.server_flushes.fetch_add(1, Ordering::Relaxed);
                     for b in breakers {
                         b.flush_cache();
@@ -303,21 +424,17 @@ async fn serve(
                     }
                     tracing::info!("server flush seen; every L1 flushed");
                 }
-                Ok(TrackingEvent::Pong) => ping_sent = None,
-                Err(e) => return e,
+                Some(Heard::Lost(e)) => return Lost::Connection(e),
+                None => return Lost::Connection(Error::unavailable("cache.tracking")),
             },
-            _ = ticker.tick() => {
-                match ping_sent {
-                    Some(at) if at.elapsed() > pong_within => {
-                        return Error::Timeout { op: "cache.tracking.ping".into(), after: pong_within };
+            _ = poll.tick(), if watch.is_some() => {
+                let Some((source, w, topology)) = watch.as_mut() else { continue };
+                match source.poll(w, redis.command_timeout).await {
+                    Ok(now) if now.fingerprint != topology.fingerprint => {
+                        return Lost::TopologyChanged;
                     }
-                    Some(_) => {}
-                    None => {
-                        if let Err(e) = conn.ping().await {
-                            return e;
-                        }
-                        ping_sent = Some(Instant::now());
-                    }
+                    Ok(_) => {}
+                    Err(e) => return Lost::Connection(e),
                 }
             }
         }

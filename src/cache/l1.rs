@@ -48,6 +48,9 @@ pub enum FlushReason {
     ServerFlush,
     /// The tracking subscriber stopped or restarted.
     SubscriberRestart,
+    /// The primaries behind the URL changed (a slot migrated, a failover): keys may live on
+    /// a node this process was not tracking.
+    TopologyChanged,
     /// Asked for by an operator or a test.
     Manual,
 }
@@ -59,6 +62,7 @@ impl FlushReason {
             FlushReason::TrackingLost => "tracking_lost",
             FlushReason::ServerFlush => "server_flush",
             FlushReason::SubscriberRestart => "subscriber_restart",
+            FlushReason::TopologyChanged => "topology_changed",
             FlushReason::Manual => "manual",
         }
     }

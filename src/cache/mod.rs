@@ -8,6 +8,7 @@
 //! | [`redis`] | the Redis store: pipelined reads and writes, the versioned-write script |
 //! | [`local`] | the process-local store for embedded mode |
 //! | [`tracking`] | the RESP3 tracking connection the subscriber actor drives |
+//! | [`topology`] | the primaries to track behind a URL (single, cluster, sentinel), polled for changes |
 //!
 //! # Contract
 //! - Values are serde values (JSON) or raw bytes that round-trip exactly.
@@ -26,6 +27,7 @@ pub mod codec;
 pub mod l1;
 pub mod local;
 pub mod redis;
+pub mod topology;
 pub mod tracking;
 
 use std::cell::RefCell;

@@ -126,8 +126,8 @@ impl RedisCacheStore {
         let client = self
             .conn
             .client(op)?
-            .with_options(self.conn.options(Access::Write));
-        let err = |e| self.conn.error(op, Access::Write, e);
+            .with_options(self.conn.options(Access::IdempotentWrite));
+        let err = |e| self.conn.error(op, Access::IdempotentWrite, e);
         let px = Some(Expiration::PX(ttl_millis(ttl)));
         if let [(key, stored)] = entries {
             return client
@@ -178,8 +178,8 @@ impl RedisCacheStore {
         let client = self
             .conn
             .client(op)?
-            .with_options(self.conn.options(Access::Write));
-        let err = |e| self.conn.error(op, Access::Write, e);
+            .with_options(self.conn.options(Access::IdempotentWrite));
+        let err = |e| self.conn.error(op, Access::IdempotentWrite, e);
         let pipeline = client.pipeline();
         for key in keys {
             if hard {

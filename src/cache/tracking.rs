@@ -17,7 +17,6 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::RedisUrl;
 use crate::error::{Error, Result};
 
 /// Where and as whom the tracking connection connects.
@@ -41,21 +40,13 @@ impl fmt::Debug for TrackingTarget {
 }
 
 impl TrackingTarget {
-    /// The server of a single-server URL. Cluster and Sentinel URLs are refused with a
-    /// `Config` error: their subscribers need one connection per primary.
-    pub fn from_url(url: &RedisUrl) -> Result<Self> {
-        let cfg = url.to_fred_config()?;
-        match &cfg.server {
-            fred::types::config::ServerConfig::Centralized { server } => Ok(TrackingTarget {
-                host: server.host.to_string(),
-                port: server.port,
-                username: cfg.username.clone(),
-                password: cfg.password.clone(),
-            }),
-            _ => Err(Error::config(
-                "redis.url",
-                "client-side caching needs a single-server URL for now",
-            )),
+    /// The server at `host:port`, reached with `auth`.
+    pub fn new(host: &str, port: u16, auth: crate::cache::topology::Credentials) -> Self {
+        TrackingTarget {
+            host: host.to_string(),
+            port,
+            username: auth.username,
+            password: auth.password,
         }
     }
 
@@ -109,6 +100,60 @@ impl TrackingConnection {
         timeout: Duration,
     ) -> Result<Self> {
         let fut = async {
+            let mut conn = Self::handshake(target, client_name).await?;
+            let mut tracking: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
+            for p in prefixes {
+                tracking.push(b"PREFIX");
+                tracking.push(p.as_bytes());
+            }
+            conn.send(&tracking).await?;
+            conn.expect_reply("CLIENT TRACKING").await?;
+            Ok(conn)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(lost("handshake timed out")),
+        }
+    }
+
+    /// A RESP3 connection without tracking, for [`TrackingConnection::request`] (topology
+    /// polls). Bounded by `timeout`.
+    pub async fn connect(
+        target: &TrackingTarget,
+        client_name: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        match tokio::time::timeout(timeout, Self::handshake(target, client_name)).await {
+            Ok(r) => r,
+            Err(_) => Err(lost("handshake timed out")),
+        }
+    }
+
+    /// Send one command and return its reply (pushes are skipped; error replies are errors).
+    /// Only for connections without tracking, where every frame is a reply. Not
+    /// cancel-safe: drop the connection if the future is dropped.
+    pub async fn request(&mut self, args: &[&[u8]]) -> Result<OwnedFrame> {
+        self.send(args).await?;
+        loop {
+            match self.next_frame().await? {
+                OwnedFrame::Push { .. } => continue,
+                OwnedFrame::SimpleError { data, .. } => {
+                    let code = data.split_whitespace().next().unwrap_or("").to_string();
+                    return Err(Error::internal(
+                        "cache.tracking",
+                        format!("request refused ({code})"),
+                    ));
+                }
+                OwnedFrame::BlobError { .. } => {
+                    return Err(Error::internal("cache.tracking", "request refused"))
+                }
+                frame => return Ok(frame),
+            }
+        }
+    }
+
+    async fn handshake(target: &TrackingTarget, client_name: &str) -> Result<Self> {
+        {
             let stream = TcpStream::connect(target.addr()).await.map_err(lost)?;
             stream.set_nodelay(true).map_err(lost)?;
             let mut conn = TrackingConnection {
@@ -125,18 +170,7 @@ impl TrackingConnection {
             hello.push(client_name.as_bytes());
             conn.send(&hello).await?;
             conn.expect_reply("HELLO").await?;
-            let mut tracking: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
-            for p in prefixes {
-                tracking.push(b"PREFIX");
-                tracking.push(p.as_bytes());
-            }
-            conn.send(&tracking).await?;
-            conn.expect_reply("CLIENT TRACKING").await?;
             Ok(conn)
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(lost("handshake timed out")),
         }
     }
 
@@ -320,8 +354,14 @@ mod tests {
 
     #[test]
     fn the_password_never_shows() {
-        let t =
-            TrackingTarget::from_url(&RedisUrl::new("redis://u:hunter2@127.0.0.1:7000")).unwrap();
+        let t = TrackingTarget::new(
+            "127.0.0.1",
+            7000,
+            crate::cache::topology::Credentials {
+                username: Some("u".into()),
+                password: Some("hunter2".into()),
+            },
+        );
         assert!(!format!("{t:?}").contains("hunter2"));
         assert_eq!(t.addr(), "127.0.0.1:7000");
     }

@@ -43,7 +43,7 @@ impl RedisLockStore {
             .conn
             .eval(
                 OP,
-                Access::Write,
+                Access::IdempotentWrite,
                 &LOCK_ACQUIRE,
                 vec![key.to_string(), format!("{key}:fence")],
                 vec![owner.to_string(), millis(lease).to_string()],
@@ -91,7 +91,7 @@ impl RedisLockStore {
                 calls.push(async move {
                     let flags: Vec<i64> = self
                         .conn
-                        .eval(OP, Access::Write, &LOCK_EXTEND, keys, args)
+                        .eval(OP, Access::IdempotentWrite, &LOCK_EXTEND, keys, args)
                         .await?;
                     if flags.len() != chunk.len() {
                         return Err(Error::internal(OP, "short script reply"));

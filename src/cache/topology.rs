@@ -1,0 +1,432 @@
+//! Where the tracking subscriber connects: the primaries behind a URL, and how to notice that
+//! they changed.
+//!
+//! - **Single server**: the server. Its topology never changes; a restart or a kill ends the
+//!   tracking connection, which is enough.
+//! - **Cluster**: every primary. Broadcast tracking is per node (a node reports writes to the
+//!   keys it holds), so one connection per primary is the only way to hear of every write
+//!   (fred would track one node only: `reference/fred-ractor-facts.md` 1.6). The slot map is
+//!   read with `CLUSTER SLOTS` from a seed, and polled; any change (a slot migrated, a
+//!   failover, a node added) is a topology change.
+//! - **Sentinel**: the primary the sentinels name for the service, polled with
+//!   `SENTINEL GET-MASTER-ADDR-BY-NAME`; a new address is a topology change (a failover).
+//!
+//! On a topology change the subscriber flushes every L1, marks it untrusted and tracks the new
+//! primaries before fills resume: an L1 is only trusted while every primary that may hold its
+//! keys is tracked.
+//!
+//! Sentinels are contacted with the URL's credentials, like fred does without its
+//! `sentinel-auth` feature.
+
+use std::fmt;
+use std::time::Duration;
+
+use fred::types::config::ServerConfig;
+use redis_protocol::resp3::types::OwnedFrame;
+
+use crate::cache::tracking::{TrackingConnection, TrackingTarget};
+use crate::config::RedisUrl;
+use crate::error::{Error, Result};
+
+/// The primaries behind a Redis URL, as the tracking subscriber needs them.
+#[derive(Clone)]
+pub enum TrackingSource {
+    /// One server.
+    Single(TrackingTarget),
+    /// A cluster, discovered from any of its seeds.
+    Cluster {
+        /// Seed nodes (`host`, `port`), tried in order.
+        seeds: Vec<(String, u16)>,
+        /// Credentials for every node.
+        auth: Credentials,
+    },
+    /// A primary named by sentinels.
+    Sentinel {
+        /// The sentinels (`host`, `port`), tried in order.
+        sentinels: Vec<(String, u16)>,
+        /// The service (`sentinelServiceName`).
+        service: String,
+        /// Credentials for the data nodes and the sentinels.
+        auth: Credentials,
+    },
+}
+
+/// A username and password, never printed.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// ACL user (`default` when only a password is given).
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl fmt::Debug for TrackingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrackingSource::Single(t) => f.debug_tuple("Single").field(t).finish(),
+            TrackingSource::Cluster { seeds, auth } => f
+                .debug_struct("Cluster")
+                .field("seeds", seeds)
+                .field("auth", auth)
+                .finish(),
+            TrackingSource::Sentinel {
+                sentinels,
+                service,
+                auth,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", sentinels)
+                .field("service", service)
+                .field("auth", auth)
+                .finish(),
+        }
+    }
+}
+
+/// The primaries to track now, and a fingerprint of what they were resolved from: when a poll
+/// returns another fingerprint, the topology changed.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// One target per primary.
+    pub primaries: Vec<TrackingTarget>,
+    /// The slot map (cluster) or the primary's address (sentinel, single server).
+    pub fingerprint: String,
+}
+
+/// A connection that answers topology polls (a seed of the cluster or a sentinel), kept open
+/// between polls.
+#[derive(Debug)]
+pub struct TopologyWatch {
+    conn: TrackingConnection,
+    /// The address this watch is connected to, for a cluster host reported empty.
+    host: String,
+}
+
+impl TrackingSource {
+    /// The source for `url`. Unix sockets are refused: tracking needs TCP for now.
+    pub fn from_url(url: &RedisUrl) -> Result<Self> {
+        let cfg = url.to_fred_config()?;
+        let auth = Credentials {
+            username: cfg.username.clone(),
+            password: cfg.password.clone(),
+        };
+        let hosts = |hosts: &[fred::types::config::Server]| {
+            hosts
+                .iter()
+                .map(|s| (s.host.to_string(), s.port))
+                .collect::<Vec<_>>()
+        };
+        match &cfg.server {
+            ServerConfig::Centralized { server } => Ok(TrackingSource::Single(
+                TrackingTarget::new(&server.host, server.port, auth),
+            )),
+            ServerConfig::Clustered { hosts: h, .. } => Ok(TrackingSource::Cluster {
+                seeds: hosts(h),
+                auth,
+            }),
+            ServerConfig::Sentinel {
+                hosts: h,
+                service_name,
+                ..
+            } => Ok(TrackingSource::Sentinel {
+                sentinels: hosts(h),
+                service: service_name.clone(),
+                auth,
+            }),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::config(
+                "redis.url",
+                "client-side caching needs a TCP URL (single server, cluster or sentinel)",
+            )),
+        }
+    }
+
+    /// Whether the primaries can change while connections stay up (cluster, sentinel): then
+    /// the subscriber polls [`TrackingSource::poll`].
+    pub fn is_dynamic(&self) -> bool {
+        !matches!(self, TrackingSource::Single(_))
+    }
+
+    /// Resolve the primaries now, and open the connection later polls use (`None` for a
+    /// single server). Every network step is bounded by `timeout`.
+    pub async fn resolve(
+        &self,
+        client_name: &str,
+        timeout: Duration,
+    ) -> Result<(Topology, Option<TopologyWatch>)> {
+        match self {
+            TrackingSource::Single(t) => Ok((
+                Topology {
+                    primaries: vec![t.clone()],
+                    fingerprint: t.addr(),
+                },
+                None,
+            )),
+            TrackingSource::Cluster { seeds, auth }
+            | TrackingSource::Sentinel {
+                sentinels: seeds,
+                auth,
+                ..
+            } => {
+                let mut last = Error::unavailable("cache.tracking.topology");
+                for (host, port) in seeds {
+                    let target = TrackingTarget::new(host, *port, auth.clone());
+                    let mut watch =
+                        match TrackingConnection::connect(&target, client_name, timeout).await {
+                            Ok(conn) => TopologyWatch {
+                                conn,
+                                host: host.clone(),
+                            },
+                            Err(e) => {
+                                last = e;
+                                continue;
+                            }
+                        };
+                    match self.poll(&mut watch, timeout).await {
+                        Ok(topology) => return Ok((topology, Some(watch))),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+
+    /// Read the topology again on `watch`.
+    pub async fn poll(&self, watch: &mut TopologyWatch, timeout: Duration) -> Result<Topology> {
+        let fut = async {
+            match self {
+                TrackingSource::Single(t) => Ok(Topology {
+                    primaries: vec![t.clone()],
+                    fingerprint: t.addr(),
+                }),
+                TrackingSource::Cluster { auth, .. } => {
+                    let reply = watch.conn.request(&[b"CLUSTER", b"SLOTS"]).await?;
+                    parse_cluster_slots(&reply, &watch.host, auth)
+                }
+                TrackingSource::Sentinel { service, auth, .. } => {
+                    let reply = watch
+                        .conn
+                        .request(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", service.as_bytes()])
+                        .await?;
+                    parse_sentinel_primary(&reply, auth)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                op: "cache.tracking.topology".into(),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+fn bad(what: &str) -> Error {
+    Error::internal(
+        "cache.tracking.topology",
+        format!("unexpected {what} reply"),
+    )
+}
+
+fn text(f: &OwnedFrame) -> Option<String> {
+    match f {
+        OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => {
+            Some(String::from_utf8_lossy(data).into_owned())
+        }
+        _ => None,
+    }
+}
+
+fn int(f: &OwnedFrame) -> Option<i64> {
+    match f {
+        OwnedFrame::Number { data, .. } => Some(*data),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn items(f: &OwnedFrame) -> Option<&[OwnedFrame]> {
+    match f {
+        OwnedFrame::Array { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+/// `CLUSTER SLOTS` → one target per primary, and the slot map as the fingerprint. A primary
+/// reported with an empty or unknown host is reached at the host the poll went to.
+pub fn parse_cluster_slots(reply: &OwnedFrame, via: &str, auth: &Credentials) -> Result<Topology> {
+    let ranges = items(reply).ok_or_else(|| bad("CLUSTER SLOTS"))?;
+    let mut map: Vec<(i64, i64, String, u16)> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let r = items(r).ok_or_else(|| bad("CLUSTER SLOTS"))?;
+        let (Some(start), Some(end), Some(primary)) = (
+            r.first().and_then(int),
+            r.get(1).and_then(int),
+            r.get(2).and_then(items),
+        ) else {
+            return Err(bad("CLUSTER SLOTS"));
+        };
+        let host = primary.first().and_then(text).unwrap_or_default();
+        let host = if host.is_empty() || host == "?" {
+            via.to_string()
+        } else {
+            host
+        };
+        let port = primary
+            .get(1)
+            .and_then(int)
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| bad("CLUSTER SLOTS"))?;
+        map.push((start, end, host, port));
+    }
+    if map.is_empty() {
+        // No slot assigned: a cluster that cannot serve anything yet.
+        return Err(Error::unavailable("cache.tracking.topology"));
+    }
+    map.sort();
+    let fingerprint = map
+        .iter()
+        .map(|(s, e, h, p)| format!("{s}-{e}@{h}:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<(String, u16)> = map.into_iter().map(|(_, _, h, p)| (h, p)).collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(Topology {
+        primaries: nodes
+            .into_iter()
+            .map(|(h, p)| TrackingTarget::new(&h, p, auth.clone()))
+            .collect(),
+        fingerprint,
+    })
+}
+
+/// `SENTINEL GET-MASTER-ADDR-BY-NAME` → the primary. A null reply (unknown service) is
+/// `Unavailable`.
+pub fn parse_sentinel_primary(reply: &OwnedFrame, auth: &Credentials) -> Result<Topology> {
+    let addr = match reply {
+        OwnedFrame::Null => return Err(Error::unavailable("cache.tracking.topology")),
+        other => items(other).ok_or_else(|| bad("SENTINEL GET-MASTER-ADDR-BY-NAME"))?,
+    };
+    let (Some(host), Some(port)) = (
+        addr.first().and_then(text),
+        addr.get(1)
+            .and_then(int)
+            .and_then(|p| u16::try_from(p).ok()),
+    ) else {
+        return Err(bad("SENTINEL GET-MASTER-ADDR-BY-NAME"));
+    };
+    Ok(Topology {
+        fingerprint: format!("{host}:{port}"),
+        primaries: vec![TrackingTarget::new(&host, port, auth.clone())],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(s: &str) -> OwnedFrame {
+        OwnedFrame::BlobString {
+            data: s.as_bytes().to_vec(),
+            attributes: None,
+        }
+    }
+    fn num(n: i64) -> OwnedFrame {
+        OwnedFrame::Number {
+            data: n,
+            attributes: None,
+        }
+    }
+    fn arr(v: Vec<OwnedFrame>) -> OwnedFrame {
+        OwnedFrame::Array {
+            data: v,
+            attributes: None,
+        }
+    }
+
+    #[test]
+    fn cluster_slots_give_one_target_per_primary_and_a_stable_fingerprint() {
+        let range = |s, e, host: &str, port| {
+            arr(vec![
+                num(s),
+                num(e),
+                arr(vec![blob(host), num(port), blob("id")]),
+                arr(vec![blob("127.0.0.1"), num(9999), blob("replica")]),
+            ])
+        };
+        let a = arr(vec![
+            range(5461, 10922, "127.0.0.1", 7001),
+            range(0, 5460, "127.0.0.1", 7000),
+            range(10923, 16383, "", 7002),
+        ]);
+        let auth = Credentials::default();
+        let t = parse_cluster_slots(&a, "10.0.0.9", &auth).unwrap();
+        let addrs: Vec<String> = t.primaries.iter().map(|p| p.addr()).collect();
+        assert_eq!(addrs, ["10.0.0.9:7002", "127.0.0.1:7000", "127.0.0.1:7001"]);
+        // Order of ranges does not matter; a moved range does.
+        let b = arr(vec![
+            range(0, 5460, "127.0.0.1", 7000),
+            range(10923, 16383, "", 7002),
+            range(5461, 10922, "127.0.0.1", 7001),
+        ]);
+        assert_eq!(
+            parse_cluster_slots(&b, "10.0.0.9", &auth)
+                .unwrap()
+                .fingerprint,
+            t.fingerprint
+        );
+        let moved = arr(vec![
+            range(0, 5459, "127.0.0.1", 7000),
+            range(5460, 5460, "127.0.0.1", 7001),
+            range(5461, 10922, "127.0.0.1", 7001),
+            range(10923, 16383, "", 7002),
+        ]);
+        assert_ne!(
+            parse_cluster_slots(&moved, "10.0.0.9", &auth)
+                .unwrap()
+                .fingerprint,
+            t.fingerprint
+        );
+        assert!(parse_cluster_slots(&arr(vec![]), "h", &auth).is_err());
+        assert!(parse_cluster_slots(&blob("x"), "h", &auth).is_err());
+    }
+
+    #[test]
+    fn sentinel_replies_name_the_primary() {
+        let auth = Credentials::default();
+        let t = parse_sentinel_primary(&arr(vec![blob("127.0.0.1"), blob("7003")]), &auth).unwrap();
+        assert_eq!(t.fingerprint, "127.0.0.1:7003");
+        assert_eq!(t.primaries[0].addr(), "127.0.0.1:7003");
+        assert!(parse_sentinel_primary(&OwnedFrame::Null, &auth).is_err());
+        assert!(parse_sentinel_primary(&arr(vec![blob("h")]), &auth).is_err());
+    }
+
+    #[test]
+    fn sources_follow_the_url_scheme_and_hide_passwords() {
+        let s = TrackingSource::from_url(&RedisUrl::new(
+            "redis-cluster://u:hunter2@127.0.0.1:7000?node=127.0.0.1:7001",
+        ))
+        .unwrap();
+        assert!(matches!(&s, TrackingSource::Cluster { seeds, .. } if seeds.len() == 2));
+        assert!(s.is_dynamic());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = TrackingSource::from_url(&RedisUrl::new(
+            "redis-sentinel://127.0.0.1:26379?sentinelServiceName=svc",
+        ))
+        .unwrap();
+        assert!(matches!(&s, TrackingSource::Sentinel { service, .. } if service == "svc"));
+        let s = TrackingSource::from_url(&RedisUrl::new("redis://127.0.0.1:7000")).unwrap();
+        assert!(!s.is_dynamic());
+    }
+}

@@ -1,0 +1,277 @@
+//! Beyond one server: L1 coherence on a 3-primary cluster (every primary tracked, a resharded
+//! slot flushes and re-tracks) and a Sentinel failover followed without a restart, on every
+//! server binary found.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{config, spawn_ready};
+use forze_redis::cache::CacheKey;
+use forze_redis::counter::CounterId;
+use forze_redis::lock::LockId;
+use forze_redis_actors::{CacheHandle, ForzeHandle};
+use forze_redis_testkit::{
+    key_slot, server_binaries, wait_until_async, TestCluster, TestSentinels,
+};
+
+const RESOURCES: &str = r#"
+[caches.hot]
+ttl = "120s"
+[caches.hot.l1]
+ttl = "60s"
+[counters.orders]
+[locks.jobs]
+lease = "5s"
+"#;
+
+const KEYS: usize = 60;
+
+fn k(i: usize) -> CacheKey {
+    CacheKey::new(format!("k{i}"))
+}
+
+/// The Redis key of cache entry `k<i>` of `hot` (docs/keys.md).
+fn redis_key(i: usize) -> String {
+    format!("forze:cache:{{hot:_:k{i}}}")
+}
+
+async fn tracked_on(forze: &ForzeHandle, primaries: u64) {
+    wait_until_async(Duration::from_secs(15), "tracking confirmed", || async {
+        matches!(forze.tracking_stats().await, Ok(Some(s)) if s.confirmed && s.primaries == primaries)
+    })
+    .await;
+}
+
+/// Wait until `cache` returns `want` for every key; returns how long that took.
+async fn converge(cache: &CacheHandle, want: u64, what: &str) -> Duration {
+    let started = Instant::now();
+    for _ in 0..500 {
+        let mut stale = 0;
+        for i in 0..KEYS {
+            if cache.get::<u64>(&k(i)).await.unwrap() != Some(want) {
+                stale += 1;
+            }
+        }
+        if stale == 0 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: L1 still stale after 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_every_slot_invalidate_every_replicas_l1_on_a_cluster() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let owners: BTreeSet<usize> = (0..KEYS).map(|i| cluster.owner_of(&redis_key(i))).collect();
+        assert_eq!(owners.len(), 3, "{bin}: the keys live on every primary");
+        let mut reps = Vec::new();
+        for _ in 0..3 {
+            let r = spawn_ready(config(Some(&cluster.url()), "cl-coherence", RESOURCES)).await;
+            tracked_on(&r, 3).await;
+            reps.push(r);
+        }
+        let caches: Vec<CacheHandle> = reps.iter().map(|r| r.cache("hot").unwrap()).collect();
+        for i in 0..KEYS {
+            caches[0].set(&k(i), &1u64, None).await.unwrap();
+        }
+        for c in &caches[1..] {
+            converge(c, 1, "warm-up").await;
+            // Served from the L1 now.
+            let hits = c.stats_now().l1.unwrap().hits;
+            for i in 0..KEYS {
+                assert_eq!(c.get::<u64>(&k(i)).await.unwrap(), Some(1));
+            }
+            assert_eq!(c.stats_now().l1.unwrap().hits, hits + KEYS as u64, "{bin}");
+        }
+        let before: Vec<u64> = caches
+            .iter()
+            .map(|c| c.stats_now().l1.unwrap().invalidations)
+            .collect();
+        for i in 0..KEYS {
+            caches[0].set(&k(i), &2u64, None).await.unwrap();
+        }
+        for (n, c) in caches.iter().enumerate().skip(1) {
+            let took = converge(c, 2, &format!("{bin}: replica {n}")).await;
+            let pushed = c.stats_now().l1.unwrap().invalidations - before[n];
+            eprintln!(
+                "{bin}: replica {n} saw all {KEYS} updates in {took:?} ({pushed} invalidations)"
+            );
+            // Every key was evicted by a push from the primary that holds it, not by TTL.
+            assert!(
+                pushed >= KEYS as u64,
+                "{bin}: replica {n}: {pushed} invalidations"
+            );
+        }
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharded_slot_flushes_every_l1_and_is_tracked_on_its_new_primary() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let mut reps = Vec::new();
+        for _ in 0..2 {
+            let r = spawn_ready(config(Some(&cluster.url()), "cl-reshard", RESOURCES)).await;
+            tracked_on(&r, 3).await;
+            reps.push(r);
+        }
+        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
+        for i in 0..KEYS {
+            writer.set(&k(i), &1u64, None).await.unwrap();
+        }
+        converge(&reader, 1, "warm-up").await;
+        let flushed = |c: &CacheHandle| {
+            c.stats_now()
+                .l1
+                .unwrap()
+                .flushes
+                .get("topology_changed")
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(flushed(&reader), 0);
+        // Move the slot of k0 (with its key) to another primary.
+        let slot = key_slot(redis_key(0).as_bytes());
+        let from = cluster.owner_of_slot(slot);
+        cluster.migrate_slot(slot, (from + 1) % 3);
+        for r in &reps {
+            let r2 = r.clone();
+            wait_until_async(Duration::from_secs(10), "topology change seen", || {
+                let r = r2.clone();
+                async move {
+                    matches!(r.tracking_stats().await, Ok(Some(s)) if s.topology_changes >= 1 && s.confirmed)
+                }
+            })
+            .await;
+        }
+        assert!(flushed(&reader) >= 1, "{bin}: the reader's L1 was flushed");
+        // Writes follow the slot (MOVED), and its new primary's pushes reach the reader.
+        converge(&reader, 1, "refill").await;
+        for i in 0..KEYS {
+            writer.set(&k(i), &3u64, None).await.unwrap();
+        }
+        let took = converge(&reader, 3, &format!("{bin}: after resharding")).await;
+        eprintln!("{bin}: after resharding the reader saw every update in {took:?}");
+        // A non-idempotent write is sent once: sent to a slot's old owner, fred cannot follow
+        // the redirection and the call is OutcomeUnknown (never a silent replay); that
+        // client's slot map is fresh after it, so at most one call per pool client (2 here)
+        // fails, and the rest go through.
+        let orders = reps[0].counter("orders").unwrap();
+        let id = CounterId::suffix("moved");
+        let slot = key_slot(b"forze:counter:{orders:_:moved}");
+        assert_eq!(orders.incr(&id, 1).await.unwrap(), 1);
+        cluster.migrate_slot(slot, (cluster.owner_of_slot(slot) + 1) % 3);
+        let (mut ok, mut unknown) = (1i64, 0i64);
+        for _ in 0..6 {
+            match orders.incr(&id, 1).await {
+                Ok(_) => ok += 1,
+                Err(e) if e.kind() == forze_redis::ErrorKind::OutcomeUnknown => unknown += 1,
+                Err(e) => panic!("{bin}: {e}"),
+            }
+        }
+        let value = orders.get(&id).await.unwrap();
+        eprintln!("{bin}: counter across a moved slot: {ok} ok, {unknown} unknown, value {value}");
+        assert!(ok >= 5 && unknown <= 2, "{bin}: {ok} ok, {unknown} unknown");
+        assert!(value >= ok && value <= ok + unknown, "{bin}: value {value}");
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_without_a_restart() {
+    for bin in server_binaries() {
+        let group = TestSentinels::start(&bin);
+        let mut reps = Vec::new();
+        for _ in 0..2 {
+            let r = spawn_ready(config(Some(&group.url()), "sentinel", RESOURCES)).await;
+            tracked_on(&r, 1).await;
+            reps.push(r);
+        }
+        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
+        for i in 0..KEYS {
+            writer.set(&k(i), &1u64, None).await.unwrap();
+        }
+        converge(&reader, 1, "warm-up").await;
+        let orders = reps[0].counter("orders").unwrap();
+        let id = CounterId::suffix("n");
+        assert_eq!(orders.incr(&id, 5).await.unwrap(), 5);
+        let jobs = reps[0].lock("jobs").unwrap();
+        let before = jobs.try_acquire(&LockId::new("j")).await.unwrap().unwrap();
+        let t1 = before.token();
+        assert!(before.release().await.unwrap());
+        // Let the replica catch up so the failover keeps the fence, then fail over.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let old = group.primary_port();
+        let new = group.failover();
+        eprintln!("{bin}: failover {old} -> {new}");
+        let started = Instant::now();
+        // Operations resume on the new primary, on the same supervisors.
+        let mut value = None;
+        for _ in 0..300 {
+            if let Ok(v) = orders.incr(&id, 1).await {
+                value = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let value = value.expect("counter usable after the failover");
+        eprintln!(
+            "{bin}: counter usable {:?} after the failover",
+            started.elapsed()
+        );
+        assert!(value >= 6, "{bin}: the counter kept its value ({value})");
+        for r in &reps {
+            let r2 = r.clone();
+            wait_until_async(Duration::from_secs(15), "tracking on the new primary", || {
+                let r = r2.clone();
+                async move {
+                    matches!(r.tracking_stats().await, Ok(Some(s)) if s.confirmed && s.confirmations >= 2)
+                }
+            })
+            .await;
+        }
+        let flushes: u64 = reader.stats_now().l1.unwrap().flushes.values().sum();
+        assert!(flushes >= 1, "{bin}: the reader's L1 was flushed");
+        // New writes reach the reader through the new primary's pushes.
+        for i in 0..KEYS {
+            let mut ok = false;
+            for _ in 0..100 {
+                if writer.set(&k(i), &2u64, None).await.is_ok() {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(ok, "{bin}: write after the failover");
+        }
+        converge(&reader, 2, &format!("{bin}: after the failover")).await;
+        // Lock tokens still increase.
+        let mut after = None;
+        for _ in 0..100 {
+            if let Ok(Some(g)) = jobs.try_acquire(&LockId::new("j")).await {
+                after = Some(g);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = after.expect("lock acquired after the failover");
+        assert!(
+            after.token() > t1,
+            "{bin}: token {} after {t1}",
+            after.token()
+        );
+        after.release().await.unwrap();
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
