@@ -52,6 +52,8 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Circuit-breaker policies by name.
     pub breakers: BTreeMap<String, BreakerConfig>,
+    /// Tenant-routed endpoints, for resources with `routed = true`.
+    pub routing: RoutingConfig,
     /// The local clock breakers and rate limiters read (the system clock; not configurable
     /// from a file). Tests inject a skewed one with [`Config::with_clock`].
     #[serde(skip)]
@@ -71,7 +73,29 @@ impl Default for Config {
             snapshots: BTreeMap::new(),
             rate_limits: BTreeMap::new(),
             breakers: BTreeMap::new(),
+            routing: RoutingConfig::default(),
             clock: Default::default(),
+        }
+    }
+}
+
+/// Tenant routing (`[routing]`): which tenants live on their own endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Endpoint pools kept open at most; the least recently used is closed beyond it
+    /// (default 16).
+    pub max_pools: usize,
+    /// Tenant → endpoint URL (any `redis.url` form). Tenants with the same URL share a pool.
+    /// Connection settings other than the URL come from `[redis]` (or its defaults).
+    pub tenants: BTreeMap<String, RedisUrl>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_pools: 16,
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -211,6 +235,9 @@ pub struct CounterConfig {
     pub tenant_aware: bool,
     /// Behaviour while Redis is unreachable (default `unavailable`).
     pub fallback: Fallback,
+    /// Send each tenant's counters to the endpoint `[routing.tenants]` gives it (tenants not
+    /// listed stay on `[redis]`). Implies a tenant on every operation (default false).
+    pub routed: bool,
 }
 
 /// One cache namespace.
@@ -230,6 +257,10 @@ pub struct CacheConfig {
     pub sliding_ttl: Option<Duration>,
     /// The in-process L1, kept coherent by client-side caching. Off by default.
     pub l1: Option<L1Config>,
+    /// Send each tenant's entries to the endpoint `[routing.tenants]` gives it (tenants not
+    /// listed stay on `[redis]`). Implies a tenant on every operation; the L1 of a routed
+    /// namespace is not tracked and lives by its TTL only (default false).
+    pub routed: bool,
 }
 
 impl Default for CacheConfig {
@@ -240,6 +271,7 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(300),
             sliding_ttl: None,
             l1: None,
+            routed: false,
         }
     }
 }
@@ -618,6 +650,19 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if self.routing.max_pools == 0 {
+            return Err(Error::config("routing.max_pools", "must be at least 1"));
+        }
+        for (tenant, url) in &self.routing.tenants {
+            crate::keys::TenantId::new(tenant.as_str())
+                .map_err(|_| Error::config("routing.tenants", "a tenant name is not valid"))?;
+            url.to_fred_config().map_err(|_| {
+                Error::config(
+                    "routing.tenants",
+                    format!("the URL of tenant `{tenant}` is not valid: {url}"),
+                )
+            })?;
+        }
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, counter) in &self.counters {
             validate_resource_name(&format!("counters.{name}"), name)?;
@@ -921,6 +966,11 @@ impl RedisUrl {
     /// Wrap a URL.
     pub fn new(url: impl Into<String>) -> Self {
         RedisUrl(url.into())
+    }
+
+    /// The URL as written, password included: for keying pools only, never for output.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 
     /// The URL with any password replaced by `***`.

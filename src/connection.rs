@@ -118,6 +118,23 @@ impl RedisConnection {
         drop(self.pool.connect_pool());
     }
 
+    /// Wait until a client is connected, at most `timeout`; `Unavailable` after that.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        if self.pool.next_connected().is_connected() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            if self.pool.next_connected().is_connected() {
+                return Ok(());
+            }
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        Err(Error::unavailable("routing.connect"))
+    }
+
     /// The fred pool, for the pool actor's health checks and events.
     pub fn pool(&self) -> &Pool {
         &self.pool

@@ -335,6 +335,15 @@ impl KeySpace {
         s
     }
 
+    /// The tenant of a key of this space (`None` for a tenant-less key or another space's).
+    pub fn tenant_of_key(&self, key: &str) -> Option<TenantId> {
+        let rest = key.strip_prefix(self.namespace_prefix_str())?;
+        let rest = rest.strip_prefix("t=")?;
+        // The escaped tenant ends at the first `:` (a part follows) or `}` (none does).
+        let end = rest.find([':', '}'])?;
+        TenantId::new(unescape_part(&rest[..end])?).ok()
+    }
+
     /// The key of the entity named by `parts` for `tenant`. Parts must be non-empty.
     pub fn key(&self, tenant: Option<&TenantId>, parts: &[&str]) -> Result<RedisKey> {
         let mut s = String::new();

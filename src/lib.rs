@@ -18,6 +18,7 @@
 //! | [`snapshot`] | search-result snapshots: runs written in order, paged in one round trip |
 //! | [`ratelimit`] | fleet-wide token buckets on the server clock, with a local fallback |
 //! | [`breaker`] | fleet-wide circuit breakers on the server clock, local cache and fallback |
+//! | [`routing`] | tenant routing: the route table, one pool per endpoint, LRU-bounded |
 //! | [`clock`] | the injectable local clock breakers and rate limiters read |
 //!
 //! Each contract module holds its contract, its Redis implementation and its process-local
@@ -35,6 +36,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod lock;
 pub mod ratelimit;
+pub mod routing;
 pub mod scripts;
 pub mod snapshot;
 

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use forze_redis::config::RedisUrl;
 use forze_redis::connection::Health;
+use forze_redis::keys::TenantId;
+use forze_redis::routing::RouterStats;
 use forze_redis::{Config, Error, Result};
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::watch;
@@ -229,6 +232,24 @@ impl ForzeHandle {
     /// The configured counter names.
     pub fn counter_names(&self) -> Vec<String> {
         self.shared.counters.keys().cloned().collect()
+    }
+
+    /// Route `tenant` to the endpoint `url` from now on (`None`: back to `[redis]`), for
+    /// every routed resource. The pool no route uses any more is closed after a grace of one
+    /// command timeout: give a tenant a URL with new credentials to rotate them.
+    /// `Config` error when no resource is routed or the URL is not valid.
+    pub fn set_route(&self, tenant: &TenantId, url: Option<&str>) -> Result<()> {
+        let router = self
+            .shared
+            .router
+            .as_ref()
+            .ok_or_else(|| Error::config("routing", "no resource has `routed = true`"))?;
+        router.set_route(tenant, url.map(RedisUrl::new))
+    }
+
+    /// The router's statistics; `None` when no resource is routed.
+    pub fn router_stats(&self) -> Option<RouterStats> {
+        self.shared.router.as_ref().map(|r| r.stats())
     }
 
     /// Whether this supervisor talks to Redis (`false`: embedded local mode).

@@ -13,6 +13,7 @@ use forze_redis::breaker::Breakers;
 use forze_redis::cache::redis::RedisCacheStore;
 use forze_redis::cache::topology::TrackingSource;
 use forze_redis::cache::Cache;
+use forze_redis::config::RedisConfig;
 use forze_redis::connection::{Health, RedisConnection};
 use forze_redis::counter::{local_store, Counter, RedisCounterStore};
 use forze_redis::idempotency::local::LocalIdempotencyStore;
@@ -23,6 +24,7 @@ use forze_redis::lock::local::LocalLockStore;
 use forze_redis::lock::redis::RedisLockStore;
 use forze_redis::lock::Lock;
 use forze_redis::ratelimit::RateLimiter;
+use forze_redis::routing::Router;
 use forze_redis::snapshot::local::LocalSnapshotStore;
 use forze_redis::snapshot::redis::RedisSnapshotStore;
 use forze_redis::snapshot::Snapshots;
@@ -46,6 +48,8 @@ pub struct Shared {
     pub(crate) caches: BTreeMap<String, Arc<Cache>>,
     /// Where the tracking subscriber connects; `None` when no cache has an L1 (or embedded).
     pub(crate) tracking: Option<TrackingSource>,
+    /// Tenant routing, when a resource is routed.
+    pub(crate) router: Option<Arc<Router>>,
     pub(crate) tracking_stats: crate::tracking::TrackingCounters,
     pub(crate) locks: BTreeMap<String, Arc<Lock>>,
     pub(crate) idempotency: BTreeMap<String, Arc<Idempotency>>,
@@ -86,6 +90,16 @@ impl Shared {
             None => Health::embedded(),
         };
         let prefix = config.key_prefix()?;
+        let routed =
+            config.counters.values().any(|c| c.routed) || config.caches.values().any(|c| c.routed);
+        // Endpoint pools take every setting but the URL from `[redis]` (or its defaults).
+        let router = routed.then(|| {
+            let template = config
+                .redis
+                .clone()
+                .unwrap_or_else(|| RedisConfig::new("redis://127.0.0.1"));
+            Arc::new(Router::new(&config.routing, template))
+        });
         let local = local_store();
         let mut counters = BTreeMap::new();
         for (name, cfg) in &config.counters {
@@ -95,10 +109,11 @@ impl Shared {
                 config.counter_namespace(name, cfg)?,
             );
             let redis = connection.clone().map(RedisCounterStore::new);
-            counters.insert(
-                name.clone(),
-                Arc::new(Counter::new(name.clone(), space, cfg, redis, local.clone())),
-            );
+            let mut counter = Counter::new(name.clone(), space, cfg, redis, local.clone());
+            if let (true, Some(router)) = (cfg.routed, &router) {
+                counter = counter.with_router(router.clone());
+            }
+            counters.insert(name.clone(), Arc::new(counter));
         }
         let mut caches = BTreeMap::new();
         for (name, cfg) in &config.caches {
@@ -108,10 +123,11 @@ impl Shared {
                 config.cache_namespace(name, cfg)?,
             );
             let redis = connection.clone().map(RedisCacheStore::new);
-            caches.insert(
-                name.clone(),
-                Arc::new(Cache::new(name.clone(), space, cfg, redis)),
-            );
+            let mut cache = Cache::new(name.clone(), space, cfg, redis);
+            if let (true, Some(router)) = (cfg.routed, &router) {
+                cache = cache.with_router(router.clone());
+            }
+            caches.insert(name.clone(), Arc::new(cache));
         }
         let local_locks = LocalLockStore::new();
         let mut locks = BTreeMap::new();
@@ -209,7 +225,8 @@ impl Shared {
                 )),
             );
         }
-        let needs_l1_tracking = caches.values().any(|c| c.l1().is_some());
+        // A routed cache's L1 lives by its TTL: nothing to track for it.
+        let needs_l1_tracking = caches.values().any(|c| c.l1().is_some() && !c.is_routed());
         let tracking = match &config.redis {
             // Cache L1s and breakers' cached phases are both kept fresh by the subscriber.
             Some(redis) if needs_l1_tracking || !breakers.is_empty() => {
@@ -226,6 +243,7 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Shared {
+            router,
             breakers,
             rate_limits,
             snapshots,

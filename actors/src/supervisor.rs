@@ -260,6 +260,9 @@ impl ForzeSupervisor {
         if let Some(conn) = &shared.connection {
             conn.quit(timeout).await;
         }
+        if let Some(router) = &shared.router {
+            router.close_all(timeout).await;
+        }
         tracing::info!(prefix = shared.names.prefix(), "forze supervisor shut down");
     }
 }

@@ -121,6 +121,7 @@ fn l1s(shared: &Shared) -> Vec<(String, Arc<L1>)> {
     shared
         .caches
         .values()
+        .filter(|c| !c.is_routed())
         .filter_map(|c| c.l1().map(|l1| (c.tracking_prefix(), l1.clone())))
         .collect()
 }
@@ -131,7 +132,7 @@ fn tracked_caches(shared: &Shared) -> Vec<(String, Arc<Cache>)> {
     shared
         .caches
         .values()
-        .filter(|c| c.l1().is_some())
+        .filter(|c| c.l1().is_some() && !c.is_routed())
         .map(|c| (c.tracking_prefix(), c.clone()))
         .collect()
 }

@@ -46,6 +46,7 @@ use tracing::Instrument;
 use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{push_escaped, unescape_part, KeySpace, TenantId};
+use crate::routing::{destination, Destination, Router};
 use codec::Entry;
 use l1::{L1Stats, L1};
 use local::LocalCacheStore;
@@ -168,8 +169,26 @@ pub struct Cache {
     sliding_ttl: Option<Duration>,
     store: Store,
     l1: Option<Arc<L1>>,
+    /// Set for `routed = true`: each tenant's entries go to its endpoint.
+    router: Option<Arc<Router>>,
     counters: Counters,
     inflight: DashMap<String, watch::Receiver<LoadResult>>,
+}
+
+/// The store one operation uses: the namespace's own, or a routed endpoint's.
+enum StoreRef<'a> {
+    Own(&'a Store),
+    Routed(Store),
+}
+
+impl std::ops::Deref for StoreRef<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        match self {
+            StoreRef::Own(s) => s,
+            StoreRef::Routed(s) => s,
+        }
+    }
 }
 
 thread_local! {
@@ -202,9 +221,67 @@ impl Cache {
                 None => Store::Local(LocalCacheStore::new()),
             },
             l1,
+            router: None,
             counters: Counters::default(),
             inflight: DashMap::new(),
         }
+    }
+
+    /// This namespace routed by tenant through `router` (for `routed = true`). Its L1, if
+    /// any, is not tracked (a routed endpoint has no tracking subscriber): it is trusted from
+    /// the start and lives by its TTL only.
+    pub fn with_router(mut self, router: Arc<Router>) -> Self {
+        self.tenant_aware = true;
+        if let Some(l1) = &self.l1 {
+            l1.confirm();
+        }
+        self.router = Some(router);
+        self
+    }
+
+    /// Whether this namespace is routed by tenant (its L1, if any, is TTL-only).
+    pub fn is_routed(&self) -> bool {
+        self.router.is_some()
+    }
+
+    /// The store for an operation on `rkeys` (Redis keys of this namespace). Routed: the
+    /// endpoint of their tenant; a batch whose tenants live on different endpoints is
+    /// refused (`Validation`).
+    async fn store_for(&self, rkeys: &[&str]) -> Result<StoreRef<'_>> {
+        let Some(router) = &self.router else {
+            return Ok(StoreRef::Own(&self.store));
+        };
+        let mut chosen: Option<Destination> = None;
+        let mut seen: Vec<TenantId> = Vec::new();
+        for k in rkeys {
+            let tenant = self.space.tenant_of_key(k).ok_or_else(|| {
+                Error::internal("cache", "a key without tenant in a routed cache")
+            })?;
+            if seen.contains(&tenant) {
+                continue;
+            }
+            let d = destination(Some(router), &self.name, Some(&tenant)).await?;
+            let same = match (&chosen, &d) {
+                (None, _) => true,
+                (Some(Destination::Default), Destination::Default) => true,
+                (Some(Destination::Endpoint(a)), Destination::Endpoint(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !same {
+                return Err(Error::validation(
+                    "keys",
+                    "one batch of a routed cache must not span tenants on different endpoints",
+                ));
+            }
+            chosen = Some(d);
+            seen.push(tenant);
+        }
+        Ok(match chosen {
+            Some(Destination::Endpoint(conn)) => {
+                StoreRef::Routed(Store::Redis(RedisCacheStore::new(conn)))
+            }
+            _ => StoreRef::Own(&self.store),
+        })
     }
 
     /// The resource name.
@@ -245,7 +322,9 @@ impl Cache {
             loads: l(&c.loads),
             load_waits: l(&c.load_waits),
             l1,
-            coherence: if self.l1.is_some() {
+            coherence: if self.l1.is_some() && self.router.is_some() {
+                "ttl"
+            } else if self.l1.is_some() {
                 "tracking"
             } else {
                 "none"
@@ -394,11 +473,12 @@ impl Cache {
                 })
                 .collect();
             let names: Vec<&str> = pending.iter().map(|(_, k)| k.as_str()).collect();
-            let reads = match &self.store {
-                Store::Redis(r) => {
+            let reads = match self.store_for(&names).await.as_deref() {
+                Ok(Store::Redis(r)) => {
                     Box::pin(r.read(op, &names, self.l1.is_some(), self.sliding_ttl)).await
                 }
-                Store::Local(l) => Ok(l.read(&names, self.sliding_ttl)),
+                Ok(Store::Local(l)) => Ok(l.read(&names, self.sliding_ttl)),
+                Err(e) => Err(e.clone()),
             };
             let reads = match reads {
                 Ok(r) => r,
@@ -494,9 +574,10 @@ impl Cache {
             return Ok(true);
         }
         let rkey = self.redis_key(key)?;
-        let found = match &self.store {
-            Store::Redis(r) => Box::pin(r.exists("cache.exists", &rkey)).await,
-            Store::Local(l) => Ok(l.exists(&rkey)),
+        let found = match self.store_for(&[rkey.as_str()]).await.as_deref() {
+            Ok(Store::Redis(r)) => Box::pin(r.exists("cache.exists", &rkey)).await,
+            Ok(Store::Local(l)) => Ok(l.exists(&rkey)),
+            Err(e) => Err(e.clone()),
         };
         match found {
             Ok(b) => Ok(b),
@@ -539,12 +620,14 @@ impl Cache {
                 .iter()
                 .map(|(k, b)| (k.as_str(), b.clone()))
                 .collect();
-            let result = match &self.store {
-                Store::Redis(r) => Box::pin(r.write(op, &refs, ttl)).await,
-                Store::Local(l) => {
+            let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let result = match self.store_for(&names).await.as_deref() {
+                Ok(Store::Redis(r)) => Box::pin(r.write(op, &refs, ttl)).await,
+                Ok(Store::Local(l)) => {
                     l.write(&refs, ttl);
                     Ok(())
                 }
+                Err(e) => Err(e.clone()),
             };
             self.evict_local(&keys);
             match result {
@@ -624,8 +707,8 @@ impl Cache {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let keys = [rkey];
         self.evict_local(&keys);
-        let result = match &self.store {
-            Store::Redis(r) => {
+        let result = match self.store_for(&[keys[0].as_str()]).await.as_deref() {
+            Ok(Store::Redis(r)) => {
                 Box::pin(r.write_versioned(
                     op,
                     &keys[0],
@@ -635,7 +718,8 @@ impl Cache {
                 ))
                 .await
             }
-            Store::Local(l) => Ok(l.write_versioned(&keys[0], stored, version, ttl)),
+            Ok(Store::Local(l)) => Ok(l.write_versioned(&keys[0], stored, version, ttl)),
+            Err(e) => Err(e.clone()),
         };
         self.evict_local(&keys);
         result.or_else(|e| self.fail(e))
@@ -687,9 +771,10 @@ impl Cache {
                 .fetch_add(rkeys.len() as u64, Ordering::Relaxed);
             self.evict_local(&rkeys);
             let refs: Vec<&str> = rkeys.iter().map(String::as_str).collect();
-            let result = match &self.store {
-                Store::Redis(r) => Box::pin(r.remove("cache.delete", &refs, hard)).await,
-                Store::Local(l) => Ok(l.remove(&refs)),
+            let result = match self.store_for(&refs).await.as_deref() {
+                Ok(Store::Redis(r)) => Box::pin(r.remove("cache.delete", &refs, hard)).await,
+                Ok(Store::Local(l)) => Ok(l.remove(&refs)),
+                Err(e) => Err(e.clone()),
             };
             self.evict_local(&rkeys);
             result.or_else(|e| self.fail(e))

@@ -31,6 +31,7 @@ pub use redis::RedisCounterStore;
 use crate::config::{CounterConfig, Fallback};
 use crate::error::{ConflictReason, Error, ErrorKind, Result};
 use crate::keys::{KeySpace, TenantId};
+use crate::routing::{destination, Destination, Router};
 
 /// Which counter of a resource: an optional tenant and an optional suffix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -124,6 +125,8 @@ pub struct Counter {
     tenant_aware: bool,
     fallback: Fallback,
     redis: Option<RedisCounterStore>,
+    /// Set for `routed = true`: each tenant's counters go to its endpoint.
+    router: Option<Arc<Router>>,
     local: LocalCounterStore,
     stats: CounterStats,
 }
@@ -141,12 +144,20 @@ impl Counter {
         Counter {
             name: name.into(),
             space,
-            tenant_aware: config.tenant_aware,
+            // Routing is by tenant: a routed resource needs one on every call.
+            tenant_aware: config.tenant_aware || config.routed,
             fallback: config.fallback,
             redis,
+            router: None,
             local,
             stats: CounterStats::default(),
         }
+    }
+
+    /// This resource routed by tenant through `router` (for `routed = true`).
+    pub fn with_router(mut self, router: Arc<Router>) -> Self {
+        self.router = Some(router);
+        self
     }
 
     /// The resource name.
@@ -277,7 +288,22 @@ impl Counter {
         );
         async {
             self.stats.ops.fetch_add(1, Ordering::Relaxed);
-            let (result, served) = match (&target, &self.redis) {
+            let routed = match (&target, &self.router) {
+                (Ok(_), Some(router)) => {
+                    match destination(Some(router), &self.name, tenant).await {
+                        Ok(Destination::Endpoint(conn)) => Ok(Some(RedisCounterStore::new(conn))),
+                        Ok(Destination::Default) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Ok(None),
+            };
+            let (target, endpoint) = match routed {
+                Err(e) => (Err(e), None),
+                Ok(endpoint) => (target, endpoint),
+            };
+            let redis = endpoint.as_ref().or(self.redis.as_ref());
+            let (result, served) = match (&target, redis) {
                 (Err(e), _) => (Err(e.clone()), "none"),
                 (Ok(t), None) => (exec(&self.local, t, op).await, "local"),
                 (Ok(t), Some(redis)) => match exec(redis, t, op).await {
