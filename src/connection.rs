@@ -20,7 +20,8 @@
 //! Every command picks a *connected* client of the pool; when none is connected the call fails
 //! with `Unavailable` before anything is sent.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fred::clients::{Client, Pool};
@@ -42,6 +43,12 @@ pub struct RedisConnection {
     write_opts: Options,
     idempotent_write_opts: Options,
     script_reloads: AtomicU64,
+    /// Set by `quit`: the connection tasks' watchdogs stop restarting them.
+    quitting: Arc<AtomicBool>,
+    /// Connection tasks restarted after they ended on their own.
+    task_restarts: Arc<AtomicU64>,
+    /// Backoff between restarts of an ended connection task.
+    restart_delay: (Duration, Duration),
 }
 
 fn millis_u32(d: Duration) -> u32 {
@@ -108,14 +115,60 @@ impl RedisConnection {
             write_opts,
             idempotent_write_opts,
             script_reloads: AtomicU64::new(0),
+            quitting: Arc::new(AtomicBool::new(false)),
+            task_restarts: Arc::new(AtomicU64::new(0)),
+            restart_delay: (
+                cfg.reconnect.min_delay.max(Duration::from_millis(10)),
+                cfg.reconnect.max_delay.max(Duration::from_millis(10)),
+            ),
         })
     }
 
     /// Start connecting every client in the background. Returns at once; callers are served
     /// (or refused with `Unavailable`) while the connections come up.
+    ///
+    /// Each client's connection task is watched: fred ends it for good on some internal errors
+    /// (an `ASK` redirection it cannot follow ends the router task in fred 10.1, after which
+    /// every command on that client times out), so a task that ends before `quit` is started
+    /// again, with the reconnect backoff.
     pub fn connect_in_background(&self) {
-        // The connection tasks run until `quit`; their handles are not needed.
-        drop(self.pool.connect_pool());
+        for client in self.pool.clients() {
+            let client = client.clone();
+            let quitting = self.quitting.clone();
+            let restarts = self.task_restarts.clone();
+            let (min, max) = self.restart_delay;
+            tokio::spawn(async move {
+                let mut delay = min;
+                loop {
+                    let started = tokio::time::Instant::now();
+                    let ended = client.connect().await;
+                    if quitting.load(Ordering::Acquire) {
+                        return;
+                    }
+                    restarts.fetch_add(1, Ordering::Relaxed);
+                    let why = match &ended {
+                        Ok(Ok(())) => "ended".to_string(),
+                        Ok(Err(e)) => format!("{:?}", e.kind()),
+                        Err(_) => "panicked".to_string(),
+                    };
+                    tracing::warn!(why, "redis connection task ended; starting it again");
+                    // A task that ran a while gets a fresh backoff.
+                    if started.elapsed() > max {
+                        delay = min;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                    if quitting.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Connection tasks started again after they ended on their own.
+    pub fn task_restarts(&self) -> u64 {
+        self.task_restarts.load(Ordering::Relaxed)
     }
 
     /// Wait until a client is connected, at most `timeout`; `Unavailable` after that.
@@ -247,6 +300,7 @@ impl RedisConnection {
 
     /// Close every connection. Bounded by `timeout`; connections still open then are dropped.
     pub async fn quit(&self, timeout: Duration) {
+        self.quitting.store(true, Ordering::Release);
         let quits = self.pool.clients().iter().map(|c| {
             let c = c.clone();
             async move {

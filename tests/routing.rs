@@ -120,9 +120,11 @@ async fn tenants_on_two_servers_are_isolated_and_share_one_pool_per_endpoint() {
         // No tracking subscriber for a routed cache alone.
         assert!(forze.tracking_stats().await.unwrap().is_none(), "{bin}");
         forze.shutdown().await.unwrap();
-        wait_until(Duration::from_secs(5), "routed pool closed at shutdown", || {
-            our_connections(&own) == 0
-        })
+        wait_until(
+            Duration::from_secs(5),
+            "routed pool closed at shutdown",
+            || our_connections(&own) == 0,
+        )
         .await;
     }
 }
@@ -136,8 +138,12 @@ async fn lru_eviction_closes_a_pool_and_calls_in_flight_end_with_a_result_or_a_t
             TestServer::start(&bin),
         );
         let routes = [("acme", b.url()), ("gamma", c.url())];
-        let forze: ForzeHandle =
-            spawn_ready(config(Some(&home.url()), "route-lru", &resources(1, &routes))).await;
+        let forze: ForzeHandle = spawn_ready(config(
+            Some(&home.url()),
+            "route-lru",
+            &resources(1, &routes),
+        ))
+        .await;
         let orders = forze.counter("orders").unwrap();
         let id = CounterId::suffix("n").for_tenant(t("acme"));
         orders.incr(&id, 1).await.unwrap();
@@ -208,7 +214,12 @@ async fn credentials_are_rotated_by_eviction() {
             .unwrap();
         let url = |pw: &str| format!("redis://tenant:{pw}@127.0.0.1:{}", own.port());
         let routes = [("acme", url("pw1"))];
-        let forze = spawn_ready(config(Some(&home.url()), "route-rotate", &resources(4, &routes))).await;
+        let forze = spawn_ready(config(
+            Some(&home.url()),
+            "route-rotate",
+            &resources(4, &routes),
+        ))
+        .await;
         let orders = forze.counter("orders").unwrap();
         let id = CounterId::suffix("n").for_tenant(t("acme"));
         assert_eq!(orders.incr(&id, 1).await.unwrap(), 1);
@@ -233,7 +244,10 @@ async fn credentials_are_rotated_by_eviction() {
         let e = orders.incr(&id, 1).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{bin}: {e}");
         assert!(started.elapsed() < Duration::from_secs(2), "{bin}");
-        assert!(!format!("{e:?}").contains("wrong"), "{bin}: secret in {e:?}");
+        assert!(
+            !format!("{e:?}").contains("wrong"),
+            "{bin}: secret in {e:?}"
+        );
         // Back to [redis]: the tenant's counter there starts from scratch.
         forze.set_route(&t("acme"), None).unwrap();
         assert_eq!(orders.incr(&id, 1).await.unwrap(), 1, "{bin}");

@@ -60,6 +60,9 @@ pub struct PoolStats {
     pub state_changes: u64,
     /// Scripts re-sent after `NOSCRIPT`.
     pub script_reloads: u64,
+    /// fred connection tasks that ended on their own and were started again (see
+    /// `RedisConnection::connect_in_background`).
+    pub task_restarts: u64,
 }
 
 /// The pool actor.
@@ -293,5 +296,6 @@ fn stats(shared: &Shared, conn: &RedisConnection) -> PoolStats {
         probe_failures: c.probe_failures.load(Ordering::Relaxed),
         state_changes: c.state_changes.load(Ordering::Relaxed),
         script_reloads: conn.script_reloads(),
+        task_restarts: conn.task_restarts(),
     }
 }

@@ -234,20 +234,41 @@ impl TestCluster {
         self.nodes[self.owner_of(key)].cmd(args)
     }
 
-    /// Move `slot` with its keys to node `to`: `SETSLOT IMPORTING/MIGRATING`, `MIGRATE` of every
-    /// key, then `SETSLOT NODE` on every node, and wait until the cluster agrees.
+    /// Move `slot` with its keys to node `to`: [`TestCluster::begin_migration`],
+    /// [`TestCluster::move_keys`], [`TestCluster::finish_migration`].
     pub fn migrate_slot(&self, slot: u16, to: usize) {
+        let from = self.begin_migration(slot, to);
+        self.move_keys(slot, from, to, usize::MAX);
+        self.finish_migration(slot, from, to);
+    }
+
+    /// Mark `slot` importing on `to` and migrating on its owner (returned). From now on the
+    /// owner answers `ASK` for keys of the slot it no longer holds.
+    pub fn begin_migration(&self, slot: u16, to: usize) -> usize {
         let from = self.owner_of_slot(slot);
         assert_ne!(from, to, "slot {slot} is already on node {to}");
         let s = slot.to_string();
-        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
-        dst.cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &self.ids[from]])
+        self.nodes[to]
+            .cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &self.ids[from]])
             .expect("SETSLOT IMPORTING");
-        src.cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &self.ids[to]])
+        self.nodes[from]
+            .cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &self.ids[to]])
             .expect("SETSLOT MIGRATING");
+        from
+    }
+
+    /// `MIGRATE` up to `max` keys of `slot` from `from` to `to`; how many moved.
+    pub fn move_keys(&self, slot: u16, from: usize, to: usize, max: usize) -> usize {
+        let s = slot.to_string();
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        let mut moved = 0;
         for _ in 0..10_000 {
+            let batch = (max - moved).min(100);
+            if batch == 0 {
+                break;
+            }
             let keys = src
-                .cmd(&["CLUSTER", "GETKEYSINSLOT", &s, "100"])
+                .cmd(&["CLUSTER", "GETKEYSINSLOT", &s, &batch.to_string()])
                 .expect("GETKEYSINSLOT");
             let keys: Vec<String> = keys
                 .as_array()
@@ -262,8 +283,15 @@ impl TestCluster {
             let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
             args.extend(keys.iter().map(String::as_str));
             src.cmd(&args).expect("MIGRATE");
+            moved += keys.len();
         }
-        // The new owner first, then the old one, then everyone else (the documented order).
+        moved
+    }
+
+    /// Give `slot` to `to` on every node (the new owner first, then the old one, then the
+    /// rest: the documented order) and wait until the cluster agrees.
+    pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
+        let s = slot.to_string();
         for i in std::iter::once(to)
             .chain(std::iter::once(from))
             .chain((0..self.nodes.len()).filter(|&i| i != to && i != from))
