@@ -24,6 +24,9 @@ fn resources(max_pools: usize, routes: &[(&str, String)]) -> String {
         r#"
 [counters.orders]
 routed = true
+[counters.visits]
+routed = true
+fallback = "local"
 [caches.docs]
 routed = true
 ttl = "60s"

@@ -298,15 +298,23 @@ impl Counter {
                 }
                 _ => Ok(None),
             };
-            let (target, endpoint) = match routed {
-                Err(e) => (Err(e), None),
-                Ok(endpoint) => (target, endpoint),
+            let (routing_failed, endpoint) = match routed {
+                Err(e) => (Some(e), None),
+                Ok(endpoint) => (None, endpoint),
             };
             let redis = endpoint.as_ref().or(self.redis.as_ref());
-            let (result, served) = match (&target, redis) {
-                (Err(e), _) => (Err(e.clone()), "none"),
-                (Ok(t), None) => (exec(&self.local, t, op).await, "local"),
-                (Ok(t), Some(redis)) => match exec(redis, t, op).await {
+            let (result, served) = match (&target, redis, routing_failed) {
+                (Err(e), _, _) => (Err(e.clone()), "none"),
+                // The tenant's endpoint could not be reached: nothing was sent, so the local
+                // fallback applies as for any Unavailable.
+                (Ok(t), _, Some(e)) if self.should_fall_back(&e) => {
+                    self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "routed endpoint unavailable: serving from local state");
+                    (exec(&self.local, t, op).await, "fallback")
+                }
+                (Ok(_), _, Some(e)) => (Err(e), "none"),
+                (Ok(t), None, None) => (exec(&self.local, t, op).await, "local"),
+                (Ok(t), Some(redis), None) => match exec(redis, t, op).await {
                     Err(e) if self.should_fall_back(&e) => {
                         self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "redis unavailable: serving from local state");
