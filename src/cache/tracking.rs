@@ -134,22 +134,7 @@ impl TrackingConnection {
     /// cancel-safe: drop the connection if the future is dropped.
     pub async fn request(&mut self, args: &[&[u8]]) -> Result<OwnedFrame> {
         self.send(args).await?;
-        loop {
-            match self.next_frame().await? {
-                OwnedFrame::Push { .. } => continue,
-                OwnedFrame::SimpleError { data, .. } => {
-                    let code = data.split_whitespace().next().unwrap_or("").to_string();
-                    return Err(Error::internal(
-                        "cache.tracking",
-                        format!("request refused ({code})"),
-                    ));
-                }
-                OwnedFrame::BlobError { .. } => {
-                    return Err(Error::internal("cache.tracking", "request refused"))
-                }
-                frame => return Ok(frame),
-            }
-        }
+        self.read_reply("request").await
     }
 
     async fn handshake(target: &TrackingTarget, client_name: &str) -> Result<Self> {
@@ -207,10 +192,16 @@ impl TrackingConnection {
     }
 
     async fn expect_reply(&mut self, what: &str) -> Result<()> {
+        self.read_reply(what).await.map(drop)
+    }
+
+    /// The next reply (pushes skipped); an error reply is an error naming `what` and the
+    /// error code only (the reply text may echo arguments).
+    async fn read_reply(&mut self, what: &str) -> Result<OwnedFrame> {
         loop {
             match self.next_frame().await? {
+                OwnedFrame::Push { .. } => continue,
                 OwnedFrame::SimpleError { data, .. } => {
-                    // The reply text may echo arguments; keep only the error code.
                     let code = data.split_whitespace().next().unwrap_or("").to_string();
                     return Err(Error::internal(
                         "cache.tracking",
@@ -220,9 +211,7 @@ impl TrackingConnection {
                 OwnedFrame::BlobError { .. } => {
                     return Err(Error::internal("cache.tracking", format!("{what} refused")))
                 }
-                // An early push (there should be none yet) is not our reply.
-                OwnedFrame::Push { .. } => continue,
-                _ => return Ok(()),
+                frame => return Ok(frame),
             }
         }
     }
