@@ -259,7 +259,30 @@ async fn calls_during_a_slot_migration_end_typed_and_bounded_then_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_is_followed_without_a_restart() {
     for bin in server_binaries() {
+        failover_is_followed(&bin.to_string(), TestSentinels::start(&bin), |g| {
+            g.failover()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sentinel_primary_is_replaced_and_followed() {
+    for bin in server_binaries() {
         let group = TestSentinels::start(&bin);
+        failover_is_followed(&bin.to_string(), group, |g| g.kill_primary()).await;
+    }
+}
+
+/// Two replicas on `group`: warm an L1, take a lock token and count, fail over with
+/// `fail_over`, then check that the same supervisors work on the new primary, the L1 was
+/// flushed and is coherent again, and lock tokens still increase.
+async fn failover_is_followed(
+    bin: &str,
+    mut group: TestSentinels,
+    fail_over: impl FnOnce(&mut TestSentinels) -> u16,
+) {
+    {
         let mut reps = Vec::new();
         for _ in 0..2 {
             let r = spawn_ready(config(Some(&group.url()), "sentinel", RESOURCES)).await;
@@ -281,8 +304,9 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
         // Let the replica catch up so the failover keeps the fence, then fail over.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let old = group.primary_port();
-        let new = group.failover();
-        eprintln!("{bin}: failover {old} -> {new}");
+        let failing = Instant::now();
+        let new = fail_over(&mut group);
+        eprintln!("{bin}: failover {old} -> {new} in {:?}", failing.elapsed());
         let started = Instant::now();
         // Operations resume on the new primary, on the same supervisors.
         let mut value = None;
@@ -340,6 +364,85 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
             after.token()
         );
         after.release().await.unwrap();
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_primary_untrusts_every_l1_until_it_is_back() {
+    for bin in server_binaries() {
+        let mut cluster = TestCluster::start(&bin, 3);
+        let mut reps = Vec::new();
+        for _ in 0..2 {
+            let r = spawn_ready(config(Some(&cluster.url()), "cl-kill", RESOURCES)).await;
+            tracked_on(&r, 3).await;
+            reps.push(r);
+        }
+        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
+        for i in 0..KEYS {
+            writer.set(&k(i), &1u64, None).await.unwrap();
+        }
+        converge(&reader, 1, "warm-up").await;
+        // Kill the primary of k0: the reader loses one of its three tracking connections, so
+        // every L1 is flushed and untrusted (it cannot hear of writes on that node's slots).
+        let dead = cluster.owner_of(&redis_key(0));
+        cluster.stop_node(dead);
+        let r1 = reps[1].clone();
+        wait_until_async(Duration::from_secs(10), "tracking lost", || {
+            let r = r1.clone();
+            async move { matches!(r.tracking_stats().await, Ok(Some(s)) if !s.confirmed) }
+        })
+        .await;
+        let l1 = reader.stats_now().l1.unwrap();
+        assert!(!l1.trusted && l1.entries == 0, "{bin}: {l1:?}");
+        // Whatever the cluster answers meanwhile (a live node's slots, CLUSTERDOWN once the
+        // failure is agreed), reads are never stale and every call ends typed and bounded.
+        let alive = (0..KEYS)
+            .find(|&i| cluster.owner_of_slot(key_slot(redis_key(i).as_bytes())) != dead)
+            .unwrap();
+        let started = Instant::now();
+        match writer.set(&k(alive), &2u64, None).await {
+            Ok(()) => assert_eq!(reader.get::<u64>(&k(alive)).await.unwrap(), Some(2)),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    forze_redis::ErrorKind::Unavailable
+                        | forze_redis::ErrorKind::OutcomeUnknown
+                        | forze_redis::ErrorKind::Timeout
+                ),
+                "{bin}: {e}"
+            ),
+        }
+        let read = reader.get::<u64>(&k(0)).await.unwrap();
+        assert!(read.is_none() || read == Some(1), "{bin}: {read:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{bin}");
+        // Back: tracked on all three again, and writes reach the reader by push.
+        cluster.restart_node(dead);
+        for r in &reps {
+            let r2 = r.clone();
+            wait_until_async(Duration::from_secs(20), "tracking back on 3 primaries", || {
+                let r = r2.clone();
+                async move {
+                    matches!(r.tracking_stats().await, Ok(Some(s)) if s.confirmed && s.primaries == 3 && s.confirmations >= 2)
+                }
+            })
+            .await;
+        }
+        for i in 0..KEYS {
+            let mut ok = false;
+            for _ in 0..100 {
+                if writer.set(&k(i), &3u64, None).await.is_ok() {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(ok, "{bin}: write after the node came back");
+        }
+        let took = converge(&reader, 3, &format!("{bin}: after the node came back")).await;
+        eprintln!("{bin}: node back; the reader saw every update in {took:?}");
         for r in reps {
             r.shutdown().await.unwrap();
         }

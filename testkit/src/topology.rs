@@ -201,6 +201,19 @@ impl TestCluster {
         &self.nodes
     }
 
+    /// Kill node `i` (`SIGKILL`); its slots stay assigned to it, so the cluster fails once the
+    /// others notice (`cluster-node-timeout`, 3 s here).
+    pub fn stop_node(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Start node `i` again on its port with its `nodes.conf` (same slots, same peers) and wait
+    /// until the cluster agrees again.
+    pub fn restart_node(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.wait_consistent();
+    }
+
     /// `redis-cluster://` URL naming every node as a seed.
     pub fn url(&self) -> String {
         let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
@@ -432,6 +445,35 @@ impl TestSentinels {
     /// The sentinels.
     pub fn sentinels(&self) -> &[TestServer] {
         &self.sentinels
+    }
+
+    /// Kill the primary (`SIGKILL`), then wait until the sentinels announce the replica as
+    /// primary and it says `role:master`. Returns the new primary's port.
+    ///
+    /// # Panics
+    ///
+    /// When no failover completes within 20 s.
+    pub fn kill_primary(&mut self) -> u16 {
+        let old = self.primary_port();
+        let i = self
+            .data
+            .iter()
+            .position(|s| s.port() == old)
+            .expect("one of ours");
+        self.data[i].stop();
+        let new = poll(
+            "the sentinels to promote the replica",
+            SETUP_TIMEOUT,
+            || {
+                let p = self.primary_port();
+                (p != old).then_some(p)
+            },
+        );
+        poll("the new primary to say role:master", SETUP_TIMEOUT, || {
+            let info = text(&self.data_server(new).cmd(&["INFO", "replication"]).ok()?);
+            (info_field(&info, "role").as_deref() == Some("master")).then_some(())
+        });
+        new
     }
 
     /// `SENTINEL FAILOVER`, then wait until the sentinels announce the replica as primary and
