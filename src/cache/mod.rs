@@ -244,6 +244,15 @@ impl Cache {
         self.router.is_some()
     }
 
+    /// [`Cache::store_for`], without entering it when the namespace is not routed (the
+    /// common case, on every remote read).
+    async fn store_for_keys(&self, rkeys: &[&str]) -> Result<StoreRef<'_>> {
+        if self.router.is_none() {
+            return Ok(StoreRef::Own(&self.store));
+        }
+        Box::pin(self.store_for(rkeys)).await
+    }
+
     /// The store for an operation on `rkeys` (Redis keys of this namespace). Routed: the
     /// endpoint of their tenant; a batch whose tenants live on different endpoints is
     /// refused (`Validation`).
@@ -473,7 +482,7 @@ impl Cache {
                 })
                 .collect();
             let names: Vec<&str> = pending.iter().map(|(_, k)| k.as_str()).collect();
-            let reads = match self.store_for(&names).await.as_deref() {
+            let reads = match self.store_for_keys(&names).await.as_deref() {
                 Ok(Store::Redis(r)) => {
                     Box::pin(r.read(op, &names, self.l1.is_some(), self.sliding_ttl)).await
                 }
@@ -574,7 +583,7 @@ impl Cache {
             return Ok(true);
         }
         let rkey = self.redis_key(key)?;
-        let found = match self.store_for(&[rkey.as_str()]).await.as_deref() {
+        let found = match self.store_for_keys(&[rkey.as_str()]).await.as_deref() {
             Ok(Store::Redis(r)) => Box::pin(r.exists("cache.exists", &rkey)).await,
             Ok(Store::Local(l)) => Ok(l.exists(&rkey)),
             Err(e) => Err(e.clone()),
@@ -621,7 +630,7 @@ impl Cache {
                 .map(|(k, b)| (k.as_str(), b.clone()))
                 .collect();
             let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let result = match self.store_for(&names).await.as_deref() {
+            let result = match self.store_for_keys(&names).await.as_deref() {
                 Ok(Store::Redis(r)) => Box::pin(r.write(op, &refs, ttl)).await,
                 Ok(Store::Local(l)) => {
                     l.write(&refs, ttl);
@@ -707,7 +716,7 @@ impl Cache {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let keys = [rkey];
         self.evict_local(&keys);
-        let result = match self.store_for(&[keys[0].as_str()]).await.as_deref() {
+        let result = match self.store_for_keys(&[keys[0].as_str()]).await.as_deref() {
             Ok(Store::Redis(r)) => {
                 Box::pin(r.write_versioned(
                     op,
@@ -771,7 +780,7 @@ impl Cache {
                 .fetch_add(rkeys.len() as u64, Ordering::Relaxed);
             self.evict_local(&rkeys);
             let refs: Vec<&str> = rkeys.iter().map(String::as_str).collect();
-            let result = match self.store_for(&refs).await.as_deref() {
+            let result = match self.store_for_keys(&refs).await.as_deref() {
                 Ok(Store::Redis(r)) => Box::pin(r.remove("cache.delete", &refs, hard)).await,
                 Ok(Store::Local(l)) => Ok(l.remove(&refs)),
                 Err(e) => Err(e.clone()),
