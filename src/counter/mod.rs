@@ -290,7 +290,7 @@ impl Counter {
             self.stats.ops.fetch_add(1, Ordering::Relaxed);
             let routed = match (&target, &self.router) {
                 (Ok(_), Some(router)) => {
-                    match destination(Some(router), &self.name, tenant).await {
+                    match Box::pin(destination(Some(router), &self.name, tenant)).await {
                         Ok(Destination::Endpoint(conn)) => Ok(Some(RedisCounterStore::new(conn))),
                         Ok(Destination::Default) => Ok(None),
                         Err(e) => Err(e),
