@@ -157,7 +157,10 @@ pub struct ReconnectConfig {
     /// Random jitter added to each delay (default 50 ms).
     #[serde(with = "humantime_serde")]
     pub jitter: Duration,
-    /// Attempts before giving up; 0 = never give up (default 0).
+    /// Attempts in one run of fred's reconnect loop; 0 = unbounded (default 0). When a run
+    /// gives up, the connection task is started again after the backoff (see
+    /// `RedisConnection::connect_in_background`): the pool itself never gives up, it only
+    /// pauses, since a service that outlives a Redis outage must find Redis again.
     pub max_attempts: u32,
 }
 

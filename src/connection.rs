@@ -20,7 +20,7 @@
 //! Every command picks a *connected* client of the pool; when none is connected the call fails
 //! with `Unavailable` before anything is sent.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,8 +43,9 @@ pub struct RedisConnection {
     write_opts: Options,
     idempotent_write_opts: Options,
     script_reloads: AtomicU64,
-    /// Set by `quit`: the connection tasks' watchdogs stop restarting them.
-    quitting: Arc<AtomicBool>,
+    /// Set by `quit`: the connection tasks' watchdogs stop restarting them. A lock, not a
+    /// flag: a watchdog checks it and starts a task under it, so none starts after `quit`.
+    quitting: Arc<std::sync::Mutex<bool>>,
     /// Connection tasks restarted after they ended on their own.
     task_restarts: Arc<AtomicU64>,
     /// Backoff between restarts of an ended connection task.
@@ -115,7 +116,7 @@ impl RedisConnection {
             write_opts,
             idempotent_write_opts,
             script_reloads: AtomicU64::new(0),
-            quitting: Arc::new(AtomicBool::new(false)),
+            quitting: Arc::new(std::sync::Mutex::new(false)),
             task_restarts: Arc::new(AtomicU64::new(0)),
             restart_delay: (
                 cfg.reconnect.min_delay.max(Duration::from_millis(10)),
@@ -141,8 +142,16 @@ impl RedisConnection {
                 let mut delay = min;
                 loop {
                     let started = tokio::time::Instant::now();
-                    let ended = client.connect().await;
-                    if quitting.load(Ordering::Acquire) {
+                    let task = {
+                        let quitting = quitting.lock().unwrap_or_else(|p| p.into_inner());
+                        if *quitting {
+                            return;
+                        }
+                        // Spawns the task and returns at once: no await under the lock.
+                        client.connect()
+                    };
+                    let ended = task.await;
+                    if *quitting.lock().unwrap_or_else(|p| p.into_inner()) {
                         return;
                     }
                     restarts.fetch_add(1, Ordering::Relaxed);
@@ -158,9 +167,6 @@ impl RedisConnection {
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(max);
-                    if quitting.load(Ordering::Acquire) {
-                        return;
-                    }
                 }
             });
         }
@@ -300,7 +306,7 @@ impl RedisConnection {
 
     /// Close every connection. Bounded by `timeout`; connections still open then are dropped.
     pub async fn quit(&self, timeout: Duration) {
-        self.quitting.store(true, Ordering::Release);
+        *self.quitting.lock().unwrap_or_else(|p| p.into_inner()) = true;
         let quits = self.pool.clients().iter().map(|c| {
             let c = c.clone();
             async move {

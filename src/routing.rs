@@ -29,8 +29,8 @@ use crate::keys::TenantId;
 /// One open endpoint pool.
 #[derive(Debug)]
 struct Endpoint {
-    /// The URL, as the route table spells it (the pool key).
-    url: String,
+    /// The URL, as the route table spells it (the pool key; `Debug` redacts it).
+    url: RedisUrl,
     conn: Arc<RedisConnection>,
 }
 
@@ -97,22 +97,36 @@ impl Router {
     /// else its endpoint's pool, opened if needed and connected (waited for at most
     /// `connect_timeout`; `Unavailable` after that).
     pub async fn connection(&self, tenant: &TenantId) -> Result<Option<Arc<RedisConnection>>> {
-        let Some(url) = self.read_routes().get(tenant.as_str()).cloned() else {
-            return Ok(None);
-        };
-        let conn = self.pool_for(&url)?;
-        conn.wait_connected(self.template.connect_timeout).await?;
-        Ok(Some(conn))
+        // A route changed between reading it and finding its pool: read it again (bounded;
+        // routes do not change that often).
+        for _ in 0..4 {
+            let Some(url) = self.read_routes().get(tenant.as_str()).cloned() else {
+                return Ok(None);
+            };
+            if let Some(conn) = self.pool_for(&url)? {
+                conn.wait_connected(self.template.connect_timeout).await?;
+                return Ok(Some(conn));
+            }
+        }
+        Err(Error::unavailable("routing.connect"))
     }
 
-    fn pool_for(&self, url: &RedisUrl) -> Result<Arc<RedisConnection>> {
+    /// The pool of `url`, opened if needed; `None` when no route uses `url` any more (a
+    /// pool opened then would keep old credentials alive after a rotation).
+    fn pool_for(&self, url: &RedisUrl) -> Result<Option<Arc<RedisConnection>>> {
         let key = url.expose();
         let mut pools = self.lock_pools();
-        if let Some(i) = pools.iter().position(|e| e.url == key) {
+        if let Some(i) = pools.iter().position(|e| e.url.expose() == key) {
             let e = pools.remove(i).expect("position is in range");
             let conn = e.conn.clone();
             pools.push_back(e);
-            return Ok(conn);
+            return Ok(Some(conn));
+        }
+        // Checked under the pools lock: `set_route` changes the routes first and evicts
+        // unused pools under this lock after, so a pool opened here is either still routed
+        // or evicted by that pass.
+        if !self.read_routes().values().any(|u| u.expose() == key) {
+            return Ok(None);
         }
         let mut cfg = self.template.clone();
         cfg.url = url.clone();
@@ -121,7 +135,7 @@ impl Router {
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         tracing::info!(endpoint = %url, "routed endpoint pool opened");
         pools.push_back(Endpoint {
-            url: key.to_string(),
+            url: url.clone(),
             conn: conn.clone(),
         });
         while pools.len() > self.max_pools {
@@ -129,14 +143,14 @@ impl Router {
                 self.evict(old, "least recently used");
             }
         }
-        Ok(conn)
+        Ok(Some(conn))
     }
 
     /// Close `old` after a grace of one command timeout, so calls holding it can finish.
     fn evict(&self, old: Endpoint, why: &'static str) {
         self.counters.evicted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            endpoint = %RedisUrl::new(old.url.clone()),
+            endpoint = %old.url,
             why,
             "routed endpoint pool evicted"
         );
@@ -170,7 +184,7 @@ impl Router {
         let mut pools = self.lock_pools();
         let mut kept = VecDeque::with_capacity(pools.len());
         for e in pools.drain(..) {
-            if used.contains(&e.url) {
+            if used.iter().any(|u| u == e.url.expose()) {
                 kept.push_back(e);
             } else {
                 self.evict(e, "route changed");
@@ -248,17 +262,17 @@ mod tests {
         let r = router(2);
         let t = |s: &str| TenantId::new(s).unwrap();
         let url = |t: &TenantId| r.read_routes().get(t.as_str()).cloned().unwrap();
-        let a = r.pool_for(&url(&t("a"))).unwrap();
-        let b = r.pool_for(&url(&t("b"))).unwrap();
+        let a = r.pool_for(&url(&t("a"))).unwrap().unwrap();
+        let b = r.pool_for(&url(&t("b"))).unwrap().unwrap();
         assert!(Arc::ptr_eq(&a, &b), "same URL, same pool");
-        r.pool_for(&url(&t("c"))).unwrap();
+        r.pool_for(&url(&t("c"))).unwrap().unwrap();
         assert_eq!(r.stats().open_pools, 2);
         // a/b's pool is used again, so c's is now the least recently used.
-        r.pool_for(&url(&t("a"))).unwrap();
-        r.pool_for(&url(&t("d"))).unwrap();
+        r.pool_for(&url(&t("a"))).unwrap().unwrap();
+        r.pool_for(&url(&t("d"))).unwrap().unwrap();
         let s = r.stats();
         assert_eq!((s.open_pools, s.opened, s.evicted), (2, 3, 1));
-        let again = r.pool_for(&url(&t("a"))).unwrap();
+        let again = r.pool_for(&url(&t("a"))).unwrap().unwrap();
         assert!(Arc::ptr_eq(&a, &again), "a's pool survived");
         assert!(!r.is_routed(&t("zzz")));
         assert!(r.is_routed(&t("a")));
@@ -269,8 +283,8 @@ mod tests {
         let r = router(8);
         let t = |s: &str| TenantId::new(s).unwrap();
         let url = |t: &TenantId| r.read_routes().get(t.as_str()).cloned().unwrap();
-        r.pool_for(&url(&t("c"))).unwrap();
-        r.pool_for(&url(&t("a"))).unwrap();
+        r.pool_for(&url(&t("c"))).unwrap().unwrap();
+        r.pool_for(&url(&t("a"))).unwrap().unwrap();
         // c moves to new credentials: its old pool is no one's.
         r.set_route(&t("c"), Some(RedisUrl::new("redis://:pw2@127.0.0.1:2")))
             .unwrap();
@@ -281,6 +295,15 @@ mod tests {
         assert!(r
             .set_route(&t("a"), Some(RedisUrl::new("ftp://x")))
             .is_err());
+        // A URL no route uses any more gets no pool (a call that read the old route).
+        assert!(r
+            .pool_for(&RedisUrl::new("redis://127.0.0.1:2"))
+            .unwrap()
+            .is_none());
+        // Debug never shows a routed endpoint's password.
+        r.pool_for(&RedisUrl::new("redis://:pw2@127.0.0.1:2"))
+            .unwrap();
+        assert!(!format!("{r:?}").contains("pw2"));
     }
 
     #[tokio::test]

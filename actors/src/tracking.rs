@@ -160,6 +160,11 @@ impl Actor for TrackingSubscriber {
                 l1.flush(FlushReason::SubscriberRestart, false);
             }
         }
+        // Whatever a dying incarnation's task did last, nothing is tracked until this one
+        // confirms.
+        for b in shared.breakers.values() {
+            b.set_tracked(false);
+        }
         let targets = l1s(&shared);
         let mut all_prefixes: Vec<String> = targets.iter().map(|(p, _)| p.clone()).collect();
         all_prefixes.extend(shared.breakers.values().map(|b| b.tracking_prefix()));
@@ -233,15 +238,18 @@ async fn run(
                 for (_, l1) in &l1s {
                     l1.confirm();
                 }
+                for b in shared.breakers.values() {
+                    b.set_tracked(true);
+                }
                 if stopped.load(Ordering::Acquire) {
                     // The incarnation stopped while we confirmed: undo.
                     for (_, l1) in &l1s {
                         l1.flush(FlushReason::SubscriberRestart, false);
                     }
+                    for b in shared.breakers.values() {
+                        b.set_tracked(false);
+                    }
                     return;
-                }
-                for b in shared.breakers.values() {
-                    b.set_tracked(true);
                 }
                 stats.primaries.store(conns.len() as u64, Ordering::Relaxed);
                 stats.confirmed.store(true, Ordering::Release);

@@ -229,9 +229,9 @@ impl Breakers {
     /// is seen within that TTL).
     pub fn set_tracked(&self, tracked: bool) {
         self.tracked.store(tracked, Ordering::Release);
-        if !tracked {
-            self.flush_cache();
-        }
+        // Either way a phase read in flight is not cached: one sent untracked may predate
+        // a reset that no push will announce.
+        self.flush_cache();
     }
 
     /// Drop cached phases past their deadline (the resilience actor calls this periodically,
@@ -432,8 +432,10 @@ impl Breakers {
         let retry_at = retry_at.as_i64().unwrap_or(0);
         let server_now = server_now.as_i64().unwrap_or(0);
         // The server's own clock sets the deadline; only its distance from the server's now
-        // is carried over to ours, so a skewed local wall clock changes nothing.
-        let wait = Duration::from_millis((retry_at - server_now).max(0) as u64);
+        // is carried over to ours, so a skewed local wall clock changes nothing. Never more
+        // than one break (a corrupt state hash cannot park a replica for ever).
+        let wait = Duration::from_millis(retry_at.saturating_sub(server_now).max(0) as u64)
+            .min(self.config.break_duration);
         let forced = retry_at == 0 && phase == Phase::Open;
         let allowed = allowed.as_i64() == Some(1);
         // An invalidation that arrived while this call was in flight may concern a newer

@@ -173,7 +173,9 @@ impl RedisCacheStore {
     }
 
     /// Remove `keys` (`DEL` when `hard`: memory reclaimed before the reply; else `UNLINK`);
-    /// how many existed.
+    /// how many existed. Sent as an idempotent write: if fred sends it a second time (after a
+    /// redirection or a lost reply), the keys are gone all the same, but the count is that of
+    /// the second send, so it may under-count.
     pub async fn remove(&self, op: &'static str, keys: &[&str], hard: bool) -> Result<u64> {
         let client = self
             .conn

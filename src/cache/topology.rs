@@ -6,7 +6,7 @@
 //! - **Cluster**: every primary. Broadcast tracking is per node (a node reports writes to the
 //!   keys it holds), so one connection per primary is the only way to hear of every write
 //!   (fred would track one node only: `reference/fred-ractor-facts.md` 1.6). The slot map is
-//!   read with `CLUSTER SLOTS` from a seed, and polled; any change (a slot migrated, a
+//!   read with `CLUSTER NODES` from a seed, and polled; any change (a slot migrated, a
 //!   failover, a node added) is a topology change.
 //! - **Sentinel**: the primary the sentinels name for the service, polled with
 //!   `SENTINEL GET-MASTER-ADDR-BY-NAME`; a new address is a topology change (a failover).
@@ -210,8 +210,8 @@ impl TrackingSource {
                     fingerprint: t.addr(),
                 }),
                 TrackingSource::Cluster { auth, .. } => {
-                    let reply = watch.conn.request(&[b"CLUSTER", b"SLOTS"]).await?;
-                    parse_cluster_slots(&reply, &watch.host, auth)
+                    let reply = watch.conn.request(&[b"CLUSTER", b"NODES"]).await?;
+                    parse_cluster_nodes(&reply, &watch.host, auth)
                 }
                 TrackingSource::Sentinel { service, auth, .. } => {
                     let reply = watch
@@ -262,50 +262,71 @@ fn items(f: &OwnedFrame) -> Option<&[OwnedFrame]> {
     }
 }
 
-/// `CLUSTER SLOTS` → one target per primary, and the slot map as the fingerprint. A primary
-/// reported with an empty or unknown host is reached at the host the poll went to.
-pub fn parse_cluster_slots(reply: &OwnedFrame, via: &str, auth: &Credentials) -> Result<Topology> {
-    let ranges = items(reply).ok_or_else(|| bad("CLUSTER SLOTS"))?;
-    let mut map: Vec<(i64, i64, String, u16)> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let r = items(r).ok_or_else(|| bad("CLUSTER SLOTS"))?;
-        let (Some(start), Some(end), Some(primary)) = (
-            r.first().and_then(int),
-            r.get(1).and_then(int),
-            r.get(2).and_then(items),
-        ) else {
-            return Err(bad("CLUSTER SLOTS"));
+/// `CLUSTER NODES` → one target per primary, and the primaries with their slots as the
+/// fingerprint. Every primary is tracked, also one that holds no slot yet: during a slot
+/// migration the keys already moved live on the importing node (often a new, empty one), and
+/// clients that follow `ASK` write them there; only the node you ask shows its own migration
+/// state, so the importing node must be tracked before any slot is given to it. Primaries
+/// marked `fail`, `noaddr` or `handshake` are left out. A primary reported without a host is
+/// reached at the host the poll went to.
+pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &Credentials) -> Result<Topology> {
+    let text = match reply {
+        OwnedFrame::VerbatimString { data, .. } => String::from_utf8_lossy(data).into_owned(),
+        other => self::text(other).ok_or_else(|| bad("CLUSTER NODES"))?,
+    };
+    let mut primaries: Vec<(String, u16, String)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            return Err(bad("CLUSTER NODES"));
         };
-        let host = primary.first().and_then(text).unwrap_or_default();
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master")
+            || flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"))
+        {
+            continue;
+        }
+        // `host:port@bus[,hostname]`; the host may be empty (a node that does not know it).
+        let hostport = addr.split('@').next().unwrap_or("");
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| bad("CLUSTER NODES"))?;
+        let port: u16 = port.parse().map_err(|_| bad("CLUSTER NODES"))?;
+        if port == 0 {
+            continue;
+        }
         let host = if host.is_empty() || host == "?" {
-            via.to_string()
+            via
         } else {
             host
         };
-        let port = primary
-            .get(1)
-            .and_then(int)
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| bad("CLUSTER SLOTS"))?;
-        map.push((start, end, host, port));
+        // Owned slots only: `[slot->-id]` / `[slot-<-id]` migration marks are shown by the
+        // node asked for its own slots only, so they would make the fingerprint depend on
+        // which seed answered.
+        let slots: Vec<&str> = fields
+            .iter()
+            .skip(8)
+            .copied()
+            .filter(|f| !f.starts_with('['))
+            .collect();
+        primaries.push((host.to_string(), port, slots.join(" ")));
     }
-    if map.is_empty() {
-        // No slot assigned: a cluster that cannot serve anything yet.
+    if primaries.is_empty() {
         return Err(Error::unavailable("cache.tracking.topology"));
     }
-    map.sort();
-    let fingerprint = map
+    primaries.sort();
+    primaries.dedup();
+    let fingerprint = primaries
         .iter()
-        .map(|(s, e, h, p)| format!("{s}-{e}@{h}:{p}"))
+        .map(|(h, p, slots)| format!("{h}:{p}={slots}"))
         .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<(String, u16)> = map.into_iter().map(|(_, _, h, p)| (h, p)).collect();
-    nodes.sort();
-    nodes.dedup();
+        .join(";");
     Ok(Topology {
-        primaries: nodes
+        primaries: primaries
             .into_iter()
-            .map(|(h, p)| TrackingTarget::new(&h, p, auth.clone()))
+            .map(|(h, p, _)| TrackingTarget::new(&h, p, auth.clone()))
             .collect(),
         fingerprint,
     })
@@ -356,50 +377,51 @@ mod tests {
     }
 
     #[test]
-    fn cluster_slots_give_one_target_per_primary_and_a_stable_fingerprint() {
-        let range = |s, e, host: &str, port| {
-            arr(vec![
-                num(s),
-                num(e),
-                arr(vec![blob(host), num(port), blob("id")]),
-                arr(vec![blob("127.0.0.1"), num(9999), blob("replica")]),
-            ])
-        };
-        let a = arr(vec![
-            range(5461, 10922, "127.0.0.1", 7001),
-            range(0, 5460, "127.0.0.1", 7000),
-            range(10923, 16383, "", 7002),
-        ]);
+    fn cluster_nodes_give_every_live_primary_and_a_fingerprint_of_its_slots() {
+        let nodes = |lines: &[&str]| blob(&lines.join("\n"));
+        let base = [
+            "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5460->-b2]",
+            "b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922",
+            "c3 :7002@17002 master - 0 0 3 connected 10923-16383",
+            "d4 127.0.0.1:7003@17003 master - 0 0 4 connected",
+            "e5 127.0.0.1:7004@17004 slave a1 0 0 1 connected",
+            "f6 127.0.0.1:7005@17005 master,fail - 0 0 5 disconnected",
+        ];
         let auth = Credentials::default();
-        let t = parse_cluster_slots(&a, "10.0.0.9", &auth).unwrap();
+        let t = parse_cluster_nodes(&nodes(&base), "10.0.0.9", &auth).unwrap();
         let addrs: Vec<String> = t.primaries.iter().map(|p| p.addr()).collect();
-        assert_eq!(addrs, ["10.0.0.9:7002", "127.0.0.1:7000", "127.0.0.1:7001"]);
-        // Order of ranges does not matter; a moved range does.
-        let b = arr(vec![
-            range(0, 5460, "127.0.0.1", 7000),
-            range(10923, 16383, "", 7002),
-            range(5461, 10922, "127.0.0.1", 7001),
-        ]);
+        // Every live primary, the empty one included; no replica, no failed node.
         assert_eq!(
-            parse_cluster_slots(&b, "10.0.0.9", &auth)
+            addrs,
+            [
+                "10.0.0.9:7002",
+                "127.0.0.1:7000",
+                "127.0.0.1:7001",
+                "127.0.0.1:7003"
+            ]
+        );
+        // Line order and migration marks do not matter; a moved slot does.
+        let mut reordered = base;
+        reordered.swap(0, 2);
+        reordered[2] = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460";
+        assert_eq!(
+            parse_cluster_nodes(&nodes(&reordered), "10.0.0.9", &auth)
                 .unwrap()
                 .fingerprint,
             t.fingerprint
         );
-        let moved = arr(vec![
-            range(0, 5459, "127.0.0.1", 7000),
-            range(5460, 5460, "127.0.0.1", 7001),
-            range(5461, 10922, "127.0.0.1", 7001),
-            range(10923, 16383, "", 7002),
-        ]);
+        let mut moved = base;
+        moved[0] = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5459";
+        moved[1] = "b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5460-10922";
         assert_ne!(
-            parse_cluster_slots(&moved, "10.0.0.9", &auth)
+            parse_cluster_nodes(&nodes(&moved), "10.0.0.9", &auth)
                 .unwrap()
                 .fingerprint,
             t.fingerprint
         );
-        assert!(parse_cluster_slots(&arr(vec![]), "h", &auth).is_err());
-        assert!(parse_cluster_slots(&blob("x"), "h", &auth).is_err());
+        assert!(parse_cluster_nodes(&blob(""), "h", &auth).is_err());
+        assert!(parse_cluster_nodes(&blob("x y"), "h", &auth).is_err());
+        assert!(parse_cluster_nodes(&num(1), "h", &auth).is_err());
     }
 
     #[test]

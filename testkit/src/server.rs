@@ -167,6 +167,33 @@ impl TestServer {
         Self::start_on_with(bin, port, None, &[])
     }
 
+    /// One attempt to start a server on `port` with a configuration file and extra
+    /// arguments; `Err` (with the reason) when the port, or a port the server derives from
+    /// it such as the cluster bus port, is taken, so the caller can try another.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be spawned at all or never answers.
+    pub fn try_start_on_with(
+        bin: &ServerBinary,
+        port: u16,
+        config_file: Option<&str>,
+        args: &[&str],
+    ) -> Result<TestServer, String> {
+        assert_ne!(
+            port, FORBIDDEN_PORT,
+            "forze-redis-testkit: port {FORBIDDEN_PORT} is reserved for real servers; never used by tests"
+        );
+        let mut server = TestServer::unstarted(bin, port);
+        server.config_file = config_file.map(str::to_string);
+        server.extra_args = args.iter().map(|a| a.to_string()).collect();
+        match server.spawn_once() {
+            Ok(()) => Ok(server),
+            Err(SpawnFailure::PortProblem(msg)) => Err(msg),
+            Err(SpawnFailure::Fatal(msg)) => panic!("{msg}"),
+        }
+    }
+
     /// [`TestServer::start_on`] with a configuration file and extra arguments, as
     /// [`TestServer::start_with`].
     ///

@@ -121,8 +121,16 @@ impl TestCluster {
         ];
         let nodes: Vec<TestServer> = (0..primaries)
             .map(|_| {
-                let port = reserve_cluster_port();
-                TestServer::start_on_with(bin, port, None, &args)
+                // The bus port (port + 10000) was free when reserved, but another process may
+                // take it before the node binds it: then try a fresh pair.
+                let mut last = String::new();
+                for _ in 0..5 {
+                    match TestServer::try_start_on_with(bin, reserve_cluster_port(), None, &args) {
+                        Ok(node) => return node,
+                        Err(e) => last = e,
+                    }
+                }
+                panic!("forze-redis-testkit: no cluster node could start: {last}");
             })
             .collect();
         let ids: Vec<String> = nodes
