@@ -448,3 +448,62 @@ async fn a_killed_cluster_primary_untrusts_every_l1_until_it_is_back() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_an_importing_empty_primary_reaches_the_l1() {
+    // Scale-out: a new primary holds no slot yet; a slot is being migrated to it, and a client
+    // that follows ASK writes a moved key there. Only a subscriber that tracks the empty
+    // primary too hears of that write.
+    for bin in server_binaries() {
+        let cluster = TestCluster::start_with_spares(&bin, 3, 1);
+        let spare = 3;
+        let reader = spawn_ready(config(Some(&cluster.url()), "cl-spare", RESOURCES)).await;
+        tracked_on(&reader, 4).await;
+        let writer = spawn_ready(config(Some(&cluster.url()), "cl-spare", RESOURCES)).await;
+        let hot = reader.cache("hot").unwrap();
+        writer
+            .cache("hot")
+            .unwrap()
+            .set(&k(0), &1u64, None)
+            .await
+            .unwrap();
+        converge_one(&hot, 0, 1).await;
+        let slot = key_slot(redis_key(0).as_bytes());
+        let from = cluster.begin_migration(slot, spare);
+        assert_eq!(cluster.move_keys(slot, from, spare, usize::MAX), 1, "{bin}");
+        let before = hot.stats_now().l1.unwrap().invalidations;
+        let replies = cluster.nodes()[spare]
+            .cmd_pipeline(&[&["ASKING"], &["SET", &redis_key(0), "written elsewhere"]])
+            .unwrap();
+        assert_eq!(
+            replies[1].as_str().as_deref(),
+            Some("OK"),
+            "{bin}: {replies:?}"
+        );
+        let r = reader.clone();
+        wait_until_async(
+            Duration::from_secs(5),
+            "the push from the importing node",
+            || {
+                let h = r.cache("hot").unwrap();
+                async move { h.stats_now().l1.unwrap().invalidations > before }
+            },
+        )
+        .await;
+        // The old value is gone from the L1: whatever the read gets now, it is not 1.
+        assert_ne!(hot.get::<u64>(&k(0)).await.unwrap(), Some(1), "{bin}");
+        cluster.finish_migration(slot, from, spare);
+        reader.shutdown().await.unwrap();
+        writer.shutdown().await.unwrap();
+    }
+}
+
+async fn converge_one(cache: &CacheHandle, i: usize, want: u64) {
+    for _ in 0..200 {
+        if cache.get::<u64>(&k(i)).await.unwrap() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("k{i} never read {want}");
+}

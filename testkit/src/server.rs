@@ -357,6 +357,31 @@ impl TestServer {
         }
     }
 
+    /// Admin channel for several commands on **one** connection, sent in order (for
+    /// commands that modify the next one, such as `ASKING`). Returns every reply; error
+    /// replies are [`Resp::Error`] values, not `Err`.
+    pub fn cmd_pipeline(&self, commands: &[&[&str]]) -> Result<Vec<Resp>, String> {
+        let addr = self.socket_addr();
+        let stream = TcpStream::connect_timeout(&addr, CMD_CONNECT_TIMEOUT)
+            .map_err(|e| format!("{addr}: connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(CMD_IO_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(CMD_IO_TIMEOUT)))
+            .map_err(|e| format!("{addr}: socket setup: {e}"))?;
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend_from_slice(&encode_command(args));
+        }
+        (&stream)
+            .write_all(&out)
+            .map_err(|e| format!("{addr}: write: {e}"))?;
+        let mut reader = BufReader::new(&stream);
+        commands
+            .iter()
+            .map(|_| read_resp(&mut reader).map_err(|e| format!("{addr}: read: {e}")))
+            .collect()
+    }
+
     /// Runs `CLIENT LIST` and parses each line into a `key=value` map
     /// (`id`, `addr`, `name`, `cmd`, `flags`, ...).
     ///

@@ -110,6 +110,12 @@ impl TestCluster {
     ///
     /// When a node cannot start or the cluster does not form within 20 s.
     pub fn start(bin: &ServerBinary, primaries: usize) -> TestCluster {
+        Self::start_with_spares(bin, primaries, 0)
+    }
+
+    /// [`TestCluster::start`] plus `spares` primaries that hold no slot (nodes added to grow
+    /// the cluster, before any slot is migrated to them). They come last in [`Self::nodes`].
+    pub fn start_with_spares(bin: &ServerBinary, primaries: usize, spares: usize) -> TestCluster {
         assert!(primaries >= 1, "a cluster needs a primary");
         let args = [
             "--cluster-enabled",
@@ -119,7 +125,7 @@ impl TestCluster {
             "--cluster-node-timeout",
             "3000",
         ];
-        let nodes: Vec<TestServer> = (0..primaries)
+        let nodes: Vec<TestServer> = (0..primaries + spares)
             .map(|_| {
                 // The bus port (port + 10000) was free when reserved, but another process may
                 // take it before the node binds it: then try a fresh pair.
@@ -138,7 +144,7 @@ impl TestCluster {
             .map(|n| text(&n.cmd(&["CLUSTER", "MYID"]).expect("CLUSTER MYID")))
             .collect();
         let per = SLOTS as usize / primaries;
-        for (i, n) in nodes.iter().enumerate() {
+        for (i, n) in nodes.iter().enumerate().take(primaries) {
             let start = i * per;
             let end = if i + 1 == primaries {
                 SLOTS as usize - 1
