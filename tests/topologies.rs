@@ -64,6 +64,27 @@ async fn converge(cache: &CacheHandle, want: u64, what: &str) -> Duration {
     panic!("{what}: L1 still stale after 5 s");
 }
 
+/// Two supervisors on `url`, both tracking `primaries` primaries; every key written as 1 by the
+/// first (the writer's cache) and read back through the second's L1 (the reader's cache).
+async fn writer_and_reader(
+    url: &str,
+    test: &str,
+    primaries: u64,
+) -> (Vec<ForzeHandle>, CacheHandle, CacheHandle) {
+    let mut reps = Vec::new();
+    for _ in 0..2 {
+        let r = spawn_ready(config(Some(url), test, RESOURCES)).await;
+        tracked_on(&r, primaries).await;
+        reps.push(r);
+    }
+    let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
+    for i in 0..KEYS {
+        writer.set(&k(i), &1u64, None).await.unwrap();
+    }
+    converge(&reader, 1, "warm-up").await;
+    (reps, writer, reader)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_over_every_slot_invalidate_every_replicas_l1_on_a_cluster() {
     for bin in server_binaries() {
@@ -118,17 +139,7 @@ async fn writes_over_every_slot_invalidate_every_replicas_l1_on_a_cluster() {
 async fn a_resharded_slot_flushes_every_l1_and_is_tracked_on_its_new_primary() {
     for bin in server_binaries() {
         let cluster = TestCluster::start(&bin, 3);
-        let mut reps = Vec::new();
-        for _ in 0..2 {
-            let r = spawn_ready(config(Some(&cluster.url()), "cl-reshard", RESOURCES)).await;
-            tracked_on(&r, 3).await;
-            reps.push(r);
-        }
-        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
-        for i in 0..KEYS {
-            writer.set(&k(i), &1u64, None).await.unwrap();
-        }
-        converge(&reader, 1, "warm-up").await;
+        let (reps, writer, reader) = writer_and_reader(&cluster.url(), "cl-reshard", 3).await;
         let flushed = |c: &CacheHandle| {
             c.stats_now()
                 .l1
@@ -283,17 +294,7 @@ async fn failover_is_followed(
     fail_over: impl FnOnce(&mut TestSentinels) -> u16,
 ) {
     {
-        let mut reps = Vec::new();
-        for _ in 0..2 {
-            let r = spawn_ready(config(Some(&group.url()), "sentinel", RESOURCES)).await;
-            tracked_on(&r, 1).await;
-            reps.push(r);
-        }
-        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
-        for i in 0..KEYS {
-            writer.set(&k(i), &1u64, None).await.unwrap();
-        }
-        converge(&reader, 1, "warm-up").await;
+        let (reps, writer, reader) = writer_and_reader(&group.url(), "sentinel", 1).await;
         let orders = reps[0].counter("orders").unwrap();
         let id = CounterId::suffix("n");
         assert_eq!(orders.incr(&id, 5).await.unwrap(), 5);
@@ -374,17 +375,7 @@ async fn failover_is_followed(
 async fn a_killed_cluster_primary_untrusts_every_l1_until_it_is_back() {
     for bin in server_binaries() {
         let mut cluster = TestCluster::start(&bin, 3);
-        let mut reps = Vec::new();
-        for _ in 0..2 {
-            let r = spawn_ready(config(Some(&cluster.url()), "cl-kill", RESOURCES)).await;
-            tracked_on(&r, 3).await;
-            reps.push(r);
-        }
-        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
-        for i in 0..KEYS {
-            writer.set(&k(i), &1u64, None).await.unwrap();
-        }
-        converge(&reader, 1, "warm-up").await;
+        let (reps, writer, reader) = writer_and_reader(&cluster.url(), "cl-kill", 3).await;
         // Kill the primary of k0: the reader loses one of its three tracking connections, so
         // every L1 is flushed and untrusted (it cannot hear of writes on that node's slots).
         let dead = cluster.owner_of(&redis_key(0));

@@ -475,14 +475,15 @@ impl TestSentinels {
             .position(|s| s.port() == old)
             .expect("one of ours");
         self.data[i].stop();
-        let new = poll(
-            "the sentinels to promote the replica",
-            SETUP_TIMEOUT,
-            || {
-                let p = self.primary_port();
-                (p != old).then_some(p)
-            },
-        );
+        self.await_new_primary(old)
+    }
+
+    /// Wait until the sentinels name a primary other than `old` and it says `role:master`.
+    fn await_new_primary(&self, old: u16) -> u16 {
+        let new = poll("the sentinels to name a new primary", SETUP_TIMEOUT, || {
+            let p = self.primary_port();
+            (p != old).then_some(p)
+        });
         poll("the new primary to say role:master", SETUP_TIMEOUT, || {
             let info = text(&self.data_server(new).cmd(&["INFO", "replication"]).ok()?);
             (info_field(&info, "role").as_deref() == Some("master")).then_some(())
@@ -503,19 +504,7 @@ impl TestSentinels {
                 .cmd(&["SENTINEL", "FAILOVER", SERVICE])
                 .ok()
         });
-        let new = poll(
-            "the sentinels to announce a new primary",
-            SETUP_TIMEOUT,
-            || {
-                let p = self.primary_port();
-                (p != old).then_some(p)
-            },
-        );
-        poll("the new primary to say role:master", SETUP_TIMEOUT, || {
-            let info = text(&self.data_server(new).cmd(&["INFO", "replication"]).ok()?);
-            (info_field(&info, "role").as_deref() == Some("master")).then_some(())
-        });
-        new
+        self.await_new_primary(old)
     }
 }
 
