@@ -403,6 +403,22 @@ fn push_tenant(s: &mut String, tenant: Option<&TenantId>) {
     }
 }
 
+/// The tenant that takes part in a key of `resource`: required (`TenantRequired`) when the
+/// resource is tenant-aware, ignored when it is not. The one place that rule lives.
+pub fn key_tenant<'a>(
+    resource: &str,
+    tenant_aware: bool,
+    tenant: Option<&'a TenantId>,
+) -> Result<Option<&'a TenantId>> {
+    match (tenant_aware, tenant) {
+        (true, None) => Err(Error::TenantRequired {
+            resource: resource.to_string(),
+        }),
+        (true, t) => Ok(t),
+        (false, _) => Ok(None),
+    }
+}
+
 /// A Redis key built by a [`KeySpace`].
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RedisKey(String);

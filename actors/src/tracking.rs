@@ -259,7 +259,12 @@ async fn run(
                     primaries = conns.len(),
                     "cache tracking confirmed"
                 );
-                let breakers: Vec<_> = shared.breakers.values().cloned().collect();
+                // By the prefix each owns, computed once, not per invalidated key.
+                let breakers: Vec<_> = shared
+                    .breakers
+                    .values()
+                    .map(|b| (b.tracking_prefix(), b.clone()))
+                    .collect();
                 let why = serve(
                     conns,
                     watch.map(|w| (source, w, topology)),
@@ -388,7 +393,7 @@ async fn serve(
     mut watch: Option<(&TrackingSource, TopologyWatch, Topology)>,
     l1s: &[(String, Arc<L1>)],
     caches: &[(String, Arc<Cache>)],
-    breakers: &[Arc<forze_redis::breaker::Breakers>],
+    breakers: &[(String, Arc<forze_redis::breaker::Breakers>)],
     stats: &TrackingCounters,
     redis: &forze_redis::config::RedisConfig,
 ) -> Lost {
@@ -417,14 +422,14 @@ async fn serve(
                     for key in &keys {
                         if let Some((_, cache)) = caches.iter().find(|(p, _)| key.starts_with(p.as_str())) {
                             cache.apply_invalidation(key);
-                        } else if let Some(b) = breakers.iter().find(|b| key.starts_with(&b.tracking_prefix())) {
-                            b.apply_invalidation(key);
+                        } else if let Some(b) = breakers.iter().find(|(p, _)| key.starts_with(p.as_str())) {
+                            b.1.apply_invalidation(key);
                         }
                     }
                 }
                 Some(Heard::Flush) => {
                     stats.server_flushes.fetch_add(1, Ordering::Relaxed);
-                    for b in breakers {
+                    for (_, b) in breakers {
                         b.flush_cache();
                     }
                     for (_, l1) in l1s {

@@ -45,7 +45,7 @@ use tracing::Instrument;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{push_escaped, unescape_part, KeySpace, TenantId};
+use crate::keys::{key_tenant, push_escaped, unescape_part, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
 use codec::Entry;
 use l1::{L1Stats, L1};
@@ -345,13 +345,7 @@ impl Cache {
         if key.key.is_empty() {
             return Err(Error::validation("key", "must not be empty"));
         }
-        match (self.tenant_aware, key.tenant.as_ref()) {
-            (true, None) => Err(Error::TenantRequired {
-                resource: self.name.clone(),
-            }),
-            (true, t) => Ok(t),
-            (false, _) => Ok(None),
-        }
+        key_tenant(&self.name, self.tenant_aware, key.tenant.as_ref())
     }
 
     fn redis_key(&self, key: &CacheKey) -> Result<String> {

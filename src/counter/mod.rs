@@ -30,7 +30,7 @@ pub use redis::RedisCounterStore;
 
 use crate::config::{CounterConfig, Fallback};
 use crate::error::{ConflictReason, Error, ErrorKind, Result};
-use crate::keys::{KeySpace, TenantId};
+use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
 
 /// Which counter of a resource: an optional tenant and an optional suffix.
@@ -253,14 +253,7 @@ impl Counter {
     }
 
     fn tenant<'a>(&self, tenant: Option<&'a TenantId>) -> Result<Option<&'a TenantId>> {
-        match (self.tenant_aware, tenant) {
-            (true, None) => Err(Error::TenantRequired {
-                resource: self.name.clone(),
-            }),
-            (true, t) => Ok(t),
-            // Not tenant-aware: the tenant does not take part in the key.
-            (false, _) => Ok(None),
-        }
+        key_tenant(&self.name, self.tenant_aware, tenant)
     }
 
     fn key(&self, id: &CounterId) -> Result<String> {

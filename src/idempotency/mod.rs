@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::IdempotencyConfig;
 use crate::error::{ConflictReason, Error, Result};
-use crate::keys::{KeySpace, TenantId};
+use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
 use local::LocalIdempotencyStore;
 use redis::RedisIdempotencyStore;
@@ -187,15 +187,7 @@ impl Idempotency {
         if req.payload_hash.is_empty() {
             return Err(Error::validation("payload_hash", "must not be empty"));
         }
-        let tenant = match (self.tenant_aware, req.tenant.as_ref()) {
-            (true, None) => {
-                return Err(Error::TenantRequired {
-                    resource: self.name.clone(),
-                })
-            }
-            (true, t) => t,
-            (false, _) => None,
-        };
+        let tenant = key_tenant(&self.name, self.tenant_aware, req.tenant.as_ref())?;
         let digest = hex(&Sha256::digest(req.key.as_bytes()));
         Ok(self.space.key(tenant, &[&req.op, &digest])?.into_string())
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::LockConfig;
 use crate::error::{Error, Result};
-use crate::keys::{KeySpace, TenantId};
+use crate::keys::{key_tenant, KeySpace, TenantId};
 use local::LocalLockStore;
 use redis::RedisLockStore;
 
@@ -150,15 +150,7 @@ impl Lock {
         if id.name.is_empty() {
             return Err(Error::validation("lock", "the name must not be empty"));
         }
-        let tenant = match (self.tenant_aware, id.tenant.as_ref()) {
-            (true, None) => {
-                return Err(Error::TenantRequired {
-                    resource: self.name.clone(),
-                })
-            }
-            (true, t) => t,
-            (false, _) => None,
-        };
+        let tenant = key_tenant(&self.name, self.tenant_aware, id.tenant.as_ref())?;
         Ok(self.space.key(tenant, &[&id.name])?.into_string())
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::SnapshotConfig;
 use crate::error::{ConflictReason, Error, Result};
-use crate::keys::{KeySpace, TenantId};
+use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
 use local::LocalSnapshotStore;
 use redis::RedisSnapshotStore;
@@ -140,15 +140,7 @@ impl Snapshots {
         if run.id.is_empty() {
             return Err(Error::validation("run_id", "must not be empty"));
         }
-        let tenant = match (self.tenant_aware, run.tenant.as_ref()) {
-            (true, None) => {
-                return Err(Error::TenantRequired {
-                    resource: self.name.clone(),
-                })
-            }
-            (true, t) => t,
-            (false, _) => None,
-        };
+        let tenant = key_tenant(&self.name, self.tenant_aware, run.tenant.as_ref())?;
         let meta = self.space.key(tenant, &[&run.id])?;
         Ok(RunKeys {
             ids: meta.sibling("ids").into_string(),
