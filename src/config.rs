@@ -27,6 +27,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 use crate::keys::{KeyPrefix, Namespace};
+use crate::tls::TlsConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,9 +87,70 @@ pub struct RoutingConfig {
     /// Endpoint pools kept open at most; the least recently used is closed beyond it
     /// (default 16).
     pub max_pools: usize,
-    /// Tenant → endpoint URL (any `redis.url` form). Tenants with the same URL share a pool.
-    /// Connection settings other than the URL come from `[redis]` (or its defaults).
-    pub tenants: BTreeMap<String, RedisUrl>,
+    /// Tenant → endpoint: a URL (any `redis.url` form), or a table `{ url = "…", tls = {…} }`
+    /// for an endpoint whose TLS settings differ from `[redis.tls]`. Tenants with the same
+    /// endpoint share a pool. Connection settings other than the URL and TLS come from
+    /// `[redis]` (or its defaults); an endpoint without its own `tls` uses `[redis.tls]`.
+    pub tenants: BTreeMap<String, RouteEndpoint>,
+}
+
+/// Where a routed tenant's data lives: a URL and, where they differ from `[redis.tls]`, its
+/// own TLS settings.
+#[derive(Debug, Clone)]
+pub struct RouteEndpoint {
+    /// The endpoint's URL.
+    pub url: RedisUrl,
+    /// TLS settings of this endpoint; `None` uses `[redis.tls]`.
+    pub tls: Option<TlsConfig>,
+}
+
+impl RouteEndpoint {
+    /// Whether `other` is the same endpoint: same URL (credentials included) and same TLS
+    /// settings. Same endpoints share a pool.
+    pub fn same_as(&self, other: &RouteEndpoint) -> bool {
+        self.url.expose() == other.url.expose() && self.tls == other.tls
+    }
+
+    /// The connection settings of this endpoint: `template` with its URL and TLS.
+    pub fn redis_config(&self, template: &RedisConfig) -> RedisConfig {
+        let mut cfg = template.clone();
+        cfg.url = self.url.clone();
+        if self.tls.is_some() {
+            cfg.tls = self.tls.clone();
+        }
+        cfg
+    }
+}
+
+impl From<RedisUrl> for RouteEndpoint {
+    fn from(url: RedisUrl) -> Self {
+        RouteEndpoint { url, tls: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: RedisUrl,
+            #[serde(default)]
+            tls: Option<TlsConfig>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Url(RedisUrl),
+            Table(Table),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Url(url) => RouteEndpoint { url, tls: None },
+            Form::Table(t) => RouteEndpoint {
+                url: t.url,
+                tls: t.tls,
+            },
+        })
+    }
 }
 
 impl Default for RoutingConfig {
@@ -142,6 +204,12 @@ pub struct RedisConfig {
     /// `CLIENT SETNAME` of every connection (default `forze`).
     #[serde(default = "defaults::client_name")]
     pub client_name: String,
+    /// `[redis.tls]`: TLS settings. A `rediss://`/`valkeys://` URL turns TLS on with the
+    /// defaults (platform roots, TLS 1.2 or later); this table turns it on for any TCP URL and
+    /// sets the CA bundle, the client certificate for mutual TLS, a server-name override and
+    /// the minimum version. See `docs/operations.md`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Reconnect backoff of the connection pool: exponential, jittered, forever by default.
@@ -548,11 +616,44 @@ impl RedisConfig {
             tcp_user_timeout: defaults::tcp_user_timeout(),
             tcp_nodelay: false,
             client_name: defaults::client_name(),
+            tls: None,
         }
     }
 
+    /// Whether connections are encrypted: the URL's scheme says so, or `[redis.tls]` is set.
+    pub fn uses_tls(&self) -> bool {
+        self.url.has_tls_scheme() || self.tls.is_some()
+    }
+
+    /// The TLS settings in force: `[redis.tls]`, or the defaults for a TLS URL without it.
+    pub fn tls_settings(&self) -> Option<TlsConfig> {
+        match &self.tls {
+            Some(t) => Some(t.clone()),
+            None if self.url.has_tls_scheme() => Some(TlsConfig::default()),
+            None => None,
+        }
+    }
+
+    /// Validate the URL and the TLS settings of one endpoint (`field` names its table).
+    pub(crate) fn validate_endpoint(&self, field: &str) -> Result<()> {
+        let fred = self.url.to_fred_config()?;
+        crate::tls::refuse_unsupported(self.uses_tls(), crate::tls::TLS_SUPPORTED, field)?;
+        if self.uses_tls() {
+            if matches!(fred.server, fred::types::config::ServerConfig::Unix { .. }) {
+                return Err(Error::config(
+                    field,
+                    "TLS is not available over a unix socket; use a TCP URL",
+                ));
+            }
+            if let Some(t) = &self.tls {
+                t.validate(&format!("{field}.tls"))?;
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<()> {
-        self.url.to_fred_config()?;
+        self.validate_endpoint("redis")?;
         if self.pool_size == 0 || self.pool_size > 256 {
             return Err(Error::config(
                 "redis.pool_size",
@@ -656,15 +757,24 @@ impl Config {
         if self.routing.max_pools == 0 {
             return Err(Error::config("routing.max_pools", "must be at least 1"));
         }
-        for (tenant, url) in &self.routing.tenants {
+        let template = self
+            .redis
+            .clone()
+            .unwrap_or_else(|| RedisConfig::new("redis://127.0.0.1:6379"));
+        for (tenant, endpoint) in &self.routing.tenants {
             crate::keys::TenantId::new(tenant.as_str())
                 .map_err(|_| Error::config("routing.tenants", "a tenant name is not valid"))?;
-            url.to_fred_config().map_err(|_| {
-                Error::config(
-                    "routing.tenants",
-                    format!("the URL of tenant `{tenant}` is not valid: {url}"),
-                )
-            })?;
+            endpoint
+                .redis_config(&template)
+                .validate_endpoint(&format!("routing.tenants.{tenant}"))
+                .map_err(|e| match e {
+                    // The URL parser names `redis.url`: name the tenant's entry instead.
+                    Error::Config { field, message } if field == "redis.url" => Error::config(
+                        format!("routing.tenants.{tenant}"),
+                        format!("the URL of tenant `{tenant}` is not valid: {message}"),
+                    ),
+                    other => other,
+                })?;
         }
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, counter) in &self.counters {
@@ -981,10 +1091,19 @@ impl RedisUrl {
         redact_url(&self.0)
     }
 
-    /// The fred configuration for this URL (RESP2: see `connection`). Errors never contain
-    /// the URL.
-    pub fn to_fred_config(&self) -> Result<fred::types::config::Config> {
+    /// Whether the scheme asks for TLS (`rediss`, `valkeys` and their cluster and sentinel
+    /// forms).
+    pub fn has_tls_scheme(&self) -> bool {
         let scheme = self.0.split_once("://").map(|(s, _)| s).unwrap_or("");
+        scheme.starts_with("rediss") || scheme.starts_with("valkeys")
+    }
+
+    /// The fred configuration for this URL's servers and credentials, **without TLS**: the
+    /// TLS settings are applied by `connection` from `[redis.tls]` and the scheme, so this is
+    /// never used alone to open a connection. RESP2: see `connection`. Errors never contain
+    /// the URL.
+    pub(crate) fn to_fred_config(&self) -> Result<fred::types::config::Config> {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", ""));
         if !SCHEMES.contains(&scheme) {
             return Err(Error::config(
                 "redis.url",
@@ -994,13 +1113,20 @@ impl RedisUrl {
                 ),
             ));
         }
-        let mut cfg = fred::types::config::Config::from_url(&self.0).map_err(|e| {
-            // fred's message may quote the URL: report only the error kind and the redacted URL.
-            Error::config(
-                "redis.url",
-                format!("cannot parse {} ({:?})", self.redacted(), e.kind()),
-            )
-        })?;
+        // fred would build its own TLS connector from a TLS scheme (or, without a TLS feature,
+        // warn and connect in clear): parse the plain form and let `connection` decide.
+        let plain = scheme
+            .replacen("rediss", "redis", 1)
+            .replacen("valkeys", "valkey", 1);
+        let mut cfg =
+            fred::types::config::Config::from_url(&format!("{plain}://{rest}")).map_err(|e| {
+                // fred's message may quote the URL: report only the error kind and the
+                // redacted URL.
+                Error::config(
+                    "redis.url",
+                    format!("cannot parse {} ({:?})", self.redacted(), e.kind()),
+                )
+            })?;
         // The pool never needs pushes (the tracking subscriber owns its own RESP3
         // connection), and RESP2 replies are cheaper for fred to parse.
         cfg.version = fred::types::RespVersion::RESP2;

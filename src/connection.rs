@@ -16,22 +16,26 @@
 //! | `internal_command_timeout`, `connection_timeout` | `connect_timeout` | the handshake waits on them |
 //! | TCP keepalive, `TCP_USER_TIMEOUT` | configured | dead peers found by the kernel too |
 //! | `TCP_NODELAY` | configured, off by default | Nagle coalesces concurrent flushes (see the config) |
+//! | TLS | from the URL scheme and `[redis.tls]` | our rustls client, never fred's default; see [`crate::tls`] |
 //!
 //! Every command picks a *connected* client of the pool; when none is connected the call fails
-//! with `Unavailable` before anything is sent.
+//! with `Unavailable` before anything is sent, carrying the reason connections fail when one is
+//! known (a refused certificate, refused credentials…).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fred::clients::{Client, Pool};
-use fred::interfaces::{ClientLike, LuaInterface};
+use fred::interfaces::{ClientLike, EventInterface, LuaInterface};
 use fred::types::config::{Options, ReconnectPolicy, TcpConfig, UnresponsiveConfig};
 use fred::types::{FromValue, MultipleKeys, MultipleValues, Value};
 
 use crate::config::RedisConfig;
+use crate::connect_failure::{ConnectDiagnostics, ConnectFailure};
 use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::scripts::Script;
+use crate::tls::TlsClient;
 
 /// The shared connection pool and the options every command is sent with. Cheap to share
 /// behind an `Arc`; clones of the inner fred pool are handed to callers' tasks.
@@ -50,6 +54,10 @@ pub struct RedisConnection {
     task_restarts: Arc<AtomicU64>,
     /// Backoff between restarts of an ended connection task.
     restart_delay: (Duration, Duration),
+    /// The TLS client every connection of this deployment uses, when TLS is on.
+    tls: Option<TlsClient>,
+    /// Why connections fail, for the `Unavailable` errors of refused calls.
+    diagnostics: Arc<ConnectDiagnostics>,
 }
 
 fn millis_u32(d: Duration) -> u32 {
@@ -59,9 +67,12 @@ fn millis_u32(d: Duration) -> u32 {
 impl RedisConnection {
     /// Build the pool with the safe settings above. Does not connect.
     pub fn build(cfg: &RedisConfig) -> Result<Self> {
+        cfg.validate_endpoint("redis")?;
         let mut fred_cfg = cfg.url.to_fred_config()?;
         // Start while Redis is down: connect() in the background instead of failing init.
         fred_cfg.fail_fast = false;
+        let diagnostics = Arc::new(ConnectDiagnostics::default());
+        let tls = apply_tls(cfg, &mut fred_cfg, &diagnostics)?;
         let mut policy = ReconnectPolicy::new_exponential(
             cfg.reconnect.max_attempts,
             millis_u32(cfg.reconnect.min_delay),
@@ -122,7 +133,25 @@ impl RedisConnection {
                 cfg.reconnect.min_delay.max(Duration::from_millis(10)),
                 cfg.reconnect.max_delay.max(Duration::from_millis(10)),
             ),
+            tls,
+            diagnostics,
         })
+    }
+
+    /// The TLS client of this deployment (`None` without TLS), for the other connections it
+    /// opens (tracking, topology polls).
+    pub fn tls(&self) -> Option<&TlsClient> {
+        self.tls.as_ref()
+    }
+
+    /// Why connections fail now, shared with the tracking connections.
+    pub fn diagnostics(&self) -> &Arc<ConnectDiagnostics> {
+        &self.diagnostics
+    }
+
+    /// `Unavailable` for `op` because no connection is up, with the known cause.
+    fn refused(&self, op: &'static str) -> Error {
+        Error::unavailable_because(op, self.diagnostics.last())
     }
 
     /// Start connecting every client in the background. Returns at once; callers are served
@@ -134,6 +163,7 @@ impl RedisConnection {
     /// again, with the reconnect backoff.
     pub fn connect_in_background(&self) {
         for client in self.pool.clients() {
+            self.watch_connection_events(client);
             let client = client.clone();
             let quitting = self.quitting.clone();
             let restarts = self.task_restarts.clone();
@@ -172,6 +202,37 @@ impl RedisConnection {
         }
     }
 
+    /// Keep the diagnostics current from `client`'s events: a connection error names a cause
+    /// (when the driver's report says what failed), a connection up clears it. Ends with the
+    /// client's event channels (at `quit`).
+    fn watch_connection_events(&self, client: &Client) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut errors = client.error_rx();
+        let mut ups = client.reconnect_rx();
+        let diagnostics = self.diagnostics.clone();
+        let tls = self.tls.is_some();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    e = errors.recv() => match e {
+                        Ok((err, _server)) => {
+                            let report = format!("{err:?}");
+                            if let Some(cause) = ConnectFailure::of_driver_report(tls, &report) {
+                                diagnostics.record(cause);
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    up = ups.recv() => match up {
+                        Ok(_) | Err(RecvError::Lagged(_)) => diagnostics.clear(),
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+    }
+
     /// Connection tasks started again after they ended on their own.
     pub fn task_restarts(&self) -> u64 {
         self.task_restarts.load(Ordering::Relaxed)
@@ -191,7 +252,7 @@ impl RedisConnection {
             }
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        Err(Error::unavailable("routing.connect"))
+        Err(self.refused("routing.connect"))
     }
 
     /// The fred pool, for the pool actor's health checks and events.
@@ -215,7 +276,7 @@ impl RedisConnection {
         if client.is_connected() {
             Ok(client)
         } else {
-            Err(Error::unavailable(op))
+            Err(self.refused(op))
         }
     }
 
@@ -319,6 +380,72 @@ impl RedisConnection {
             q.await;
         }
     }
+}
+
+/// Put our TLS client into fred's configuration when `cfg` asks for TLS. The server-name
+/// override is set on every configured server and mapped onto every discovered cluster node.
+#[cfg(feature = "tls")]
+fn apply_tls(
+    cfg: &RedisConfig,
+    fred_cfg: &mut fred::types::config::Config,
+    diagnostics: &Arc<ConnectDiagnostics>,
+) -> Result<Option<TlsClient>> {
+    use fred::types::config::{HostMapping, ServerConfig, TlsConfig as FredTls, TlsHostMapping};
+    let Some(settings) = cfg.tls_settings() else {
+        return Ok(None);
+    };
+    let client = TlsClient::new(&settings, diagnostics.clone())?;
+
+    /// Every discovered node is verified as the configured server name.
+    #[derive(Debug)]
+    struct FixedName(String);
+    impl HostMapping for FixedName {
+        fn map(&self, _ip: &std::net::IpAddr, _default_host: &str) -> Option<String> {
+            Some(self.0.clone())
+        }
+    }
+
+    let mut hostnames = TlsHostMapping::None;
+    if let Some(name) = client.server_name_override() {
+        match &mut fred_cfg.server {
+            ServerConfig::Centralized { server } => {
+                server.tls_server_name = Some(name.to_string().into())
+            }
+            ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+                for h in hosts {
+                    h.tls_server_name = Some(name.to_string().into());
+                }
+            }
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+        hostnames = TlsHostMapping::Custom(Arc::new(FixedName(name.to_string())));
+    }
+    fred_cfg.tls = Some(FredTls {
+        connector: fred::types::config::TlsConnector::from(tokio_rustls::TlsConnector::from(
+            client.rustls_config(),
+        )),
+        hostnames,
+    });
+    if !fred_cfg.uses_tls() {
+        // Belt and braces: never hand fred a TLS request it would not honour.
+        return Err(Error::config(
+            "redis.tls",
+            "the driver did not accept the TLS settings",
+        ));
+    }
+    Ok(Some(client))
+}
+
+/// Without the `tls` feature, validation has already refused any TLS request.
+#[cfg(not(feature = "tls"))]
+fn apply_tls(
+    cfg: &RedisConfig,
+    _fred_cfg: &mut fred::types::config::Config,
+    _diagnostics: &Arc<ConnectDiagnostics>,
+) -> Result<Option<TlsClient>> {
+    crate::tls::refuse_unsupported(cfg.uses_tls(), false, "redis")?;
+    Ok(None)
 }
 
 fn tcp_config(cfg: &RedisConfig) -> TcpConfig {

@@ -15,6 +15,15 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::connect_failure::ConnectFailure;
+
+fn cause_suffix(cause: &Option<ConnectFailure>) -> String {
+    match cause {
+        Some(c) => format!(" ({c})"),
+        None => String::new(),
+    }
+}
+
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -89,13 +98,19 @@ impl fmt::Display for ConflictReason {
 pub enum Error {
     /// Redis could not be reached (or refused to serve: loading, read-only replica, cluster
     /// down); the operation did not run. Safe to retry.
-    #[error("redis unavailable during {op}: the operation did not run")]
+    #[error(
+        "redis unavailable during {op}: the operation did not run{}",
+        cause_suffix(cause)
+    )]
     Unavailable {
         /// The operation, e.g. `counter.incr`.
         op: Cow<'static, str>,
         /// The driver failure, when there was one.
         #[source]
         source: Option<DriverError>,
+        /// Why connections cannot be opened, when that is known (a TLS certificate the server
+        /// presented was refused, the server refused our credentials…).
+        cause: Option<ConnectFailure>,
     },
     /// A write was sent but its reply was lost: it may have been applied. Not blindly retryable.
     #[error("outcome of {op} unknown: the reply was lost, the write may have been applied")]
@@ -255,10 +270,32 @@ impl Error {
         }
     }
 
+    /// Why connections cannot be opened, when this error is `Unavailable` for that reason.
+    pub fn connect_failure(&self) -> Option<ConnectFailure> {
+        match self {
+            Error::Unavailable { cause, .. } => *cause,
+            _ => None,
+        }
+    }
+
+    /// `Unavailable` because no connection is up, with the reason connections fail when one
+    /// is known. Nothing was sent.
+    pub fn unavailable_because(
+        op: impl Into<Cow<'static, str>>,
+        cause: Option<ConnectFailure>,
+    ) -> Self {
+        Error::Unavailable {
+            op: op.into(),
+            source: None,
+            cause,
+        }
+    }
+
     /// `Unavailable` without a driver error: the call was refused before anything was sent.
     pub fn unavailable(op: impl Into<Cow<'static, str>>) -> Self {
         Error::Unavailable {
             op: op.into(),
+            cause: None,
             source: None,
         }
     }
@@ -326,6 +363,7 @@ impl Error {
             ) => Error::Unavailable {
                 op,
                 source: Some(driver),
+                cause: None,
             },
             (class, _) => Error::Internal {
                 op,

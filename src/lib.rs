@@ -10,6 +10,8 @@
 //! | [`keys`] | the key layout: escaping, tenants, hash tags, namespace prefixes |
 //! | [`error`] | the error type, its kinds, classification of driver errors |
 //! | [`connection`] | the fred pool with safe settings, command options, script execution, health |
+//! | [`tls`] | `[redis.tls]` and the rustls client every connection shares; refusal of TLS a build cannot honour |
+//! | [`connect_failure`] | why connections fail (certificate refused, not TLS, auth…), carried by `Unavailable` |
 //! | [`scripts`] | the Lua scripts (`.lua` files beside the module) |
 //! | [`counter`] | atomic counters: contract, Redis store, local store, the resource wrapper |
 //! | [`cache`] | caches: contract, codec, L1, Redis and local stores, the tracking connection |
@@ -29,6 +31,7 @@ pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod connect_failure;
 pub mod connection;
 pub mod counter;
 pub mod error;
@@ -39,6 +42,7 @@ pub mod ratelimit;
 pub mod routing;
 pub mod scripts;
 pub mod snapshot;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{ConflictReason, Error, ErrorKind, Result};

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::config::{RedisConfig, RedisUrl, RoutingConfig};
+use crate::config::{RedisConfig, RouteEndpoint, RoutingConfig};
 use crate::connection::RedisConnection;
 use crate::error::{Error, Result};
 use crate::keys::TenantId;
@@ -29,8 +29,8 @@ use crate::keys::TenantId;
 /// One open endpoint pool.
 #[derive(Debug)]
 struct Endpoint {
-    /// The URL, as the route table spells it (the pool key; `Debug` redacts it).
-    url: RedisUrl,
+    /// The endpoint, as the route table gives it (the pool key; `Debug` redacts the URL).
+    endpoint: RouteEndpoint,
     conn: Arc<RedisConnection>,
 }
 
@@ -58,7 +58,7 @@ pub struct RouterStats {
 /// The route table and the endpoint pools.
 #[derive(Debug)]
 pub struct Router {
-    routes: RwLock<BTreeMap<String, RedisUrl>>,
+    routes: RwLock<BTreeMap<String, RouteEndpoint>>,
     /// Most recently used last. Small (`max_pools`), so a scan is cheaper than a map.
     pools: Mutex<VecDeque<Endpoint>>,
     max_pools: usize,
@@ -85,7 +85,7 @@ impl Router {
         self.read_routes().contains_key(tenant.as_str())
     }
 
-    fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, RedisUrl>> {
+    fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, RouteEndpoint>> {
         self.routes.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -100,10 +100,10 @@ impl Router {
         // A route changed between reading it and finding its pool: read it again (bounded;
         // routes do not change that often).
         for _ in 0..4 {
-            let Some(url) = self.read_routes().get(tenant.as_str()).cloned() else {
+            let Some(endpoint) = self.read_routes().get(tenant.as_str()).cloned() else {
                 return Ok(None);
             };
-            if let Some(conn) = self.pool_for(&url)? {
+            if let Some(conn) = self.pool_for(&endpoint)? {
                 conn.wait_connected(self.template.connect_timeout).await?;
                 return Ok(Some(conn));
             }
@@ -111,12 +111,11 @@ impl Router {
         Err(Error::unavailable("routing.connect"))
     }
 
-    /// The pool of `url`, opened if needed; `None` when no route uses `url` any more (a
-    /// pool opened then would keep old credentials alive after a rotation).
-    fn pool_for(&self, url: &RedisUrl) -> Result<Option<Arc<RedisConnection>>> {
-        let key = url.expose();
+    /// The pool of `endpoint`, opened if needed; `None` when no route uses `endpoint` any
+    /// more (a pool opened then would keep old credentials alive after a rotation).
+    fn pool_for(&self, endpoint: &RouteEndpoint) -> Result<Option<Arc<RedisConnection>>> {
         let mut pools = self.lock_pools();
-        if let Some(i) = pools.iter().position(|e| e.url.expose() == key) {
+        if let Some(i) = pools.iter().position(|e| e.endpoint.same_as(endpoint)) {
             let e = pools.remove(i).expect("position is in range");
             let conn = e.conn.clone();
             pools.push_back(e);
@@ -125,17 +124,16 @@ impl Router {
         // Checked under the pools lock: `set_route` changes the routes first and evicts
         // unused pools under this lock after, so a pool opened here is either still routed
         // or evicted by that pass.
-        if !self.read_routes().values().any(|u| u.expose() == key) {
+        if !self.read_routes().values().any(|e| e.same_as(endpoint)) {
             return Ok(None);
         }
-        let mut cfg = self.template.clone();
-        cfg.url = url.clone();
+        let cfg = endpoint.redis_config(&self.template);
         let conn = Arc::new(RedisConnection::build(&cfg)?);
         conn.connect_in_background();
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(endpoint = %url, "routed endpoint pool opened");
+        tracing::info!(endpoint = %endpoint.url, "routed endpoint pool opened");
         pools.push_back(Endpoint {
-            url: url.clone(),
+            endpoint: endpoint.clone(),
             conn: conn.clone(),
         });
         while pools.len() > self.max_pools {
@@ -150,7 +148,7 @@ impl Router {
     fn evict(&self, old: Endpoint, why: &'static str) {
         self.counters.evicted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            endpoint = %old.url,
+            endpoint = %old.endpoint.url,
             why,
             "routed endpoint pool evicted"
         );
@@ -167,24 +165,25 @@ impl Router {
         }
     }
 
-    /// Route `tenant` to `url` from now on (`None`: back to `[redis]`). A pool no route uses
-    /// any more is evicted: this is how credentials are rotated.
-    pub fn set_route(&self, tenant: &TenantId, url: Option<RedisUrl>) -> Result<()> {
-        if let Some(u) = &url {
-            u.to_fred_config()?;
+    /// Route `tenant` to `endpoint` from now on (`None`: back to `[redis]`). A pool no route
+    /// uses any more is evicted: this is how credentials and certificates are rotated.
+    pub fn set_route(&self, tenant: &TenantId, endpoint: Option<RouteEndpoint>) -> Result<()> {
+        if let Some(e) = &endpoint {
+            e.redis_config(&self.template)
+                .validate_endpoint(&format!("routing.tenants.{}", tenant.as_str()))?;
         }
-        let used: Vec<String> = {
+        let used: Vec<RouteEndpoint> = {
             let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-            match url {
-                Some(u) => routes.insert(tenant.as_str().to_string(), u),
+            match endpoint {
+                Some(e) => routes.insert(tenant.as_str().to_string(), e),
                 None => routes.remove(tenant.as_str()),
             };
-            routes.values().map(|u| u.expose().to_string()).collect()
+            routes.values().cloned().collect()
         };
         let mut pools = self.lock_pools();
         let mut kept = VecDeque::with_capacity(pools.len());
         for e in pools.drain(..) {
-            if used.iter().any(|u| u == e.url.expose()) {
+            if used.iter().any(|u| u.same_as(&e.endpoint)) {
                 kept.push_back(e);
             } else {
                 self.evict(e, "route changed");
@@ -244,6 +243,7 @@ pub async fn destination(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RedisUrl;
 
     fn router(max: usize) -> Router {
         let mut cfg = RoutingConfig {
@@ -251,8 +251,10 @@ mod tests {
             ..Default::default()
         };
         for (t, port) in [("a", 1), ("b", 1), ("c", 2), ("d", 3)] {
-            cfg.tenants
-                .insert(t.into(), RedisUrl::new(format!("redis://127.0.0.1:{port}")));
+            cfg.tenants.insert(
+                t.into(),
+                RedisUrl::new(format!("redis://127.0.0.1:{port}")).into(),
+            );
         }
         Router::new(&cfg, RedisConfig::new("redis://127.0.0.1:1"))
     }
@@ -286,22 +288,25 @@ mod tests {
         r.pool_for(&url(&t("c"))).unwrap().unwrap();
         r.pool_for(&url(&t("a"))).unwrap().unwrap();
         // c moves to new credentials: its old pool is no one's.
-        r.set_route(&t("c"), Some(RedisUrl::new("redis://:pw2@127.0.0.1:2")))
-            .unwrap();
+        r.set_route(
+            &t("c"),
+            Some(RedisUrl::new("redis://:pw2@127.0.0.1:2").into()),
+        )
+        .unwrap();
         assert_eq!(r.stats().evicted, 1);
         // a moves, but b still uses the old URL: kept.
         r.set_route(&t("a"), None).unwrap();
         assert_eq!(r.stats().evicted, 1);
         assert!(r
-            .set_route(&t("a"), Some(RedisUrl::new("ftp://x")))
+            .set_route(&t("a"), Some(RedisUrl::new("ftp://x").into()))
             .is_err());
         // A URL no route uses any more gets no pool (a call that read the old route).
         assert!(r
-            .pool_for(&RedisUrl::new("redis://127.0.0.1:2"))
+            .pool_for(&RedisUrl::new("redis://127.0.0.1:2").into())
             .unwrap()
             .is_none());
         // Debug never shows a routed endpoint's password.
-        r.pool_for(&RedisUrl::new("redis://:pw2@127.0.0.1:2"))
+        r.pool_for(&RedisUrl::new("redis://:pw2@127.0.0.1:2").into())
             .unwrap();
         assert!(!format!("{r:?}").contains("pw2"));
     }

@@ -244,7 +244,7 @@ impl ForzeHandle {
             .router
             .as_ref()
             .ok_or_else(|| Error::config("routing", "no resource has `routed = true`"))?;
-        router.set_route(tenant, url.map(RedisUrl::new))
+        router.set_route(tenant, url.map(|u| RedisUrl::new(u).into()))
     }
 
     /// The router's statistics; `None` when no resource is routed.

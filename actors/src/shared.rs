@@ -230,7 +230,10 @@ impl Shared {
         let tracking = match &config.redis {
             // Cache L1s and breakers' cached phases are both kept fresh by the subscriber.
             Some(redis) if needs_l1_tracking || !breakers.is_empty() => {
-                match TrackingSource::from_url(&redis.url) {
+                let conn = connection.as_ref().ok_or_else(|| {
+                    Error::internal("tracking", "a Redis deployment without a pool")
+                })?;
+                match TrackingSource::new(redis, conn) {
                     Ok(t) => Some(t),
                     // An L1 cannot run untracked; breakers can (their cache TTL bounds it).
                     Err(e) if needs_l1_tracking => return Err(e),

@@ -24,9 +24,14 @@ use std::time::Duration;
 use fred::types::config::ServerConfig;
 use redis_protocol::resp3::types::OwnedFrame;
 
+use std::sync::Arc;
+
 use crate::cache::tracking::{TrackingConnection, TrackingTarget};
-use crate::config::RedisUrl;
+use crate::config::{RedisConfig, RedisUrl};
+use crate::connect_failure::ConnectDiagnostics;
+use crate::connection::RedisConnection;
 use crate::error::{Error, Result};
+use crate::tls::TlsClient;
 
 /// The primaries behind a Redis URL, as the tracking subscriber needs them.
 #[derive(Clone)]
@@ -37,8 +42,8 @@ pub enum TrackingSource {
     Cluster {
         /// Seed nodes (`host`, `port`), tried in order.
         seeds: Vec<(String, u16)>,
-        /// Credentials for every node.
-        auth: Credentials,
+        /// NodeAccess for every node.
+        auth: NodeAccess,
     },
     /// A primary named by sentinels.
     Sentinel {
@@ -46,25 +51,32 @@ pub enum TrackingSource {
         sentinels: Vec<(String, u16)>,
         /// The service (`sentinelServiceName`).
         service: String,
-        /// Credentials for the data nodes and the sentinels.
-        auth: Credentials,
+        /// NodeAccess for the data nodes and the sentinels.
+        auth: NodeAccess,
     },
 }
 
-/// A username and password, never printed.
+/// How every node is reached: credentials (the password never printed), the TLS client when
+/// the deployment uses TLS, and where connection failures are reported.
 #[derive(Clone, Default)]
-pub struct Credentials {
+pub struct NodeAccess {
     /// ACL user (`default` when only a password is given).
     pub username: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// The deployment's TLS client: every tracking and topology connection is encrypted
+    /// when the pool's are.
+    pub tls: Option<TlsClient>,
+    /// Shared with the pool: a failed handshake here names the cause there too.
+    pub diagnostics: Option<Arc<ConnectDiagnostics>>,
 }
 
-impl fmt::Debug for Credentials {
+impl fmt::Debug for NodeAccess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
+        f.debug_struct("NodeAccess")
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -112,12 +124,40 @@ pub struct TopologyWatch {
 }
 
 impl TrackingSource {
-    /// The source for `url`. Unix sockets are refused: tracking needs TCP for now.
+    /// The source for the deployment `redis`, reached with the pool's TLS client and
+    /// reporting to its diagnostics (both from [`RedisConnection`]). Unix sockets are refused:
+    /// tracking needs TCP for now.
+    pub fn new(redis: &RedisConfig, conn: &RedisConnection) -> Result<Self> {
+        Self::with_access(
+            &redis.url,
+            conn.tls().cloned(),
+            Some(conn.diagnostics().clone()),
+        )
+    }
+
+    /// The source for `url`, reached in clear (tests and tools; TLS deployments use
+    /// [`TrackingSource::new`]). Refuses a TLS URL rather than track it in clear.
     pub fn from_url(url: &RedisUrl) -> Result<Self> {
+        if url.has_tls_scheme() {
+            return Err(Error::config(
+                "redis.url",
+                "a TLS URL needs the deployment's TLS client: use TrackingSource::new",
+            ));
+        }
+        Self::with_access(url, None, None)
+    }
+
+    fn with_access(
+        url: &RedisUrl,
+        tls: Option<TlsClient>,
+        diagnostics: Option<Arc<ConnectDiagnostics>>,
+    ) -> Result<Self> {
         let cfg = url.to_fred_config()?;
-        let auth = Credentials {
+        let auth = NodeAccess {
             username: cfg.username.clone(),
             password: cfg.password.clone(),
+            tls,
+            diagnostics,
         };
         let hosts = |hosts: &[fred::types::config::Server]| {
             hosts
@@ -269,7 +309,7 @@ fn items(f: &OwnedFrame) -> Option<&[OwnedFrame]> {
 /// state, so the importing node must be tracked before any slot is given to it. Primaries
 /// marked `fail`, `noaddr` or `handshake` are left out. A primary reported without a host is
 /// reached at the host the poll went to.
-pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &Credentials) -> Result<Topology> {
+pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &NodeAccess) -> Result<Topology> {
     let text = match reply {
         OwnedFrame::VerbatimString { data, .. } => String::from_utf8_lossy(data).into_owned(),
         other => self::text(other).ok_or_else(|| bad("CLUSTER NODES"))?,
@@ -334,7 +374,7 @@ pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &Credentials) ->
 
 /// `SENTINEL GET-MASTER-ADDR-BY-NAME` → the primary. A null reply (unknown service) is
 /// `Unavailable`.
-pub fn parse_sentinel_primary(reply: &OwnedFrame, auth: &Credentials) -> Result<Topology> {
+pub fn parse_sentinel_primary(reply: &OwnedFrame, auth: &NodeAccess) -> Result<Topology> {
     let addr = match reply {
         OwnedFrame::Null => return Err(Error::unavailable("cache.tracking.topology")),
         other => items(other).ok_or_else(|| bad("SENTINEL GET-MASTER-ADDR-BY-NAME"))?,
@@ -387,7 +427,7 @@ mod tests {
             "e5 127.0.0.1:7004@17004 slave a1 0 0 1 connected",
             "f6 127.0.0.1:7005@17005 master,fail - 0 0 5 disconnected",
         ];
-        let auth = Credentials::default();
+        let auth = NodeAccess::default();
         let t = parse_cluster_nodes(&nodes(&base), "10.0.0.9", &auth).unwrap();
         let addrs: Vec<String> = t.primaries.iter().map(|p| p.addr()).collect();
         // Every live primary, the empty one included; no replica, no failed node.
@@ -426,7 +466,7 @@ mod tests {
 
     #[test]
     fn sentinel_replies_name_the_primary() {
-        let auth = Credentials::default();
+        let auth = NodeAccess::default();
         let t = parse_sentinel_primary(&arr(vec![blob("127.0.0.1"), blob("7003")]), &auth).unwrap();
         assert_eq!(t.fingerprint, "127.0.0.1:7003");
         assert_eq!(t.primaries[0].addr(), "127.0.0.1:7003");

@@ -14,40 +14,40 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp3::decode::complete::decode;
 use redis_protocol::resp3::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cache::topology::NodeAccess;
+use crate::connect_failure::ConnectFailure;
 use crate::error::{Error, Result};
 
-/// Where and as whom the tracking connection connects.
-#[derive(Clone)]
+/// Where and how the tracking connection connects: the node, its credentials and TLS.
+#[derive(Clone, Debug)]
 pub struct TrackingTarget {
     host: String,
     port: u16,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-impl fmt::Debug for TrackingTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrackingTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
-    }
+    /// Credentials, TLS and diagnostics (`Debug` hides the password).
+    access: NodeAccess,
 }
 
 impl TrackingTarget {
-    /// The server at `host:port`, reached with `auth`.
-    pub fn new(host: &str, port: u16, auth: crate::cache::topology::Credentials) -> Self {
+    /// The server at `host:port`, reached with `access`.
+    pub fn new(host: &str, port: u16, access: NodeAccess) -> Self {
         TrackingTarget {
             host: host.to_string(),
             port,
-            username: auth.username,
-            password: auth.password,
+            access,
         }
+    }
+
+    /// A failure to open a connection to this target: reported to the deployment's
+    /// diagnostics, and returned as `Unavailable` naming the cause.
+    fn failed(&self, cause: ConnectFailure) -> Error {
+        if let Some(d) = &self.access.diagnostics {
+            d.record(cause);
+        }
+        tracing::debug!(%cause, addr = %self.addr(), "tracking connection failed");
+        Error::unavailable_because("cache.tracking", Some(cause))
     }
 
     /// `host:port`.
@@ -67,11 +67,22 @@ pub enum TrackingEvent {
     Pong,
 }
 
+/// A byte stream to a server: plain TCP or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// An open tracking connection.
-#[derive(Debug)]
 pub struct TrackingConnection {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
+}
+
+impl fmt::Debug for TrackingConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackingConnection")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn command(args: &[&[u8]]) -> Vec<u8> {
@@ -139,22 +150,38 @@ impl TrackingConnection {
 
     async fn handshake(target: &TrackingTarget, client_name: &str) -> Result<Self> {
         {
-            let stream = TcpStream::connect(target.addr()).await.map_err(lost)?;
-            stream.set_nodelay(true).map_err(lost)?;
+            let tcp = TcpStream::connect(target.addr())
+                .await
+                .map_err(|e| target.failed(ConnectFailure::of_io_kind(e.kind())))?;
+            tcp.set_nodelay(true).map_err(lost)?;
+            // With TLS on, the handshake must succeed: a failure is reported, never followed
+            // by a plaintext attempt.
+            let stream: Box<dyn Stream> = match &target.access.tls {
+                Some(tls) => Box::new(
+                    tls.connect(&target.host, tcp)
+                        .await
+                        .map_err(|cause| target.failed(cause))?,
+                ),
+                None => Box::new(tcp),
+            };
             let mut conn = TrackingConnection {
                 stream,
                 buf: BytesMut::with_capacity(16 * 1024),
             };
+            let access = &target.access;
             let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
-            if let Some(password) = &target.password {
+            if let Some(password) = &access.password {
                 hello.push(b"AUTH");
-                hello.push(target.username.as_deref().unwrap_or("default").as_bytes());
+                hello.push(access.username.as_deref().unwrap_or("default").as_bytes());
                 hello.push(password.as_bytes());
             }
             hello.push(b"SETNAME");
             hello.push(client_name.as_bytes());
             conn.send(&hello).await?;
             conn.expect_reply("HELLO").await?;
+            if let Some(d) = &access.diagnostics {
+                d.clear();
+            }
             Ok(conn)
         }
     }
@@ -346,9 +373,10 @@ mod tests {
         let t = TrackingTarget::new(
             "127.0.0.1",
             7000,
-            crate::cache::topology::Credentials {
+            NodeAccess {
                 username: Some("u".into()),
                 password: Some("hunter2".into()),
+                ..NodeAccess::default()
             },
         );
         assert!(!format!("{t:?}").contains("hunter2"));

@@ -12,6 +12,7 @@
 //! | [`server`] | [`TestServer`]: a private, throw-away server process on a loopback port, with an admin channel ([`TestServer::cmd`]). |
 //! | [`resp`] | A tiny RESP2 encoder / parser ([`Resp`]) used by the admin channel. |
 //! | [`proxy`] | [`FaultProxy`]: an in-process TCP proxy that can refuse, black-hole, cut, delay or lose replies. |
+//! | [`tls`] | [`TestPki`] (a CA made at run time, certificates for servers and clients) and [`TlsServer`] (a server with a TLS port beside its plain admin port). |
 //! | [`topology`] | [`TestCluster`] (primaries, slots assigned by hand, slot migration) and [`TestSentinels`] (primary, replica, three sentinels, failover). |
 //! | [`signals`] | `SIGSTOP` / `SIGCONT` helpers for freezing processes. |
 //! | [`wait`] | Bounded polling helpers ([`wait_until`], [`wait_until_async`]) to use instead of fixed sleeps. |
@@ -42,6 +43,7 @@ pub mod proxy;
 pub mod resp;
 pub mod server;
 pub mod signals;
+pub mod tls;
 pub mod topology;
 pub mod wait;
 
@@ -50,5 +52,6 @@ pub use proxy::{FaultProxy, ProxyMode};
 pub use resp::Resp;
 pub use server::{reserve_port, TestServer};
 pub use signals::{sigcont, sigstop};
+pub use tls::{supports_tls, CertFiles, TestPki, TlsServer};
 pub use topology::{key_slot, TestCluster, TestSentinels};
 pub use wait::{wait_until, wait_until_async};

@@ -85,7 +85,12 @@ struct Shared {
     /// Live connections (id → abort handle of the connection task), plus a
     /// shutdown flag, under one lock so registration and shutdown cannot race.
     conns: Mutex<Registry>,
+    /// What crossed the proxy (see [`FaultProxy::recorded`]).
+    recording: Mutex<Vec<u8>>,
 }
+
+/// The most bytes [`FaultProxy::recorded`] keeps.
+pub const RECORDING_LIMIT: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 struct Registry {
@@ -105,6 +110,13 @@ impl Shared {
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep a copy of forwarded bytes (both directions), up to [`RECORDING_LIMIT`].
+    fn record(&self, bytes: &[u8]) {
+        let mut rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        let room = RECORDING_LIMIT.saturating_sub(rec.len());
+        rec.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     /// Aborts every live connection task (closing both sockets).
@@ -192,6 +204,7 @@ impl FaultProxy {
             lose_next_reply: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             conns: Mutex::new(Registry::default()),
+            recording: Mutex::new(Vec::new()),
         });
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
         FaultProxy {
@@ -199,6 +212,16 @@ impl FaultProxy {
             shared,
             accept_task,
         }
+    }
+
+    /// Every byte forwarded so far, both directions interleaved in arrival order (the
+    /// first [`RECORDING_LIMIT`] bytes): what an observer on the wire would see.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.shared
+            .recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The proxy's listening address (`127.0.0.1:<port>`).
@@ -386,6 +409,7 @@ async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, dir: Direction, sha
                 {
                     return ReadEnd::Kill;
                 }
+                shared.record(&buf[..n]);
                 let due = Instant::now() + shared.delay();
                 if tx.send((due, buf[..n].to_vec())).await.is_err() {
                     return ReadEnd::Finished;

@@ -718,7 +718,7 @@ fn tail_of(path: &Path, lines: usize) -> String {
 }
 
 /// Creates `$TMPDIR/forze-testkit-<pid>-<counter>-<nanos>`.
-fn make_temp_dir() -> PathBuf {
+pub(crate) fn make_temp_dir() -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = std::env::temp_dir();
     let mut last_err = None;

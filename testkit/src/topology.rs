@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::binaries::ServerBinary;
 use crate::resp::Resp;
 use crate::server::{reserve_port, TestServer};
+use crate::tls::{tls_server_args, TestPki};
 
 /// Hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -89,6 +90,8 @@ fn reserve_cluster_port() -> u16 {
 pub struct TestCluster {
     nodes: Vec<TestServer>,
     ids: Vec<String>,
+    /// The TLS port of each node (empty unless started with [`TestCluster::start_tls`]).
+    tls_ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for TestCluster {
@@ -116,23 +119,69 @@ impl TestCluster {
     /// [`TestCluster::start`] plus `spares` primaries that hold no slot (nodes added to grow
     /// the cluster, before any slot is migrated to them). They come last in [`Self::nodes`].
     pub fn start_with_spares(bin: &ServerBinary, primaries: usize, spares: usize) -> TestCluster {
+        Self::start_nodes(bin, primaries, spares, None)
+    }
+
+    /// [`TestCluster::start`] with TLS everywhere (`--tls-cluster yes`): every node listens
+    /// with TLS on a port of its own ([`TestCluster::tls_url`]) beside its plain admin port,
+    /// presents a certificate for `127.0.0.1` signed by `pki`, and the cluster bus runs over
+    /// TLS too. Client certificates are not required.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestCluster::start`], and when `bin` has no TLS support.
+    pub fn start_tls(bin: &ServerBinary, primaries: usize, pki: &TestPki) -> TestCluster {
+        Self::start_nodes(bin, primaries, 0, Some(pki))
+    }
+
+    fn start_nodes(
+        bin: &ServerBinary,
+        primaries: usize,
+        spares: usize,
+        tls: Option<&TestPki>,
+    ) -> TestCluster {
         assert!(primaries >= 1, "a cluster needs a primary");
-        let args = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "3000",
-        ];
+        let cert = tls.map(|pki| pki.issue(&["localhost", "127.0.0.1"]));
+        let mut tls_ports = Vec::new();
         let nodes: Vec<TestServer> = (0..primaries + spares)
             .map(|_| {
                 // The bus port (port + 10000) was free when reserved, but another process may
                 // take it before the node binds it: then try a fresh pair.
                 let mut last = String::new();
                 for _ in 0..5 {
-                    match TestServer::try_start_on_with(bin, reserve_cluster_port(), None, &args) {
-                        Ok(node) => return node,
+                    let mut args: Vec<String> = [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "3000",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                    let port = reserve_cluster_port();
+                    let tls_port = reserve_port();
+                    if let (Some(pki), Some(cert)) = (tls, &cert) {
+                        args.extend(tls_server_args(tls_port, cert, pki.ca_file(), false));
+                        // With TLS on the bus, the bus port would follow the TLS port: keep it
+                        // at the plain port + 10000, which was checked free (and which
+                        // `CLUSTER MEET <plain port>` expects).
+                        args.extend(
+                            ["--tls-cluster", "yes", "--cluster-port"]
+                                .iter()
+                                .map(|s| s.to_string()),
+                        );
+                        args.push((port + 10_000).to_string());
+                    }
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    match TestServer::try_start_on_with(bin, port, None, &args) {
+                        Ok(node) => {
+                            if tls.is_some() {
+                                tls_ports.push(tls_port);
+                            }
+                            return node;
+                        }
                         Err(e) => last = e,
                     }
                 }
@@ -164,9 +213,29 @@ impl TestCluster {
                 .cmd(&["CLUSTER", "MEET", "127.0.0.1", &n.port().to_string()])
                 .expect("CLUSTER MEET");
         }
-        let cluster = TestCluster { nodes, ids };
+        let cluster = TestCluster {
+            nodes,
+            ids,
+            tls_ports,
+        };
         cluster.wait_consistent();
         cluster
+    }
+
+    /// `rediss-cluster://` URL naming every node's TLS port as a seed (clusters from
+    /// [`TestCluster::start_tls`] only).
+    ///
+    /// # Panics
+    ///
+    /// When the cluster has no TLS ports.
+    pub fn tls_url(&self) -> String {
+        assert!(!self.tls_ports.is_empty(), "not a TLS cluster");
+        let mut url = format!("rediss-cluster://127.0.0.1:{}", self.tls_ports[0]);
+        for (i, p) in self.tls_ports.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{p}"));
+        }
+        url
     }
 
     /// Wait until every node says `cluster_state:ok`, knows all nodes, and agrees on the owner

