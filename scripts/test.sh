@@ -24,3 +24,5 @@ fi
 
 cargo test --workspace --all-targets --features forze-redis-actors/fault-injection
 cargo test --workspace --doc
+# A build without the `tls` feature must refuse every TLS request (never connect in clear).
+cargo test -p forze-redis --no-default-features --lib -- tls config connect_failure

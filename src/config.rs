@@ -637,7 +637,6 @@ impl RedisConfig {
     /// Validate the URL and the TLS settings of one endpoint (`field` names its table).
     pub(crate) fn validate_endpoint(&self, field: &str) -> Result<()> {
         let fred = self.url.to_fred_config()?;
-        crate::tls::refuse_unsupported(self.uses_tls(), crate::tls::TLS_SUPPORTED, field)?;
         if self.uses_tls() {
             if matches!(fred.server, fred::types::config::ServerConfig::Unix { .. }) {
                 return Err(Error::config(
@@ -649,7 +648,7 @@ impl RedisConfig {
                 t.validate(&format!("{field}.tls"))?;
             }
         }
-        Ok(())
+        crate::tls::refuse_unsupported(self.uses_tls(), crate::tls::TLS_SUPPORTED, field)
     }
 
     fn validate(&self) -> Result<()> {
@@ -1292,5 +1291,75 @@ mod tests {
     fn example_file_parses() {
         let text = include_str!("../examples/forze.toml");
         Config::from_toml_str(text).unwrap();
+    }
+
+    #[test]
+    fn tls_is_accepted_only_by_a_build_that_can_honour_it() {
+        for text in [
+            "[redis]\nurl = \"rediss://:hunter2@127.0.0.1:7000\"",
+            "[redis]\nurl = \"valkeys-cluster://127.0.0.1:7000\"",
+            "[redis]\nurl = \"redis://127.0.0.1:7000\"\n[redis.tls]\nmin_version = \"1.3\"",
+        ] {
+            let r = Config::from_toml_str(text);
+            if crate::tls::TLS_SUPPORTED {
+                assert!(r.unwrap().redis.unwrap().uses_tls(), "{text}");
+            } else {
+                let e = r.unwrap_err();
+                assert_eq!(e.kind(), crate::ErrorKind::Config, "{text}");
+                assert!(e.to_string().contains("`tls` cargo feature"), "{e}");
+                assert!(!e.to_string().contains("hunter2"), "{e}");
+            }
+        }
+        let plain = Config::from_toml_str("[redis]\nurl = \"redis://127.0.0.1:7000\"").unwrap();
+        assert!(!plain.redis.unwrap().uses_tls());
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        for (text, field) in [
+            (
+                "[redis]\nurl = \"redis+unix:///tmp/r.sock\"\n[redis.tls]\n",
+                "redis",
+            ),
+            (
+                "[redis]\nurl = \"rediss://h:1\"\n[redis.tls]\nmin_version = \"1.1\"",
+                "redis.tls.min_version",
+            ),
+            (
+                "[redis]\nurl = \"rediss://h:1\"\n[redis.tls]\nkey_file = \"/k.pem\"",
+                "redis.tls.cert_file",
+            ),
+            (
+                "[redis]\nurl = \"rediss://h:1\"\n[redis.tls]\nserver_name = \"a b\"",
+                "redis.tls.server_name",
+            ),
+            (
+                "[redis]\nurl = \"rediss://h:1\"\n[redis.tls]\nverify = false",
+                "redis.tls",
+            ),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_routed_endpoint_may_carry_its_own_tls_table() {
+        let c = Config::from_toml_str(
+            "[routing.tenants]\nacme = \"redis://h:1\"\n\
+             beta = { url = \"rediss://:pw@h:2\", tls = { server_name = \"redis.beta\" } }",
+        );
+        if !crate::tls::TLS_SUPPORTED {
+            assert!(c.is_err());
+            return;
+        }
+        let c = c.unwrap();
+        let beta = &c.routing.tenants["beta"];
+        assert_eq!(
+            beta.tls.as_ref().unwrap().server_name.as_deref(),
+            Some("redis.beta")
+        );
+        assert!(!beta.same_as(&c.routing.tenants["acme"]));
+        assert!(c.routing.tenants["acme"].tls.is_none());
     }
 }

@@ -516,3 +516,106 @@ async fn skipping_verification_needs_the_dangerous_setting() {
         f.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_tenant_endpoint_uses_its_own_tls_settings() {
+    use forze_redis::keys::TenantId;
+    for bin in tls_binaries() {
+        let main = TestServer::start(&bin);
+        let endpoint = TlsServer::start(&bin, false, &[]);
+        let stranger = TestPki::new("stranger");
+        let resources = format!(
+            r#"
+[counters.orders]
+routed = true
+[routing.tenants]
+acme = {{ url = "{url}", tls = {{ ca_file = {ca:?} }} }}
+mallory = {{ url = "{url}", tls = {{ ca_file = {bad:?} }} }}
+"#,
+            url = endpoint.url(),
+            ca = endpoint.pki().ca_file().display().to_string(),
+            bad = stranger.ca_file().display().to_string(),
+        );
+        let f = spawn_ready(config(Some(&main.url()), "tls-routed", &resources)).await;
+        let orders = f.counter("orders").unwrap();
+        let acme = CounterId::main().for_tenant(TenantId::new("acme").unwrap());
+        assert_eq!(orders.incr(&acme, 4).await.unwrap(), 4, "{bin}");
+        let key = "forze:counter:{orders:t=acme}";
+        let on_endpoint = endpoint.server().cmd(&["GET", key]).unwrap();
+        assert_eq!(
+            on_endpoint.as_str().as_deref(),
+            Some("4"),
+            "{bin}: stored on the TLS endpoint"
+        );
+        assert!(
+            main.cmd(&["GET", key]).unwrap().as_str().is_none(),
+            "{bin}: not on [redis]"
+        );
+        // Same URL, another CA: another pool, and its handshake is refused with the cause.
+        let mallory = CounterId::main().for_tenant(TenantId::new("mallory").unwrap());
+        let e = orders.incr(&mallory, 1).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{bin}: {e}");
+        assert_eq!(
+            e.connect_failure(),
+            Some(ConnectFailure::TlsUntrustedCertificate),
+            "{bin}: {e}"
+        );
+        assert_eq!(f.router_stats().unwrap().open_pools, 2, "{bin}");
+        f.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_tls_sentinels_a_failover_is_followed_over_tls() {
+    use forze_redis_testkit::TestSentinels;
+    for bin in tls_binaries() {
+        let pki = TestPki::new("sentinel");
+        let group = TestSentinels::start_tls(&bin, &pki);
+        let url = group.tls_url();
+        register_tls_table(
+            &url,
+            &format!("ca_file = {:?}", pki.ca_file().display().to_string()),
+        );
+        let mut reps = Vec::new();
+        for _ in 0..2 {
+            let r = spawn_ready(config(Some(&url), "tls-sentinel", RESOURCES)).await;
+            tracked(&r, 1).await;
+            reps.push(r);
+        }
+        writes_reach_the_other_l1_by_push(&reps, 10, &format!("{bin} TLS sentinel")).await;
+        let counter = reps[0].counter("orders").unwrap();
+        assert_eq!(counter.incr(&CounterId::main(), 1).await.unwrap(), 1);
+        let before = reps[1]
+            .tracking_stats()
+            .await
+            .unwrap()
+            .unwrap()
+            .topology_changes;
+        let new_primary = group.failover();
+        eprintln!("{bin}: the sentinels promoted the TLS port {new_primary}");
+        wait_until_async(
+            Duration::from_secs(15),
+            "the counter on the new primary",
+            || async { counter.incr(&CounterId::main(), 1).await.is_ok() },
+        )
+        .await;
+        wait_until_async(
+            Duration::from_secs(15),
+            "the failover seen by tracking",
+            || async {
+                matches!(reps[1].tracking_stats().await, Ok(Some(s))
+                if s.confirmed && s.topology_changes > before)
+            },
+        )
+        .await;
+        // Coherence is back on the new primary, over TLS.
+        let (writer, reader) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
+        for i in 0..10 {
+            writer.set(&k(i), &3u64, None).await.unwrap();
+        }
+        converge(&reader, 10, 3, "after the failover").await;
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}

@@ -416,6 +416,10 @@ impl TestCluster {
 pub struct TestSentinels {
     data: Vec<TestServer>,
     sentinels: Vec<TestServer>,
+    /// The sentinels' TLS ports (empty unless started with [`TestSentinels::start_tls`]).
+    sentinel_tls_ports: Vec<u16>,
+    /// The data servers' TLS ports, in the order of `data` (empty without TLS).
+    data_tls_ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for TestSentinels {
@@ -441,29 +445,69 @@ impl TestSentinels {
     ///
     /// When a process cannot start or the group does not settle within 20 s.
     pub fn start(bin: &ServerBinary) -> TestSentinels {
-        let primary = TestServer::start(bin);
-        let replica = TestServer::start_with(
-            bin,
-            None,
-            &["--replicaof", "127.0.0.1", &primary.port().to_string()],
-        );
+        Self::start_inner(bin, None)
+    }
+
+    /// [`TestSentinels::start`] with TLS everywhere: the data servers and the sentinels listen
+    /// with TLS on ports of their own beside their plain admin ports, replication and the
+    /// sentinels' links run over TLS (`tls-replication yes`), and the sentinels announce the
+    /// primary's TLS port. Certificates for `127.0.0.1` signed by `pki`; client certificates
+    /// are not required. Clients use [`TestSentinels::tls_url`].
+    ///
+    /// # Panics
+    ///
+    /// As [`TestSentinels::start`], and when `bin` has no TLS support.
+    pub fn start_tls(bin: &ServerBinary, pki: &TestPki) -> TestSentinels {
+        Self::start_inner(bin, Some(pki))
+    }
+
+    fn start_inner(bin: &ServerBinary, tls: Option<&TestPki>) -> TestSentinels {
+        let cert = tls.map(|pki| pki.issue(&["localhost", "127.0.0.1"]));
+        // TLS arguments for one more process, and the TLS port it listens on.
+        let tls_args = |extra: &[&str]| -> (Vec<String>, Option<u16>) {
+            match (tls, &cert) {
+                (Some(pki), Some(cert)) => {
+                    let port = reserve_port();
+                    let mut args = tls_server_args(port, cert, pki.ca_file(), false);
+                    args.extend(["--tls-replication".to_string(), "yes".to_string()]);
+                    args.extend(extra.iter().map(|s| s.to_string()));
+                    (args, Some(port))
+                }
+                _ => (extra.iter().map(|s| s.to_string()).collect(), None),
+            }
+        };
+        let start = |config: Option<&str>, extra: &[&str]| -> (TestServer, Option<u16>) {
+            let (args, port) = tls_args(extra);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            (TestServer::start_with(bin, config, &args), port)
+        };
+        let (primary, primary_tls) = start(None, &[]);
+        // Replication and monitoring go through the TLS port when there is one.
+        let primary_port = primary_tls.unwrap_or(primary.port()).to_string();
+        let (replica, replica_tls) = start(None, &["--replicaof", "127.0.0.1", &primary_port]);
         poll("the replica's link to the primary", SETUP_TIMEOUT, || {
             let info = text(&replica.cmd(&["INFO", "replication"]).ok()?);
             (info_field(&info, "master_link_status").as_deref() == Some("up")).then_some(())
         });
         let conf = format!(
-            "sentinel monitor {SERVICE} 127.0.0.1 {} 2\n\
+            "sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n\
              sentinel down-after-milliseconds {SERVICE} 1000\n\
              sentinel failover-timeout {SERVICE} 5000\n\
-             sentinel parallel-syncs {SERVICE} 1\n",
-            primary.port()
+             sentinel parallel-syncs {SERVICE} 1\n"
         );
+        let mut sentinel_tls_ports = Vec::new();
         let sentinels: Vec<TestServer> = (0..3)
-            .map(|_| TestServer::start_with(bin, Some(&conf), &["--sentinel"]))
+            .map(|_| {
+                let (s, port) = start(Some(&conf), &["--sentinel"]);
+                sentinel_tls_ports.extend(port);
+                s
+            })
             .collect();
         let group = TestSentinels {
             data: vec![primary, replica],
             sentinels,
+            sentinel_tls_ports,
+            data_tls_ports: primary_tls.into_iter().chain(replica_tls).collect(),
         };
         poll(
             "sentinels to know each other and the replica",
@@ -498,6 +542,23 @@ impl TestSentinels {
         url
     }
 
+    /// `rediss-sentinel://` URL naming the three sentinels' TLS ports and the service
+    /// (groups from [`TestSentinels::start_tls`] only).
+    ///
+    /// # Panics
+    ///
+    /// When the group has no TLS ports.
+    pub fn tls_url(&self) -> String {
+        assert!(!self.sentinel_tls_ports.is_empty(), "not a TLS group");
+        let mut url = format!("rediss-sentinel://127.0.0.1:{}", self.sentinel_tls_ports[0]);
+        for (i, p) in self.sentinel_tls_ports.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{p}"));
+        }
+        url.push_str(&format!("&sentinelServiceName={SERVICE}"));
+        url
+    }
+
     /// The port of the primary as the sentinels announce it.
     pub fn primary_port(&self) -> u16 {
         let r = self.sentinels[0]
@@ -509,10 +570,13 @@ impl TestSentinels {
 
     /// The data server (primary or replica) listening on `port`.
     pub fn data_server(&self, port: u16) -> &TestServer {
-        self.data
+        let i = self
+            .data
             .iter()
-            .find(|s| s.port() == port)
-            .expect("one of ours")
+            .position(|s| s.port() == port)
+            .or_else(|| self.data_tls_ports.iter().position(|&p| p == port))
+            .expect("one of ours");
+        &self.data[i]
     }
 
     /// The current primary.
