@@ -12,12 +12,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, register_tls_table, spawn_ready, trust_table};
-use forze_redis::cache::CacheKey;
+use common::{config, converge, k, register_tls_table, spawn_ready, tracked_on, trust_table};
 use forze_redis::counter::CounterId;
 use forze_redis::tls::ConnectFailure;
 use forze_redis::ErrorKind;
-use forze_redis_actors::{CacheHandle, Forze, ForzeHandle};
+use forze_redis_actors::{Forze, ForzeHandle};
 use forze_redis_testkit::{
     server_binaries, supports_tls, wait_until_async, FaultProxy, ServerBinary, TestCluster,
     TestPki, TestServer, TlsServer,
@@ -42,35 +41,6 @@ fn tls_binaries() -> Vec<ServerBinary> {
         "no server binary with TLS support (Debian's redis-server has it)"
     );
     with
-}
-
-fn k(i: usize) -> CacheKey {
-    CacheKey::new(format!("k{i}"))
-}
-
-async fn tracked(forze: &ForzeHandle, primaries: u64) {
-    wait_until_async(Duration::from_secs(15), "tracking confirmed", || async {
-        matches!(forze.tracking_stats().await, Ok(Some(s)) if s.confirmed && s.primaries == primaries)
-    })
-    .await;
-}
-
-/// Wait until `cache` reads `want` for keys `0..n` (bounded: 5 s).
-async fn converge(cache: &CacheHandle, n: usize, want: u64, what: &str) -> Duration {
-    let started = Instant::now();
-    for _ in 0..500 {
-        let mut stale = 0;
-        for i in 0..n {
-            if cache.get::<u64>(&k(i)).await.unwrap() != Some(want) {
-                stale += 1;
-            }
-        }
-        if stale == 0 {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what}: L1 still stale after 5 s");
 }
 
 /// Writes through one replica's cache reach the other replica's L1 by push (not by TTL).
@@ -107,7 +77,7 @@ async fn every_connection_is_tls_and_l1_invalidations_arrive_over_it() {
         let mut reps = Vec::new();
         for _ in 0..2 {
             let r = spawn_ready(config(Some(&server.url()), "tls-l1", RESOURCES)).await;
-            tracked(&r, 1).await;
+            tracked_on(&r, 1).await;
             reps.push(r);
         }
         writes_reach_the_other_l1_by_push(&reps, 20, &format!("{bin} over TLS")).await;
@@ -247,7 +217,7 @@ async fn mutual_tls_passes_with_the_client_certificate_and_is_refused_without() 
         );
         register_tls_table(&server.url(), &with_cert);
         let f = spawn_ready(config(Some(&server.url()), "mtls-ok", RESOURCES)).await;
-        tracked(&f, 1).await;
+        tracked_on(&f, 1).await;
         let c = f.counter("orders").unwrap();
         assert_eq!(c.incr(&CounterId::main(), 3).await.unwrap(), 3, "{bin}");
         f.shutdown().await.unwrap();
@@ -292,7 +262,7 @@ async fn traffic_through_relay(upstream: String, url_of: impl Fn(u16) -> String)
     let relay = FaultProxy::start(upstream).await;
     let url = url_of(relay.port());
     let f = spawn_ready(config(Some(&url), "tls-wire", RESOURCES)).await;
-    tracked(&f, 1).await;
+    tracked_on(&f, 1).await;
     let cache = f.cache("hot").unwrap();
     cache.set(&k(1), "WIRE-VALUE-7f3a9c", None).await.unwrap();
     let seen: Option<String> = cache.get(&k(1)).await.unwrap();
@@ -393,7 +363,7 @@ async fn certificates_rotated_on_disk_are_used_by_the_next_reconnect() {
             ),
         );
         let f = spawn_ready(config(Some(&server.url()), "tls-rotate", RESOURCES)).await;
-        tracked(&f, 1).await;
+        tracked_on(&f, 1).await;
         let counter = f.counter("orders").unwrap();
         assert_eq!(counter.incr(&CounterId::main(), 1).await.unwrap(), 1);
 
@@ -438,7 +408,7 @@ async fn certificates_rotated_on_disk_are_used_by_the_next_reconnect() {
         })
         .await;
         eprintln!("{bin}: calls resumed {:?} after the cut", started.elapsed());
-        tracked(&f, 1).await;
+        tracked_on(&f, 1).await;
         let stats = f.tracking_stats().await.unwrap().unwrap();
         assert!(
             stats.confirmations >= 2,
@@ -475,7 +445,7 @@ async fn a_tls_cluster_keeps_every_l1_coherent() {
         let mut reps = Vec::new();
         for _ in 0..2 {
             let r = spawn_ready(config(Some(&url), "tls-cluster", RESOURCES)).await;
-            tracked(&r, 3).await;
+            tracked_on(&r, 3).await;
             reps.push(r);
         }
         let owners: std::collections::BTreeSet<usize> = (0..60)
@@ -579,7 +549,7 @@ async fn behind_tls_sentinels_a_failover_is_followed_over_tls() {
         let mut reps = Vec::new();
         for _ in 0..2 {
             let r = spawn_ready(config(Some(&url), "tls-sentinel", RESOURCES)).await;
-            tracked(&r, 1).await;
+            tracked_on(&r, 1).await;
             reps.push(r);
         }
         writes_reach_the_other_l1_by_push(&reps, 10, &format!("{bin} TLS sentinel")).await;

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{config, spawn_ready};
+use common::{config, k, spawn_ready, tracked_on};
 use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
 use forze_redis::lock::LockId;
@@ -30,38 +30,14 @@ lease = "5s"
 
 const KEYS: usize = 60;
 
-fn k(i: usize) -> CacheKey {
-    CacheKey::new(format!("k{i}"))
-}
-
 /// The Redis key of cache entry `k<i>` of `hot` (docs/keys.md).
 fn redis_key(i: usize) -> String {
     format!("forze:cache:{{hot:_:k{i}}}")
 }
 
-async fn tracked_on(forze: &ForzeHandle, primaries: u64) {
-    wait_until_async(Duration::from_secs(15), "tracking confirmed", || async {
-        matches!(forze.tracking_stats().await, Ok(Some(s)) if s.confirmed && s.primaries == primaries)
-    })
-    .await;
-}
-
 /// Wait until `cache` returns `want` for every key; returns how long that took.
 async fn converge(cache: &CacheHandle, want: u64, what: &str) -> Duration {
-    let started = Instant::now();
-    for _ in 0..500 {
-        let mut stale = 0;
-        for i in 0..KEYS {
-            if cache.get::<u64>(&k(i)).await.unwrap() != Some(want) {
-                stale += 1;
-            }
-        }
-        if stale == 0 {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what}: L1 still stale after 5 s");
+    common::converge(cache, KEYS, want, what).await
 }
 
 /// Two supervisors on `url`, both tracking `primaries` primaries; every key written as 1 by the

@@ -11,6 +11,7 @@
 //! | [`binaries`] | Finding `redis-server` / `valkey-server` executables ([`server_binaries`]). |
 //! | [`server`] | [`TestServer`]: a private, throw-away server process on a loopback port, with an admin channel ([`TestServer::cmd`]). |
 //! | [`resp`] | A tiny RESP2 encoder / parser ([`Resp`]) used by the admin channel. |
+//! | [`monitor`] | [`Monitor`]: counts what a server executes, by command and by script, from its `MONITOR` feed. |
 //! | [`proxy`] | [`FaultProxy`]: an in-process TCP proxy that can refuse, black-hole, cut, delay or lose replies. |
 //! | [`tls`] | [`TestPki`] (a CA made at run time, certificates for servers and clients) and [`TlsServer`] (a server with a TLS port beside its plain admin port). |
 //! | [`topology`] | [`TestCluster`] (primaries, slots assigned by hand, slot migration) and [`TestSentinels`] (primary, replica, three sentinels, failover). |
@@ -39,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod binaries;
+pub mod monitor;
 pub mod proxy;
 pub mod resp;
 pub mod server;
@@ -48,6 +50,7 @@ pub mod topology;
 pub mod wait;
 
 pub use binaries::{find_server_binaries, server_binaries, ServerBinary, ServerKind};
+pub use monitor::Monitor;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use resp::Resp;
 pub use server::{reserve_port, TestServer};

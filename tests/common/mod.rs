@@ -6,8 +6,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use forze_redis::cache::CacheKey;
 use forze_redis::Config;
-use forze_redis_actors::{Forze, ForzeHandle};
+use forze_redis_actors::{CacheHandle, Forze, ForzeHandle};
 
 pub use forze_redis_testkit::{
     server_binaries, supports_tls, wait_until, TestCluster, TestServer, TlsServer,
@@ -220,4 +221,36 @@ impl Backend {
             ),
         }
     }
+}
+
+/// Cache key `k<i>`.
+pub fn k(i: usize) -> CacheKey {
+    CacheKey::new(format!("k{i}"))
+}
+
+/// Wait until `forze`'s tracking is confirmed on `primaries` primaries (bounded: 15 s).
+pub async fn tracked_on(forze: &ForzeHandle, primaries: u64) {
+    forze_redis_testkit::wait_until_async(Duration::from_secs(15), "tracking confirmed", || async {
+        matches!(forze.tracking_stats().await, Ok(Some(s)) if s.confirmed && s.primaries == primaries)
+    })
+    .await;
+}
+
+/// Wait until `cache` reads `want` for keys `k0..k<n>`; returns how long that took (bounded:
+/// 5 s, then a panic naming `what`).
+pub async fn converge(cache: &CacheHandle, n: usize, want: u64, what: &str) -> Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..500 {
+        let mut stale = 0;
+        for i in 0..n {
+            if cache.get::<u64>(&k(i)).await.unwrap() != Some(want) {
+                stale += 1;
+            }
+        }
+        if stale == 0 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: L1 still stale after 5 s");
 }
