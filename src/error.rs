@@ -358,7 +358,8 @@ impl Error {
                 | C::Refused
                 | C::Auth
                 | C::Redirect
-                | C::Backpressure,
+                | C::Backpressure
+                | C::NotSent,
                 _,
             ) => Error::Unavailable {
                 op,
@@ -374,13 +375,25 @@ impl Error {
     }
 }
 
+/// What fred 10.1 says when it gives up on a command before writing it (`router/commands.rs`,
+/// `interfaces.rs`, `router/utils.rs`). Pinned by the tests below: a driver update that words
+/// them differently fails them.
+const NOT_SENT_REPORTS: [&str; 3] = [
+    "Failed to route command.",
+    "Connection closed unexpectedly.",
+    "Max reconnection attempts reached.",
+];
+
 /// What kind of failure a driver error is. Decided once, in [`DriverErrorClass::of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DriverErrorClass {
     /// The connection failed or closed.
     Connection,
-    /// The command was canceled (for instance the client was not connected).
+    /// The command was never written: the driver found no connection to send it on, or
+    /// refused it before sending because the client was not connected. It did not run.
+    NotSent,
+    /// The command was canceled (its reply will never come; it may have been written).
     Canceled,
     /// The command timed out.
     Timeout,
@@ -431,6 +444,15 @@ impl DriverErrorClass {
         use fred::error::ErrorKind as K;
         match err.kind() {
             K::IO => DriverErrorClass::Connection,
+            // Said before anything is written: the router found no connection for the command,
+            // or the fail-fast check saw the client disconnected, or reconnection gave up.
+            K::Unknown | K::Routing | K::Canceled
+                if NOT_SENT_REPORTS
+                    .iter()
+                    .any(|m| err.details().starts_with(m)) =>
+            {
+                DriverErrorClass::NotSent
+            }
             K::Canceled => DriverErrorClass::Canceled,
             K::Timeout => DriverErrorClass::Timeout,
             K::Backpressure => DriverErrorClass::Backpressure,
@@ -527,6 +549,40 @@ mod tests {
 
     fn class(kind: K, details: &str) -> DriverErrorClass {
         DriverErrorClass::of(&FredError::new(kind, details.to_string()))
+    }
+
+    #[test]
+    fn commands_the_driver_never_wrote_are_unavailable_even_for_writes() {
+        for (kind, report) in [
+            (K::Unknown, "Failed to route command."),
+            (K::Routing, "Failed to route command."),
+            (K::Canceled, "Connection closed unexpectedly."),
+            (K::Canceled, "Max reconnection attempts reached."),
+        ] {
+            assert_eq!(
+                class(kind.clone(), report),
+                DriverErrorClass::NotSent,
+                "{report}"
+            );
+            for access in [Access::Read, Access::Write, Access::IdempotentWrite] {
+                let e = Error::from_driver(
+                    "op",
+                    access,
+                    Duration::from_secs(1),
+                    FredError::new(kind.clone(), report.to_string()),
+                );
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "{report} {access:?}");
+            }
+        }
+        // Written, then the connection closed: the write may have run.
+        let lost = Error::from_driver(
+            "op",
+            Access::Write,
+            Duration::from_secs(1),
+            FredError::new(K::IO, "Connection closed."),
+        );
+        assert_eq!(lost.kind(), ErrorKind::OutcomeUnknown);
+        assert_eq!(class(K::Canceled, "Canceled."), DriverErrorClass::Canceled);
     }
 
     #[test]

@@ -1,0 +1,377 @@
+//! Every failure tells the truth: with every contract in flight on three supervisors behind a
+//! TCP relay whose connections are all cut 60 times, 300 ms apart, each call ends `Ok`,
+//! `Unavailable` (it did not run) or `OutcomeUnknown` (it may have run), never `Internal`; and
+//! the server's own count of what it executed (its `MONITOR` feed, script by script) is compared
+//! with the calls made, contract by contract: no write runs more often than it was called.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{config, spawn_ready};
+use forze_redis::cache::CacheKey;
+use forze_redis::counter::CounterId;
+use forze_redis::idempotency::{Begin, IdemRequest};
+use forze_redis::lock::LockId;
+use forze_redis::scripts::{self, Script};
+use forze_redis::snapshot::RunId;
+use forze_redis::{Error, ErrorKind};
+use forze_redis_actors::ForzeHandle;
+use forze_redis_testkit::{server_binaries, FaultProxy, Monitor, TestServer};
+use fred::types::Value;
+
+const RESOURCES: &str = r#"
+[counters.orders]
+[caches.plain]
+ttl = "60s"
+[locks.jobs]
+lease = "3s"
+[idempotency.pay]
+[snapshots.search]
+[rate_limits.api]
+permits = 50
+per = "1s"
+[breakers.down]
+closed_cache_ttl = "1ms"
+"#;
+
+/// Outcomes of one contract's calls, by kind.
+#[derive(Default)]
+struct Tally {
+    calls: AtomicU64,
+    kinds: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Tally {
+    fn record<T>(&self, r: &Result<T, Error>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let kind = match r {
+            Ok(_) => "Ok".to_string(),
+            Err(e) => {
+                if e.kind() == ErrorKind::Internal {
+                    eprintln!("Internal: {e} / {e:?}");
+                }
+                format!("{:?}", e.kind())
+            }
+        };
+        *self
+            .kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn kinds(&self) -> BTreeMap<String, u64> {
+        self.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// One tally per operation that sends one write.
+#[derive(Default)]
+struct Tallies {
+    incr: Tally,
+    set_versioned: Tally,
+    lock_acquire: Tally,
+    lock_release: Tally,
+    idem_begin: Tally,
+    idem_commit: Tally,
+    snap_put: Tally,
+    limit: Tally,
+    breaker: Tally,
+    /// Permits the shared bucket on Redis granted.
+    granted_by_redis: AtomicU64,
+}
+
+/// Drive every contract on `f` until `stop`; `w` is the worker number (distinct keys).
+async fn drive(f: ForzeHandle, w: usize, t: Arc<Tallies>, stop: Arc<AtomicBool>) {
+    let counter = f.counter("orders").unwrap();
+    let cache = f.cache("plain").unwrap();
+    let locks = f.lock("jobs").unwrap();
+    let idem = f.idempotency("pay").unwrap();
+    let snaps = f.snapshots("search").unwrap();
+    let limit = f.rate_limit("api").unwrap();
+    let breaker = f.breaker("down").unwrap();
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        t.incr.record(&counter.incr(&CounterId::main(), 1).await);
+        let _ = cache.get::<u64>(&CacheKey::new(format!("p{w}"))).await;
+        t.set_versioned.record(
+            &cache
+                .set_versioned(&CacheKey::new(format!("v{w}")), n, &n, None)
+                .await,
+        );
+        let acquired = locks.try_acquire(&LockId::new(format!("l{w}"))).await;
+        t.lock_acquire.record(&acquired);
+        if let Ok(Some(guard)) = acquired {
+            t.lock_release.record(&guard.release().await);
+        }
+        let req = IdemRequest::new("charge", format!("w{w}-{n}"), "h");
+        let begun = idem.begin(&req).await;
+        t.idem_begin.record(&begun);
+        if let Ok(Begin::Proceed(claim)) = begun {
+            t.idem_commit.record(&idem.commit(&claim, b"done").await);
+        }
+        let run = RunId::new(format!("r{w}-{n}"));
+        t.snap_put.record(
+            &snaps
+                .put(&run, "fp", &["a".to_string(), "b".to_string()])
+                .await,
+        );
+        let _ = snaps.page(&run, 0, 2, Some("fp")).await;
+        let d = limit.try_acquire("route", 1).await;
+        if let Ok(d) = &d {
+            if d.allowed && d.decided_by == forze_redis::ratelimit::DecidedBy::Redis {
+                t.granted_by_redis.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        t.limit.record(&d);
+        t.breaker.record(&breaker.record("route", n % 7 != 0).await);
+    }
+}
+
+fn sha(s: &Script) -> String {
+    format!("evalsha {}", s.sha1().to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_cuts_every_error_typed_and_no_write_run_twice() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let relay = FaultProxy::start(server.addr()).await;
+        let mut monitor = Monitor::start(server.socket_addr());
+        let mut reps = Vec::new();
+        for _ in 0..3 {
+            reps.push(spawn_ready(config(Some(&relay.url()), "outcomes", RESOURCES)).await);
+        }
+        let tallies = Arc::new(Tallies::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for (i, r) in reps.iter().enumerate() {
+            for j in 0..3 {
+                workers.push(tokio::spawn(drive(
+                    r.clone(),
+                    i * 3 + j,
+                    tallies.clone(),
+                    stop.clone(),
+                )));
+            }
+        }
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            relay.cut_all();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("every call is bounded")
+                .unwrap();
+        }
+        let elapsed = started.elapsed();
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+        // Let the last commands reach the feed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        monitor.stop();
+        let t = &tallies;
+        let rows: [(&str, &Tally, String, u64); 9] = [
+            ("counter incr", &t.incr, "incrby".into(), 1),
+            (
+                "cache set_versioned",
+                &t.set_versioned,
+                sha(&scripts::CACHE_SET_VERSIONED),
+                1,
+            ),
+            // Acquire is replay-safe (same owner token) and may be sent twice.
+            (
+                "lock acquire",
+                &t.lock_acquire,
+                sha(&scripts::LOCK_ACQUIRE),
+                2,
+            ),
+            (
+                "lock release",
+                &t.lock_release,
+                sha(&scripts::LOCK_RELEASE),
+                1,
+            ),
+            (
+                "idempotency begin",
+                &t.idem_begin,
+                sha(&scripts::IDEM_BEGIN),
+                1,
+            ),
+            (
+                "idempotency commit",
+                &t.idem_commit,
+                sha(&scripts::IDEM_COMMIT),
+                1,
+            ),
+            ("snapshot put", &t.snap_put, sha(&scripts::SNAP_BEGIN), 1),
+            ("rate limit", &t.limit, sha(&scripts::RATELIMIT_ACQUIRE), 1),
+            ("breaker record", &t.breaker, sha(&scripts::BREAKER), 1),
+        ];
+        let mut internal = 0;
+        let mut over = Vec::new();
+        for (name, tally, key, sends) in &rows {
+            let runs = monitor.count(key);
+            let kinds = tally.kinds();
+            internal += kinds.get("Internal").copied().unwrap_or(0);
+            eprintln!(
+                "{bin}: {name}: {} calls, server ran {runs}: {kinds:?}",
+                tally.calls()
+            );
+            if runs > tally.calls() * sends {
+                over.push(format!("{name}: {runs} runs for {} calls", tally.calls()));
+            }
+            for k in kinds.keys() {
+                assert!(
+                    ["Ok", "Unavailable", "OutcomeUnknown", "Conflict"].contains(&k.as_str()),
+                    "{bin}: {name}: {k}"
+                );
+            }
+        }
+        let counts = monitor.counts();
+        eprintln!(
+            "{bin}: {elapsed:?}; every EVAL: {:?}",
+            counts
+                .iter()
+                .filter(|(k, _)| k.starts_with("eval "))
+                .collect::<Vec<_>>()
+        );
+        let granted = t.granted_by_redis.load(Ordering::Relaxed);
+        // 50 a second, starting full (burst 50): far below the calls made, so the bucket
+        // decides; a decision run twice could never grant more than this.
+        let budget = 50 + (elapsed.as_secs_f64() * 50.0).ceil() as u64;
+        eprintln!("{bin}: rate limit granted {granted} by Redis, budget {budget}");
+        assert!(
+            granted <= budget,
+            "{bin}: {granted} granted, budget {budget}"
+        );
+        assert_eq!(internal, 0, "{bin}: Internal errors under connection cuts");
+        assert!(
+            over.is_empty(),
+            "{bin}: writes ran more often than called: {over:?}"
+        );
+    }
+}
+
+/// What the real driver reports in each connection-loss case is classified as documented: a
+/// lost reply on a write is `OutcomeUnknown` (and the write ran once, a script too), a command
+/// refused while disconnected is `Unavailable`. A driver update that words its reports
+/// differently fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drivers_reports_on_a_lost_connection_are_classified_as_documented() {
+    use forze_redis::config::RedisConfig;
+    use forze_redis::connection::RedisConnection;
+    use forze_redis::error::{Access, DriverErrorClass};
+    use forze_redis_testkit::{wait_until, ProxyMode};
+    use fred::interfaces::{ClientLike, KeysInterface};
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let relay = FaultProxy::start(server.addr()).await;
+        let mut cfg = RedisConfig::new(relay.url());
+        cfg.pool_size = 1;
+        cfg.reconnect.min_delay = Duration::from_millis(20);
+        cfg.reconnect.max_delay = Duration::from_millis(100);
+        let conn = RedisConnection::build(&cfg).unwrap();
+        conn.connect_in_background();
+        conn.wait_connected(Duration::from_secs(5)).await.unwrap();
+
+        // A plain write whose reply is lost.
+        relay.lose_next_reply();
+        let e = conn
+            .client("t")
+            .unwrap()
+            .with_options(conn.options(Access::Write))
+            .incr::<i64, _>("plain")
+            .await
+            .map_err(|e| conn.error("t", Access::Write, e))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{bin}: {e:?}");
+        assert_eq!(
+            e.driver_class(),
+            Some(DriverErrorClass::Connection),
+            "{bin}"
+        );
+        assert_eq!(
+            server.cmd(&["GET", "plain"]).unwrap().as_str().as_deref(),
+            Some("1")
+        );
+
+        // A script whose reply is lost: run once, reported unknown (never a silent second run).
+        conn.wait_connected(Duration::from_secs(5)).await.unwrap();
+        let run = || async {
+            conn.eval::<Value, _, _>(
+                "t",
+                Access::Write,
+                &scripts::IDEM_FAIL,
+                vec!["{scripted}"],
+                vec!["owner"],
+            )
+            .await
+        };
+        // Right after the lost connection the client may say it is connected before its router
+        // has a connection again: those calls are never written ("Failed to route command."),
+        // so `Unavailable`. Bounded: 5 s.
+        let mut refused = 0;
+        for _ in 0..500 {
+            match run().await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Unavailable, "{bin}: {e:?}");
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        eprintln!("{bin}: {refused} calls refused unsent while the connection came back");
+        run().await.unwrap();
+        let before = server.command_calls("evalsha");
+        relay.lose_next_reply();
+        let e = run().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{bin}: {e:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            server.command_calls("evalsha"),
+            before + 1,
+            "{bin}: ran once"
+        );
+
+        // Refused while disconnected, before anything is written.
+        relay.set_mode(ProxyMode::Refuse);
+        relay.cut_all();
+        wait_until(Duration::from_secs(5), "disconnected", || {
+            !conn.pool().clients()[0].is_connected()
+        })
+        .await;
+        let e = conn.pool().clients()[0]
+            .with_options(conn.options(Access::Write))
+            .incr::<i64, _>("plain")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            DriverErrorClass::of(&e),
+            DriverErrorClass::NotSent,
+            "{bin}: {e:?}"
+        );
+        assert_eq!(
+            conn.error("t", Access::Write, e).kind(),
+            ErrorKind::Unavailable,
+            "{bin}"
+        );
+        conn.quit(Duration::from_secs(1)).await;
+    }
+}
