@@ -6,140 +6,22 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::workload::{drive, Tallies, Tally, RESOURCES};
 use common::{config, spawn_ready};
-use forze_redis::cache::CacheKey;
-use forze_redis::counter::CounterId;
-use forze_redis::idempotency::{Begin, IdemRequest};
-use forze_redis::lock::LockId;
 use forze_redis::scripts::{self, Script};
-use forze_redis::snapshot::RunId;
-use forze_redis::{Error, ErrorKind};
-use forze_redis_actors::ForzeHandle;
+use forze_redis::ErrorKind;
 use forze_redis_testkit::{server_binaries, FaultProxy, Monitor, TestServer};
 use fred::types::Value;
 
-const RESOURCES: &str = r#"
-[counters.orders]
-[caches.plain]
-ttl = "60s"
-[locks.jobs]
-lease = "3s"
-[idempotency.pay]
-[snapshots.search]
-[rate_limits.api]
-permits = 50
-per = "1s"
-[breakers.down]
-closed_cache_ttl = "1ms"
-"#;
-
-/// Outcomes of one contract's calls, by kind.
-#[derive(Default)]
-struct Tally {
-    calls: AtomicU64,
-    kinds: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Tally {
-    fn record<T>(&self, r: &Result<T, Error>) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let kind = match r {
-            Ok(_) => "Ok".to_string(),
-            Err(e) => {
-                if e.kind() == ErrorKind::Internal {
-                    eprintln!("Internal: {e} / {e:?}");
-                }
-                format!("{:?}", e.kind())
-            }
-        };
-        *self
-            .kinds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(kind)
-            .or_default() += 1;
-    }
-
-    fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
-    }
-
-    fn kinds(&self) -> BTreeMap<String, u64> {
-        self.kinds.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// One tally per operation that sends one write.
-#[derive(Default)]
-struct Tallies {
-    incr: Tally,
-    set_versioned: Tally,
-    lock_acquire: Tally,
-    lock_release: Tally,
-    idem_begin: Tally,
-    idem_commit: Tally,
-    snap_put: Tally,
-    limit: Tally,
-    breaker: Tally,
-    /// Permits the shared bucket on Redis granted.
-    granted_by_redis: AtomicU64,
-}
-
-/// Drive every contract on `f` until `stop`; `w` is the worker number (distinct keys).
-async fn drive(f: ForzeHandle, w: usize, t: Arc<Tallies>, stop: Arc<AtomicBool>) {
-    let counter = f.counter("orders").unwrap();
-    let cache = f.cache("plain").unwrap();
-    let locks = f.lock("jobs").unwrap();
-    let idem = f.idempotency("pay").unwrap();
-    let snaps = f.snapshots("search").unwrap();
-    let limit = f.rate_limit("api").unwrap();
-    let breaker = f.breaker("down").unwrap();
-    let mut n: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        t.incr.record(&counter.incr(&CounterId::main(), 1).await);
-        let _ = cache.get::<u64>(&CacheKey::new(format!("p{w}"))).await;
-        t.set_versioned.record(
-            &cache
-                .set_versioned(&CacheKey::new(format!("v{w}")), n, &n, None)
-                .await,
-        );
-        let acquired = locks.try_acquire(&LockId::new(format!("l{w}"))).await;
-        t.lock_acquire.record(&acquired);
-        if let Ok(Some(guard)) = acquired {
-            t.lock_release.record(&guard.release().await);
-        }
-        let req = IdemRequest::new("charge", format!("w{w}-{n}"), "h");
-        let begun = idem.begin(&req).await;
-        t.idem_begin.record(&begun);
-        if let Ok(Begin::Proceed(claim)) = begun {
-            t.idem_commit.record(&idem.commit(&claim, b"done").await);
-        }
-        let run = RunId::new(format!("r{w}-{n}"));
-        t.snap_put.record(
-            &snaps
-                .put(&run, "fp", &["a".to_string(), "b".to_string()])
-                .await,
-        );
-        let _ = snaps.page(&run, 0, 2, Some("fp")).await;
-        let d = limit.try_acquire("route", 1).await;
-        if let Ok(d) = &d {
-            if d.allowed && d.decided_by == forze_redis::ratelimit::DecidedBy::Redis {
-                t.granted_by_redis.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        t.limit.record(&d);
-        t.breaker.record(&breaker.record("route", n % 7 != 0).await);
-    }
-}
-
-fn sha(s: &Script) -> String {
-    format!("evalsha {}", s.sha1().to_ascii_lowercase())
+/// The runs of `script` on the server: by `EVALSHA`, and by `EVAL` after a `NOSCRIPT`.
+fn script_runs(monitor: &Monitor, script: &Script) -> u64 {
+    let by_sha = monitor.count(&format!("evalsha {}", script.sha1().to_ascii_lowercase()));
+    let head: String = script.source().chars().take(24).collect();
+    by_sha + monitor.count(&format!("eval {head}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +45,7 @@ async fn sixty_cuts_every_error_typed_and_no_write_run_twice() {
                     i * 3 + j,
                     tallies.clone(),
                     stop.clone(),
+                    Duration::from_secs(5),
                 )));
             }
         }
@@ -186,47 +69,61 @@ async fn sixty_cuts_every_error_typed_and_no_write_run_twice() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         monitor.stop();
         let t = &tallies;
-        let rows: [(&str, &Tally, String, u64); 9] = [
-            ("counter incr", &t.incr, "incrby".into(), 1),
+        let rows: [(&str, &Tally, u64, u64); 9] = [
+            ("counter incr", &t.incr, monitor.count("incrby"), 1),
             (
                 "cache set_versioned",
                 &t.set_versioned,
-                sha(&scripts::CACHE_SET_VERSIONED),
+                script_runs(&monitor, &scripts::CACHE_SET_VERSIONED),
                 1,
             ),
             // Acquire is replay-safe (same owner token) and may be sent twice.
             (
                 "lock acquire",
                 &t.lock_acquire,
-                sha(&scripts::LOCK_ACQUIRE),
+                script_runs(&monitor, &scripts::LOCK_ACQUIRE),
                 2,
             ),
             (
                 "lock release",
                 &t.lock_release,
-                sha(&scripts::LOCK_RELEASE),
+                script_runs(&monitor, &scripts::LOCK_RELEASE),
                 1,
             ),
             (
                 "idempotency begin",
                 &t.idem_begin,
-                sha(&scripts::IDEM_BEGIN),
+                script_runs(&monitor, &scripts::IDEM_BEGIN),
                 1,
             ),
             (
                 "idempotency commit",
                 &t.idem_commit,
-                sha(&scripts::IDEM_COMMIT),
+                script_runs(&monitor, &scripts::IDEM_COMMIT),
                 1,
             ),
-            ("snapshot put", &t.snap_put, sha(&scripts::SNAP_BEGIN), 1),
-            ("rate limit", &t.limit, sha(&scripts::RATELIMIT_ACQUIRE), 1),
-            ("breaker record", &t.breaker, sha(&scripts::BREAKER), 1),
+            (
+                "snapshot put",
+                &t.snap_put,
+                script_runs(&monitor, &scripts::SNAP_BEGIN),
+                1,
+            ),
+            (
+                "rate limit",
+                &t.limit,
+                script_runs(&monitor, &scripts::RATELIMIT_ACQUIRE),
+                1,
+            ),
+            (
+                "breaker record",
+                &t.breaker,
+                script_runs(&monitor, &scripts::BREAKER),
+                1,
+            ),
         ];
         let mut internal = 0;
         let mut over = Vec::new();
-        for (name, tally, key, sends) in &rows {
-            let runs = monitor.count(key);
+        for (name, tally, runs, sends) in rows {
             let kinds = tally.kinds();
             internal += kinds.get("Internal").copied().unwrap_or(0);
             eprintln!(
@@ -236,10 +133,13 @@ async fn sixty_cuts_every_error_typed_and_no_write_run_twice() {
             if runs > tally.calls() * sends {
                 over.push(format!("{name}: {runs} runs for {} calls", tally.calls()));
             }
-            for k in kinds.keys() {
+        }
+        for (name, tally) in t.all() {
+            for k in tally.kinds().keys() {
                 assert!(
-                    ["Ok", "Unavailable", "OutcomeUnknown", "Conflict"].contains(&k.as_str()),
-                    "{bin}: {name}: {k}"
+                    ["Ok", "Unavailable", "OutcomeUnknown", "Timeout"].contains(&k.as_str()),
+                    "{bin}: {name}: {k} ({:?})",
+                    tally.kinds()
                 );
             }
         }
