@@ -646,6 +646,20 @@ impl RedisConfig {
             }
             if let Some(t) = &self.tls {
                 t.validate(&format!("{field}.tls"))?;
+                // fred verifies the primary that sentinels name by its announced address and
+                // offers no name mapping for it: a name override could never be honoured.
+                if t.server_name.is_some()
+                    && matches!(
+                        fred.server,
+                        fred::types::config::ServerConfig::Sentinel { .. }
+                    )
+                {
+                    return Err(Error::config(
+                        format!("{field}.tls.server_name"),
+                        "not supported behind Sentinel: the primary is verified by the address \
+                         the sentinels announce, so its certificate must carry that address",
+                    ));
+                }
             }
         }
         crate::tls::refuse_unsupported(self.uses_tls(), crate::tls::TLS_SUPPORTED, field)
@@ -1336,6 +1350,11 @@ mod tests {
             (
                 "[redis]\nurl = \"rediss://h:1\"\n[redis.tls]\nverify = false",
                 "redis.tls",
+            ),
+            (
+                "[redis]\nurl = \"rediss-sentinel://h:1?sentinelServiceName=s\"\n\
+                 [redis.tls]\nserver_name = \"redis.internal\"",
+                "redis.tls.server_name",
             ),
         ] {
             let e = Config::from_toml_str(text).unwrap_err();

@@ -331,19 +331,22 @@ impl RedisConnection {
     {
         let client = client.with_options(self.options(access));
         let fail = |e| self.error(op, access, e);
-        let keys: Vec<Value> = keys.into().inner().into_iter().map(Value::from).collect();
+        let keys = keys.into().inner();
+        // fred routes a custom command on a cluster by an explicit slot only (any other
+        // `ClusterHash` falls back to hashing the first argument, the script's sha). Every
+        // key of one script shares a hash tag, so the first key's slot is the script's; a
+        // keyless script goes to a random slot, as fred's own `EVALSHA` does.
+        let hash = ClusterHash::Custom(match keys.first() {
+            Some(k) => redis_protocol::redis_keyslot(k.as_bytes()),
+            None => rand::random::<u16>() % 16_384,
+        });
+        let keys: Vec<Value> = keys.into_iter().map(Value::from).collect();
         let args = flatten_values(args.try_into().map_err(|e| fail(e.into()))?);
         // Scripts go out as custom commands: fred 10.1 sends its own `EVALSHA`/`EVAL` again
         // after a lost connection whatever the attempt budget (a script that ran came back
         // `Ok` from its second run), while a custom command keeps the budget, so a write is
         // never replayed and a lost reply is `OutcomeUnknown`. Measured by
         // `tests/outcomes.rs`.
-        let hash = if keys.is_empty() {
-            ClusterHash::Random
-        } else {
-            // `EVALSHA sha numkeys key…`: the first key is the third argument.
-            ClusterHash::Offset(2)
-        };
         let command = |name: &'static str, head: Value| {
             let mut all = Vec::with_capacity(2 + keys.len() + args.len());
             all.push(head);

@@ -341,6 +341,12 @@ impl Error {
         let driver = DriverError::new(err);
         use DriverErrorClass as C;
         match (driver.class(), access) {
+            // A command with a second attempt may have been written by the first one before
+            // the connection was lost; its retry finding no connection proves nothing.
+            (C::NotSent, Access::IdempotentWrite) => Error::OutcomeUnknown {
+                op,
+                source: Some(driver),
+            },
             (C::Connection | C::Canceled | C::Timeout, Access::Write | Access::IdempotentWrite) => {
                 Error::OutcomeUnknown {
                     op,
@@ -375,11 +381,16 @@ impl Error {
     }
 }
 
-/// What fred 10.1 says when it gives up on a command before writing it (`router/commands.rs`,
-/// `interfaces.rs`, `router/utils.rs`). Pinned by the tests below: a driver update that words
-/// them differently fails them.
-const NOT_SENT_REPORTS: [&str; 3] = [
-    "Failed to route command.",
+/// What fred 10.1 says when its router finds no connection for a command it is about to write
+/// (`router/commands.rs`). For a command with one attempt that is its only send; a command with
+/// a second attempt may have been written once before (see [`Error::from_driver`]).
+const NOT_ROUTED: &str = "Failed to route command.";
+
+/// What fred 10.1 says when it refuses a command before sending it: the fail-fast check found
+/// the client disconnected (`interfaces.rs`), or reconnection gave up (`router/utils.rs`).
+/// Pinned by the tests below and in `tests/outcomes.rs`: a driver update that words them
+/// differently fails them.
+const NOT_SENT_CANCELED: [&str; 2] = [
     "Connection closed unexpectedly.",
     "Max reconnection attempts reached.",
 ];
@@ -444,15 +455,10 @@ impl DriverErrorClass {
         use fred::error::ErrorKind as K;
         match err.kind() {
             K::IO => DriverErrorClass::Connection,
-            // Said before anything is written: the router found no connection for the command,
-            // or the fail-fast check saw the client disconnected, or reconnection gave up.
-            K::Unknown | K::Routing | K::Canceled
-                if NOT_SENT_REPORTS
-                    .iter()
-                    .any(|m| err.details().starts_with(m)) =>
-            {
-                DriverErrorClass::NotSent
-            }
+            // Said before the command was written (this time): the router found no connection
+            // for it, the fail-fast check saw the client disconnected, or reconnection gave up.
+            K::Unknown | K::Routing if err.details() == NOT_ROUTED => DriverErrorClass::NotSent,
+            K::Canceled if NOT_SENT_CANCELED.contains(&err.details()) => DriverErrorClass::NotSent,
             K::Canceled => DriverErrorClass::Canceled,
             K::Timeout => DriverErrorClass::Timeout,
             K::Backpressure => DriverErrorClass::Backpressure,
@@ -564,7 +570,7 @@ mod tests {
                 DriverErrorClass::NotSent,
                 "{report}"
             );
-            for access in [Access::Read, Access::Write, Access::IdempotentWrite] {
+            for access in [Access::Read, Access::Write] {
                 let e = Error::from_driver(
                     "op",
                     access,
@@ -574,6 +580,23 @@ mod tests {
                 assert_eq!(e.kind(), ErrorKind::Unavailable, "{report} {access:?}");
             }
         }
+        // The retry of a command with two attempts may follow a first send that ran.
+        let retried = Error::from_driver(
+            "op",
+            Access::IdempotentWrite,
+            Duration::from_secs(1),
+            FredError::new(K::Unknown, "Failed to route command."),
+        );
+        assert_eq!(retried.kind(), ErrorKind::OutcomeUnknown);
+        // Only the driver's own report, under its own kind, means "not sent".
+        assert_ne!(
+            class(K::Canceled, "Failed to route command."),
+            DriverErrorClass::NotSent
+        );
+        assert_ne!(
+            class(K::Unknown, "Connection closed unexpectedly."),
+            DriverErrorClass::NotSent
+        );
         // Written, then the connection closed: the write may have run.
         let lost = Error::from_driver(
             "op",

@@ -80,6 +80,11 @@ impl Router {
         }
     }
 
+    /// The endpoint `tenant` is routed to, if any.
+    pub fn route(&self, tenant: &TenantId) -> Option<RouteEndpoint> {
+        self.read_routes().get(tenant.as_str()).cloned()
+    }
+
     /// Whether `tenant` has a route of its own.
     pub fn is_routed(&self, tenant: &TenantId) -> bool {
         self.read_routes().contains_key(tenant.as_str())

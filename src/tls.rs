@@ -264,6 +264,12 @@ mod imp {
                 }
                 _ => builder.with_no_client_auth(),
             };
+            let mut config = config;
+            // Every connection runs a full handshake: a resumed session would skip the
+            // verifier and the client-certificate resolver, so a CA removed from the bundle or
+            // a rotated client certificate would not apply to it. Connections are long-lived;
+            // the saving would be small.
+            config.resumption = rustls::client::Resumption::disabled();
             Ok(TlsClient {
                 config: Arc::new(config),
                 server_name: cfg.server_name.clone(),
@@ -310,18 +316,23 @@ mod imp {
         Ok(())
     }
 
+    /// The platform's roots, read once per process: the store is large, and pools are built
+    /// on callers' tasks (routed endpoints) where a disk scan would stall them.
     fn platform_roots() -> Result<RootCertStore> {
-        let found = rustls_native_certs::load_native_certs();
-        let mut store = RootCertStore::empty();
-        let (added, _ignored) = store.add_parsable_certificates(found.certs);
-        if added == 0 {
+        static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+        let store = ROOTS.get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            store
+        });
+        if store.is_empty() {
             return Err(Error::config(
                 "redis.tls.roots",
                 "the platform certificate store holds no usable certificate: set \
                  redis.tls.ca_file, or roots = \"webpki\"",
             ));
         }
-        Ok(store)
+        Ok(store.clone())
     }
 
     /// The certificates of a PEM bundle, as a root store. The message names the path only.

@@ -531,6 +531,17 @@ mallory = {{ url = "{url}", tls = {{ ca_file = {bad:?} }} }}
             "{bin}: {e}"
         );
         assert_eq!(f.router_stats().unwrap().open_pools, 2, "{bin}");
+        // A credential rotation by URL keeps the tenant's own TLS table: the new pool (the
+        // same server by another name its certificate carries) still trusts the test CA. Had
+        // the table been dropped, the platform roots would refuse the server.
+        let moved = format!("rediss://localhost:{}", endpoint.tls_port());
+        f.set_route(&TenantId::new("acme").unwrap(), Some(&moved))
+            .unwrap();
+        assert_eq!(
+            orders.incr(&acme, 1).await.unwrap(),
+            5,
+            "{bin}: TLS table kept"
+        );
         f.shutdown().await.unwrap();
     }
 }

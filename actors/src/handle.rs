@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use forze_redis::config::RedisUrl;
+use forze_redis::config::{RedisUrl, RouteEndpoint};
 use forze_redis::connection::Health;
 use forze_redis::keys::TenantId;
 use forze_redis::routing::RouterStats;
@@ -236,15 +236,34 @@ impl ForzeHandle {
 
     /// Route `tenant` to the endpoint `url` from now on (`None`: back to `[redis]`), for
     /// every routed resource. The pool no route uses any more is closed after a grace of one
-    /// command timeout: give a tenant a URL with new credentials to rotate them.
+    /// command timeout: give a tenant a URL with new credentials to rotate them. A tenant whose
+    /// route has TLS settings of its own keeps them (a credential rotation never drops its
+    /// encryption); use [`ForzeHandle::set_route_endpoint`] to change them.
     /// `Config` error when no resource is routed or the URL is not valid.
     pub fn set_route(&self, tenant: &TenantId, url: Option<&str>) -> Result<()> {
-        let router = self
-            .shared
+        let router = self.router()?;
+        let endpoint = url.map(|u| RouteEndpoint {
+            url: RedisUrl::new(u),
+            tls: router.route(tenant).and_then(|e| e.tls),
+        });
+        router.set_route(tenant, endpoint)
+    }
+
+    /// Route `tenant` to `endpoint` (its URL and its own TLS settings; `None`: back to
+    /// `[redis]`), as [`ForzeHandle::set_route`] does.
+    pub fn set_route_endpoint(
+        &self,
+        tenant: &TenantId,
+        endpoint: Option<RouteEndpoint>,
+    ) -> Result<()> {
+        self.router()?.set_route(tenant, endpoint)
+    }
+
+    fn router(&self) -> Result<&forze_redis::routing::Router> {
+        self.shared
             .router
-            .as_ref()
-            .ok_or_else(|| Error::config("routing", "no resource has `routed = true`"))?;
-        router.set_route(tenant, url.map(|u| RedisUrl::new(u).into()))
+            .as_deref()
+            .ok_or_else(|| Error::config("routing", "no resource has `routed = true`"))
     }
 
     /// The router's statistics; `None` when no resource is routed.

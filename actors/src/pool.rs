@@ -242,6 +242,10 @@ async fn probe(state: &mut PoolState) {
     let mut healthy = 0;
     for (index, client) in clients.iter().enumerate() {
         if !client.is_connected() {
+            // "Twice in a row" means on one connection: a disconnect starts the count anew.
+            if let Some(count) = state.probe_timeouts.get_mut(index) {
+                *count = 0;
+            }
             continue;
         }
         // The server clock through the script registry: a round trip, and after a server

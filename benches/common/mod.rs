@@ -64,6 +64,11 @@ pub async fn spawn(url: &str, resources: &str) -> ForzeHandle {
         "[redis]\nurl = \"{url}\"\npool_size = 4\n{resources}\n[supervision]\nname_prefix = \"bench\""
     ))
     .expect("config");
+    spawn_config(config).await
+}
+
+/// A supervisor for `config`, connected (waited for at most 10 s).
+pub async fn spawn_config(config: Config) -> ForzeHandle {
     let (forze, _join) = Forze::spawn(config).await.expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(10);
     while forze.health().state != HealthState::Up && Instant::now() < deadline {

@@ -187,7 +187,9 @@ impl TrackingConnection {
     }
 
     async fn send(&mut self, args: &[&[u8]]) -> Result<()> {
-        self.stream.write_all(&command(args)).await.map_err(lost)
+        self.stream.write_all(&command(args)).await.map_err(lost)?;
+        // A TLS stream may keep written bytes in its buffer until flushed.
+        self.stream.flush().await.map_err(lost)
     }
 
     /// Send `PING`; its `Pong` arrives through [`TrackingConnection::next_event`].
