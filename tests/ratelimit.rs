@@ -172,6 +172,7 @@ async fn redis_killed_mid_load_falls_back_and_switches_back_without_a_double_bud
         server.stop();
         // Within one call: every decision is made, none is an error.
         let mut local_grants = 0;
+        let started = Instant::now();
         for _ in 0..30 {
             let d = ten.try_acquire("r", 1).await.unwrap();
             assert_eq!(d.decided_by, DecidedBy::Fallback, "{bin}");
@@ -179,9 +180,13 @@ async fn redis_killed_mid_load_falls_back_and_switches_back_without_a_double_bud
                 local_grants += 1;
             }
         }
-        assert_eq!(
-            local_grants, 10,
-            "{bin}: the local bucket (share 1.0) grants its capacity"
+        // The local bucket (share 1.0) grants its capacity, plus what it refills (10/s)
+        // while the calls run: a call sent on a connection whose close fred has not seen yet
+        // waits out its command timeout (500 ms) before it falls back.
+        let refill = (started.elapsed().as_secs_f64() * 10.0).floor() as i32;
+        assert!(
+            (10..=10 + refill).contains(&local_grants),
+            "{bin}: {local_grants} local grants, capacity 10 + {refill} refilled"
         );
         assert!(ten.stats_now().fallbacks >= 30);
         // Back: the next calls go to Redis by themselves. The restarted server forgot the
