@@ -188,6 +188,10 @@ impl Actor for PoolActor {
                 })));
             }
             PoolMsg::Reconnected(index) => {
+                // A new connection: its probes count from zero.
+                if let Some(count) = state.probe_timeouts.get_mut(index) {
+                    *count = 0;
+                }
                 state
                     .shared
                     .pool_stats
