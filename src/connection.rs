@@ -1,6 +1,6 @@
 //! The Redis connection pool with safe settings, command options and script execution.
 //!
-//! fred's defaults are unsafe for us (see `reference/fred-ractor-facts.md`): no reconnect
+//! fred's defaults are unsafe for us (`docs/operations.md`, "Safe fred settings"): no reconnect
 //! policy, no command timeout, no detection of a half-open peer, and in-flight writes replayed
 //! after a reconnect. [`RedisConnection::build`] fixes each of them:
 //!

@@ -1,4 +1,4 @@
-//! Property tests of the key layout (SPEC.md section 4), no server needed:
+//! Property tests of the key layout (`docs/keys.md`), no server needed:
 //! - no two distinct (prefix, kind, namespace, tenant, parts, sibling) tuples build one key;
 //! - a key and its sibling keys (the keys of one multi-key operation) share one cluster slot,
 //!   computed with CRC16 as Redis does;

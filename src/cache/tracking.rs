@@ -3,7 +3,7 @@
 //!
 //! Why not a fred client: fred drops the `invalidate` push whose payload is null, which is
 //! how the server announces `FLUSHALL`/`FLUSHDB`, and it does not restore tracking after a
-//! reconnect (`reference/fred-ractor-facts.md` 1.6). Owning the connection lets us see every
+//! reconnect (both seen with fred 10.1: `docs/cache.md`). Owning the connection lets us see every
 //! push, including the flush, and makes each loss explicit: the connection ends, the L1s are
 //! flushed, and a new connection must confirm tracking before fills resume. Liveness is ours
 //! too: a `PING` that is not answered within the deadline ends the connection.
