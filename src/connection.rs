@@ -305,8 +305,8 @@ impl RedisConnection {
     ) -> Result<R>
     where
         R: FromValue,
-        K: Into<MultipleKeys> + Clone + Send,
-        V: TryInto<MultipleValues> + Clone + Send,
+        K: Into<MultipleKeys> + Send,
+        V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
         self.eval_on(self.client(op)?, op, access, script, keys, args)
@@ -325,8 +325,8 @@ impl RedisConnection {
     ) -> Result<R>
     where
         R: FromValue,
-        K: Into<MultipleKeys> + Clone + Send,
-        V: TryInto<MultipleValues> + Clone + Send,
+        K: Into<MultipleKeys> + Send,
+        V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
         let client = client.with_options(self.options(access));

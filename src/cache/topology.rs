@@ -135,18 +135,6 @@ impl TrackingSource {
         )
     }
 
-    /// The source for `url`, reached in clear (tests and tools; TLS deployments use
-    /// [`TrackingSource::new`]). Refuses a TLS URL rather than track it in clear.
-    pub fn from_url(url: &RedisUrl) -> Result<Self> {
-        if url.has_tls_scheme() {
-            return Err(Error::config(
-                "redis.url",
-                "a TLS URL needs the deployment's TLS client: use TrackingSource::new",
-            ));
-        }
-        Self::with_access(url, None, None)
-    }
-
     fn with_access(
         url: &RedisUrl,
         tls: Option<TlsClient>,
@@ -397,6 +385,13 @@ pub fn parse_sentinel_primary(reply: &OwnedFrame, auth: &NodeAccess) -> Result<T
 mod tests {
     use super::*;
 
+    impl TrackingSource {
+        /// The source for `url`, reached in clear.
+        fn plain(url: &RedisUrl) -> Result<Self> {
+            Self::with_access(url, None, None)
+        }
+    }
+
     fn blob(s: &str) -> OwnedFrame {
         OwnedFrame::BlobString {
             data: s.as_bytes().to_vec(),
@@ -476,19 +471,19 @@ mod tests {
 
     #[test]
     fn sources_follow_the_url_scheme_and_hide_passwords() {
-        let s = TrackingSource::from_url(&RedisUrl::new(
+        let s = TrackingSource::plain(&RedisUrl::new(
             "redis-cluster://u:hunter2@127.0.0.1:7000?node=127.0.0.1:7001",
         ))
         .unwrap();
         assert!(matches!(&s, TrackingSource::Cluster { seeds, .. } if seeds.len() == 2));
         assert!(s.is_dynamic());
         assert!(!format!("{s:?}").contains("hunter2"));
-        let s = TrackingSource::from_url(&RedisUrl::new(
+        let s = TrackingSource::plain(&RedisUrl::new(
             "redis-sentinel://127.0.0.1:26379?sentinelServiceName=svc",
         ))
         .unwrap();
         assert!(matches!(&s, TrackingSource::Sentinel { service, .. } if service == "svc"));
-        let s = TrackingSource::from_url(&RedisUrl::new("redis://127.0.0.1:7000")).unwrap();
+        let s = TrackingSource::plain(&RedisUrl::new("redis://127.0.0.1:7000")).unwrap();
         assert!(!s.is_dynamic());
     }
 }
