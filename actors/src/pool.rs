@@ -63,9 +63,6 @@ pub struct PoolStats {
     /// fred connection tasks that ended on their own and were started again (see
     /// `RedisConnection::connect_in_background`).
     pub task_restarts: u64,
-    /// Connections closed and reopened because their probes timed out twice in a row (a
-    /// black-holed connection that fred's own detector misses under steady traffic).
-    pub unresponsive_reconnects: u64,
 }
 
 /// The pool actor.
@@ -90,8 +87,6 @@ pub struct PoolState {
     conn: Arc<RedisConnection>,
     _listeners: Vec<AbortOnDrop>,
     next_probe: Option<AbortOnDrop>,
-    /// Consecutive probe timeouts, per client.
-    probe_timeouts: Vec<u32>,
 }
 
 impl Actor for PoolActor {
@@ -135,13 +130,11 @@ impl Actor for PoolActor {
                 }
             })));
         }
-        let clients = conn.pool().size();
         Ok(PoolState {
             shared,
             conn,
             _listeners: listeners,
             next_probe: None,
-            probe_timeouts: vec![0; clients],
         })
     }
 
@@ -188,10 +181,6 @@ impl Actor for PoolActor {
                 })));
             }
             PoolMsg::Reconnected(index) => {
-                // A new connection: its probes count from zero.
-                if let Some(count) = state.probe_timeouts.get_mut(index) {
-                    *count = 0;
-                }
                 state
                     .shared
                     .pool_stats
@@ -239,22 +228,18 @@ async fn set_name(shared: &Shared, client: &fred::clients::Client) {
 
 /// Probe every connected client (bounded by the command timeout) and publish the health.
 async fn probe(state: &mut PoolState) {
-    let shared = &state.shared.clone();
-    let conn = state.conn.clone();
+    let shared = &state.shared;
     shared.pool_stats.probes.fetch_add(1, Ordering::Relaxed);
-    let clients = conn.pool().clients();
+    let clients = state.conn.pool().clients();
     let mut healthy = 0;
-    for (index, client) in clients.iter().enumerate() {
+    for client in clients {
         if !client.is_connected() {
-            // "Twice in a row" means on one connection: a disconnect starts the count anew.
-            if let Some(count) = state.probe_timeouts.get_mut(index) {
-                *count = 0;
-            }
             continue;
         }
         // The server clock through the script registry: a round trip, and after a server
         // restart the first probe reloads the script cache.
-        let time: Result<Vec<i64>, _> = conn
+        let time: Result<Vec<i64>, _> = state
+            .conn
             .eval_on(
                 client,
                 "health.probe",
@@ -267,14 +252,6 @@ async fn probe(state: &mut PoolState) {
         if time.is_ok() {
             healthy += 1;
         }
-        unresponsive_check(
-            &mut state.probe_timeouts,
-            shared,
-            &conn,
-            index,
-            client,
-            time.as_ref().err(),
-        );
     }
     if healthy < clients.len() {
         shared
@@ -288,45 +265,6 @@ async fn probe(state: &mut PoolState) {
         healthy,
         clients.len(),
     );
-}
-
-/// Probes that timed out twice in a row on a connection that says it is up: the connection
-/// is black-holed (requests go out, nothing comes back). fred's own detector measures from the
-/// latest write, so steady traffic hides such a connection from it for ever; close it here so
-/// fred opens a new one.
-fn unresponsive_check(
-    probe_timeouts: &mut [u32],
-    shared: &Shared,
-    conn: &RedisConnection,
-    index: usize,
-    client: &fred::clients::Client,
-    failure: Option<&forze_redis::Error>,
-) {
-    let Some(count) = probe_timeouts.get_mut(index) else {
-        return;
-    };
-    match failure {
-        Some(e) if e.kind() == forze_redis::ErrorKind::Timeout => *count += 1,
-        _ => *count = 0,
-    }
-    if *count < 2 {
-        return;
-    }
-    *count = 0;
-    shared
-        .pool_stats
-        .unresponsive_reconnects
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(
-        client = index,
-        "redis connection unresponsive (two probes timed out): reconnecting"
-    );
-    let client = client.clone();
-    let bound = conn.command_timeout() * 4;
-    // Not awaited: the actor keeps probing (and serving) while fred reconnects.
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(bound, client.force_reconnection()).await;
-    });
 }
 
 fn publish(shared: &Shared, new: HealthState, connected: usize, total: usize) {
@@ -359,6 +297,5 @@ fn stats(shared: &Shared, conn: &RedisConnection) -> PoolStats {
         state_changes: c.state_changes.load(Ordering::Relaxed),
         script_reloads: conn.script_reloads(),
         task_restarts: conn.task_restarts(),
-        unresponsive_reconnects: c.unresponsive_reconnects.load(Ordering::Relaxed),
     }
 }

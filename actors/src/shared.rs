@@ -74,7 +74,6 @@ pub(crate) struct PoolCounters {
     pub(crate) probes: AtomicU64,
     pub(crate) probe_failures: AtomicU64,
     pub(crate) state_changes: AtomicU64,
-    pub(crate) unresponsive_reconnects: AtomicU64,
 }
 
 impl Shared {
