@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use forze_redis::cache::tracking::{TrackingConnection, TrackingEvent, TrackingTarget};
 use forze_redis::cache::CacheKey;
+use forze_redis::tracking::connection::{TrackingConnection, TrackingEvent, TrackingTarget};
 use forze_redis::Config;
 use forze_redis_actors::{Forze, ForzeHandle};
 use forze_redis_testkit::{server_binaries, ServerKind, TestServer};
@@ -102,7 +102,7 @@ async fn main() {
     // 1. L1 hit vs bare DashMap get + clone, one task (the hit path never awaits I/O).
     let key = CacheKey::new("hit");
     hot.set_bytes(&key, &value, None).await.expect("set");
-    while hot.stats_now().l1.map_or(0, |l| l.hits) == 0 {
+    while hot.stats().l1.map_or(0, |l| l.hits) == 0 {
         let _ = hot.get_bytes(&key).await;
     }
     let map: DashMap<String, Bytes> = DashMap::new();
@@ -203,7 +203,7 @@ async fn main() {
         for _ in 0..3 {
             let _ = hot.get::<u64>(&key).await;
         }
-        if hot.stats_now().l1.map_or(0, |l| l.entries) == 0 {
+        if hot.stats().l1.map_or(0, |l| l.entries) == 0 {
             continue;
         }
         let l1 = hot.l1().expect("l1");

@@ -24,7 +24,7 @@ fn offset(t: usize, i: usize) -> u64 {
 async fn main() {
     let server = common::server();
     let forze = common::spawn(&server.url(), "[snapshots.bench]\nttl = \"10m\"").await;
-    let snaps = forze.snapshots("bench").expect("snapshots");
+    let snaps = forze.snapshot("bench").expect("snapshots");
     let ids: Vec<String> = (0..IDS).map(|i| format!("doc-{i:08}")).collect();
     snaps
         .put(&RunId::new("run"), "fp", &ids)

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use forze_redis::Config;
-use forze_redis_actors::{CacheHandle, ForzeHandle};
+use forze_redis_actors::{Cache, ForzeHandle};
 use forze_redis_testkit::{sigcont, sigstop, FaultProxy, ProxyMode};
 use workload::{drive, Tallies, RESOURCES};
 
@@ -64,11 +64,7 @@ struct Sample {
     connections: usize,
 }
 
-fn sample(
-    started: Instant,
-    server: &forze_redis_testkit::TestServer,
-    caches: &[CacheHandle],
-) -> Sample {
+fn sample(started: Instant, server: &forze_redis_testkit::TestServer, caches: &[Cache]) -> Sample {
     Sample {
         at: started.elapsed(),
         rss_kib: rss_kib(),
@@ -77,7 +73,7 @@ fn sample(
             .num_alive_tasks(),
         l1_bytes: caches
             .iter()
-            .filter_map(|c| c.stats_now().l1.map(|l| l.bytes as u64))
+            .filter_map(|c| c.stats().l1.map(|l| l.bytes as u64))
             .sum(),
         // The soak's own admin connection asking is not counted.
         connections: server
@@ -177,7 +173,7 @@ async fn main() {
     for n in 0..3 {
         reps.push(common::spawn_config(config(&relay.url(), n)).await);
     }
-    let caches: Vec<CacheHandle> = reps.iter().map(|r| r.cache("plain").unwrap()).collect();
+    let caches: Vec<Cache> = reps.iter().map(|r| r.cache("plain").unwrap()).collect();
     let tallies = Arc::new(Tallies::default());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

@@ -203,7 +203,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut runs = Vec::new();
     for replica in &replicas {
-        let counter_actor = replica.counter("orders")?.actor_name();
+        let counter_actor = replica.names().counter("orders");
         for _ in 0..WORKERS_PER_REPLICA {
             let (worker, join) = Actor::spawn(None, OrderWorker, ()).await?;
             let name = counter_actor.clone();
@@ -381,7 +381,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A paged search: the result ids are stored once, then pages come without re-searching.
-    let search = replicas[0].snapshots("search")?;
+    let search = replicas[0].snapshot("search")?;
     let hits: Vec<String> = (0..2_500).map(|i| format!("product:{i}")).collect();
     let fingerprint = payload_hash(b"q=lamp&sort=price");
     search
@@ -389,7 +389,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let mut paged = 0;
     let reader = if redis_url.is_some() {
-        replicas[replicas.len() - 1].snapshots("search")?
+        replicas[replicas.len() - 1].snapshot("search")?
     } else {
         search.clone()
     };

@@ -61,7 +61,7 @@ pub struct RedisConnection {
 }
 
 fn millis_u32(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+    u32::try_from(crate::time::millis(d)).unwrap_or(u32::MAX)
 }
 
 impl RedisConnection {

@@ -1,48 +1,90 @@
 //! # forze-redis (core)
 //!
-//! Fast, ephemeral, coordination-oriented state on Redis or Valkey for fleets of tokio services.
-//! This crate holds everything that is not an actor; the supervised actor tree that users spawn
-//! lives in the `forze-redis-actors` crate, which builds on this one.
+//! The runtime of forze-redis: configuration, the key layout, errors, the connection, the
+//! tracking session, and one handle type per contract with its Redis and process-local
+//! implementations side by side. No actors: the supervised tree that hosts these loops is the
+//! `forze-redis-actors` crate, the one applications add; it re-exports everything below that
+//! users name.
 //!
 //! | module | what lives there |
 //! |---|---|
 //! | [`config`] | the serde configuration tree, defaults, validation, secret redaction |
 //! | [`keys`] | the key layout: escaping, tenants, hash tags, namespace prefixes |
 //! | [`error`] | the error type, its kinds, classification of driver errors |
+//! | [`runtime`] | every resource built from a `Config`, the shutdown gate, lookups by name |
 //! | [`connection`] | the fred pool with safe settings, command options, script execution, health |
-//! | [`tls`] | `[redis.tls]` and the rustls client every connection shares; refusal of TLS a build cannot honour |
-//! | [`connect_failure`] | why connections fail (certificate refused, not TLS, auth…), carried by `Unavailable` |
+//! | [`tracking`] | the tracking session: RESP3 connections, topology, trust in the L1s |
+//! | [`tls`] | `[redis.tls]` and the rustls client every connection shares |
+//! | [`connect_failure`] | why connections fail (certificate refused, not TLS, auth…) |
 //! | [`scripts`] | the Lua scripts (`.lua` files beside the module) |
-//! | [`counter`] | atomic counters: contract, Redis store, local store, the resource wrapper |
-//! | [`cache`] | caches: contract, codec, L1, Redis and local stores, the tracking connection |
-//! | [`lock`] | fenced distributed locks: contract, scripts' callers, local store |
-//! | [`idempotency`] | idempotency records: claim, commit, fail, replay, the `run` wrapper |
+//! | [`counter`] | atomic counters |
+//! | [`cache`] | caches: codec, L1, Redis and local stores, single-flight loads |
+//! | [`lock`] | fenced distributed locks, guards, lease renewal |
+//! | [`idempotency`] | idempotency records: claim, commit, fail, replay, `run` |
 //! | [`snapshot`] | search-result snapshots: runs written in order, paged in one round trip |
 //! | [`ratelimit`] | fleet-wide token buckets on the server clock, with a local fallback |
 //! | [`breaker`] | fleet-wide circuit breakers on the server clock, local cache and fallback |
 //! | [`routing`] | tenant routing: the route table, one pool per endpoint, LRU-bounded |
 //! | [`clock`] | the injectable local clock breakers and rate limiters read |
 //!
-//! Each contract module holds its contract, its Redis implementation and its process-local
-//! implementation side by side. Nothing here awaits an actor's mailbox: handles in the actor
-//! crate call these types directly on the caller's task.
+//! The modules are shared with the actor crate, the tests and the benchmarks, and hidden from
+//! the documentation: the names at this crate's root are the supported surface.
 
+#[doc(hidden)]
 pub mod breaker;
+#[doc(hidden)]
 pub mod cache;
+#[doc(hidden)]
 pub mod clock;
+#[doc(hidden)]
 pub mod config;
+#[doc(hidden)]
 pub mod connect_failure;
+#[doc(hidden)]
 pub mod connection;
+#[doc(hidden)]
 pub mod counter;
+#[doc(hidden)]
+pub mod decided_by;
+#[doc(hidden)]
 pub mod error;
+#[doc(hidden)]
 pub mod idempotency;
+#[doc(hidden)]
 pub mod keys;
+#[doc(hidden)]
 pub mod lock;
+#[doc(hidden)]
 pub mod ratelimit;
+#[doc(hidden)]
 pub mod routing;
+#[doc(hidden)]
+pub mod runtime;
+#[doc(hidden)]
 pub mod scripts;
+#[doc(hidden)]
 pub mod snapshot;
+#[doc(hidden)]
+pub mod time;
+#[doc(hidden)]
 pub mod tls;
+#[doc(hidden)]
+pub mod tracking;
 
-pub use config::Config;
+pub use breaker::{Admission, Breaker, BreakerStats, CallError, Phase, Transition};
+pub use cache::{Cache, CacheKey, CacheStats};
+pub use clock::Clock;
+pub use config::{Config, RedisUrl, RouteEndpoint};
+pub use connect_failure::ConnectFailure;
+pub use connection::{Health, HealthState};
+pub use counter::{Counter, CounterEntry, CounterId, CounterStatsSnapshot};
+pub use decided_by::DecidedBy;
 pub use error::{ConflictReason, Error, ErrorKind, Result};
+pub use idempotency::{Begin, Claim, IdemRequest, Idempotency, RunError};
+pub use keys::TenantId;
+pub use lock::renewal::HeartbeatStats;
+pub use lock::{Lock, LockGuard, LockId, LostReason, LostSignal};
+pub use ratelimit::{Decision, RateLimitStats, RateLimiter};
+pub use routing::RouterStats;
+pub use snapshot::{RunId, SnapshotMeta, SnapshotWriter, Snapshots};
+pub use tls::TlsConfig;

@@ -44,6 +44,7 @@ struct Counters {
 
 /// A copy of the router's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RouterStats {
     /// Endpoint pools open now.
     pub open_pools: usize,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{config, spawn_ready, Backend};
 use forze_redis::breaker::{CallError, DecidedBy, Phase};
 use forze_redis::ErrorKind;
-use forze_redis_actors::BreakerHandle;
+use forze_redis_actors::Breaker;
 use forze_redis_testkit::{server_binaries, TestServer};
 
 const RESOURCES: &str = r#"
@@ -22,7 +22,7 @@ half_open_max_calls = 2
 closed_cache_ttl = "100ms"
 "#;
 
-async fn trip(b: &BreakerHandle, route: &str) {
+async fn trip(b: &Breaker, route: &str) {
     for ok in [true, true, false, false] {
         let a = b.admit(route).await.unwrap();
         assert!(a.allowed);
@@ -113,7 +113,7 @@ async fn one_replicas_failures_open_the_breaker_for_all_and_trials_are_bounded_f
         for _ in 0..3 {
             reps.push(spawn_ready(config(Some(&server.url()), "brk-fleet", RESOURCES)).await);
         }
-        let bs: Vec<BreakerHandle> = reps
+        let bs: Vec<Breaker> = reps
             .iter()
             .map(|r| r.breaker("downstream").unwrap())
             .collect();
@@ -146,7 +146,7 @@ async fn one_replicas_failures_open_the_breaker_for_all_and_trials_are_bounded_f
         for b in &bs {
             b.admit("svc").await.unwrap();
         }
-        let before: u64 = bs.iter().map(|b| b.stats_now().round_trips).sum();
+        let before: u64 = bs.iter().map(|b| b.stats().round_trips).sum();
         for b in &bs {
             for _ in 0..100 {
                 let a = b.admit("svc").await.unwrap();
@@ -154,7 +154,7 @@ async fn one_replicas_failures_open_the_breaker_for_all_and_trials_are_bounded_f
                 assert_eq!(a.decided_by, DecidedBy::Cache, "{bin}");
             }
         }
-        let after: u64 = bs.iter().map(|b| b.stats_now().round_trips).sum();
+        let after: u64 = bs.iter().map(|b| b.stats().round_trips).sum();
         assert_eq!(after, before, "{bin}: round trips while open");
         // Half-open: at most 2 trials across 3 replicas × 10 callers.
         tokio::time::sleep(Duration::from_millis(320)).await;
@@ -217,7 +217,7 @@ async fn redis_killed_mid_load_falls_back_without_errors_and_comes_back() {
             !b.admit("svc2").await.unwrap().allowed,
             "{bin}: the fallback opened"
         );
-        assert!(b.stats_now().fallbacks >= 40);
+        assert!(b.stats().fallbacks >= 40);
         server.restart();
         let mut back = false;
         for _ in 0..200 {
@@ -323,7 +323,7 @@ closed_cache_ttl = "10s"
             })
             .await;
         }
-        let bs: Vec<BreakerHandle> = reps
+        let bs: Vec<Breaker> = reps
             .iter()
             .map(|r| r.breaker("downstream").unwrap())
             .collect();
@@ -464,7 +464,7 @@ per = "1s"
             };
             reps.push(spawn_ready(cfg).await);
         }
-        let bs: Vec<BreakerHandle> = reps
+        let bs: Vec<Breaker> = reps
             .iter()
             .map(|r| r.breaker("downstream").unwrap())
             .collect();

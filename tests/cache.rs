@@ -13,7 +13,7 @@ use common::{config, spawn_ready, Backend};
 use forze_redis::cache::CacheKey;
 use forze_redis::keys::TenantId;
 use forze_redis::ErrorKind;
-use forze_redis_actors::{CacheHandle, ForzeHandle};
+use forze_redis_actors::{Cache, ForzeHandle};
 use forze_redis_testkit::{server_binaries, wait_until_async, FaultProxy, TestServer};
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +84,7 @@ async fn cache_conformance_battery_on_every_backend() {
     }
 }
 
-async fn values_round_trip(cache: &CacheHandle, label: &str) {
+async fn values_round_trip(cache: &Cache, label: &str) {
     let doc = Doc {
         id: 7,
         body: "héllo".into(),
@@ -124,7 +124,7 @@ async fn values_round_trip(cache: &CacheHandle, label: &str) {
     }
 }
 
-async fn batches_keep_input_order(cache: &CacheHandle, label: &str) {
+async fn batches_keep_input_order(cache: &Cache, label: &str) {
     let entries: Vec<(CacheKey, u64)> = (0..10).map(|i| (k(&format!("b{i}")), i)).collect();
     cache.set_many(&entries, None).await.unwrap();
     let keys: Vec<CacheKey> = ["b3", "missing", "b0", "b9", "b3"].map(k).to_vec();
@@ -138,7 +138,7 @@ async fn batches_keep_input_order(cache: &CacheHandle, label: &str) {
     cache.set_many::<u64>(&[], None).await.unwrap();
 }
 
-async fn versioned_writes_never_go_back(cache: &CacheHandle, label: &str) {
+async fn versioned_writes_never_go_back(cache: &Cache, label: &str) {
     let key = k("versioned");
     assert!(cache.set_versioned(&key, 2, "two", None).await.unwrap());
     assert!(
@@ -172,23 +172,23 @@ async fn versioned_writes_never_go_back(cache: &CacheHandle, label: &str) {
     );
 }
 
-async fn deletes_and_exists(cache: &CacheHandle, label: &str) {
+async fn deletes_and_exists(cache: &Cache, label: &str) {
     cache.set(&k("d1"), &1, None).await.unwrap();
     cache.set(&k("d2"), &2, None).await.unwrap();
     assert!(cache.exists(&k("d1")).await.unwrap(), "{label}");
-    assert!(cache.delete(&k("d1"), true).await.unwrap(), "{label}");
-    assert!(!cache.delete(&k("d1"), true).await.unwrap(), "{label}");
+    assert!(cache.delete(&k("d1")).await.unwrap(), "{label}");
+    assert!(!cache.delete(&k("d1")).await.unwrap(), "{label}");
     assert!(!cache.exists(&k("d1")).await.unwrap(), "{label}");
     assert_eq!(cache.get::<u64>(&k("d1")).await.unwrap(), None);
     let n = cache
-        .delete_many(&[k("d2"), k("never"), k("b1")], false)
+        .unlink_many(&[k("d2"), k("never"), k("b1")])
         .await
         .unwrap();
     assert_eq!(n, 2, "{label}");
     assert_eq!(cache.get::<u64>(&k("b1")).await.unwrap(), None);
 }
 
-async fn per_call_ttl_expires(cache: &CacheHandle, label: &str) {
+async fn per_call_ttl_expires(cache: &Cache, label: &str) {
     cache
         .set(&k("short"), &1, Some(Duration::from_millis(150)))
         .await
@@ -246,7 +246,7 @@ async fn corrupt_values_are_counted_misses(forze: &ForzeHandle, backend: &Backen
     let cache = forze.cache("plain").unwrap();
     cache.set(&k("ok1"), &1u64, None).await.unwrap();
     cache.set(&k("ok2"), &2u64, None).await.unwrap();
-    let before = cache.stats_now().corrupt;
+    let before = cache.stats().corrupt;
     let bad = "forze:cache:{plain:_:bad}";
     if backend
         .cmd_for_key(bad, &["SET", bad, "not ours"])
@@ -265,7 +265,7 @@ async fn corrupt_values_are_counted_misses(forze: &ForzeHandle, backend: &Backen
         "{label}: one corrupt entry fails nothing"
     );
     assert_eq!(cache.get::<u64>(&k("bad")).await.unwrap(), None);
-    assert_eq!(cache.stats_now().corrupt, before + 2, "{label}");
+    assert_eq!(cache.stats().corrupt, before + 2, "{label}");
 }
 
 async fn tenants_are_isolated_and_required(forze: &ForzeHandle, label: &str) {
@@ -361,7 +361,7 @@ async fn a_write_on_one_replica_evicts_the_key_from_every_other_l1() {
         for r in &reps {
             tracking_confirmed(r).await;
         }
-        let caches: Vec<CacheHandle> = reps.iter().map(|r| r.cache("hot").unwrap()).collect();
+        let caches: Vec<Cache> = reps.iter().map(|r| r.cache("hot").unwrap()).collect();
         caches[0].set(&k("shared"), "v1", None).await.unwrap();
         for c in &caches {
             // Read until the L1 serves it: a fill that raced the writer's own invalidation
@@ -374,7 +374,7 @@ async fn a_write_on_one_replica_evicts_the_key_from_every_other_l1() {
                         c.get::<String>(&k("shared")).await.unwrap().as_deref(),
                         Some("v1")
                     );
-                    c.stats_now().l1.unwrap().hits >= 1
+                    c.stats().l1.unwrap().hits >= 1
                 }
             })
             .await;
@@ -389,12 +389,12 @@ async fn a_write_on_one_replica_evicts_the_key_from_every_other_l1() {
             })
             .await;
             assert!(
-                c.stats_now().l1.unwrap().invalidations >= 1,
+                c.stats().l1.unwrap().invalidations >= 1,
                 "{bin}: replica {i} was invalidated"
             );
         }
         // Deletes invalidate too.
-        caches[2].delete(&k("shared"), false).await.unwrap();
+        caches[2].unlink(&k("shared")).await.unwrap();
         for c in &caches {
             let c2 = c.clone();
             wait_until_async(Duration::from_secs(2), "replica sees the delete", || {
@@ -455,7 +455,7 @@ async fn ten_thousand_racing_reads_and_writes_leave_no_stale_l1_entry() {
         let wcache = writer.cache("hot").unwrap();
         let mut last = vec![0u64; KEYS as usize];
         let mut stale = Vec::new();
-        let all: Vec<CacheHandle> = readers
+        let all: Vec<Cache> = readers
             .iter()
             .chain([&writer])
             .map(|r| r.cache("hot").unwrap())
@@ -491,7 +491,7 @@ async fn ten_thousand_racing_reads_and_writes_leave_no_stale_l1_entry() {
         }
         let stats: Vec<_> = readers
             .iter()
-            .map(|r| r.cache("hot").unwrap().stats_now().l1.unwrap())
+            .map(|r| r.cache("hot").unwrap().stats().l1.unwrap())
             .collect();
         eprintln!(
             "{bin}: race done; L1 fills {:?}, fills refused {:?}, hits {:?}",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{config, spawn_ready};
 use forze_redis::cache::CacheKey;
 use forze_redis::{Config, ErrorKind};
-use forze_redis_actors::{CacheHandle, ChildKind, ForzeHandle, TrackingStats};
+use forze_redis_actors::{Cache, ChildKind, ForzeHandle, TrackingStats};
 use forze_redis_testkit::{server_binaries, wait_until_async, FaultProxy, ProxyMode, TestServer};
 
 const RESOURCES: &str = r#"
@@ -54,12 +54,12 @@ async fn wait_tracking(forze: &ForzeHandle, what: &str, f: impl Fn(&TrackingStat
 }
 
 /// Read `key` until the L1 serves it with `expected`.
-async fn fill(cache: &CacheHandle, key: &str, expected: &str) {
-    let before = cache.stats_now().l1.unwrap().hits;
+async fn fill(cache: &Cache, key: &str, expected: &str) {
+    let before = cache.stats().l1.unwrap().hits;
     wait_until_async(Duration::from_secs(5), "the L1 serves the key", || async {
         let got = cache.get::<String>(&k(key)).await.unwrap();
         assert_eq!(got.as_deref(), Some(expected));
-        cache.stats_now().l1.unwrap().hits > before
+        cache.stats().l1.unwrap().hits > before
     })
     .await;
 }
@@ -77,13 +77,13 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> T {
 /// behind its back is read, and once tracking is confirmed again fills resume.
 async fn check_loss_and_recovery(
     reader: &ForzeHandle,
-    writer: &CacheHandle,
+    writer: &Cache,
     key: &str,
     reason: &str,
     label: &str,
 ) {
     let cache = reader.cache("hot").unwrap();
-    let l1 = cache.stats_now().l1.unwrap();
+    let l1 = cache.stats().l1.unwrap();
     assert_eq!(l1.entries, 0, "{label}: L1 flushed");
     assert!(
         l1.flushes.get(reason).copied().unwrap_or(0) >= 1,
@@ -92,16 +92,16 @@ async fn check_loss_and_recovery(
     );
     if !l1.trusted {
         writer.set(&k(key), "behind its back", None).await.unwrap();
-        let fills = cache.stats_now().l1.unwrap().fills;
+        let fills = cache.stats().l1.unwrap().fills;
         let got = timed(cache.get::<String>(&k(key))).await.unwrap();
         assert_ne!(
             got.as_deref(),
             Some("v1"),
             "{label}: a hit from before the loss"
         );
-        if cache.stats_now().l1.map(|l| l.trusted) == Some(false) {
+        if cache.stats().l1.map(|l| l.trusted) == Some(false) {
             assert_eq!(
-                cache.stats_now().l1.unwrap().fills,
+                cache.stats().l1.unwrap().fills,
                 fills,
                 "{label}: filled while untrusted"
             );
@@ -216,7 +216,7 @@ async fn flushall_flushes_every_l1() {
         for f in [&reader, &writer] {
             wait_tracking(f, "server flush seen", |s| s.server_flushes >= 1).await;
             let cache = f.cache("hot").unwrap();
-            assert_eq!(cache.stats_now().l1.unwrap().entries, 0, "{bin}");
+            assert_eq!(cache.stats().l1.unwrap().entries, 0, "{bin}");
             assert_eq!(
                 timed(cache.get::<String>(&k("key"))).await.unwrap(),
                 None,
@@ -255,7 +255,7 @@ async fn tracking_connection_black_holed() {
         wait_tracking(&reader, "loss seen", |s| s.losses >= 1).await;
         eprintln!("{bin}: black hole detected after {:?}", started.elapsed());
         let cache = reader.cache("hot").unwrap();
-        assert_eq!(cache.stats_now().l1.unwrap().entries, 0, "{bin}");
+        assert_eq!(cache.stats().l1.unwrap().entries, 0, "{bin}");
         // The data connections are black-holed too: reads miss cleanly, in bounded time.
         let got = timed(cache.get::<String>(&k("key"))).await.unwrap();
         assert_eq!(got, None, "{bin}: read through a black hole");
@@ -297,7 +297,7 @@ async fn redis_down_reads_miss_and_writes_are_unavailable() {
                 matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::OutcomeUnknown),
                 "{bin}: {e}"
             );
-            let e = timed(cache.delete(&k("key"), true)).await.unwrap_err();
+            let e = timed(cache.delete(&k("key"))).await.unwrap_err();
             assert!(matches!(
                 e.kind(),
                 ErrorKind::Unavailable | ErrorKind::OutcomeUnknown
@@ -310,7 +310,7 @@ async fn redis_down_reads_miss_and_writes_are_unavailable() {
         .await
         .unwrap();
         assert_eq!(v, "from the loader");
-        assert!(cache.stats_now().bypassed >= 40, "{bin}");
+        assert!(cache.stats().bypassed >= 40, "{bin}");
         server.restart();
         wait_tracking(&forze, "tracking back", |s| s.confirmed).await;
         wait_until_async(Duration::from_secs(10), "writes work again", || async {
@@ -360,7 +360,7 @@ async fn panicking_cache_actor_and_tracking_subscriber_keep_coherence() {
         .await;
         fill(&cache, "key", "v2").await;
         wait_until_async(Duration::from_secs(5), "cache actor back", || async {
-            cache.stats().await.is_ok()
+            reader.stats().await.is_ok()
         })
         .await;
 
@@ -373,7 +373,7 @@ async fn panicking_cache_actor_and_tracking_subscriber_keep_coherence() {
             "L1 flushed by the dying subscriber",
             || async {
                 cache
-                    .stats_now()
+                    .stats()
                     .l1
                     .unwrap()
                     .flushes

@@ -252,7 +252,8 @@ async fn messages_and_handle_share_one_counter(f: &ForzeHandle, label: &str) {
     let c = f.counter("orders").unwrap();
     let id = CounterId::suffix("msg");
     let v = c.incr(&id, 10).await.unwrap();
-    let actor = ActorRef::<CounterMsg>::where_is(c.actor_name()).expect("counter actor registered");
+    let actor = ActorRef::<CounterMsg>::where_is(f.names().counter("orders"))
+        .expect("counter actor registered");
     let id2 = id.clone();
     let w = call_t!(
         actor,
@@ -278,7 +279,8 @@ async fn messages_and_handle_share_one_counter(f: &ForzeHandle, label: &str) {
     .expect("actor answers")
     .unwrap();
     assert_eq!(r, (v + 2)..=(v + 4), "{label}");
-    let stats = c.stats().await.unwrap();
+    // As the counter actor reports them, through its mailbox.
+    let stats = call_t!(actor, CounterMsg::Stats, 2000).expect("actor answers");
     assert!(stats.ops > 0 && stats.fallbacks == 0, "{label}: {stats:?}");
 }
 

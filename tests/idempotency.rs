@@ -11,7 +11,7 @@ use common::{config, spawn_ready, Backend};
 use forze_redis::idempotency::{payload_hash, Begin, IdemRequest, RunError};
 use forze_redis::keys::TenantId;
 use forze_redis::{ConflictReason, ErrorKind};
-use forze_redis_actors::{ForzeHandle, IdempotencyHandle};
+use forze_redis_actors::{ForzeHandle, Idempotency};
 use forze_redis_testkit::{server_binaries, FaultProxy, TestServer};
 
 const RESOURCES: &str = r#"
@@ -32,7 +32,7 @@ fn reason(e: &forze_redis::Error) -> Option<ConflictReason> {
     e.conflict_reason()
 }
 
-async fn claim(h: &IdempotencyHandle, r: &IdemRequest) -> forze_redis::idempotency::Claim {
+async fn claim(h: &Idempotency, r: &IdemRequest) -> forze_redis::idempotency::Claim {
     match h.begin(r).await.unwrap() {
         Begin::Proceed(c) => c,
         Begin::Replay(_) => panic!("expected a claim"),
@@ -149,7 +149,7 @@ async fn begin_wait_replays_a_finished_duplicate(forze: &ForzeHandle, label: &st
     assert_eq!(reason(&e), Some(ConflictReason::InProgress), "{label}");
 }
 
-async fn the_run_wrapper_executes_once(orders: &IdempotencyHandle, label: &str) {
+async fn the_run_wrapper_executes_once(orders: &Idempotency, label: &str) {
     let runs = Arc::new(AtomicU64::new(0));
     let op = |runs: Arc<AtomicU64>| async move {
         runs.fetch_add(1, Ordering::SeqCst);
@@ -360,7 +360,10 @@ async fn messages_reach_the_same_records_and_survive_an_actor_panic() {
         let label = backend.label();
         let forze = spawn_ready(config(backend.url().as_deref(), "idem-msg", RESOURCES)).await;
         let h = forze.idempotency("orders").unwrap();
-        let actor = || ActorRef::<IdempotencyMsg>::where_is(h.actor_name()).expect("registered");
+        let actor = || {
+            ActorRef::<IdempotencyMsg>::where_is(forze.names().idempotency("orders"))
+                .expect("registered")
+        };
         let r = req("by-message", "p");
         let begun = call_t!(
             actor(),
@@ -386,7 +389,8 @@ async fn messages_reach_the_same_records_and_survive_an_actor_panic() {
         let mut committed = false;
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let Some(a) = ActorRef::<IdempotencyMsg>::where_is(h.actor_name()) else {
+            let Some(a) = ActorRef::<IdempotencyMsg>::where_is(forze.names().idempotency("orders"))
+            else {
                 continue;
             };
             let claim = claim.clone();

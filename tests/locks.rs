@@ -12,7 +12,7 @@ use common::{config, spawn_ready, Backend};
 use forze_redis::keys::TenantId;
 use forze_redis::lock::LockId;
 use forze_redis::{Config, ErrorKind};
-use forze_redis_actors::{ChildKind, ForzeHandle, LockHandle, LostReason};
+use forze_redis_actors::{ChildKind, ForzeHandle, Lock, LostReason};
 use forze_redis_testkit::{server_binaries, wait_until_async, Resp, TestServer};
 
 const RESOURCES: &str = r#"
@@ -85,7 +85,7 @@ async fn lock_battery_on_every_backend() {
     }
 }
 
-async fn exclusive_and_tokens_rise_across_release(jobs: &LockHandle, label: &str) {
+async fn exclusive_and_tokens_rise_across_release(jobs: &Lock, label: &str) {
     let a = jobs.try_acquire(&id("x")).await.unwrap().expect("free");
     assert!(a.token() > 0);
     assert!(
@@ -110,7 +110,7 @@ async fn exclusive_and_tokens_rise_across_release(jobs: &LockHandle, label: &str
     b.release().await.unwrap();
 }
 
-async fn wrong_owner_cannot_release_or_extend(jobs: &LockHandle, label: &str) {
+async fn wrong_owner_cannot_release_or_extend(jobs: &Lock, label: &str) {
     let g = jobs.try_acquire(&id("owned")).await.unwrap().unwrap();
     assert!(
         !jobs
@@ -133,7 +133,7 @@ async fn wrong_owner_cannot_release_or_extend(jobs: &LockHandle, label: &str) {
     assert!(!jobs.is_locked(&id("owned")).await.unwrap());
 }
 
-async fn queries_report_the_holder(jobs: &LockHandle, label: &str) {
+async fn queries_report_the_holder(jobs: &Lock, label: &str) {
     assert_eq!(jobs.owner(&id("q")).await.unwrap(), None);
     assert_eq!(jobs.ttl(&id("q")).await.unwrap(), None);
     let g = jobs.try_acquire(&id("q")).await.unwrap().unwrap();
@@ -150,7 +150,7 @@ async fn queries_report_the_holder(jobs: &LockHandle, label: &str) {
     g.release().await.unwrap();
 }
 
-async fn a_dropped_guard_frees_the_lock(jobs: &LockHandle, label: &str) {
+async fn a_dropped_guard_frees_the_lock(jobs: &Lock, label: &str) {
     let g = jobs.try_acquire(&id("dropped")).await.unwrap().unwrap();
     drop(g);
     wait_until_async(Duration::from_secs(2), "dropped guard released", || async {
@@ -163,7 +163,7 @@ async fn a_dropped_guard_frees_the_lock(jobs: &LockHandle, label: &str) {
     );
 }
 
-async fn acquire_waits_then_times_out(jobs: &LockHandle, label: &str) {
+async fn acquire_waits_then_times_out(jobs: &Lock, label: &str) {
     let g = jobs.try_acquire(&id("wait")).await.unwrap().unwrap();
     let t1 = g.token();
     let e = jobs
@@ -412,7 +412,7 @@ async fn redis_down_while_held_fires_lost_and_refuses_acquire_then_tokens_keep_r
     }
 }
 
-async fn wait_for_lock(lock: &LockHandle, name: &str) -> forze_redis_actors::LockGuard {
+async fn wait_for_lock(lock: &Lock, name: &str) -> forze_redis_actors::LockGuard {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match lock.acquire(&id(name), Duration::from_secs(2)).await {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{config, spawn_ready, Backend};
 use forze_redis::ratelimit::DecidedBy;
 use forze_redis::ErrorKind;
-use forze_redis_actors::RateLimitHandle;
+use forze_redis_actors::RateLimiter;
 use forze_redis_testkit::{server_binaries, TestServer};
 
 const RESOURCES: &str = r#"
@@ -88,7 +88,7 @@ async fn rate_limit_battery_on_every_backend() {
 }
 
 async fn bucket_starts_full_then_denies_with_an_accurate_retry_after(
-    rl: &RateLimitHandle,
+    rl: &RateLimiter,
     label: &str,
 ) {
     let started = Instant::now();
@@ -188,7 +188,7 @@ async fn redis_killed_mid_load_falls_back_and_switches_back_without_a_double_bud
             (10..=10 + refill).contains(&local_grants),
             "{bin}: {local_grants} local grants, capacity 10 + {refill} refilled"
         );
-        assert!(ten.stats_now().fallbacks >= 30);
+        assert!(ten.stats().fallbacks >= 30);
         // Back: the next calls go to Redis by themselves. The restarted server forgot the
         // bucket (full again); the 10 permits spent locally are charged to it, so this
         // refill period grants nothing more: no double budget.

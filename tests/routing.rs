@@ -101,11 +101,11 @@ async fn tenants_on_two_servers_are_isolated_and_share_one_pool_per_endpoint() {
             docs.get::<String>(&key("zed")).await.unwrap().as_deref(),
             Some("for zed")
         );
-        let stats = docs.stats_now();
+        let stats = docs.stats();
         assert_eq!(stats.coherence, "ttl", "{bin}");
         let hits = stats.l1.unwrap().hits;
         docs.get::<String>(&key("acme")).await.unwrap();
-        assert_eq!(docs.stats_now().l1.unwrap().hits, hits + 1, "{bin}: L1 hit");
+        assert_eq!(docs.stats().l1.unwrap().hits, hits + 1, "{bin}: L1 hit");
         let on = |s: &TestServer, tenant: &str| {
             s.cmd(&["EXISTS", &format!("forze:cache:{{docs:t={tenant}:d1}}")])
                 .unwrap()

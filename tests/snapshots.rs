@@ -8,7 +8,7 @@ use common::{config, spawn_ready, Backend};
 use forze_redis::keys::TenantId;
 use forze_redis::snapshot::RunId;
 use forze_redis::{ConflictReason, ErrorKind};
-use forze_redis_actors::SnapshotHandle;
+use forze_redis_actors::Snapshots;
 
 const RESOURCES: &str = r#"
 [snapshots.search]
@@ -38,11 +38,11 @@ async fn snapshot_battery_on_every_backend() {
         let label = backend.label();
         eprintln!("snapshot battery on {label}");
         let forze = spawn_ready(config(backend.url().as_deref(), "snap", RESOURCES)).await;
-        let search = forze.snapshots("search").unwrap();
+        let search = forze.snapshot("search").unwrap();
         pages_of_120_000_ids_match_the_original_order(&search, &label).await;
         incomplete_mismatched_and_past_the_end(&search, &label).await;
         writers_are_checked(&search, &label).await;
-        let small = forze.snapshots("small").unwrap();
+        let small = forze.snapshot("small").unwrap();
         let e = small.put(&run("big"), "fp", &ids(0..11)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Validation, "{label}");
         assert!(e.to_string().contains("max_ids"), "{label}: {e}");
@@ -50,9 +50,9 @@ async fn snapshot_battery_on_every_backend() {
         small.append(&mut w, &ids(0..6), false).await.unwrap();
         let e = small.append(&mut w, &ids(6..12), true).await.unwrap_err();
         assert!(e.to_string().contains("max_ids"), "{label}: {e}");
-        a_run_expires_whole(&forze.snapshots("short").unwrap(), &label).await;
-        keep_alive_extends_a_read_run(&forze.snapshots("kept").unwrap(), &label).await;
-        let t = forze.snapshots("tenanted").unwrap();
+        a_run_expires_whole(&forze.snapshot("short").unwrap(), &label).await;
+        keep_alive_extends_a_read_run(&forze.snapshot("kept").unwrap(), &label).await;
+        let t = forze.snapshot("tenanted").unwrap();
         let e = t.put(&run("r"), "fp", &ids(0..3)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::TenantRequired);
         let a = run("r").for_tenant(TenantId::new("a").unwrap());
@@ -67,7 +67,7 @@ async fn snapshot_battery_on_every_backend() {
     }
 }
 
-async fn pages_of_120_000_ids_match_the_original_order(s: &SnapshotHandle, label: &str) {
+async fn pages_of_120_000_ids_match_the_original_order(s: &Snapshots, label: &str) {
     let all = ids(0..120_000);
     // Streamed in uneven chunks, as a search that yields pages would.
     let mut w = s.begin(&run("big"), "sha256:q").await.unwrap();
@@ -132,7 +132,7 @@ async fn pages_of_120_000_ids_match_the_original_order(s: &SnapshotHandle, label
     assert!(!s.delete(&run("put")).await.unwrap());
 }
 
-async fn incomplete_mismatched_and_past_the_end(s: &SnapshotHandle, label: &str) {
+async fn incomplete_mismatched_and_past_the_end(s: &Snapshots, label: &str) {
     let mut w = s.begin(&run("partial"), "fp").await.unwrap();
     s.append(&mut w, &ids(0..10), false).await.unwrap();
     assert_eq!(
@@ -169,7 +169,7 @@ async fn incomplete_mismatched_and_past_the_end(s: &SnapshotHandle, label: &str)
     );
 }
 
-async fn writers_are_checked(s: &SnapshotHandle, label: &str) {
+async fn writers_are_checked(s: &Snapshots, label: &str) {
     // Out of order: a writer whose chunk index skips ahead (as after a lost, unretried append).
     let mut w = s.begin(&run("order"), "fp").await.unwrap();
     s.append(&mut w, &ids(0..3), false).await.unwrap();
@@ -205,7 +205,7 @@ async fn writers_are_checked(s: &SnapshotHandle, label: &str) {
     );
 }
 
-async fn a_run_expires_whole(s: &SnapshotHandle, label: &str) {
+async fn a_run_expires_whole(s: &Snapshots, label: &str) {
     // Streamed over most of its TTL: the first chunk must not expire before the others.
     let mut w = s.begin(&run("aging"), "fp").await.unwrap();
     for i in 0..5u64 {
@@ -228,7 +228,7 @@ async fn a_run_expires_whole(s: &SnapshotHandle, label: &str) {
     assert_eq!(s.meta(&run("aging")).await.unwrap(), None, "{label}");
 }
 
-async fn keep_alive_extends_a_read_run(s: &SnapshotHandle, label: &str) {
+async fn keep_alive_extends_a_read_run(s: &Snapshots, label: &str) {
     s.put(&run("kept"), "fp", &ids(0..5)).await.unwrap();
     // Read every 200 ms for 1.2 s: three times the 400 ms TTL, alive thanks to the reads.
     for _ in 0..6 {
@@ -248,8 +248,9 @@ async fn messages_reach_the_same_runs() {
     for backend in Backend::all() {
         let label = backend.label();
         let forze = spawn_ready(config(backend.url().as_deref(), "snap-msg", RESOURCES)).await;
-        let s = forze.snapshots("search").unwrap();
-        let actor = ActorRef::<SnapshotMsg>::where_is(s.actor_name()).expect("registered");
+        let s = forze.snapshot("search").unwrap();
+        let actor = ActorRef::<SnapshotMsg>::where_is(forze.names().snapshots("search"))
+            .expect("registered");
         call_t!(
             actor,
             |reply| SnapshotMsg::Put {

@@ -48,7 +48,7 @@ async fn a_child_panicking_under_load_is_restarted_and_no_caller_hangs() {
             );
             load.push(tokio::spawn(async move {
                 let jobs = forze.counter("jobs").unwrap();
-                let actor = jobs.actor_name();
+                let actor = forze.names().counter("jobs");
                 while Instant::now() < stop {
                     let started = Instant::now();
                     // Half the callers go through the actor's mailbox, half through the handle.
@@ -170,7 +170,9 @@ async fn local_state_survives_a_counter_actor_restart() {
         .unwrap());
     wait_restarted(&forze, 1).await;
     assert_eq!(
-        message_incr(&jobs.actor_name(), &id).await.unwrap(),
+        message_incr(&forze.names().counter("jobs"), &id)
+            .await
+            .unwrap(),
         42,
         "the restarted actor sees the value from before"
     );
@@ -298,7 +300,7 @@ async fn shutdown_leaves_no_task_actor_or_connection_behind() {
                 let jobs = forze.counter("jobs").unwrap();
                 for _ in 0..200 {
                     let a = jobs.incr(&CounterId::main(), 1).await;
-                    let b = message_incr(&jobs.actor_name(), &CounterId::main()).await;
+                    let b = message_incr(&forze.names().counter("jobs"), &CounterId::main()).await;
                     for r in [a, b] {
                         if let Err(e) = r {
                             assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");

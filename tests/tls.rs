@@ -50,21 +50,21 @@ async fn writes_reach_the_other_l1_by_push(reps: &[ForzeHandle], n: usize, what:
         writer.set(&k(i), &1u64, None).await.unwrap();
     }
     converge(&reader, n, 1, what).await;
-    let hits = reader.stats_now().l1.unwrap().hits;
+    let hits = reader.stats().l1.unwrap().hits;
     for i in 0..n {
         assert_eq!(reader.get::<u64>(&k(i)).await.unwrap(), Some(1));
     }
     assert_eq!(
-        reader.stats_now().l1.unwrap().hits,
+        reader.stats().l1.unwrap().hits,
         hits + n as u64,
         "{what}: served from the L1"
     );
-    let before = reader.stats_now().l1.unwrap().invalidations;
+    let before = reader.stats().l1.unwrap().invalidations;
     for i in 0..n {
         writer.set(&k(i), &2u64, None).await.unwrap();
     }
     let took = converge(&reader, n, 2, what).await;
-    let pushed = reader.stats_now().l1.unwrap().invalidations - before;
+    let pushed = reader.stats().l1.unwrap().invalidations - before;
     eprintln!("{what}: {n} updates reached the other L1 in {took:?} ({pushed} invalidations)");
     assert!(pushed >= n as u64, "{what}: {pushed} invalidations by push");
 }

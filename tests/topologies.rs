@@ -11,7 +11,7 @@ use common::{config, k, spawn_ready, tracked_on};
 use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
 use forze_redis::lock::LockId;
-use forze_redis_actors::{CacheHandle, ForzeHandle};
+use forze_redis_actors::{Cache, ForzeHandle};
 use forze_redis_testkit::{
     key_slot, server_binaries, wait_until_async, TestCluster, TestSentinels,
 };
@@ -36,7 +36,7 @@ fn redis_key(i: usize) -> String {
 }
 
 /// Wait until `cache` returns `want` for every key; returns how long that took.
-async fn converge(cache: &CacheHandle, want: u64, what: &str) -> Duration {
+async fn converge(cache: &Cache, want: u64, what: &str) -> Duration {
     common::converge(cache, KEYS, want, what).await
 }
 
@@ -46,7 +46,7 @@ async fn writer_and_reader(
     url: &str,
     test: &str,
     primaries: u64,
-) -> (Vec<ForzeHandle>, CacheHandle, CacheHandle) {
+) -> (Vec<ForzeHandle>, Cache, Cache) {
     let mut reps = Vec::new();
     for _ in 0..2 {
         let r = spawn_ready(config(Some(url), test, RESOURCES)).await;
@@ -73,29 +73,29 @@ async fn writes_over_every_slot_invalidate_every_replicas_l1_on_a_cluster() {
             tracked_on(&r, 3).await;
             reps.push(r);
         }
-        let caches: Vec<CacheHandle> = reps.iter().map(|r| r.cache("hot").unwrap()).collect();
+        let caches: Vec<Cache> = reps.iter().map(|r| r.cache("hot").unwrap()).collect();
         for i in 0..KEYS {
             caches[0].set(&k(i), &1u64, None).await.unwrap();
         }
         for c in &caches[1..] {
             converge(c, 1, "warm-up").await;
             // Served from the L1 now.
-            let hits = c.stats_now().l1.unwrap().hits;
+            let hits = c.stats().l1.unwrap().hits;
             for i in 0..KEYS {
                 assert_eq!(c.get::<u64>(&k(i)).await.unwrap(), Some(1));
             }
-            assert_eq!(c.stats_now().l1.unwrap().hits, hits + KEYS as u64, "{bin}");
+            assert_eq!(c.stats().l1.unwrap().hits, hits + KEYS as u64, "{bin}");
         }
         let before: Vec<u64> = caches
             .iter()
-            .map(|c| c.stats_now().l1.unwrap().invalidations)
+            .map(|c| c.stats().l1.unwrap().invalidations)
             .collect();
         for i in 0..KEYS {
             caches[0].set(&k(i), &2u64, None).await.unwrap();
         }
         for (n, c) in caches.iter().enumerate().skip(1) {
             let took = converge(c, 2, &format!("{bin}: replica {n}")).await;
-            let pushed = c.stats_now().l1.unwrap().invalidations - before[n];
+            let pushed = c.stats().l1.unwrap().invalidations - before[n];
             eprintln!(
                 "{bin}: replica {n} saw all {KEYS} updates in {took:?} ({pushed} invalidations)"
             );
@@ -116,8 +116,8 @@ async fn a_resharded_slot_flushes_every_l1_and_is_tracked_on_its_new_primary() {
     for bin in server_binaries() {
         let cluster = TestCluster::start(&bin, 3);
         let (reps, writer, reader) = writer_and_reader(&cluster.url(), "cl-reshard", 3).await;
-        let flushed = |c: &CacheHandle| {
-            c.stats_now()
+        let flushed = |c: &Cache| {
+            c.stats()
                 .l1
                 .unwrap()
                 .flushes
@@ -218,7 +218,7 @@ async fn calls_during_a_slot_migration_end_typed_and_bounded_then_resume() {
             if i % 10 == 0 {
                 eprintln!(
                     "{bin}: after the migration: write {w:?}, read {r:?}, {:?}",
-                    plain.stats_now().bypassed
+                    plain.stats().bypassed
                 );
             }
             if w.is_ok() && r.as_ref().ok() == Some(&Some(3)) {
@@ -310,7 +310,7 @@ async fn failover_is_followed(
             })
             .await;
         }
-        let flushes: u64 = reader.stats_now().l1.unwrap().flushes.values().sum();
+        let flushes: u64 = reader.stats().l1.unwrap().flushes.values().sum();
         assert!(flushes >= 1, "{bin}: the reader's L1 was flushed");
         // New writes reach the reader through the new primary's pushes.
         for i in 0..KEYS {
@@ -362,7 +362,7 @@ async fn a_killed_cluster_primary_untrusts_every_l1_until_it_is_back() {
             async move { matches!(r.tracking_stats().await, Ok(Some(s)) if !s.confirmed) }
         })
         .await;
-        let l1 = reader.stats_now().l1.unwrap();
+        let l1 = reader.stats().l1.unwrap();
         assert!(!l1.trusted && l1.entries == 0, "{bin}: {l1:?}");
         // Whatever the cluster answers meanwhile (a live node's slots, CLUSTERDOWN once the
         // failure is agreed), reads are never stale and every call ends typed and bounded.
@@ -438,7 +438,7 @@ async fn a_write_on_an_importing_empty_primary_reaches_the_l1() {
         let slot = key_slot(redis_key(0).as_bytes());
         let from = cluster.begin_migration(slot, spare);
         assert_eq!(cluster.move_keys(slot, from, spare, usize::MAX), 1, "{bin}");
-        let before = hot.stats_now().l1.unwrap().invalidations;
+        let before = hot.stats().l1.unwrap().invalidations;
         let replies = cluster.nodes()[spare]
             .cmd_pipeline(&[&["ASKING"], &["SET", &redis_key(0), "written elsewhere"]])
             .unwrap();
@@ -453,7 +453,7 @@ async fn a_write_on_an_importing_empty_primary_reaches_the_l1() {
             "the push from the importing node",
             || {
                 let h = r.cache("hot").unwrap();
-                async move { h.stats_now().l1.unwrap().invalidations > before }
+                async move { h.stats().l1.unwrap().invalidations > before }
             },
         )
         .await;
@@ -465,7 +465,7 @@ async fn a_write_on_an_importing_empty_primary_reaches_the_l1() {
     }
 }
 
-async fn converge_one(cache: &CacheHandle, i: usize, want: u64) {
+async fn converge_one(cache: &Cache, i: usize, want: u64) {
     for _ in 0..200 {
         if cache.get::<u64>(&k(i)).await.unwrap() == Some(want) {
             return;

@@ -2,21 +2,21 @@
 
 use std::sync::Arc;
 
-use forze_redis::config::{RedisUrl, RouteEndpoint};
-use forze_redis::connection::Health;
-use forze_redis::keys::TenantId;
-use forze_redis::routing::RouterStats;
-use forze_redis::{Config, Error, Result};
+use forze_redis::{
+    Breaker, Cache, CacheStats, Config, Counter, CounterStatsSnapshot, Error, Health,
+    HeartbeatStats, Idempotency, Lock, RateLimiter, RedisUrl, Result, RouteEndpoint, RouterStats,
+    Snapshots, TenantId,
+};
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::call::call_named;
-use crate::counter::CounterHandle;
 use crate::pool::{PoolMsg, PoolStats};
+use crate::resilience::{ResilienceMsg, ResilienceStats};
 use crate::shared::Shared;
 use crate::supervisor::{ForzeSupervisor, SupervisorMsg, SupervisorStats};
-use forze_redis::counter::CounterStatsSnapshot;
+use crate::tracking::{TrackingMsg, TrackingStats};
 
 /// Entry point: spawn a forze-redis supervisor.
 #[derive(Debug)]
@@ -62,6 +62,7 @@ pub struct ForzeHandle {
 
 /// Everything the actors of one supervisor report.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ForzeStats {
     /// Connection health.
     pub health: Health,
@@ -72,121 +73,64 @@ pub struct ForzeStats {
     /// Each counter actor's statistics, by resource name.
     pub counters: Vec<(String, CounterStatsSnapshot)>,
     /// Each cache actor's statistics, by resource name.
-    pub caches: Vec<(String, forze_redis::cache::CacheStats)>,
+    pub caches: Vec<(String, CacheStats)>,
     /// The tracking subscriber's statistics, when there is one.
-    pub tracking: Option<crate::tracking::TrackingStats>,
+    pub tracking: Option<TrackingStats>,
 }
 
 impl ForzeHandle {
     /// The counter resource `name`, or a `Validation` error naming the unknown resource.
-    pub fn counter(&self, name: &str) -> Result<CounterHandle> {
-        let counter = self.shared.counters.get(name).cloned().ok_or_else(|| {
-            Error::validation(
-                "counter",
-                format!("no counter named `{name}` is configured"),
-            )
-        })?;
-        Ok(CounterHandle {
-            shared: self.shared.clone(),
-            counter,
-        })
+    pub fn counter(&self, name: &str) -> Result<Counter> {
+        self.shared.counters.get(name)
     }
 
     /// The cache namespace `name`, or a `Validation` error naming the unknown resource.
-    pub fn cache(&self, name: &str) -> Result<crate::cache::CacheHandle> {
-        let cache = self.shared.caches.get(name).cloned().ok_or_else(|| {
-            Error::validation("cache", format!("no cache named `{name}` is configured"))
-        })?;
-        Ok(crate::cache::CacheHandle {
-            shared: self.shared.clone(),
-            cache,
-        })
+    pub fn cache(&self, name: &str) -> Result<Cache> {
+        self.shared.caches.get(name)
     }
 
     /// The lock resource `name`, or a `Validation` error naming the unknown resource.
-    pub fn lock(&self, name: &str) -> Result<crate::lock::LockHandle> {
-        let lock = self.shared.locks.get(name).cloned().ok_or_else(|| {
-            Error::validation("lock", format!("no lock named `{name}` is configured"))
-        })?;
-        Ok(crate::lock::LockHandle {
-            shared: self.shared.clone(),
-            lock,
-        })
+    pub fn lock(&self, name: &str) -> Result<Lock> {
+        self.shared.locks.get(name)
+    }
+
+    /// The idempotency resource `name`, or a `Validation` error naming the unknown resource.
+    pub fn idempotency(&self, name: &str) -> Result<Idempotency> {
+        self.shared.idempotency.get(name)
+    }
+
+    /// The snapshot resource `name`, or a `Validation` error naming the unknown resource.
+    pub fn snapshot(&self, name: &str) -> Result<Snapshots> {
+        self.shared.snapshots.get(name)
+    }
+
+    /// The rate-limit policy `name`, or a `Validation` error naming the unknown policy.
+    pub fn rate_limit(&self, name: &str) -> Result<RateLimiter> {
+        self.shared.rate_limits.get(name)
     }
 
     /// The circuit-breaker policy `name`, or a `Validation` error naming the unknown policy.
-    pub fn breaker(&self, name: &str) -> Result<crate::ratelimit::BreakerHandle> {
-        let breakers = self.shared.breakers.get(name).cloned().ok_or_else(|| {
-            Error::validation(
-                "breaker",
-                format!("no breaker policy named `{name}` is configured"),
-            )
-        })?;
-        Ok(crate::ratelimit::BreakerHandle {
-            shared: self.shared.clone(),
-            breakers,
-        })
+    pub fn breaker(&self, name: &str) -> Result<Breaker> {
+        self.shared.breakers.get(name)
     }
 
     /// Statistics of every breaker and rate-limit policy, from the resilience actor; `None`
     /// when no policy is configured.
-    pub async fn resilience_stats(&self) -> Result<Option<crate::resilience::ResilienceStats>> {
+    pub async fn resilience_stats(&self) -> Result<Option<ResilienceStats>> {
         if self.shared.breakers.is_empty() && self.shared.rate_limits.is_empty() {
             return Ok(None);
         }
         call_named(
             &self.shared.names.resilience(),
             self.shared.config.supervision.call_timeout,
-            crate::resilience::ResilienceMsg::Stats,
+            ResilienceMsg::Stats,
         )
         .await
         .map(Some)
     }
 
-    /// The rate-limit policy `name`, or a `Validation` error naming the unknown policy.
-    pub fn rate_limit(&self, name: &str) -> Result<crate::ratelimit::RateLimitHandle> {
-        let limiter = self.shared.rate_limits.get(name).cloned().ok_or_else(|| {
-            Error::validation(
-                "rate_limit",
-                format!("no rate-limit policy named `{name}` is configured"),
-            )
-        })?;
-        Ok(crate::ratelimit::RateLimitHandle {
-            shared: self.shared.clone(),
-            limiter,
-        })
-    }
-
-    /// The snapshot resource `name`, or a `Validation` error naming the unknown resource.
-    pub fn snapshots(&self, name: &str) -> Result<crate::snapshot::SnapshotHandle> {
-        let snaps = self.shared.snapshots.get(name).cloned().ok_or_else(|| {
-            Error::validation(
-                "snapshots",
-                format!("no snapshot resource named `{name}` is configured"),
-            )
-        })?;
-        Ok(crate::snapshot::SnapshotHandle {
-            shared: self.shared.clone(),
-            snaps,
-        })
-    }
-
-    /// The idempotency resource `name`, or a `Validation` error naming the unknown resource.
-    pub fn idempotency(&self, name: &str) -> Result<crate::idempotency::IdempotencyHandle> {
-        let idem = self.shared.idempotency.get(name).cloned().ok_or_else(|| {
-            Error::validation(
-                "idempotency",
-                format!("no idempotency resource named `{name}` is configured"),
-            )
-        })?;
-        Ok(crate::idempotency::IdempotencyHandle {
-            shared: self.shared.clone(),
-            idem,
-        })
-    }
-
     /// The heartbeater's statistics; `None` when no lock is configured.
-    pub async fn heartbeat_stats(&self) -> Result<Option<crate::heartbeat::HeartbeatStats>> {
+    pub async fn heartbeat_stats(&self) -> Result<Option<HeartbeatStats>> {
         if self.shared.locks.is_empty() {
             return Ok(None);
         }
@@ -203,27 +147,24 @@ impl ForzeHandle {
     /// supervisor, for drills of lost leases.
     #[cfg(feature = "fault-injection")]
     pub fn stall_heartbeats(&self, stalled: bool) {
-        self.shared
-            .heartbeat
-            .stalled
-            .store(stalled, std::sync::atomic::Ordering::Release);
+        self.shared.leases.stall(stalled);
     }
 
     /// The configured cache names.
     pub fn cache_names(&self) -> Vec<String> {
-        self.shared.caches.keys().cloned().collect()
+        self.shared.caches.names()
     }
 
     /// The tracking subscriber's statistics; `None` when there is none (embedded mode, or no
     /// cache with an L1).
-    pub async fn tracking_stats(&self) -> Result<Option<crate::tracking::TrackingStats>> {
+    pub async fn tracking_stats(&self) -> Result<Option<TrackingStats>> {
         if self.shared.tracking.is_none() {
             return Ok(None);
         }
         call_named(
             &self.shared.names.tracking(),
             self.shared.config.supervision.call_timeout,
-            crate::tracking::TrackingMsg::Stats,
+            TrackingMsg::Stats,
         )
         .await
         .map(Some)
@@ -231,7 +172,7 @@ impl ForzeHandle {
 
     /// The configured counter names.
     pub fn counter_names(&self) -> Vec<String> {
-        self.shared.counters.keys().cloned().collect()
+        self.shared.counters.names()
     }
 
     /// Route `tenant` to the endpoint `url` from now on (`None`: back to `[redis]`), for
@@ -310,13 +251,18 @@ impl ForzeHandle {
             None => None,
         };
         let mut counters = Vec::new();
-        for name in self.shared.counters.keys() {
-            let handle = self.counter(name)?;
-            counters.push((name.clone(), handle.stats().await?));
+        for name in self.shared.counters.names() {
+            let actor = self.shared.names.counter(&name);
+            let stats = call_named(&actor, timeout, crate::CounterMsg::Stats).await?;
+            counters.push((name, stats));
         }
         let mut caches = Vec::new();
-        for name in self.shared.caches.keys() {
-            caches.push((name.clone(), self.cache(name)?.stats().await?));
+        for name in self.shared.caches.names() {
+            let actor = self.shared.names.cache(&name);
+            caches.push((
+                name,
+                call_named(&actor, timeout, crate::CacheMsg::Stats).await?,
+            ));
         }
         Ok(ForzeStats {
             health: self.health(),

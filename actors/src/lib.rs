@@ -1,28 +1,34 @@
 //! # forze-redis-actors
 //!
-//! The supervised ractor actor tree of forze-redis. Spawn a supervisor with [`Forze::spawn`]
-//! (or [`Forze::spawn_linked`] under your own actor), then use its resources through a
-//! [`ForzeHandle`] from any task, or send typed messages to its children by name.
+//! Fast, ephemeral, coordination-oriented state on Redis or Valkey for fleets of tokio
+//! services, run as a supervised tree of ractor actors. This is the crate applications add;
+//! every name they need is at its root (or in [`prelude`]).
 //!
-//! | module | what lives there |
+//! | you want to… | use |
 //! |---|---|
-//! | [`supervisor`] | the root actor: children, one-for-one restarts, ordered shutdown |
-//! | [`pool`] | the pool actor: connection lifecycle and published health |
-//! | [`counter`] | counter actors, [`CounterMsg`], [`CounterHandle`] |
-//! | [`restart`] | backoff and restart intensity arithmetic |
-//! | [`names`] | registered actor names with a configurable prefix |
+//! | start it | [`Forze::spawn`] (or [`Forze::spawn_linked`] under your own actor) with a [`Config`] |
+//! | use it from any task | [`ForzeHandle`]: `cache`, `counter`, `lock`, `idempotency`, `snapshot`, `rate_limit`, `breaker` |
+//! | cache values, coherent across replicas | [`Cache`] with [`CacheKey`] |
+//! | count, allocate ids | [`Counter`] with [`CounterId`] |
+//! | hold a fenced lock | [`Lock`] with [`LockId`], held as a [`LockGuard`] |
+//! | run a request once | [`Idempotency`] with [`IdemRequest`] |
+//! | page a search result stably | [`Snapshots`] with [`RunId`] |
+//! | limit a rate, break a circuit, fleet-wide | [`RateLimiter`], [`Breaker`] |
+//! | talk to it from another actor | the message enums ([`CounterMsg`], [`CacheMsg`], …) at [`ActorNames`] |
+//! | watch it | [`ForzeHandle::stats`], [`ForzeHandle::health`], the `*Stats` types |
+//! | handle failures | [`Error`], [`ErrorKind`] (see `docs/errors.md`) |
 //!
-//! Hot paths never queue behind an actor: handles call the core crate's resources on the
-//! caller's task with a clone of the connection pool. Actors own lifecycle, health,
-//! supervision and statistics, and answer message requests by spawning the work on a tracked
-//! task rather than awaiting Redis in `handle`.
+//! Every resource is one cheap-`Clone` handle: operations run on the caller's task (an L1
+//! hit is a map lookup; a remote call goes through a clone of the connection pool), never
+//! behind an actor's mailbox. The actors host what runs in the background (connection
+//! health, the tracking session, lease renewal, sweeps), restart it when it fails, and serve
+//! the same operations as typed messages on tracked tasks.
 //!
 //! ```no_run
-//! use forze_redis::{counter::CounterId, Config};
-//! use forze_redis_actors::{CounterMsg, Forze};
+//! use forze_redis_actors::{Config, CounterId, CounterMsg, Forze};
 //! use ractor::{call_t, ActorRef};
 //!
-//! # async fn demo() -> forze_redis::Result<()> {
+//! # async fn demo() -> forze_redis_actors::Result<()> {
 //! let config = Config::from_toml_str("[counters.orders]")?;   // no [redis]: embedded mode
 //! let (forze, _join) = Forze::spawn(config).await?;
 //!
@@ -32,7 +38,7 @@
 //!
 //! // From another actor, by message:
 //! let actor = ActorRef::<CounterMsg>::where_is("forze.counter.orders".to_string()).unwrap();
-//! let answer: forze_redis::Result<i64> =
+//! let answer: forze_redis_actors::Result<i64> =
 //!     call_t!(actor, |reply| CounterMsg::Incr { id: CounterId::main(), by: 1, reply }, 1000)
 //!         .expect("counter actor answered");
 //! let m = answer?;
@@ -41,34 +47,66 @@
 //! # Ok(()) }
 //! ```
 
-pub mod cache;
+mod cache;
 mod call;
-pub mod counter;
+mod counter;
 mod handle;
-pub mod heartbeat;
-pub mod idempotency;
-pub mod lock;
-pub mod names;
-pub mod pool;
-pub mod ratelimit;
-pub mod resilience;
-pub mod restart;
+mod heartbeat;
+mod idempotency;
+mod names;
+mod pool;
+mod reply;
+mod resilience;
+mod restart;
 mod shared;
-pub mod snapshot;
-pub mod supervisor;
-pub mod tracking;
+mod snapshot;
+mod supervisor;
+mod tracking;
 
-pub use cache::{CacheActor, CacheHandle, CacheMsg};
-pub use counter::{CounterActor, CounterHandle, CounterMsg};
+// Spawning and the handle.
 pub use handle::{Forze, ForzeHandle, ForzeStats};
-pub use heartbeat::{HeartbeatMsg, HeartbeatStats, Heartbeater};
-pub use idempotency::{IdempotencyActor, IdempotencyHandle, IdempotencyMsg};
-pub use lock::{LockGuard, LockHandle, LostReason, LostSignal};
+
+// The resources (one cheap-`Clone` handle per contract), their ids, guards and results.
+pub use forze_redis::Cache;
+pub use forze_redis::{
+    Admission, Begin, Breaker, CacheKey, CallError, Claim, Counter, CounterEntry, CounterId,
+    DecidedBy, Decision, IdemRequest, Idempotency, Lock, LockGuard, LockId, LostReason, LostSignal,
+    Phase, RateLimiter, RunError, RunId, SnapshotMeta, SnapshotWriter, Snapshots, TenantId,
+    Transition,
+};
+
+// Configuration, errors, health.
+pub use forze_redis::{
+    Clock, Config, ConflictReason, ConnectFailure, Error, ErrorKind, Health, HealthState, RedisUrl,
+    Result, RouteEndpoint, TlsConfig,
+};
+
+// Statistics.
+pub use forze_redis::{
+    BreakerStats, CacheStats, CounterStatsSnapshot, HeartbeatStats, RateLimitStats, RouterStats,
+};
+pub use pool::PoolStats;
+pub use resilience::ResilienceStats;
+pub use supervisor::SupervisorStats;
+pub use tracking::TrackingStats;
+
+// Messages, for callers that are actors, and the names the actors are registered under.
+pub use cache::CacheMsg;
+pub use counter::CounterMsg;
+pub use heartbeat::HeartbeatMsg;
+pub use idempotency::IdempotencyMsg;
 pub use names::ActorNames;
-pub use pool::{PoolActor, PoolMsg, PoolStats};
-pub use ratelimit::{BreakerHandle, RateLimitHandle};
-pub use resilience::{ResilienceActor, ResilienceMsg, ResilienceStats};
-pub use shared::Shared;
-pub use snapshot::{SnapshotActor, SnapshotHandle, SnapshotMsg};
-pub use supervisor::{ChildKind, ForzeSupervisor, SupervisorMsg, SupervisorStats};
-pub use tracking::{TrackingMsg, TrackingStats, TrackingSubscriber};
+pub use pool::PoolMsg;
+pub use resilience::ResilienceMsg;
+pub use snapshot::SnapshotMsg;
+pub use supervisor::{ChildKind, SupervisorMsg};
+pub use tracking::TrackingMsg;
+
+/// The names most programs use: `use forze_redis_actors::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Breaker, Cache, CacheKey, Config, Counter, CounterId, Error, ErrorKind, Forze, ForzeHandle,
+        IdemRequest, Idempotency, Lock, LockGuard, LockId, RateLimiter, Result, RunId, Snapshots,
+        TenantId,
+    };
+}

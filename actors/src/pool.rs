@@ -19,11 +19,11 @@ use std::time::SystemTime;
 
 use forze_redis::connection::{Health, HealthState, RedisConnection};
 use forze_redis::error::Access;
+use forze_redis::runtime::AbortOnDrop;
 use forze_redis::scripts::SERVER_TIME;
 use fred::interfaces::{ClientInterface, ClientLike, EventInterface};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::task::JoinHandle;
 
 use crate::shared::Shared;
 
@@ -45,6 +45,7 @@ pub enum PoolMsg {
 
 /// Statistics of the pool actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStats {
     /// The published health.
     pub health: Health,
@@ -68,17 +69,6 @@ pub struct PoolStats {
 /// The pool actor.
 #[derive(Debug)]
 pub struct PoolActor;
-
-/// Aborts a task when dropped, so listeners die with the incarnation that started them,
-/// whether it stopped or failed.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop(pub JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// State of one pool actor incarnation.
 #[derive(Debug)]

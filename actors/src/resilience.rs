@@ -13,8 +13,8 @@ use forze_redis::breaker::BreakerStats;
 use forze_redis::ratelimit::RateLimitStats;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::pool::AbortOnDrop;
 use crate::shared::Shared;
+use forze_redis::runtime::AbortOnDrop;
 
 /// Messages of the resilience actor.
 #[derive(Debug)]
@@ -30,8 +30,9 @@ pub enum ResilienceMsg {
 
 /// Statistics of every breaker and rate-limit policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ResilienceStats {
-    /// Breakers by policy name.
+    /// Breaker by policy name.
     pub breakers: Vec<(String, BreakerStats)>,
     /// Rate limits by policy name.
     pub rate_limits: Vec<(String, RateLimitStats)>,

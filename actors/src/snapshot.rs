@@ -1,93 +1,20 @@
-//! Snapshot handles: [`SnapshotHandle`] runs on the caller's task (runs live in Redis, or in
-//! the shared local store in embedded mode). See [`forze_redis::snapshot`] and
-//! `docs/snapshots.md`.
+//! Snapshot actors (`<prefix>.snapshots.<name>`) and their messages: a message front door,
+//! for callers that are actors, to the same runs [`Snapshots`] serves on the caller's task.
 
 use std::sync::Arc;
 
-use forze_redis::snapshot::{RunId, SnapshotMeta, SnapshotWriter, Snapshots};
-use forze_redis::Result;
+use forze_redis::{Result, RunId, Snapshots};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::shared::Shared;
-
-/// A snapshot resource, used from any task. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct SnapshotHandle {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) snaps: Arc<Snapshots>,
-}
-
-impl SnapshotHandle {
-    /// The resource name.
-    pub fn name(&self) -> &str {
-        self.snaps.name()
-    }
-
-    /// The registered name of this resource's actor, for sending [`SnapshotMsg`]s.
-    pub fn actor_name(&self) -> String {
-        self.shared.names.snapshots(self.snaps.name())
-    }
-
-    /// Write a whole run (readable once complete).
-    pub async fn put(&self, run: &RunId, fingerprint: &str, ids: &[String]) -> Result<()> {
-        self.shared.check_open("snapshot.put")?;
-        self.snaps.put(run, fingerprint, ids).await
-    }
-
-    /// Open a run for streaming writes.
-    pub async fn begin(&self, run: &RunId, fingerprint: &str) -> Result<SnapshotWriter> {
-        self.shared.check_open("snapshot.begin")?;
-        self.snaps.begin(run, fingerprint).await
-    }
-
-    /// Append the writer's next chunk (`last` completes the run).
-    pub async fn append(
-        &self,
-        writer: &mut SnapshotWriter,
-        ids: &[String],
-        last: bool,
-    ) -> Result<u64> {
-        self.shared.check_open("snapshot.append")?;
-        self.snaps.append(writer, ids, last).await
-    }
-
-    /// Complete a run without more ids.
-    pub async fn finish(&self, writer: &mut SnapshotWriter) -> Result<u64> {
-        self.append(writer, &[], true).await
-    }
-
-    /// One page of a complete run, in one round trip (`None`: missing, incomplete, expired or
-    /// another fingerprint; `Some([])` past the end).
-    pub async fn page(
-        &self,
-        run: &RunId,
-        offset: u64,
-        limit: u64,
-        expected_fingerprint: Option<&str>,
-    ) -> Result<Option<Vec<String>>> {
-        self.shared.check_open("snapshot.page")?;
-        self.snaps
-            .page(run, offset, limit, expected_fingerprint)
-            .await
-    }
-
-    /// The run's metadata.
-    pub async fn meta(&self, run: &RunId) -> Result<Option<SnapshotMeta>> {
-        self.shared.check_open("snapshot.meta")?;
-        self.snaps.meta(run).await
-    }
-
-    /// Delete the run; whether it existed.
-    pub async fn delete(&self, run: &RunId) -> Result<bool> {
-        self.shared.check_open("snapshot.delete")?;
-        self.snaps.delete(run).await
-    }
-}
+use crate::reply::reply_later;
+use crate::shared::{ResourceArgs, Shared};
 
 /// Requests to a snapshot actor (`<prefix>.snapshots.<name>`), for callers that are actors.
 /// Each is served on a tracked task that replies on the port; the actor never awaits Redis.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum SnapshotMsg {
-    /// [`SnapshotHandle::put`].
+    /// [`Snapshots::put`].
     Put {
         /// The run.
         run: RunId,
@@ -98,7 +25,7 @@ pub enum SnapshotMsg {
         /// Done.
         reply: ractor::RpcReplyPort<Result<()>>,
     },
-    /// [`SnapshotHandle::page`].
+    /// [`Snapshots::page`].
     Page {
         /// The run.
         run: RunId,
@@ -111,7 +38,7 @@ pub enum SnapshotMsg {
         /// The page.
         reply: ractor::RpcReplyPort<Result<Option<Vec<String>>>>,
     },
-    /// [`SnapshotHandle::delete`].
+    /// [`Snapshots::delete`].
     Delete {
         /// The run.
         run: RunId,
@@ -123,60 +50,53 @@ pub enum SnapshotMsg {
     Panic,
 }
 
-/// The actor of one snapshot resource: a message front door to the same runs.
+/// The actor of one snapshot resource.
 #[derive(Debug)]
 pub struct SnapshotActor;
 
-impl ractor::Actor for SnapshotActor {
+impl Actor for SnapshotActor {
     type Msg = SnapshotMsg;
-    type State = SnapshotHandle;
-    type Arguments = SnapshotHandle;
+    type State = ResourceArgs<Snapshots>;
+    type Arguments = ResourceArgs<Snapshots>;
 
     async fn pre_start(
         &self,
-        _myself: ractor::ActorRef<SnapshotMsg>,
-        handle: SnapshotHandle,
-    ) -> std::result::Result<SnapshotHandle, ractor::ActorProcessingErr> {
-        Ok(handle)
+        _myself: ActorRef<SnapshotMsg>,
+        args: ResourceArgs<Snapshots>,
+    ) -> std::result::Result<ResourceArgs<Snapshots>, ActorProcessingErr> {
+        Ok(args)
     }
 
     async fn handle(
         &self,
-        _myself: ractor::ActorRef<SnapshotMsg>,
+        _myself: ActorRef<SnapshotMsg>,
         msg: SnapshotMsg,
-        h: &mut SnapshotHandle,
-    ) -> std::result::Result<(), ractor::ActorProcessingErr> {
-        let handle = h.clone();
-        let tasks = &h.shared.tasks;
+        state: &mut ResourceArgs<Snapshots>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let snaps = state.resource.clone();
+        let shared: &Arc<Shared> = &state.shared;
         match msg {
             SnapshotMsg::Put {
                 run,
                 fingerprint,
                 ids,
                 reply,
-            } => {
-                tasks.spawn(async move {
-                    let _ = reply.send(handle.put(&run, &fingerprint, &ids).await);
-                });
-            }
+            } => reply_later(shared, reply, async move {
+                snaps.put(&run, &fingerprint, &ids).await
+            }),
             SnapshotMsg::Page {
                 run,
                 offset,
                 limit,
                 expected_fingerprint,
                 reply,
-            } => {
-                tasks.spawn(async move {
-                    let page = handle
-                        .page(&run, offset, limit, expected_fingerprint.as_deref())
-                        .await;
-                    let _ = reply.send(page);
-                });
-            }
+            } => reply_later(shared, reply, async move {
+                snaps
+                    .page(&run, offset, limit, expected_fingerprint.as_deref())
+                    .await
+            }),
             SnapshotMsg::Delete { run, reply } => {
-                tasks.spawn(async move {
-                    let _ = reply.send(handle.delete(&run).await);
-                });
+                reply_later(shared, reply, async move { snaps.delete(&run).await })
             }
             #[cfg(feature = "fault-injection")]
             SnapshotMsg::Panic => panic!("fault injection: snapshot actor panic"),

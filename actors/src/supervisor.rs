@@ -23,7 +23,6 @@
 //! [`ForzeHandle::shutdown`]: crate::ForzeHandle::shutdown
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +34,7 @@ use crate::cache::{CacheActor, CacheActorArgs};
 use crate::counter::{CounterActor, CounterActorArgs};
 use crate::pool::PoolActor;
 use crate::restart::{RestartDecision, RestartPolicy};
-use crate::shared::Shared;
+use crate::shared::{ResourceArgs, Shared};
 use crate::tracking::TrackingSubscriber;
 
 /// A child of the supervisor, by role.
@@ -73,6 +72,7 @@ pub enum SupervisorMsg {
 
 /// Restart statistics of a supervisor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SupervisorStats {
     /// Restarts performed since start.
     pub restarts: u64,
@@ -114,11 +114,7 @@ impl ForzeSupervisor {
                 r.get_cell()
             }
             ChildKind::Counter(name) => {
-                let counter = shared
-                    .counters
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("unknown counter {name}"))?;
+                let counter = shared.counters.get(name)?;
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.counter(name)),
                     CounterActor,
@@ -132,11 +128,7 @@ impl ForzeSupervisor {
                 r.get_cell()
             }
             ChildKind::Cache(name) => {
-                let cache = shared
-                    .caches
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("unknown cache {name}"))?;
+                let cache = shared.caches.get(name)?;
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.cache(name)),
                     CacheActor,
@@ -150,17 +142,13 @@ impl ForzeSupervisor {
                 r.get_cell()
             }
             ChildKind::Idempotency(name) => {
-                let idem = shared
-                    .idempotency
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("unknown idempotency resource {name}"))?;
+                let resource = shared.idempotency.get(name)?;
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.idempotency(name)),
                     crate::idempotency::IdempotencyActor,
-                    crate::idempotency::IdempotencyHandle {
+                    ResourceArgs {
                         shared: shared.clone(),
-                        idem,
+                        resource,
                     },
                     myself.get_cell(),
                 )
@@ -168,17 +156,13 @@ impl ForzeSupervisor {
                 r.get_cell()
             }
             ChildKind::Snapshots(name) => {
-                let snaps = shared
-                    .snapshots
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("unknown snapshot resource {name}"))?;
+                let resource = shared.snapshots.get(name)?;
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.snapshots(name)),
                     crate::snapshot::SnapshotActor,
-                    crate::snapshot::SnapshotHandle {
+                    ResourceArgs {
                         shared: shared.clone(),
-                        snaps,
+                        resource,
                     },
                     myself.get_cell(),
                 )
@@ -224,7 +208,7 @@ impl ForzeSupervisor {
     /// stop the pool actor, close the connections.
     async fn shut_down_tree(state: &mut SupervisorState) {
         let shared = &state.shared;
-        shared.shutting_down.store(true, Ordering::Release);
+        shared.gate.close();
         let timeout = shared.config.supervision.shutdown_timeout;
         let (pool, resources): (Vec<_>, Vec<_>) = state
             .children
@@ -290,11 +274,11 @@ impl Actor for ForzeSupervisor {
         if state.shared.connection.is_some() {
             Self::spawn_child(&myself, &mut state, ChildKind::Pool).await?;
         }
-        let names: Vec<String> = state.shared.counters.keys().cloned().collect();
+        let names: Vec<String> = state.shared.counters.names();
         for name in names {
             Self::spawn_child(&myself, &mut state, ChildKind::Counter(name)).await?;
         }
-        let caches: Vec<String> = state.shared.caches.keys().cloned().collect();
+        let caches: Vec<String> = state.shared.caches.names();
         for name in caches {
             Self::spawn_child(&myself, &mut state, ChildKind::Cache(name)).await?;
         }
@@ -304,11 +288,11 @@ impl Actor for ForzeSupervisor {
         if !state.shared.locks.is_empty() {
             Self::spawn_child(&myself, &mut state, ChildKind::Heartbeat).await?;
         }
-        let idem: Vec<String> = state.shared.idempotency.keys().cloned().collect();
+        let idem: Vec<String> = state.shared.idempotency.names();
         for name in idem {
             Self::spawn_child(&myself, &mut state, ChildKind::Idempotency(name)).await?;
         }
-        let snaps: Vec<String> = state.shared.snapshots.keys().cloned().collect();
+        let snaps: Vec<String> = state.shared.snapshots.names();
         for name in snaps {
             Self::spawn_child(&myself, &mut state, ChildKind::Snapshots(name)).await?;
         }
@@ -352,7 +336,7 @@ impl Actor for ForzeSupervisor {
             }
             SupervisorMsg::Respawn(kind) => {
                 state.restarting = state.restarting.saturating_sub(1);
-                if state.shared.shutting_down.load(Ordering::Acquire) {
+                if state.shared.gate.is_closed() {
                     return Ok(());
                 }
                 // Anyone may send Respawn: never start a second incarnation of a running child.
@@ -433,7 +417,7 @@ impl Actor for ForzeSupervisor {
         let Some((kind, _)) = state.children.remove(&cell.get_id()) else {
             return Ok(());
         };
-        if state.shared.shutting_down.load(Ordering::Acquire) {
+        if state.shared.gate.is_closed() {
             return Ok(());
         }
         self.on_child_down(&myself, state, kind, why).await

@@ -13,26 +13,31 @@
 //!   jittered exponential backoff of `[redis.reconnect]` and confirms tracking again before
 //!   the L1s accept fills.
 //!
-//! When the actor stops or fails, its task is aborted and a guard flushes every L1 untrusted:
-//! a dead subscriber can never leave an L1 serving entries nobody invalidates.
+//! What it keeps coherent, and the trust that lets the L1s serve, are the core's
+//! [`Tracked`] and [`Trust`]: trust exists only while a confirmed session runs, and dropping
+//! it flushes. When the actor stops or fails, its task is aborted and a guard flushes every L1
+//! untrusted at once: a dead subscriber can never leave an L1 serving entries nobody
+//! invalidates.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forze_redis::cache::l1::{FlushReason, L1};
-use forze_redis::cache::topology::{Topology, TopologyWatch, TrackingSource};
-use forze_redis::cache::tracking::{deoverlap, TrackingConnection, TrackingEvent};
-use forze_redis::cache::Cache;
+use forze_redis::cache::l1::FlushReason;
+use forze_redis::runtime::AbortOnDrop;
+use forze_redis::tracking::connection::{TrackingConnection, TrackingEvent};
+use forze_redis::tracking::topology::{Topology, TopologyWatch, TrackingSource};
+use forze_redis::tracking::{Tracked, Trust};
 use forze_redis::Error;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::pool::AbortOnDrop;
 use crate::shared::Shared;
 
 /// Messages of the tracking subscriber.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum TrackingMsg {
     /// Report statistics.
     Stats(RpcReplyPort<TrackingStats>),
@@ -43,7 +48,7 @@ pub enum TrackingMsg {
 
 /// Events of the tracking subscriber, counted across its restarts.
 #[derive(Debug, Default)]
-pub struct TrackingCounters {
+pub(crate) struct TrackingCounters {
     confirmations: AtomicU64,
     losses: AtomicU64,
     connect_failures: AtomicU64,
@@ -57,7 +62,8 @@ pub struct TrackingCounters {
 }
 
 /// A copy of the tracking subscriber's statistics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TrackingStats {
     /// Whether tracking is confirmed on a live connection now.
     pub confirmed: bool,
@@ -84,9 +90,12 @@ pub struct TrackingStats {
 pub struct TrackingSubscriber;
 
 /// Flushes every L1 untrusted when dropped: the incarnation that kept them coherent is gone.
+/// (Its task's [`Trust`] would flush too, but only once the aborted task is next polled; this
+/// guard does it at once, in the actor's own stop.)
 #[derive(Debug)]
 struct FlushOnDrop {
     shared: Arc<Shared>,
+    tracked: Tracked,
     stopped: Arc<AtomicBool>,
 }
 
@@ -98,12 +107,7 @@ impl Drop for FlushOnDrop {
             .tracking_stats
             .confirmed
             .store(false, Ordering::Release);
-        for l1 in l1s(&self.shared).into_iter().map(|(_, l1)| l1) {
-            l1.flush(FlushReason::SubscriberRestart, false);
-        }
-        for b in self.shared.breakers.values() {
-            b.set_tracked(false);
-        }
+        self.tracked.lose(FlushReason::SubscriberRestart);
     }
 }
 
@@ -116,27 +120,6 @@ pub struct TrackingState {
     shared: Arc<Shared>,
 }
 
-/// The L1s of this supervisor with the prefix each owns.
-fn l1s(shared: &Shared) -> Vec<(String, Arc<L1>)> {
-    shared
-        .caches
-        .values()
-        .filter(|c| !c.is_routed())
-        .filter_map(|c| c.l1().map(|l1| (c.tracking_prefix(), l1.clone())))
-        .collect()
-}
-
-/// The caches with an L1, by the prefix each owns: invalidations are routed through the
-/// cache, which maps a Redis key to its L1 key.
-fn tracked_caches(shared: &Shared) -> Vec<(String, Arc<Cache>)> {
-    shared
-        .caches
-        .values()
-        .filter(|c| c.l1().is_some() && !c.is_routed())
-        .map(|c| (c.tracking_prefix(), c.clone()))
-        .collect()
-}
-
 impl Actor for TrackingSubscriber {
     type Msg = TrackingMsg;
     type State = TrackingState;
@@ -147,32 +130,26 @@ impl Actor for TrackingSubscriber {
         _myself: ActorRef<TrackingMsg>,
         shared: Arc<Shared>,
     ) -> Result<TrackingState, ActorProcessingErr> {
-        // A new incarnation knows nothing of what happened before it: start from empty.
+        let tracked = Tracked::of(&shared);
+        // A new incarnation knows nothing of what happened before it: start from empty. The
+        // first one starts with empty, untrusted L1s; a later one flushes again (the dying one
+        // already did, through its guard) in case anything slipped in between. Either way,
+        // nothing is trusted until this one confirms.
+        if shared.tracking_stats.started.swap(true, Ordering::AcqRel) {
+            tracked.lose(FlushReason::SubscriberRestart);
+        } else {
+            tracked.start_untrusted();
+        }
         let stopped = Arc::new(AtomicBool::new(false));
         let flush = FlushOnDrop {
             shared: shared.clone(),
+            tracked: tracked.clone(),
             stopped: stopped.clone(),
         };
-        // The first incarnation starts with empty, untrusted L1s; a later one flushes again
-        // (the dying one already did, through its guard) in case anything slipped in between.
-        if shared.tracking_stats.started.swap(true, Ordering::AcqRel) {
-            for (_, l1) in l1s(&shared) {
-                l1.flush(FlushReason::SubscriberRestart, false);
-            }
-        }
-        // Whatever a dying incarnation's task did last, nothing is tracked until this one
-        // confirms.
-        for b in shared.breakers.values() {
-            b.set_tracked(false);
-        }
-        let targets = l1s(&shared);
-        let mut all_prefixes: Vec<String> = targets.iter().map(|(p, _)| p.clone()).collect();
-        all_prefixes.extend(shared.breakers.values().map(|b| b.tracking_prefix()));
-        let prefixes = deoverlap(&all_prefixes);
+        let prefixes = tracked.prefixes();
         let task = AbortOnDrop(tokio::spawn(run(
             shared.clone(),
-            targets,
-            tracked_caches(&shared),
+            tracked,
             prefixes.clone(),
             stopped,
         )));
@@ -217,8 +194,7 @@ impl Actor for TrackingSubscriber {
 /// change flush and start again. Runs until aborted.
 async fn run(
     shared: Arc<Shared>,
-    l1s: Vec<(String, Arc<L1>)>,
-    caches: Vec<(String, Arc<Cache>)>,
+    tracked: Tracked,
     prefixes: Vec<String>,
     stopped: Arc<AtomicBool>,
 ) {
@@ -235,20 +211,9 @@ async fn run(
                 if stopped.load(Ordering::Acquire) {
                     return;
                 }
-                for (_, l1) in &l1s {
-                    l1.confirm();
-                }
-                for b in shared.breakers.values() {
-                    b.set_tracked(true);
-                }
+                let trust: Trust = tracked.confirm();
                 if stopped.load(Ordering::Acquire) {
-                    // The incarnation stopped while we confirmed: undo.
-                    for (_, l1) in &l1s {
-                        l1.flush(FlushReason::SubscriberRestart, false);
-                    }
-                    for b in shared.breakers.values() {
-                        b.set_tracked(false);
-                    }
+                    // The incarnation stopped while we confirmed: dropping the trust undoes it.
                     return;
                 }
                 stats.primaries.store(conns.len() as u64, Ordering::Relaxed);
@@ -259,41 +224,25 @@ async fn run(
                     primaries = conns.len(),
                     "cache tracking confirmed"
                 );
-                // By the prefix each owns, computed once, not per invalidated key.
-                let breakers: Vec<_> = shared
-                    .breakers
-                    .values()
-                    .map(|b| (b.tracking_prefix(), b.clone()))
-                    .collect();
                 let why = serve(
                     conns,
                     watch.map(|w| (source, w, topology)),
-                    &l1s,
-                    &caches,
-                    &breakers,
+                    &tracked,
                     stats,
                     redis,
                 )
                 .await;
                 stats.confirmed.store(false, Ordering::Release);
-                let reason = match why {
-                    Lost::TopologyChanged => FlushReason::TopologyChanged,
-                    Lost::Connection(_) => FlushReason::TrackingLost,
-                };
-                for (_, l1) in &l1s {
-                    l1.flush(reason, false);
-                }
-                for b in shared.breakers.values() {
-                    b.set_tracked(false);
-                }
                 match why {
                     Lost::TopologyChanged => {
+                        trust.end(FlushReason::TopologyChanged);
                         stats.topology_changes.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("topology changed; every L1 flushed, re-tracking");
                         // The new primaries are known: re-track at once.
                         continue;
                     }
                     Lost::Connection(e) => {
+                        trust.end(FlushReason::TrackingLost);
                         stats.losses.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "cache tracking lost; every L1 flushed");
                     }
@@ -391,9 +340,7 @@ async fn read_connection(
 async fn serve(
     conns: Vec<TrackingConnection>,
     mut watch: Option<(&TrackingSource, TopologyWatch, Topology)>,
-    l1s: &[(String, Arc<L1>)],
-    caches: &[(String, Arc<Cache>)],
-    breakers: &[(String, Arc<forze_redis::breaker::Breakers>)],
+    tracked: &Tracked,
     stats: &TrackingCounters,
     redis: &forze_redis::config::RedisConfig,
 ) -> Lost {
@@ -420,22 +367,12 @@ async fn serve(
                 Some(Heard::Invalidate(keys)) => {
                     stats.invalidated_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
                     for key in &keys {
-                        if let Some((_, cache)) = caches.iter().find(|(p, _)| key.starts_with(p.as_str())) {
-                            cache.apply_invalidation(key);
-                        } else if let Some(b) = breakers.iter().find(|(p, _)| key.starts_with(p.as_str())) {
-                            b.1.apply_invalidation(key);
-                        }
+                        tracked.invalidate(key);
                     }
                 }
                 Some(Heard::Flush) => {
                     stats.server_flushes.fetch_add(1, Ordering::Relaxed);
-                    for (_, b) in breakers {
-                        b.flush_cache();
-                    }
-                    for (_, l1) in l1s {
-                        // Tracking itself is intact: stay trusted, refuse fills in flight.
-                        l1.flush(FlushReason::ServerFlush, true);
-                    }
+                    tracked.server_flushed();
                     tracing::info!("server flush seen; every L1 flushed");
                 }
                 Some(Heard::Lost(e)) => return Lost::Connection(e),

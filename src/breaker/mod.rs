@@ -10,7 +10,7 @@
 //!   same rules (counted, traced) and goes back to Redis on the next call. No Redis error ever
 //!   escapes `admit` or `record`.
 //! - **Events.** Every transition the script reports is traced and sent on a broadcast channel
-//!   ([`Breakers::transitions`]).
+//!   ([`Breaker::transitions`]).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use crate::config::BreakerConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::keys::KeySpace;
+use crate::runtime::Gate;
 use crate::scripts::BREAKER;
 
 /// A breaker's phase.
@@ -48,18 +49,7 @@ impl Phase {
     }
 }
 
-/// Where a decision was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecidedBy {
-    /// The script on Redis (one round trip).
-    Redis,
-    /// This replica's memory of a recent Redis answer (no round trip).
-    Cache,
-    /// The local fallback breaker, because Redis could not be reached.
-    Fallback,
-    /// Embedded mode's local breaker.
-    Local,
-}
+pub use crate::decided_by::DecidedBy;
 
 /// An admission decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +109,7 @@ struct Counters {
 
 /// A copy of one policy's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerStats {
     /// Admission decisions.
     pub admits: u64,
@@ -131,8 +122,22 @@ pub struct BreakerStats {
 }
 
 /// One breaker policy: a breaker per route.
+#[derive(Debug, Clone)]
+pub struct Breaker(Arc<BreakerState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for Breaker {
+    type Target = BreakerState;
+    fn deref(&self) -> &BreakerState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`Breaker`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct Breakers {
+pub struct BreakerState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     /// Same namespace, the `breaker-counts` kind: outcome counts, apart from the state.
@@ -155,16 +160,17 @@ pub struct Breakers {
     args: [String; 6],
 }
 
-impl Breakers {
+impl Breaker {
     /// A policy on Redis (`conn` is `Some`) or on local state.
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &BreakerConfig,
         conn: Option<Arc<RedisConnection>>,
         clock: SharedClock,
+        gate: Gate,
     ) -> Self {
-        let ms = |d: Duration| d.as_millis().max(1).to_string();
+        let ms = |d: Duration| crate::time::ttl_millis(d).to_string();
         let ttl = config
             .window
             .max(config.break_duration)
@@ -175,7 +181,8 @@ impl Breakers {
             crate::keys::ResourceKind::BreakerCounts,
             space.namespace().clone(),
         );
-        Breakers {
+        Breaker(Arc::new(BreakerState {
+            gate,
             counts_space,
             epoch: AtomicU64::new(0),
             tracked: AtomicBool::new(false),
@@ -196,7 +203,7 @@ impl Breakers {
             local: DashMap::new(),
             counters: Counters::default(),
             events: broadcast::channel(256).0,
-        }
+        }))
     }
 
     /// The policy name.
@@ -285,6 +292,7 @@ impl Breakers {
 
     /// Whether a call on `route` may go ahead. Never a Redis error.
     pub async fn admit(&self, route: &str) -> Result<Admission> {
+        self.gate.check("breaker.admit")?;
         let key = self.key(route)?;
         self.counters.admits.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
@@ -320,6 +328,7 @@ impl Breakers {
 
     /// Record the outcome of an admitted call. Never a Redis error.
     pub async fn record(&self, route: &str, ok: bool) -> Result<Phase> {
+        self.gate.check("breaker.record")?;
         let key = self.key(route)?;
         let action = if ok { "ok" } else { "fail" };
         Ok(match &self.conn {
@@ -340,6 +349,9 @@ impl Breakers {
     where
         F: std::future::Future<Output = std::result::Result<T, E>>,
     {
+        self.gate
+            .check("breaker.call")
+            .map_err(CallError::Breaker)?;
         let a = self.admit(route).await.map_err(CallError::Breaker)?;
         if !a.allowed {
             return Err(CallError::Breaker(Error::CircuitOpen {
@@ -351,19 +363,22 @@ impl Breakers {
         out.map_err(CallError::Call)
     }
 
-    /// Open the breaker of `route` fleet-wide until [`Breakers::reset`]. Admin operation: a
+    /// Open the breaker of `route` fleet-wide until [`Breaker::reset`]. Admin operation: a
     /// Redis error is returned.
     pub async fn force_open(&self, route: &str) -> Result<()> {
+        self.gate.check("breaker.force_open")?;
         self.admin(route, "force_open").await
     }
 
-    /// Hold the breaker of `route` closed fleet-wide until [`Breakers::reset`].
+    /// Hold the breaker of `route` closed fleet-wide until [`Breaker::reset`].
     pub async fn force_close(&self, route: &str) -> Result<()> {
+        self.gate.check("breaker.force_close")?;
         self.admin(route, "force_closed").await
     }
 
     /// Clear any forcing and counts: closed, fleet-wide.
     pub async fn reset(&self, route: &str) -> Result<()> {
+        self.gate.check("breaker.reset")?;
         self.admin(route, "reset").await
     }
 
@@ -638,7 +653,7 @@ impl Breakers {
     }
 }
 
-/// The error of [`Breakers::call`].
+/// The error of [`Breaker::call`].
 #[derive(Debug, thiserror::Error)]
 pub enum CallError<E> {
     /// The breaker refused the call (or its input was invalid).

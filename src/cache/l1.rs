@@ -96,6 +96,7 @@ pub struct L1Counters {
 
 /// A copy of an L1's statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct L1Stats {
     /// Reads served from the L1.
     pub hits: u64,
@@ -200,7 +201,7 @@ impl L1 {
     }
 
     /// A ticket for a read of `key` about to be sent; `None` while untrusted (no fill then).
-    pub fn ticket(&self, key: &str) -> Option<FillTicket> {
+    pub(crate) fn ticket(&self, key: &str) -> Option<FillTicket> {
         // Epochs first, trust last: a loss that happens in between is caught by the epoch.
         let stripe = self.stripe(key);
         let ticket = FillTicket {
@@ -214,7 +215,7 @@ impl L1 {
     /// Insert `entry` for `key` if nothing invalidated it since `ticket` was taken. The entry
     /// lives for the L1 TTL, capped by `server_ttl` (the key's PTTL read with the value) minus
     /// a margin, so it never outlives the Redis entry. Returns whether it was inserted.
-    pub fn fill(
+    pub(crate) fn fill(
         &self,
         ticket: FillTicket,
         key: &str,
@@ -315,7 +316,7 @@ impl L1 {
     }
 
     /// Evict `key` and refuse fills of it that are in flight.
-    pub fn invalidate(&self, key: &str) {
+    pub(crate) fn invalidate(&self, key: &str) {
         let stripe = self.stripe(key);
         self.stripes[stripe].fetch_add(1, Ordering::AcqRel);
         if let Some((_, slot)) = self.map.remove(key) {
@@ -337,7 +338,7 @@ impl L1 {
 
     /// Empty the L1 and refuse every fill in flight. With `trusted = false` no fill happens
     /// until [`L1::confirm`].
-    pub fn flush(&self, reason: FlushReason, trusted: bool) {
+    pub(crate) fn flush(&self, reason: FlushReason, trusted: bool) {
         if !trusted {
             self.trusted.store(false, Ordering::Release);
         }
@@ -354,7 +355,7 @@ impl L1 {
     }
 
     /// Tracking is confirmed on a live connection: fills may resume.
-    pub fn confirm(&self) {
+    pub(crate) fn confirm(&self) {
         // A fill ticketed before this point was ticketed while untrusted and never fills.
         self.global.fetch_add(1, Ordering::AcqRel);
         self.trusted.store(true, Ordering::Release);

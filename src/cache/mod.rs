@@ -7,8 +7,6 @@
 //! | [`l1`] | the in-process L1: bounds, deadlines, race-safe fills, trust |
 //! | [`redis`] | the Redis store: pipelined reads and writes, the versioned-write script |
 //! | [`local`] | the process-local store for embedded mode |
-//! | [`tracking`] | the RESP3 tracking connection the subscriber actor drives |
-//! | [`topology`] | the primaries to track behind a URL (single, cluster, sentinel), polled for changes |
 //!
 //! # Contract
 //! - Values are serde values (JSON) or raw bytes that round-trip exactly.
@@ -27,8 +25,6 @@ pub mod codec;
 pub mod l1;
 pub mod local;
 pub mod redis;
-pub mod topology;
-pub mod tracking;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -47,15 +43,11 @@ use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{key_tenant, push_escaped, unescape_part, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
+use crate::runtime::Gate;
 use codec::Entry;
-use l1::{L1Stats, L1};
+use l1::{FlushReason, L1Stats, L1};
 use local::LocalCacheStore;
 use redis::{Read, RedisCacheStore};
-
-/// Milliseconds for `PX`/`PEXPIRE`, at least 1.
-pub(crate) fn ttl_millis(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
-}
 
 /// The key of one cache entry: the caller's key and, for tenant-aware namespaces, the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -118,6 +110,7 @@ struct Counters {
 
 /// A copy of one namespace's statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Keys read (a batch counts each key).
     pub reads: u64,
@@ -159,9 +152,29 @@ impl std::fmt::Debug for Store {
 
 type LoadResult = Option<std::result::Result<Bytes, String>>;
 
-/// One cache namespace.
+/// One cache namespace: the handle users call from any task. Cheap to clone (every clone
+/// shares the same L1, statistics and single-flight table); see the module docs for the
+/// contract and `docs/cache.md` for the guarantees.
+///
+/// Every method runs on the caller's task: an L1 hit is a map lookup, a miss goes to Redis
+/// through a clone of the pool. Nothing waits on an actor's mailbox. After shutdown has begun
+/// every operation returns `Unavailable`.
+#[derive(Debug, Clone)]
+pub struct Cache(Arc<CacheState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for Cache {
+    type Target = CacheState;
+    fn deref(&self) -> &CacheState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`Cache`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct Cache {
+pub struct CacheState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     tenant_aware: bool,
@@ -198,22 +211,30 @@ thread_local! {
 
 impl Cache {
     /// A cache namespace on Redis (`redis` is `Some`) or on local state. The L1 exists only
-    /// on Redis and only when configured; it starts untrusted until the tracking subscriber
-    /// confirms tracking.
-    pub fn new(
+    /// on Redis and only when configured; it starts untrusted until the tracking session
+    /// confirms it. A routed namespace (`router` is `Some`) is tenant-aware, and its L1, if
+    /// any, is not tracked (a routed endpoint has no tracking session): it is trusted from the
+    /// start and lives by its TTL only.
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &CacheConfig,
         redis: Option<RedisCacheStore>,
+        router: Option<Arc<Router>>,
+        gate: Gate,
     ) -> Self {
         let l1 = match (&redis, &config.l1) {
             (Some(_), Some(l1)) => Some(Arc::new(L1::new(l1.ttl, l1.max_entries, l1.max_bytes))),
             _ => None,
         };
-        Cache {
+        if let (Some(l1), Some(_)) = (&l1, &router) {
+            l1.confirm();
+        }
+        Cache(Arc::new(CacheState {
+            gate,
             name: name.into(),
             space,
-            tenant_aware: config.tenant_aware,
+            tenant_aware: config.tenant_aware || router.is_some(),
             ttl: config.ttl,
             sliding_ttl: config.sliding_ttl,
             store: match redis {
@@ -221,22 +242,10 @@ impl Cache {
                 None => Store::Local(LocalCacheStore::new()),
             },
             l1,
-            router: None,
+            router,
             counters: Counters::default(),
             inflight: DashMap::new(),
-        }
-    }
-
-    /// This namespace routed by tenant through `router` (for `routed = true`). Its L1, if
-    /// any, is not tracked (a routed endpoint has no tracking subscriber): it is trusted from
-    /// the start and lives by its TTL only.
-    pub fn with_router(mut self, router: Arc<Router>) -> Self {
-        self.tenant_aware = true;
-        if let Some(l1) = &self.l1 {
-            l1.confirm();
-        }
-        self.router = Some(router);
-        self
+        }))
     }
 
     /// Whether this namespace is routed by tenant (its L1, if any, is TTL-only).
@@ -303,9 +312,47 @@ impl Cache {
         &self.space
     }
 
-    /// The L1, when the namespace has one.
-    pub fn l1(&self) -> Option<&Arc<L1>> {
-        self.l1.as_ref()
+    /// The L1, when the namespace has one: read-only diagnostics for benchmarks (its
+    /// trust and contents change only through the tracking session).
+    #[doc(hidden)]
+    pub fn l1(&self) -> Option<&L1> {
+        self.l1.as_deref()
+    }
+
+    /// Whether the namespace has an L1.
+    pub fn has_l1(&self) -> bool {
+        self.l1.is_some()
+    }
+
+    /// Empty this process's L1 of the namespace (an operator's action; the tracking session
+    /// flushes by itself whenever coherence is at risk). Trust is kept.
+    pub fn flush_l1(&self) {
+        self.l1_flush(FlushReason::Manual, true);
+    }
+
+    /// Remove expired L1 entries (the cache actor's timer).
+    #[doc(hidden)]
+    pub fn sweep_l1(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.sweep();
+        }
+    }
+
+    pub(crate) fn l1_flush(&self, reason: FlushReason, trusted: bool) {
+        if let Some(l1) = &self.l1 {
+            l1.flush(reason, trusted);
+        }
+    }
+
+    pub(crate) fn l1_confirm(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.confirm();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn l1_is_trusted(&self) -> bool {
+        self.l1.as_ref().is_some_and(|l1| l1.is_trusted())
     }
 
     /// The prefix every key of this namespace starts with: what the tracking subscriber asks
@@ -530,6 +577,7 @@ impl Cache {
 
     /// The value of `key`, or `None` (missing, expired, corrupt, or Redis unreachable).
     pub async fn get<T: DeserializeOwned>(&self, key: &CacheKey) -> Result<Option<T>> {
+        self.gate.check("cache.get")?;
         let entry = self.read_one("cache.get", key).await?;
         Ok(self.decode_or_count(entry))
     }
@@ -537,6 +585,7 @@ impl Cache {
     /// The stored bytes of `key` exactly as written with [`Cache::set_bytes`] (or the JSON of
     /// a serde value).
     pub async fn get_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>> {
+        self.gate.check("cache.get")?;
         // The hit path is written out here so that no inner future is built for it.
         if let Some(entry) = self.l1_lookup(key)? {
             cooperate().await;
@@ -553,6 +602,7 @@ impl Cache {
         &self,
         key: &CacheKey,
     ) -> Result<Option<(u64, T)>> {
+        self.gate.check("cache.get")?;
         let entry = self.read_one("cache.get", key).await?;
         let version = entry.as_ref().and_then(|e| e.version);
         Ok(version.zip(self.decode_or_count(entry)))
@@ -560,6 +610,7 @@ impl Cache {
 
     /// The values of `keys` in input order, in one round trip for those not in the L1.
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[CacheKey]) -> Result<Vec<Option<T>>> {
+        self.gate.check("cache.get_many")?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -573,6 +624,7 @@ impl Cache {
 
     /// Whether `key` holds an entry (fails open to `false`).
     pub async fn exists(&self, key: &CacheKey) -> Result<bool> {
+        self.gate.check("cache.exists")?;
         if self.l1_lookup(key)?.is_some() {
             return Ok(true);
         }
@@ -649,6 +701,7 @@ impl Cache {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<()> {
+        self.gate.check("cache.set")?;
         let stored = codec::encode_json(None, value)?;
         self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
             .await
@@ -661,6 +714,7 @@ impl Cache {
         bytes: &[u8],
         ttl: Option<Duration>,
     ) -> Result<()> {
+        self.gate.check("cache.set")?;
         let stored = codec::encode_raw(None, bytes);
         self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
             .await
@@ -672,6 +726,7 @@ impl Cache {
         entries: &[(CacheKey, T)],
         ttl: Option<Duration>,
     ) -> Result<()> {
+        self.gate.check("cache.set_many")?;
         let mut stored = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             stored.push((self.redis_key(key)?, codec::encode_json(None, value)?));
@@ -688,6 +743,7 @@ impl Cache {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<bool> {
+        self.gate.check("cache.set_versioned")?;
         let stored = codec::encode_json(Some(version), value)?;
         let rkey = self.redis_key(key)?;
         self.write_versioned("cache.set_versioned", rkey, version, stored, ttl)
@@ -734,6 +790,7 @@ impl Cache {
         entries: &[(CacheKey, u64, T)],
         ttl: Option<Duration>,
     ) -> Result<Vec<bool>> {
+        self.gate.check("cache.set_many_versioned")?;
         let mut prepared = Vec::with_capacity(entries.len());
         for (key, version, value) in entries {
             prepared.push((
@@ -753,14 +810,33 @@ impl Cache {
             .collect()
     }
 
-    /// Remove `key`: `hard` uses `DEL` (memory reclaimed before the reply), otherwise
-    /// `UNLINK` (reclaimed in the background). Returns whether it existed.
-    pub async fn delete(&self, key: &CacheKey, hard: bool) -> Result<bool> {
-        Ok(self.delete_many(std::slice::from_ref(key), hard).await? > 0)
+    /// Remove `key` with `DEL` (its memory is reclaimed before the reply). Returns whether
+    /// it existed.
+    pub async fn delete(&self, key: &CacheKey) -> Result<bool> {
+        self.gate.check("cache.delete")?;
+        Ok(self.remove(std::slice::from_ref(key), true).await? > 0)
     }
 
-    /// Remove `keys` in one round trip; how many existed.
-    pub async fn delete_many(&self, keys: &[CacheKey], hard: bool) -> Result<u64> {
+    /// Remove `key` with `UNLINK` (its memory is reclaimed in the background: cheaper for
+    /// large values). Returns whether it existed.
+    pub async fn unlink(&self, key: &CacheKey) -> Result<bool> {
+        self.gate.check("cache.unlink")?;
+        Ok(self.remove(std::slice::from_ref(key), false).await? > 0)
+    }
+
+    /// Remove `keys` with `DEL` in one round trip; how many existed.
+    pub async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
+        self.gate.check("cache.delete")?;
+        self.remove(keys, true).await
+    }
+
+    /// Remove `keys` with `UNLINK` in one round trip; how many existed.
+    pub async fn unlink_many(&self, keys: &[CacheKey]) -> Result<u64> {
+        self.gate.check("cache.unlink")?;
+        self.remove(keys, false).await
+    }
+
+    async fn remove(&self, keys: &[CacheKey], hard: bool) -> Result<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -802,6 +878,7 @@ impl Cache {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: std::fmt::Display,
     {
+        self.gate.check("cache.get_or_load")?;
         let mut loader = Some(loader);
         // A leader that is cancelled wakes its followers empty-handed; they then retry, one
         // of them leading. Bounded: every round either returns or sees a cancelled leader.
@@ -924,7 +1001,14 @@ mod tests {
             l1: Some(L1Config::default()),
             ..CacheConfig::default()
         };
-        Cache::new("docs", space, &config, Some(RedisCacheStore::new(conn)))
+        Cache::new(
+            "docs",
+            space,
+            &config,
+            Some(RedisCacheStore::new(conn)),
+            None,
+            Gate::default(),
+        )
     }
 
     #[test]

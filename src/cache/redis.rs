@@ -16,7 +16,7 @@ use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::CACHE_SET_VERSIONED;
 
-use super::ttl_millis;
+use crate::time::ttl_millis;
 
 /// What one read of one key returned.
 #[derive(Debug, Clone, Default)]
@@ -90,7 +90,7 @@ impl RedisCacheStore {
             }
             if let Some(slide) = slide {
                 pipeline
-                    .pexpire::<(), _>(*key, ttl_millis(slide), Some(ExpireOptions::GT))
+                    .pexpire::<(), _>(*key, ttl_millis(slide) as i64, Some(ExpireOptions::GT))
                     .await
                     .map_err(err)?;
             }
@@ -128,7 +128,7 @@ impl RedisCacheStore {
             .client(op)?
             .with_options(self.conn.options(Access::IdempotentWrite));
         let err = |e| self.conn.error(op, Access::IdempotentWrite, e);
-        let px = Some(Expiration::PX(ttl_millis(ttl)));
+        let px = Some(Expiration::PX(ttl_millis(ttl) as i64));
         if let [(key, stored)] = entries {
             return client
                 .set::<(), _, _>(*key, stored.clone(), px, None, false)
@@ -165,7 +165,7 @@ impl RedisCacheStore {
                 vec![
                     Value::Bytes(stored),
                     Value::from(version),
-                    Value::Integer(ttl_millis(ttl)),
+                    Value::Integer(ttl_millis(ttl) as i64),
                 ],
             )
             .await?;

@@ -32,6 +32,7 @@ use crate::config::{CounterConfig, Fallback};
 use crate::error::{ConflictReason, Error, ErrorKind, Result};
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
+use crate::runtime::Gate;
 
 /// Which counter of a resource: an optional tenant and an optional suffix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -97,6 +98,7 @@ pub struct CounterStats {
 
 /// A point-in-time copy of [`CounterStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CounterStatsSnapshot {
     /// Operations attempted.
     pub ops: u64,
@@ -117,9 +119,27 @@ impl CounterStats {
     }
 }
 
-/// One configured counter resource.
+/// One configured counter resource: the handle users call from any task. Cheap to clone.
+///
+/// Concurrent increments from any number of tasks and replicas are atomic and distinct,
+/// [`incr_batch`](Self::incr_batch) ranges included. After shutdown has begun every
+/// operation returns `Unavailable`.
+#[derive(Debug, Clone)]
+pub struct Counter(Arc<CounterState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for Counter {
+    type Target = CounterState;
+    fn deref(&self) -> &CounterState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`Counter`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct Counter {
+pub struct CounterState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     tenant_aware: bool,
@@ -133,31 +153,29 @@ pub struct Counter {
 
 impl Counter {
     /// A counter resource. `redis` is `None` in embedded local mode; `local` is the
-    /// process-local store, shared by the supervisor so that it survives actor restarts.
-    pub fn new(
+    /// process-local store, shared by the runtime so that it survives actor restarts;
+    /// `router` is set for `routed = true` (each tenant's counters go to its endpoint).
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &CounterConfig,
         redis: Option<RedisCounterStore>,
         local: LocalCounterStore,
+        router: Option<Arc<Router>>,
+        gate: Gate,
     ) -> Self {
-        Counter {
+        Counter(Arc::new(CounterState {
+            gate,
             name: name.into(),
             space,
             // Routing is by tenant: a routed resource needs one on every call.
             tenant_aware: config.tenant_aware || config.routed,
             fallback: config.fallback,
             redis,
-            router: None,
+            router,
             local,
             stats: CounterStats::default(),
-        }
-    }
-
-    /// This resource routed by tenant through `router` (for `routed = true`).
-    pub fn with_router(mut self, router: Arc<Router>) -> Self {
-        self.router = Some(router);
-        self
+        }))
     }
 
     /// The resource name.
@@ -215,8 +233,13 @@ impl Counter {
         }
     }
 
-    /// Set the value; returns it. Use [`checked_value`] to range-check wider inputs first.
-    pub async fn reset(&self, id: &CounterId, value: i64) -> Result<i64> {
+    /// Set the value; returns it. Values outside `i64` (`u64::MAX`, an `i128`…) are refused
+    /// with a `Validation` error before anything is sent.
+    pub async fn reset<V>(&self, id: &CounterId, value: V) -> Result<i64>
+    where
+        V: TryInto<i64> + std::fmt::Display + Copy,
+    {
+        let value = checked_value(value)?;
         match self
             .run(id.tenant.as_ref(), self.key(id), Op::Reset(value))
             .await?
@@ -270,6 +293,7 @@ impl Counter {
     /// state in embedded mode, falling back to local state when configured and Redis is
     /// unavailable; count and trace it. A `target` error (validation) is returned before I/O.
     async fn run(&self, tenant: Option<&TenantId>, target: Result<String>, op: Op) -> Result<Out> {
+        self.gate.check(op.gate_name())?;
         let span = tracing::debug_span!(
             "forze.counter",
             resource = %self.name,
@@ -349,6 +373,17 @@ enum Op {
 }
 
 impl Op {
+    fn gate_name(self) -> &'static str {
+        match self {
+            Op::Incr(_) => "counter.incr",
+            Op::Decr(_) => "counter.decr",
+            Op::Batch(_) => "counter.incr_batch",
+            Op::Get => "counter.get",
+            Op::Reset(_) => "counter.reset",
+            Op::List => "counter.list",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Op::Incr(_) => "incr",

@@ -21,6 +21,7 @@ pub mod local;
 pub mod redis;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ use crate::config::IdempotencyConfig;
 use crate::error::{ConflictReason, Error, Result};
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
+use crate::runtime::Gate;
 use local::LocalIdempotencyStore;
 use redis::RedisIdempotencyStore;
 
@@ -134,8 +136,22 @@ enum Store {
 }
 
 /// One configured idempotency resource.
+#[derive(Debug, Clone)]
+pub struct Idempotency(Arc<IdempotencyState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for Idempotency {
+    type Target = IdempotencyState;
+    fn deref(&self) -> &IdempotencyState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`Idempotency`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct Idempotency {
+pub struct IdempotencyState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     tenant_aware: bool,
@@ -152,14 +168,16 @@ fn conflict(op: &'static str, reason: ConflictReason) -> Error {
 
 impl Idempotency {
     /// A resource on Redis (`redis` is `Some`) or on local state (embedded mode).
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &IdempotencyConfig,
         redis: Option<RedisIdempotencyStore>,
         local: LocalIdempotencyStore,
+        gate: Gate,
     ) -> Self {
-        Idempotency {
+        Idempotency(Arc::new(IdempotencyState {
+            gate,
             name: name.into(),
             space,
             tenant_aware: config.tenant_aware,
@@ -168,7 +186,7 @@ impl Idempotency {
                 Some(r) => Store::Redis(r),
                 None => Store::Local(local),
             },
-        }
+        }))
     }
 
     /// The resource name.
@@ -224,6 +242,7 @@ impl Idempotency {
     /// used with another payload (checked first); `Conflict(InProgress)` at once when another
     /// attempt holds a live claim (never a silent wait: see [`Idempotency::begin_wait`]).
     pub async fn begin(&self, req: &IdemRequest) -> Result<Begin> {
+        self.gate.check("idempotency.begin")?;
         let key = self.record_key(req)?;
         let owner = new_owner();
         let reply = self.begin_once(&key, req, &owner).await?;
@@ -235,6 +254,7 @@ impl Idempotency {
     /// (then replay its result) or to be released or abandoned (then claim). Still
     /// `Conflict(InProgress)` if neither happens in time.
     pub async fn begin_wait(&self, req: &IdemRequest, max_wait: Duration) -> Result<Begin> {
+        self.gate.check("idempotency.begin")?;
         let key = self.record_key(req)?;
         let owner = new_owner();
         let deadline = Instant::now() + max_wait;
@@ -257,6 +277,7 @@ impl Idempotency {
     /// Store `result` for the claim. `Conflict(NotOwner)` when the claim is not the caller's
     /// any more (taken over after its lease, or expired): the result is not stored.
     pub async fn commit(&self, claim: &Claim, result: &[u8]) -> Result<()> {
+        self.gate.check("idempotency.commit")?;
         let ok = match &self.store {
             Store::Redis(r) => {
                 Box::pin(r.commit(&claim.key, &claim.owner, result, self.config.retention)).await?
@@ -273,6 +294,7 @@ impl Idempotency {
     /// Give the claim up so a retry can run; whether it was still the caller's (another
     /// owner's claim or a done record is never touched).
     pub async fn fail(&self, claim: &Claim) -> Result<bool> {
+        self.gate.check("idempotency.fail")?;
         match &self.store {
             Store::Redis(r) => Box::pin(r.fail(&claim.key, &claim.owner)).await,
             Store::Local(l) => Ok(l.fail(&claim.key, &claim.owner)),
@@ -294,6 +316,9 @@ impl Idempotency {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
+        self.gate
+            .check("idempotency.run")
+            .map_err(RunError::Idempotency)?;
         let claim = match self.begin(req).await.map_err(RunError::Idempotency)? {
             Begin::Replay(bytes) => {
                 return serde_json::from_slice(&bytes).map_err(|e| {

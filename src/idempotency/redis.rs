@@ -14,15 +14,12 @@ use super::BeginReply;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::{IDEM_BEGIN, IDEM_COMMIT, IDEM_FAIL};
+use crate::time::ttl_millis;
 
 /// Idempotency records on Redis through the shared pool.
 #[derive(Debug, Clone)]
 pub struct RedisIdempotencyStore {
     conn: Arc<RedisConnection>,
-}
-
-fn millis(d: Duration) -> String {
-    d.as_millis().max(1).to_string()
 }
 
 impl RedisIdempotencyStore {
@@ -51,8 +48,8 @@ impl RedisIdempotencyStore {
                 vec![
                     payload_hash.to_string(),
                     owner.to_string(),
-                    millis(lease),
-                    millis(retention),
+                    ttl_millis(lease).to_string(),
+                    ttl_millis(retention).to_string(),
                 ],
             )
             .await?;
@@ -93,7 +90,7 @@ impl RedisIdempotencyStore {
                 vec![
                     Value::from(owner),
                     Value::Bytes(Bytes::copy_from_slice(result)),
-                    Value::from(millis(retention)),
+                    Value::from(ttl_millis(retention).to_string()),
                 ],
             )
             .await?;

@@ -7,16 +7,17 @@
 //! expiry, steal) and stay rising across a server that lost its data, because each token is
 //! `max(last token + 1, server TIME in µs)`: see `docs/locks.md` for the exact guarantee.
 //!
-//! The guard with its lost signal, and the heartbeater that renews leases in batches, live in
-//! the actor crate; this module is what they call.
-//!
 //! | module | what lives there |
 //! |---|---|
+//! | [`lease`] | [`LockGuard`], its lost signal, and the registry of held leases |
+//! | [`renewal`] | batched renewal of every held lease (what the heartbeater runs) |
 //! | [`redis`] | the scripts' callers: acquire, release, batched extend, queries |
 //! | [`local`] | embedded mode's in-process locks (same contract, process-wide only) |
 
+pub mod lease;
 pub mod local;
 pub mod redis;
+pub mod renewal;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 use crate::config::LockConfig;
 use crate::error::{Error, Result};
 use crate::keys::{key_tenant, KeySpace, TenantId};
+use crate::runtime::Gate;
+pub use lease::{LeaseRegistry, LockGuard, LostReason, LostSignal};
 use local::LocalLockStore;
 use redis::RedisLockStore;
 
@@ -99,26 +102,50 @@ pub enum Attempt {
     Held(Option<Duration>),
 }
 
-/// One configured lock resource.
+/// One configured lock resource: the handle users call from any task. Cheap to clone.
+///
+/// [`acquire`](Self::acquire) returns a [`LockGuard`] whose lease is renewed in the
+/// background until it is released or dropped. After shutdown has begun every operation
+/// returns `Unavailable`.
+#[derive(Debug, Clone)]
+pub struct Lock(Arc<LockState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for Lock {
+    type Target = LockState;
+    fn deref(&self) -> &LockState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`Lock`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct Lock {
+pub struct LockState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     tenant_aware: bool,
     config: LockConfig,
     store: Store,
+    /// Every lease held through the runtime's locks (renewed together).
+    leases: Arc<LeaseRegistry>,
 }
 
 impl Lock {
     /// A lock resource on Redis (`redis` is `Some`) or on local state (embedded mode).
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &LockConfig,
         redis: Option<RedisLockStore>,
         local: LocalLockStore,
+        leases: Arc<LeaseRegistry>,
+        gate: Gate,
     ) -> Self {
-        Lock {
+        Lock(Arc::new(LockState {
+            gate,
+            leases,
             name: name.into(),
             space,
             tenant_aware: config.tenant_aware,
@@ -127,7 +154,7 @@ impl Lock {
                 Some(r) => Store::Redis(r),
                 None => Store::Local(local),
             },
-        }
+        }))
     }
 
     /// The resource name.
@@ -160,7 +187,13 @@ impl Lock {
     }
 
     /// Try once. `Ok(None)` when another owner holds it.
-    pub async fn try_acquire(&self, id: &LockId) -> Result<Option<Lease>> {
+    pub async fn try_acquire(&self, id: &LockId) -> Result<Option<LockGuard>> {
+        self.gate.check("lock.acquire")?;
+        let lease = self.try_lease(id).await?;
+        Ok(lease.map(|lease| LockGuard::new(self.clone(), lease)))
+    }
+
+    async fn try_lease(&self, id: &LockId) -> Result<Option<Lease>> {
         let key = self.key(id)?;
         let owner = new_owner();
         let started = Instant::now();
@@ -187,7 +220,17 @@ impl Lock {
     /// Acquire, waiting up to `wait` with jittered exponential retries (`retry_min` doubling
     /// to `retry_max`, never past the wait deadline). `Timeout` when still held after `wait`;
     /// `Unavailable` at once when Redis cannot be reached (never a local lock instead).
-    pub async fn acquire(&self, id: &LockId, wait: Duration) -> Result<Lease> {
+    ///
+    /// The guard's lease is renewed in the background while it lives; its
+    /// [`lost`](LockGuard::lost) signal fires if a renewal finds another owner or the local
+    /// deadline passes unrenewed.
+    pub async fn acquire(&self, id: &LockId, wait: Duration) -> Result<LockGuard> {
+        self.gate.check("lock.acquire")?;
+        let lease = self.lease(id, wait).await?;
+        Ok(LockGuard::new(self.clone(), lease))
+    }
+
+    async fn lease(&self, id: &LockId, wait: Duration) -> Result<Lease> {
         let key = self.key(id)?;
         let owner = new_owner();
         let deadline = Instant::now() + wait;
@@ -218,7 +261,7 @@ impl Lock {
     }
 
     /// Release `lease` if it is still the owner's; whether it was.
-    pub async fn release(&self, lease: &Lease) -> Result<bool> {
+    pub(crate) async fn release(&self, lease: &Lease) -> Result<bool> {
         match &self.store {
             Store::Redis(r) => Box::pin(r.release(&lease.key, &lease.owner)).await,
             Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
@@ -227,7 +270,7 @@ impl Lock {
 
     /// Renew leases (key, owner) for a full lease each; one flag per lease, `false` when it
     /// is lost (another owner, or expired). On Redis: one script call per group.
-    pub async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
+    pub(crate) async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
         match &self.store {
             Store::Redis(r) => Box::pin(r.extend_many(leases, self.config.lease)).await,
             Store::Local(l) => Ok(leases
@@ -238,7 +281,7 @@ impl Lock {
     }
 
     /// How many round-trip calls [`Lock::extend_many`] makes for `leases` (0 locally).
-    pub fn redis_groups(&self, leases: &[(&str, &str)]) -> usize {
+    pub(crate) fn redis_groups(&self, leases: &[(&str, &str)]) -> usize {
         match &self.store {
             Store::Redis(r) => r.extend_calls(leases),
             Store::Local(_) => 0,
@@ -247,11 +290,13 @@ impl Lock {
 
     /// Whether `id` is held by anyone.
     pub async fn is_locked(&self, id: &LockId) -> Result<bool> {
+        self.gate.check("lock.owner")?;
         Ok(self.owner(id).await?.is_some())
     }
 
     /// The current owner of `id` and its token, if held.
     pub async fn owner(&self, id: &LockId) -> Result<Option<(String, u64)>> {
+        self.gate.check("lock.owner")?;
         let key = self.key(id)?;
         match &self.store {
             Store::Redis(r) => Box::pin(r.holder(&key)).await,
@@ -261,6 +306,7 @@ impl Lock {
 
     /// The remaining lease of `id`, if held.
     pub async fn ttl(&self, id: &LockId) -> Result<Option<Duration>> {
+        self.gate.check("lock.ttl")?;
         let key = self.key(id)?;
         match &self.store {
             Store::Redis(r) => Box::pin(r.ttl(&key)).await,
@@ -269,14 +315,44 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// Release a lease by key and owner, as a holder that lost its guard would (owner-checked:
+    /// `Ok(false)` unless `owner` holds it).
+    pub async fn release_as(&self, id: &LockId, owner: &str) -> Result<bool> {
+        self.gate.check("lock.release")?;
+        let lease = Lease {
+            key: self.key(id)?,
+            owner: owner.to_string(),
+            token: 0,
+            started: Instant::now(),
+            lease: self.config.lease,
+        };
+        self.release(&lease).await
+    }
+
+    /// Renew a lease by key and owner (owner-checked).
+    pub async fn extend_as(&self, id: &LockId, owner: &str) -> Result<bool> {
+        self.gate.check("lock.extend")?;
+        let key = self.key(id)?;
+        Ok(self
+            .extend_many(&[(key.as_str(), owner)])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Leases held now through the runtime's locks (every lock resource).
+    pub fn held_leases(&self) -> usize {
+        self.leases.held()
+    }
+}
+
 /// Split a stored lock value `"<token>:<owner>"`.
 pub(crate) fn parse_holder(value: &str) -> Option<(String, u64)> {
     let (token, owner) = value.split_once(':')?;
     Some((owner.to_string(), token.parse().ok()?))
 }
-
-/// Shared handle to the store of a lock resource, for the heartbeater.
-pub type SharedLock = Arc<Lock>;
 
 #[cfg(test)]
 mod tests {

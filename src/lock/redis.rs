@@ -16,6 +16,7 @@ use super::{parse_holder, Attempt};
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::{LOCK_ACQUIRE, LOCK_EXTEND, LOCK_RELEASE};
+use crate::time::ttl_millis;
 
 /// Most leases renewed by one script call: bounds how long one call keeps the server busy.
 pub const EXTEND_BATCH: usize = 10_000;
@@ -24,10 +25,6 @@ pub const EXTEND_BATCH: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct RedisLockStore {
     conn: Arc<RedisConnection>,
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 impl RedisLockStore {
@@ -46,7 +43,7 @@ impl RedisLockStore {
                 Access::IdempotentWrite,
                 &LOCK_ACQUIRE,
                 vec![key.to_string(), format!("{key}:fence")],
-                vec![owner.to_string(), millis(lease).to_string()],
+                vec![owner.to_string(), ttl_millis(lease).to_string()],
             )
             .await?;
         match reply.as_slice() {
@@ -85,7 +82,7 @@ impl RedisLockStore {
             for chunk in indices.chunks(EXTEND_BATCH) {
                 let keys: Vec<String> = chunk.iter().map(|&i| leases[i].0.to_string()).collect();
                 let mut args: Vec<String> = Vec::with_capacity(chunk.len() + 1);
-                args.push(millis(lease).to_string());
+                args.push(ttl_millis(lease).to_string());
                 args.extend(chunk.iter().map(|&i| leases[i].1.to_string()));
                 let chunk = chunk.to_vec();
                 calls.push(async move {

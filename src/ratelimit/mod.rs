@@ -22,18 +22,10 @@ use crate::config::RateLimitConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, ErrorKind, Result};
 use crate::keys::KeySpace;
+use crate::runtime::Gate;
 use crate::scripts::RATELIMIT_ACQUIRE;
 
-/// Where a decision was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecidedBy {
-    /// The shared bucket on Redis.
-    Redis,
-    /// This replica's fallback bucket, because Redis could not be reached.
-    Fallback,
-    /// Embedded mode's local bucket.
-    Local,
-}
+pub use crate::decided_by::DecidedBy;
 
 /// One rate-limit decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +56,7 @@ struct Counters {
 
 /// A copy of one policy's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimitStats {
     /// Decisions made.
     pub decisions: u64,
@@ -74,8 +67,22 @@ pub struct RateLimitStats {
 }
 
 /// One rate-limit policy.
+#[derive(Debug, Clone)]
+pub struct RateLimiter(Arc<RateLimiterState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for RateLimiter {
+    type Target = RateLimiterState;
+    fn deref(&self) -> &RateLimiterState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`RateLimiter`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiterState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     config: RateLimitConfig,
@@ -93,21 +100,23 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A policy on Redis (`conn` is `Some`) or on local state.
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &RateLimitConfig,
         conn: Option<Arc<RedisConnection>>,
         clock: SharedClock,
+        gate: Gate,
     ) -> Self {
         let cap = config.capacity();
         let rate = config.rate_per_ms();
         // Long enough for an idle bucket to refill completely: expiry is a full bucket.
         let ttl_ms = ((f64::from(cap) / rate) * 2.0).ceil().max(1000.0) as u64;
-        RateLimiter {
+        RateLimiter(Arc::new(RateLimiterState {
+            gate,
             // The rate as exact integers: a decimal would round slow limits (1 per day) away.
             fixed_args: [
-                format!("{}/{}", config.permits, config.per.as_millis().max(1)),
+                format!("{}/{}", config.permits, crate::time::ttl_millis(config.per)),
                 cap.to_string(),
                 ttl_ms.to_string(),
             ],
@@ -119,7 +128,7 @@ impl RateLimiter {
             local: DashMap::new(),
             owed: DashMap::new(),
             counters: Counters::default(),
-        }
+        }))
     }
 
     /// The policy name.
@@ -150,6 +159,7 @@ impl RateLimiter {
     /// Take `n` permits for `route` if the bucket has them. Never a Redis error: only
     /// `Validation` for `n == 0` or `n` above the capacity (it could never be granted).
     pub async fn try_acquire(&self, route: &str, n: u32) -> Result<Decision> {
+        self.gate.check("ratelimit.try_acquire")?;
         if n == 0 || n > self.config.capacity() {
             return Err(Error::validation(
                 "n",
@@ -187,6 +197,7 @@ impl RateLimiter {
     /// `retry_after` it reports). `Throttled` with the remaining wait when it cannot be done
     /// in time.
     pub async fn acquire(&self, route: &str, n: u32, max_wait: Duration) -> Result<Decision> {
+        self.gate.check("ratelimit.acquire")?;
         // A wait too long to represent is "no deadline".
         let deadline = self.clock.now().checked_add(max_wait);
         loop {

@@ -14,12 +14,14 @@
 pub mod local;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::SnapshotConfig;
 use crate::error::{ConflictReason, Error, Result};
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
+use crate::runtime::Gate;
 use local::LocalSnapshotStore;
 use redis::RedisSnapshotStore;
 
@@ -100,8 +102,22 @@ enum Store {
 }
 
 /// One configured snapshot resource.
+#[derive(Debug, Clone)]
+pub struct Snapshots(Arc<SnapshotsState>);
+
+#[doc(hidden)]
+impl std::ops::Deref for Snapshots {
+    type Target = SnapshotsState;
+    fn deref(&self) -> &SnapshotsState {
+        &self.0
+    }
+}
+
+/// What every clone of one [`Snapshots`] shares.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct Snapshots {
+pub struct SnapshotsState {
+    gate: Gate,
     name: String,
     space: KeySpace,
     tenant_aware: bool,
@@ -111,14 +127,16 @@ pub struct Snapshots {
 
 impl Snapshots {
     /// A resource on Redis (`redis` is `Some`) or on local state (embedded mode).
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
         config: &SnapshotConfig,
         redis: Option<RedisSnapshotStore>,
         local: LocalSnapshotStore,
+        gate: Gate,
     ) -> Self {
-        Snapshots {
+        Snapshots(Arc::new(SnapshotsState {
+            gate,
             name: name.into(),
             space,
             tenant_aware: config.tenant_aware,
@@ -127,7 +145,7 @@ impl Snapshots {
                 Some(r) => Store::Redis(r),
                 None => Store::Local(local),
             },
-        }
+        }))
     }
 
     /// The resource name.
@@ -151,6 +169,7 @@ impl Snapshots {
     /// Open `run` for writing (replacing any run with that id; a writer of the replaced run
     /// then gets `Conflict(NotOwner)` on its next append).
     pub async fn begin(&self, run: &RunId, fingerprint: &str) -> Result<SnapshotWriter> {
+        self.gate.check("snapshot.begin")?;
         let keys = self.keys(run)?;
         let writer = new_owner();
         let (ttl, max) = (self.config.ttl, self.config.max_ids);
@@ -170,6 +189,7 @@ impl Snapshots {
     /// `Conflict(NotOwner)` when another writer began the run since; `Conflict(OutOfOrder)`
     /// for a chunk out of order or after the run completed. Returns the run's id count.
     pub async fn append(&self, w: &mut SnapshotWriter, ids: &[String], last: bool) -> Result<u64> {
+        self.gate.check("snapshot.append")?;
         const OP: &str = "snapshot.append";
         let reply = match &self.store {
             Store::Redis(r) => Box::pin(r.append(&w.run, &w.writer, w.next, ids, last)).await?,
@@ -199,9 +219,15 @@ impl Snapshots {
         }
     }
 
+    /// Complete a run without more ids.
+    pub async fn finish(&self, writer: &mut SnapshotWriter) -> Result<u64> {
+        self.append(writer, &[], true).await
+    }
+
     /// Write a whole run: begin, then the ids in chunks of `chunk_size`. Readers see it only
     /// once complete. Refused before any write when `ids` exceeds `max_ids`.
     pub async fn put(&self, run: &RunId, fingerprint: &str, ids: &[String]) -> Result<()> {
+        self.gate.check("snapshot.put")?;
         if ids.len() as u64 > self.config.max_ids {
             return Err(Error::validation(
                 "ids",
@@ -229,6 +255,7 @@ impl Snapshots {
         limit: u64,
         expected: Option<&str>,
     ) -> Result<Option<Vec<String>>> {
+        self.gate.check("snapshot.page")?;
         if limit == 0 {
             return Err(Error::validation("limit", "must be at least 1"));
         }
@@ -242,6 +269,7 @@ impl Snapshots {
 
     /// The run's metadata, or `None`.
     pub async fn meta(&self, run: &RunId) -> Result<Option<SnapshotMeta>> {
+        self.gate.check("snapshot.meta")?;
         let keys = self.keys(run)?;
         match &self.store {
             Store::Redis(r) => Box::pin(r.meta(&keys)).await,
@@ -251,6 +279,7 @@ impl Snapshots {
 
     /// Delete the run (both keys); whether it existed.
     pub async fn delete(&self, run: &RunId) -> Result<bool> {
+        self.gate.check("snapshot.delete")?;
         let keys = self.keys(run)?;
         match &self.store {
             Store::Redis(r) => Box::pin(r.delete(&keys)).await,

@@ -14,15 +14,12 @@ use super::{AppendReply, RunKeys, SnapshotMeta};
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::{SNAP_APPEND, SNAP_BEGIN, SNAP_PAGE};
+use crate::time::ttl_millis;
 
 /// Snapshots on Redis through the shared pool.
 #[derive(Debug, Clone)]
 pub struct RedisSnapshotStore {
     conn: Arc<RedisConnection>,
-}
-
-fn millis(d: Duration) -> String {
-    d.as_millis().to_string()
 }
 
 fn text(v: Value) -> Option<String> {
@@ -54,7 +51,7 @@ impl RedisSnapshotStore {
                 vec![
                     fp.to_string(),
                     writer.to_string(),
-                    millis(ttl.max(Duration::from_millis(1))),
+                    ttl_millis(ttl).to_string(),
                     max.to_string(),
                 ],
             )
@@ -124,7 +121,7 @@ impl RedisSnapshotStore {
                     offset.to_string(),
                     limit.to_string(),
                     expected.unwrap_or("").to_string(),
-                    millis(keep),
+                    ttl_millis(keep).to_string(),
                 ],
             )
             .await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use forze_redis::cache::CacheKey;
 use forze_redis::Config;
-use forze_redis_actors::{CacheHandle, Forze, ForzeHandle};
+use forze_redis_actors::{Cache, Forze, ForzeHandle};
 
 pub use forze_redis_testkit::{
     server_binaries, supports_tls, wait_until, TestCluster, TestServer, TlsServer,
@@ -240,7 +240,7 @@ pub async fn tracked_on(forze: &ForzeHandle, primaries: u64) {
 
 /// Wait until `cache` reads `want` for keys `k0..k<n>`; returns how long that took (bounded:
 /// 5 s, then a panic naming `what`).
-pub async fn converge(cache: &CacheHandle, n: usize, want: u64, what: &str) -> Duration {
+pub async fn converge(cache: &Cache, n: usize, want: u64, what: &str) -> Duration {
     let started = std::time::Instant::now();
     for _ in 0..500 {
         let mut stale = 0;

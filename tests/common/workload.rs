@@ -154,7 +154,7 @@ pub async fn drive(
     let cache = f.cache("plain").unwrap();
     let locks = f.lock("jobs").unwrap();
     let idem = f.idempotency("pay").unwrap();
-    let snaps = f.snapshots("search").unwrap();
+    let snaps = f.snapshot("search").unwrap();
     let limit = f.rate_limit("api").unwrap();
     let breaker = f.breaker("down").unwrap();
     let mut n: u64 = 0;

@@ -17,9 +17,9 @@ use redis_protocol::resp3::types::OwnedFrame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cache::topology::NodeAccess;
 use crate::connect_failure::ConnectFailure;
 use crate::error::{Error, Result};
+use crate::tracking::topology::NodeAccess;
 
 /// Where and how the tracking connection connects: the node, its credentials and TLS.
 #[derive(Clone, Debug)]

@@ -26,12 +26,12 @@ use redis_protocol::resp3::types::OwnedFrame;
 
 use std::sync::Arc;
 
-use crate::cache::tracking::{TrackingConnection, TrackingTarget};
 use crate::config::{RedisConfig, RedisUrl};
 use crate::connect_failure::ConnectDiagnostics;
 use crate::connection::RedisConnection;
 use crate::error::{Error, Result};
 use crate::tls::TlsClient;
+use crate::tracking::connection::{TrackingConnection, TrackingTarget};
 
 /// The primaries behind a Redis URL, as the tracking subscriber needs them.
 #[derive(Clone)]

@@ -1,4 +1,4 @@
-//! Lock handles and guards: [`LockHandle`] acquires, [`LockGuard`] holds.
+//! Held leases: [`LockGuard`] holds one, [`LeaseRegistry`] knows them all.
 //!
 //! A guard carries the fencing token and a **lost signal** ([`LostSignal`]) that fires
 //! - as soon as a renewal finds another owner (or no owner) on the lock, and
@@ -6,24 +6,23 @@
 //!   forward only by renewals the server confirmed), whether Redis is reachable or not.
 //!
 //! The deadline is kept by a small task per guard that sleeps until it, so the signal does not
-//! depend on the heartbeater (which may be stalled, restarting or cut off from Redis). The
-//! heartbeater renews every registered lease in batches ([`crate::heartbeat`]); the registry
-//! lives in [`Shared`], so it survives the heartbeater's restarts.
+//! depend on the renewal loop (which may be stalled, restarting or cut off from Redis). The
+//! registry is renewed in batches ([`super::renewal`]); it belongs to the runtime, so it
+//! survives the restarts of whatever drives the renewals.
 //!
 //! Dropping a guard without [`LockGuard::release`] deregisters it and releases the lock in the
 //! background (best effort, never blocking the drop).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use forze_redis::lock::{Lease, Lock, LockId};
-use forze_redis::Result;
 use tokio::sync::watch;
 
-use crate::pool::AbortOnDrop;
-use crate::shared::Shared;
+use super::{Lease, Lock};
+use crate::error::Result;
+use crate::runtime::AbortOnDrop;
 
 /// tokio's timers fire up to a millisecond late: the deadline task wakes this much early.
 const TIMER_SLACK: Duration = Duration::from_millis(2);
@@ -40,7 +39,7 @@ pub enum LostReason {
 /// One held lease, shared by its guard, its deadline task and the heartbeater.
 #[derive(Debug)]
 pub(crate) struct HeldLease {
-    pub(crate) lock: Arc<Lock>,
+    pub(crate) lock: Lock,
     pub(crate) lease: Lease,
     /// The local deadline; only ever moved forward.
     deadline: Mutex<Instant>,
@@ -91,11 +90,29 @@ impl HeldLease {
     }
 }
 
-/// Every lease this supervisor holds, by registration id.
+/// Every lease held through one runtime's locks, by registration id, with the counts of
+/// their renewals.
 #[derive(Debug, Default)]
-pub(crate) struct LeaseRegistry {
+pub struct LeaseRegistry {
     pub(crate) held: DashMap<u64, Arc<HeldLease>>,
     next_id: AtomicU64,
+    pub(crate) counts: super::renewal::RenewalCounts,
+    /// Renewals suspended (a drill of lost leases); see [`LeaseRegistry::stall`].
+    pub(crate) stalled: AtomicBool,
+}
+
+impl LeaseRegistry {
+    /// Leases held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Stop (`true`) or resume (`false`) every renewal: freezes every holder, for drills of
+    /// lost leases.
+    #[doc(hidden)]
+    pub fn stall(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Release);
+    }
 }
 
 /// A future-friendly view of a guard's lost signal. Cheap to clone.
@@ -120,8 +137,9 @@ impl LostSignal {
 
 /// A held lock. See the module docs for the lost signal and drop behaviour.
 #[derive(Debug)]
+#[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
-    shared: Arc<Shared>,
+    leases: Arc<LeaseRegistry>,
     id: u64,
     held: Arc<HeldLease>,
     deadline_task: OnceLock<AbortOnDrop>,
@@ -129,7 +147,8 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    fn new(shared: Arc<Shared>, lock: Arc<Lock>, lease: Lease) -> Self {
+    pub(crate) fn new(lock: Lock, lease: Lease) -> Self {
+        let leases = lock.leases.clone();
         let (lost, _) = watch::channel(None);
         let deadline = lock.deadline_from(lease.started);
         let next = lease.started + lock.config().extend_period();
@@ -140,10 +159,10 @@ impl LockGuard {
             next_renewal: Mutex::new(next),
             lost,
         });
-        let id = shared.leases.next_id.fetch_add(1, Ordering::Relaxed);
-        shared.leases.held.insert(id, held.clone());
+        let id = leases.next_id.fetch_add(1, Ordering::Relaxed);
+        leases.held.insert(id, held.clone());
         LockGuard {
-            shared,
+            leases,
             id,
             held,
             deadline_task: OnceLock::new(),
@@ -221,14 +240,14 @@ impl LockGuard {
     /// Release the lock; whether this acquisition still held it.
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
-        self.shared.leases.held.remove(&self.id);
+        self.leases.held.remove(&self.id);
         self.held.lock.release(&self.held.lease).await
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.shared.leases.held.remove(&self.id);
+        self.leases.held.remove(&self.id);
         if self.released {
             return;
         }
@@ -241,87 +260,5 @@ impl Drop for LockGuard {
                 }
             });
         }
-    }
-}
-
-/// A lock resource, used from any task. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct LockHandle {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) lock: Arc<Lock>,
-}
-
-impl LockHandle {
-    /// The resource name.
-    pub fn name(&self) -> &str {
-        self.lock.name()
-    }
-
-    /// Try once: `Ok(None)` when another owner holds it.
-    pub async fn try_acquire(&self, id: &LockId) -> Result<Option<LockGuard>> {
-        self.shared.check_open("lock.acquire")?;
-        Ok(self
-            .lock
-            .try_acquire(id)
-            .await?
-            .map(|lease| LockGuard::new(self.shared.clone(), self.lock.clone(), lease)))
-    }
-
-    /// Acquire, waiting up to `wait` (jittered retries). `Timeout` if still held then;
-    /// `Unavailable` at once while Redis is unreachable.
-    pub async fn acquire(&self, id: &LockId, wait: Duration) -> Result<LockGuard> {
-        self.shared.check_open("lock.acquire")?;
-        let lease = self.lock.acquire(id, wait).await?;
-        Ok(LockGuard::new(
-            self.shared.clone(),
-            self.lock.clone(),
-            lease,
-        ))
-    }
-
-    /// Whether `id` is held by anyone.
-    pub async fn is_locked(&self, id: &LockId) -> Result<bool> {
-        self.lock.is_locked(id).await
-    }
-
-    /// The owner of `id` and its token, if held.
-    pub async fn owner(&self, id: &LockId) -> Result<Option<(String, u64)>> {
-        self.lock.owner(id).await
-    }
-
-    /// The remaining lease of `id`, if held.
-    pub async fn ttl(&self, id: &LockId) -> Result<Option<Duration>> {
-        self.lock.ttl(id).await
-    }
-
-    /// Release a lease by key and owner, as a holder that lost its guard would (owner-checked:
-    /// `Ok(false)` unless `owner` holds it).
-    pub async fn release_as(&self, id: &LockId, owner: &str) -> Result<bool> {
-        let key = self.lock.key(id)?;
-        let lease = Lease {
-            key,
-            owner: owner.to_string(),
-            token: 0,
-            started: Instant::now(),
-            lease: self.lock.config().lease,
-        };
-        self.lock.release(&lease).await
-    }
-
-    /// Renew a lease by key and owner (owner-checked).
-    pub async fn extend_as(&self, id: &LockId, owner: &str) -> Result<bool> {
-        let key = self.lock.key(id)?;
-        Ok(self
-            .lock
-            .extend_many(&[(key.as_str(), owner)])
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(false))
-    }
-
-    /// Leases this supervisor holds now (all lock resources).
-    pub fn held_leases(&self) -> usize {
-        self.shared.leases.held.len()
     }
 }

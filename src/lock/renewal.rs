@@ -1,0 +1,141 @@
+//! Lease renewal in batches: what the lease heartbeater runs on every tick.
+//!
+//! Each tick takes every lease due within half a tick, groups them by lock resource, and
+//! renews each group with one batched script call per slot group ([`Lock::extend_many`]); the
+//! calls of one tick go out together, so one tick costs one round trip. A confirmed renewal
+//! moves the lease's local deadline forward; a renewal that finds another owner fires the
+//! guard's lost signal at once; a failed call changes nothing (the guard's own deadline task
+//! fires if no renewal is confirmed in time).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::lease::{HeldLease, LeaseRegistry, LostReason};
+use super::Lock;
+
+/// Counts of the renewals; they live with the registry, so they survive the restarts of
+/// whatever drives the ticks.
+#[derive(Debug, Default)]
+pub(crate) struct RenewalCounts {
+    ticks: AtomicU64,
+    calls: AtomicU64,
+    renewed: AtomicU64,
+    lost: AtomicU64,
+    failed_calls: AtomicU64,
+    in_flight: AtomicBool,
+}
+
+/// A copy of the renewal statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HeartbeatStats {
+    /// Ticks that renewed something.
+    pub ticks: u64,
+    /// Batched renewal calls sent (one per lock resource and slot group per tick).
+    pub calls: u64,
+    /// Leases renewed.
+    pub renewed: u64,
+    /// Leases found lost by a renewal.
+    pub lost: u64,
+    /// Renewal calls that failed (Redis unreachable, timeout).
+    pub failed_calls: u64,
+    /// Leases held now.
+    pub held: usize,
+}
+
+impl LeaseRegistry {
+    /// The tick that renews every lease of `locks` in time: the shortest renewal period.
+    pub fn tick_period<'a>(locks: impl IntoIterator<Item = &'a Lock>) -> Duration {
+        locks
+            .into_iter()
+            .map(|l| l.config().extend_period())
+            .min()
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    /// Forget a renewal that was in flight when its driver died: its task still finishes, and
+    /// the next tick must not be skipped for ever.
+    pub fn reset_in_flight(&self) {
+        self.counts.in_flight.store(false, Ordering::Release);
+    }
+
+    /// One tick of a `tick`-long period: the renewals due now, as one future to run on a
+    /// task (`None` when nothing is due, the previous tick's renewals are still in flight,
+    /// or renewals are stalled).
+    pub fn renew_due(self: &Arc<Self>, tick: Duration) -> Option<impl Future<Output = ()>> {
+        let c = &self.counts;
+        if self.stalled.load(Ordering::Acquire) {
+            return None;
+        }
+        let horizon = Instant::now() + tick / 2;
+        let mut due: HashMap<String, Vec<Arc<HeldLease>>> = HashMap::new();
+        for entry in self.held.iter() {
+            let held = entry.value();
+            if held.check_deadline() {
+                continue;
+            }
+            let next = *held.next_renewal.lock().unwrap_or_else(|p| p.into_inner());
+            if next <= horizon {
+                due.entry(held.lock.name().to_string())
+                    .or_default()
+                    .push(held.clone());
+            }
+        }
+        if due.is_empty() || c.in_flight.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        c.ticks.fetch_add(1, Ordering::Relaxed);
+        let registry = self.clone();
+        Some(async move {
+            let c = &registry.counts;
+            let batches = due.into_values().map(|leases| async move {
+                let lock = leases[0].lock.clone();
+                let pairs: Vec<(&str, &str)> = leases
+                    .iter()
+                    .map(|h| (h.lease.key.as_str(), h.lease.owner.as_str()))
+                    .collect();
+                let sent = Instant::now();
+                let calls = lock.redis_groups(&pairs);
+                c.calls.fetch_add(calls as u64, Ordering::Relaxed);
+                match lock.extend_many(&pairs).await {
+                    Ok(flags) => {
+                        for (held, ok) in leases.iter().zip(flags) {
+                            if ok {
+                                held.confirmed(sent);
+                                c.renewed.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                held.lose(LostReason::Stolen);
+                                c.lost.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        c.failed_calls.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(lock = lock.name(), error = %e, "lease renewal failed");
+                    }
+                }
+            });
+            futures::future::join_all(batches).await;
+            c.in_flight.store(false, Ordering::Release);
+        })
+    }
+
+    /// A copy of the renewal statistics.
+    pub fn stats(&self) -> HeartbeatStats {
+        let c = &self.counts;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HeartbeatStats {
+            ticks: l(&c.ticks),
+            calls: l(&c.calls),
+            renewed: l(&c.renewed),
+            lost: l(&c.lost),
+            failed_calls: l(&c.failed_calls),
+            held: self.held.len(),
+        }
+    }
+}
