@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use forze_redis::counter::CounterId;
-use forze_redis::Config;
-use forze_redis_actors::Forze;
+use forze_redis_actors::{Config, CounterId, Forze, TenantId};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]
@@ -39,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ticks += 1;
                 for name in forze.counter_names() {
                     let counter = forze.counter(&name)?;
-                    match counter.incr(&CounterId::suffix("heartbeat").for_tenant(forze_redis::keys::TenantId::new("daemon")?), 1).await {
+                    match counter.incr(&CounterId::suffix("heartbeat").for_tenant(TenantId::new("daemon")?), 1).await {
                         Ok(v) => tracing::info!(counter = name, value = v, health = ?forze.health().state, "tick"),
                         Err(e) => tracing::warn!(counter = name, error = %e, "tick failed"),
                     }

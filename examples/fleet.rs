@@ -7,13 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use forze_redis::cache::CacheKey;
-use forze_redis::counter::CounterId;
-use forze_redis::idempotency::{payload_hash, IdemRequest, RunError};
-use forze_redis::lock::LockId;
-use forze_redis::snapshot::RunId;
-use forze_redis::Config;
-use forze_redis_actors::{CounterMsg, Forze, ForzeHandle};
+use forze_redis_actors::{
+    payload_hash, CacheKey, CallError, Config, CounterId, CounterMsg, Forze, ForzeHandle,
+    HealthState, IdemRequest, LockId, RunError, RunId, TenantId,
+};
 use ractor::{call_t, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 const REPLICAS: usize = 3;
@@ -137,7 +134,7 @@ impl Actor for OrderWorker {
     }
 }
 
-fn replica_config(replica: usize, redis_url: Option<&str>) -> forze_redis::Result<Config> {
+fn replica_config(replica: usize, redis_url: Option<&str>) -> forze_redis_actors::Result<Config> {
     let redis = redis_url
         .map(|u| format!("[redis]\nurl = \"{u}\"\n"))
         .unwrap_or_default();
@@ -191,9 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if redis_url.is_some() {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while replicas
-            .iter()
-            .any(|r| r.health().state != forze_redis::connection::HealthState::Up)
+        while replicas.iter().any(|r| r.health().state != HealthState::Up)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -223,7 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     // Tenant invoices through the handle (the hot path: no mailbox).
-    let tenant = forze_redis::keys::TenantId::new("acme")?;
+    let tenant = TenantId::new("acme")?;
     for replica in &replicas {
         let invoices = replica.counter("invoices")?;
         for _ in 0..50 {
@@ -442,8 +437,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .await;
                 match outcome {
                     Ok(()) => ok += 1,
-                    Err(forze_redis::breaker::CallError::Breaker(_)) => refused += 1,
-                    Err(forze_redis::breaker::CallError::Call(_)) => failed += 1,
+                    Err(CallError::Breaker(_)) => refused += 1,
+                    Err(CallError::Call(_)) => failed += 1,
                 }
                 tokio::time::sleep(Duration::from_millis(4)).await;
             }

@@ -313,6 +313,33 @@ impl RedisConnection {
             .await
     }
 
+    /// Probe every connected client of the pool, one round trip each, bounded by the command
+    /// timeout: the server clock through the script registry, so that after a server restart
+    /// the first probe also reloads the script cache. Returns (healthy, clients).
+    pub async fn probe(&self) -> (usize, usize) {
+        let clients = self.pool().clients();
+        let mut healthy = 0;
+        for client in clients {
+            if !client.is_connected() {
+                continue;
+            }
+            let time: Result<Vec<i64>> = self
+                .eval_on(
+                    client,
+                    "health.probe",
+                    Access::Read,
+                    &crate::scripts::SERVER_TIME,
+                    Vec::<String>::new(),
+                    Vec::<String>::new(),
+                )
+                .await;
+            if time.is_ok() {
+                healthy += 1;
+            }
+        }
+        (healthy, clients.len())
+    }
+
     /// Run `script` on `client` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
     pub async fn eval_on<R, K, V>(
         &self,
@@ -536,6 +563,30 @@ pub struct Health {
 }
 
 impl Health {
+    /// Publish the state for `connected` of `total` clients on `health`; whether the state
+    /// changed (counts alone changing wakes watchers too, but is no transition).
+    pub fn publish(
+        health: &tokio::sync::watch::Sender<Health>,
+        new: HealthState,
+        connected: usize,
+        total: usize,
+    ) -> bool {
+        let mut transition = false;
+        health.send_if_modified(|h| {
+            transition = h.state != new;
+            if transition {
+                tracing::info!(from = ?h.state, to = ?new, connected, total, "redis health changed");
+                h.since = SystemTime::now();
+                h.state = new;
+            }
+            let counts_changed = h.connected != connected || h.total != total;
+            h.connected = connected;
+            h.total = total;
+            transition || counts_changed
+        });
+        transition
+    }
+
     /// The health of embedded local mode.
     pub fn embedded() -> Self {
         Health {

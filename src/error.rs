@@ -183,11 +183,14 @@ pub enum Error {
         /// How long until a trial call may be admitted (0 when unknown).
         retry_after: Duration,
     },
-    /// The loader of `get_or_load` failed (every caller waiting on that load gets this).
+    /// The loader of `get_or_load` failed. Every caller waiting on that load gets this, with
+    /// the loader's own error shared among them ([`Error::loader_error`]).
     #[error("cache loader failed: {message}")]
     Loader {
         /// The loader's error, as it displays.
         message: String,
+        /// The loader's error itself.
+        error: LoaderError,
     },
     /// A bug or an unexpected reply.
     #[error("internal error in {op}: {message}")]
@@ -234,6 +237,26 @@ impl Error {
             Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             Error::Loader { .. } => ErrorKind::Loader,
             Error::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// How long to wait before trying again, when the refusal says (`Throttled`,
+    /// `CircuitOpen`); `None` for every other error.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Throttled { retry_after } | Error::CircuitOpen { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    /// The loader's own error, when this is a `Loader` error and the loader failed with an
+    /// `E` (every caller that waited on the load gets the same one, shared).
+    pub fn loader_error<E: std::any::Any>(&self) -> Option<&E> {
+        match self {
+            Error::Loader { error, .. } => error.downcast_ref(),
+            _ => None,
         }
     }
 
@@ -331,6 +354,7 @@ impl Error {
     /// timed out) is `OutcomeUnknown`; the same failure on a read is `Unavailable` or `Timeout`.
     /// Replies that prove the command did not run (`LOADING`, `READONLY`, `BUSY`, `CLUSTERDOWN`,
     /// auth failures, backpressure) are `Unavailable` for both.
+    #[doc(hidden)]
     pub fn from_driver(
         op: impl Into<Cow<'static, str>>,
         access: Access,
@@ -513,6 +537,29 @@ fn is_reply_code(code: &str) -> bool {
     !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
 }
 
+/// The error a `get_or_load` loader returned, shared by every caller that waited on that
+/// load (as `Arc<E>` would be). Read it with [`Error::loader_error`].
+#[derive(Clone)]
+pub struct LoaderError(std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl LoaderError {
+    /// Wrap a loader's error.
+    pub fn new<E: std::any::Any + Send + Sync>(error: E) -> Self {
+        LoaderError(std::sync::Arc::new(error))
+    }
+
+    /// The error, if it is an `E`.
+    pub fn downcast_ref<E: std::any::Any>(&self) -> Option<&E> {
+        self.0.downcast_ref()
+    }
+}
+
+impl fmt::Debug for LoaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LoaderError(..)")
+    }
+}
+
 /// A fred error with its class, kept as the `source` of an [`Error`].
 #[derive(Debug, Clone)]
 pub struct DriverError {
@@ -522,6 +569,7 @@ pub struct DriverError {
 
 impl DriverError {
     /// Classify and wrap a fred error.
+    #[doc(hidden)]
     pub fn new(inner: fred::error::Error) -> Self {
         DriverError {
             class: DriverErrorClass::of(&inner),
@@ -532,11 +580,6 @@ impl DriverError {
     /// The class.
     pub fn class(&self) -> DriverErrorClass {
         self.class
-    }
-
-    /// The wrapped fred error.
-    pub fn inner(&self) -> &fred::error::Error {
-        &self.inner
     }
 }
 
@@ -718,6 +761,15 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    #[test]
+    fn retry_after_is_given_only_by_refusals_that_say_it() {
+        let d = Duration::from_millis(250);
+        assert_eq!(Error::Throttled { retry_after: d }.retry_after(), Some(d));
+        assert_eq!(Error::CircuitOpen { retry_after: d }.retry_after(), Some(d));
+        assert_eq!(Error::unavailable("x").retry_after(), None);
+        assert_eq!(Error::validation("f", "bad").retry_after(), None);
     }
 
     #[test]

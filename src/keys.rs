@@ -404,7 +404,8 @@ fn push_tenant(s: &mut String, tenant: Option<&TenantId>) {
 }
 
 /// The tenant that takes part in a key of `resource`: required (`TenantRequired`) when the
-/// resource is tenant-aware, ignored when it is not. The one place that rule lives.
+/// resource is tenant-aware, refused (`Validation`) when it is not. The one place that rule
+/// lives.
 pub fn key_tenant<'a>(
     resource: &str,
     tenant_aware: bool,
@@ -415,7 +416,15 @@ pub fn key_tenant<'a>(
             resource: resource.to_string(),
         }),
         (true, t) => Ok(t),
-        (false, _) => Ok(None),
+        // Dropping it would put the caller's data in the shared, tenant-less keys.
+        (false, Some(_)) => Err(Error::validation(
+            "tenant",
+            format!(
+                "resource `{resource}` is not tenant-aware: leave the tenant out, or set \
+                 `tenant_aware = true` on it"
+            ),
+        )),
+        (false, None) => Ok(None),
     }
 }
 

@@ -77,7 +77,7 @@ pub use clock::Clock;
 pub use config::{Config, RedisUrl, RouteEndpoint};
 pub use connect_failure::ConnectFailure;
 pub use connection::{Health, HealthState};
-pub use counter::{Counter, CounterEntry, CounterId, CounterStatsSnapshot};
+pub use counter::{Counter, CounterEntry, CounterId, CounterStats};
 pub use decided_by::DecidedBy;
 pub use error::{ConflictReason, Error, ErrorKind, Result};
 pub use idempotency::{Begin, Claim, IdemRequest, Idempotency, RunError};

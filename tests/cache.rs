@@ -328,24 +328,43 @@ async fn get_or_load_runs_the_loader_once_for_100_callers(forze: &ForzeHandle, l
         1,
         "{label}: the loader ran more than once"
     );
-    // A failing loader's error reaches every waiting caller; the next call loads again.
+    // A failing loader's error reaches every waiting caller, as the loader's own type (one
+    // error shared by all); the next call loads again.
+    #[derive(Debug, PartialEq)]
+    struct BackendDown(u32);
+    impl std::fmt::Display for BackendDown {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "backend down ({})", self.0)
+        }
+    }
     let mut tasks = Vec::new();
-    for _ in 0..10 {
+    for i in 0..10 {
         let cache = cache.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_load(&k("failing"), None, || async {
+                .get_or_load(&k("failing"), None, || async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Err::<u64, _>("backend down")
+                    Err::<u64, _>(BackendDown(i))
                 })
                 .await
         }));
     }
+    let mut codes = HashSet::new();
     for t in tasks {
         let e = t.await.unwrap().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Loader, "{label}");
         assert!(e.to_string().contains("backend down"));
+        let typed = e
+            .loader_error::<BackendDown>()
+            .expect("the loader's own error");
+        codes.insert(typed.0);
+        assert!(e.loader_error::<String>().is_none());
     }
+    assert_eq!(
+        codes.len(),
+        1,
+        "{label}: one load, one error shared by every waiter"
+    );
     let v: u64 = cache
         .get_or_load(&k("failing"), None, || async { Ok::<_, String>(9) })
         .await

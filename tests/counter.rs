@@ -195,17 +195,17 @@ async fn suffixes_and_tenants_are_isolated(f: &ForzeHandle, label: &str) {
     }
     let listed = c.list(Some(&tenants[0])).await.unwrap();
     assert_eq!(listed.len(), 2, "{label}: {listed:?}");
-    // A non-tenant-aware resource ignores a tenant: same counter with or without it.
+    // A non-tenant-aware resource refuses a tenant (dropping it would mix the tenant's
+    // data into the shared counters): a Validation error, and nothing written.
     let plain = f.counter("orders").unwrap();
     let id = CounterId::suffix("shared");
     plain.incr(&id, 5).await.unwrap();
-    assert_eq!(
-        plain
-            .get(&id.clone().for_tenant(tenants[0].clone()))
-            .await
-            .unwrap(),
-        5
-    );
+    let err = plain
+        .incr(&id.clone().for_tenant(tenants[0].clone()), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation, "{label}: {err}");
+    assert_eq!(plain.get(&id).await.unwrap(), 5, "{label}");
 }
 
 async fn list_is_exact_prefix_over_250_suffixes(f: &ForzeHandle, label: &str) {

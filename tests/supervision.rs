@@ -349,3 +349,76 @@ async fn shutdown_leaves_no_task_actor_or_connection_behind() {
         forze.shutdown().await.unwrap();
     }
 }
+
+/// Every resource handle carries the shutdown gate: after shutdown, every operation of every
+/// contract (lock queries and owner-checked release included) is refused with `Unavailable`
+/// before anything runs, and handles taken before shutdown are refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_every_handle_refuses_every_operation() {
+    use forze_redis_actors::{CacheKey, IdemRequest, LockId, RunId};
+    let resources = "[counters.jobs]\n[caches.docs]\n[locks.jobs]\n[idempotency.orders]\n\
+                     [snapshots.search]\n[rate_limits.api]\npermits = 10\nper = \"1s\"\n[breakers.api]";
+    let forze = spawn_ready(config(None, "gate", resources)).await;
+    let counter = forze.counter("jobs").unwrap();
+    let cache = forze.cache("docs").unwrap();
+    let lock = forze.lock("jobs").unwrap();
+    let idem = forze.idempotency("orders").unwrap();
+    let snaps = forze.snapshot("search").unwrap();
+    let limiter = forze.rate_limit("api").unwrap();
+    let breaker = forze.breaker("api").unwrap();
+    let id = LockId::new("j");
+    let guard = lock.acquire(&id, Duration::from_secs(1)).await.unwrap();
+    let owner = guard.owner().to_string();
+    forze.shutdown().await.unwrap();
+
+    let key = CacheKey::new("k");
+    let results: Vec<(&str, forze_redis::Result<()>)> = vec![
+        (
+            "counter.incr",
+            counter.incr(&CounterId::main(), 1).await.map(drop),
+        ),
+        (
+            "counter.get",
+            counter.get(&CounterId::main()).await.map(drop),
+        ),
+        ("cache.get", cache.get::<u64>(&key).await.map(drop)),
+        ("cache.set", cache.set(&key, &1u64, None).await),
+        ("cache.delete", cache.delete(&key).await.map(drop)),
+        ("cache.unlink", cache.unlink(&key).await.map(drop)),
+        (
+            "lock.acquire",
+            lock.try_acquire(&LockId::new("other")).await.map(drop),
+        ),
+        ("lock.is_locked", lock.is_locked(&id).await.map(drop)),
+        ("lock.owner", lock.owner(&id).await.map(drop)),
+        ("lock.ttl", lock.ttl(&id).await.map(drop)),
+        (
+            "lock.release_as",
+            lock.release_as(&id, &owner).await.map(drop),
+        ),
+        (
+            "lock.extend_as",
+            lock.extend_as(&id, &owner).await.map(drop),
+        ),
+        (
+            "idempotency.begin",
+            idem.begin(&IdemRequest::new("op", "k", "h"))
+                .await
+                .map(drop),
+        ),
+        (
+            "snapshot.meta",
+            snaps.meta(&RunId::new("r")).await.map(drop),
+        ),
+        (
+            "ratelimit.try_acquire",
+            limiter.try_acquire("r", 1).await.map(drop),
+        ),
+        ("breaker.admit", breaker.admit("r").await.map(drop)),
+    ];
+    for (op, result) in results {
+        let err = result.expect_err(op);
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{op}: {err}");
+    }
+    drop(guard);
+}

@@ -9,7 +9,7 @@
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use forze_redis::{Counter, CounterEntry, CounterId, CounterStatsSnapshot, Result, TenantId};
+use forze_redis::{Counter, CounterEntry, CounterId, CounterStats, Result, TenantId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::reply::reply_later;
@@ -70,7 +70,7 @@ pub enum CounterMsg {
         reply: RpcReplyPort<Result<Vec<CounterEntry>>>,
     },
     /// Report statistics.
-    Stats(RpcReplyPort<CounterStatsSnapshot>),
+    Stats(RpcReplyPort<CounterStats>),
     /// Make this actor panic, to drill supervision.
     #[cfg(feature = "fault-injection")]
     Panic,

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use forze_redis::{
-    Breaker, Cache, CacheStats, Config, Counter, CounterStatsSnapshot, Error, Health,
-    HeartbeatStats, Idempotency, Lock, RateLimiter, RedisUrl, Result, RouteEndpoint, RouterStats,
-    Snapshots, TenantId,
+    Breaker, Cache, CacheStats, Config, Counter, CounterStats, Error, Health, HeartbeatStats,
+    Idempotency, Lock, RateLimiter, RedisUrl, Result, RouteEndpoint, RouterStats, Snapshots,
+    TenantId,
 };
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::watch;
@@ -71,7 +71,7 @@ pub struct ForzeStats {
     /// The pool actor's statistics; `None` in embedded mode.
     pub pool: Option<PoolStats>,
     /// Each counter actor's statistics, by resource name.
-    pub counters: Vec<(String, CounterStatsSnapshot)>,
+    pub counters: Vec<(String, CounterStats)>,
     /// Each cache actor's statistics, by resource name.
     pub caches: Vec<(String, CacheStats)>,
     /// The tracking subscriber's statistics, when there is one.

@@ -67,6 +67,7 @@ mod tracking;
 pub use handle::{Forze, ForzeHandle, ForzeStats};
 
 // The resources (one cheap-`Clone` handle per contract), their ids, guards and results.
+pub use forze_redis::idempotency::payload_hash;
 pub use forze_redis::Cache;
 pub use forze_redis::{
     Admission, Begin, Breaker, CacheKey, CallError, Claim, Counter, CounterEntry, CounterId,
@@ -83,7 +84,7 @@ pub use forze_redis::{
 
 // Statistics.
 pub use forze_redis::{
-    BreakerStats, CacheStats, CounterStatsSnapshot, HeartbeatStats, RateLimitStats, RouterStats,
+    BreakerStats, CacheStats, CounterStats, HeartbeatStats, RateLimitStats, RouterStats,
 };
 pub use pool::PoolStats;
 pub use resilience::ResilienceStats;

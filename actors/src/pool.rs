@@ -15,12 +15,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use forze_redis::connection::{Health, HealthState, RedisConnection};
 use forze_redis::error::Access;
 use forze_redis::runtime::AbortOnDrop;
-use forze_redis::scripts::SERVER_TIME;
 use fred::interfaces::{ClientInterface, ClientLike, EventInterface};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast::error::RecvError;
@@ -220,30 +218,8 @@ async fn set_name(shared: &Shared, client: &fred::clients::Client) {
 async fn probe(state: &mut PoolState) {
     let shared = &state.shared;
     shared.pool_stats.probes.fetch_add(1, Ordering::Relaxed);
-    let clients = state.conn.pool().clients();
-    let mut healthy = 0;
-    for client in clients {
-        if !client.is_connected() {
-            continue;
-        }
-        // The server clock through the script registry: a round trip, and after a server
-        // restart the first probe reloads the script cache.
-        let time: Result<Vec<i64>, _> = state
-            .conn
-            .eval_on(
-                client,
-                "health.probe",
-                Access::Read,
-                &SERVER_TIME,
-                Vec::<String>::new(),
-                Vec::<String>::new(),
-            )
-            .await;
-        if time.is_ok() {
-            healthy += 1;
-        }
-    }
-    if healthy < clients.len() {
+    let (healthy, total) = state.conn.probe().await;
+    if healthy < total {
         shared
             .pool_stats
             .probe_failures
@@ -251,29 +227,19 @@ async fn probe(state: &mut PoolState) {
     }
     publish(
         shared,
-        HealthState::from_counts(healthy, clients.len()),
+        HealthState::from_counts(healthy, total),
         healthy,
-        clients.len(),
+        total,
     );
 }
 
 fn publish(shared: &Shared, new: HealthState, connected: usize, total: usize) {
-    shared.health.send_if_modified(|h| {
-        let changed = h.state != new;
-        if changed {
-            shared
-                .pool_stats
-                .state_changes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(from = ?h.state, to = ?new, connected, total, "redis health changed");
-            h.since = SystemTime::now();
-            h.state = new;
-        }
-        let counts_changed = h.connected != connected || h.total != total;
-        h.connected = connected;
-        h.total = total;
-        changed || counts_changed
-    });
+    if Health::publish(&shared.health, new, connected, total) {
+        shared
+            .pool_stats
+            .state_changes
+            .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn stats(shared: &Shared, conn: &RedisConnection) -> PoolStats {

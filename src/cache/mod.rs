@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::CacheConfig;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, LoaderError, Result};
 use crate::keys::{key_tenant, push_escaped, unescape_part, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
 use crate::runtime::Gate;
@@ -150,7 +150,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-type LoadResult = Option<std::result::Result<Bytes, String>>;
+type LoadResult = Option<std::result::Result<Bytes, Error>>;
 
 /// One cache namespace: the handle users call from any task. Cheap to clone (every clone
 /// shares the same L1, statistics and single-flight table); see the module docs for the
@@ -186,6 +186,14 @@ pub struct CacheState {
     router: Option<Arc<Router>>,
     counters: Counters,
     inflight: DashMap<String, watch::Receiver<LoadResult>>,
+}
+
+/// A read that missed the L1: where its answer goes in the output, and its keys.
+struct Pending {
+    index: usize,
+    redis_key: String,
+    /// `None` without an L1.
+    l1_key: Option<String>,
 }
 
 /// The store one operation uses: the namespace's own, or a routed endpoint's.
@@ -418,7 +426,30 @@ impl Cache {
         }
     }
 
-    /// The L1 key of a Redis key of this namespace; `None` for any other key.
+    /// What a read of `key` that missed the L1 needs: its Redis key and, with an L1, its L1
+    /// key, both built from the caller's key (never one parsed back from the other).
+    fn pending(&self, index: usize, key: &CacheKey) -> Result<Pending> {
+        let tenant = self.tenant(key)?;
+        let redis_key = self.space.key(tenant, &[&key.key])?.into_string();
+        let l1_key = self.l1.as_ref().map(|_| match tenant {
+            None => key.key.clone(),
+            Some(t) => {
+                let mut k = String::with_capacity(t.as_str().len() + 1 + key.key.len());
+                push_escaped(&mut k, t.as_str());
+                k.push(':');
+                k.push_str(&key.key);
+                k
+            }
+        });
+        Ok(Pending {
+            index,
+            redis_key,
+            l1_key,
+        })
+    }
+
+    /// The L1 key of a Redis key of this namespace (what an invalidation push names); `None`
+    /// for any other key.
     pub fn l1_key_from_redis(&self, redis_key: &str) -> Option<String> {
         let rest = redis_key.strip_prefix(self.space.namespace_prefix_str())?;
         let rest = rest.strip_suffix('}')?;
@@ -467,7 +498,7 @@ impl Cache {
     /// and unboxed it would be built and moved on every hit too.
     async fn read_remote_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
         let mut out = vec![None];
-        Box::pin(self.fetch(op, &mut out, vec![(0, self.redis_key(key)?)])).await?;
+        Box::pin(self.fetch(op, &mut out, vec![self.pending(0, key)?])).await?;
         Ok(out.pop().flatten())
     }
 
@@ -478,11 +509,11 @@ impl Cache {
         keys: &[&CacheKey],
     ) -> Result<Vec<Option<Entry>>> {
         let mut out: Vec<Option<Entry>> = vec![None; keys.len()];
-        let mut pending: Vec<(usize, String)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             match self.l1_lookup(key)? {
                 Some(entry) => out[i] = Some(entry),
-                None => pending.push((i, self.redis_key(key)?)),
+                None => pending.push(self.pending(i, key)?),
             }
         }
         if pending.is_empty() {
@@ -508,21 +539,22 @@ impl Cache {
         &self,
         op: &'static str,
         out: &mut [Option<Entry>],
-        pending: Vec<(usize, String)>,
+        pending: Vec<Pending>,
     ) -> Result<()> {
         self.counters
             .remote_reads
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
         async {
+            // Tickets are taken before the read is sent: a fill happens only if no
+            // invalidation of its key arrived since (the L1's race rule).
             let tickets: Vec<_> = pending
                 .iter()
-                .map(|(_, k)| {
-                    let l1 = self.l1.as_ref()?;
-                    let l1_key = self.l1_key_from_redis(k)?;
-                    Some((l1.ticket(&l1_key)?, l1_key))
+                .map(|p| {
+                    let (l1, l1_key) = (self.l1.as_ref()?, p.l1_key.as_deref()?);
+                    Some((l1.ticket(l1_key)?, l1_key))
                 })
                 .collect();
-            let names: Vec<&str> = pending.iter().map(|(_, k)| k.as_str()).collect();
+            let names: Vec<&str> = pending.iter().map(|p| p.redis_key.as_str()).collect();
             let reads = match self.store_for_keys(&names).await.as_deref() {
                 Ok(Store::Redis(r)) => {
                     Box::pin(r.read(op, &names, self.l1.is_some(), self.sliding_ttl)).await
@@ -543,8 +575,7 @@ impl Cache {
                 }
                 Err(e) => return self.fail(e),
             };
-            for (((i, _), ticket), Read { stored, pttl }) in pending.iter().zip(tickets).zip(reads)
-            {
+            for ((p, ticket), Read { stored, pttl }) in pending.iter().zip(tickets).zip(reads) {
                 let Some(stored) = stored else {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -554,10 +585,10 @@ impl Cache {
                     continue;
                 };
                 if let (Some(l1), Some((ticket, l1_key))) = (&self.l1, ticket) {
-                    l1.fill(ticket, &l1_key, entry.clone(), pttl);
+                    l1.fill(ticket, l1_key, entry.clone(), pttl);
                 }
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                out[*i] = Some(entry);
+                out[p.index] = Some(entry);
             }
             Ok(())
         }
@@ -814,29 +845,35 @@ impl Cache {
     /// it existed.
     pub async fn delete(&self, key: &CacheKey) -> Result<bool> {
         self.gate.check("cache.delete")?;
-        Ok(self.remove(std::slice::from_ref(key), true).await? > 0)
+        Ok(self
+            .remove("cache.delete", std::slice::from_ref(key), true)
+            .await?
+            > 0)
     }
 
     /// Remove `key` with `UNLINK` (its memory is reclaimed in the background: cheaper for
     /// large values). Returns whether it existed.
     pub async fn unlink(&self, key: &CacheKey) -> Result<bool> {
         self.gate.check("cache.unlink")?;
-        Ok(self.remove(std::slice::from_ref(key), false).await? > 0)
+        Ok(self
+            .remove("cache.unlink", std::slice::from_ref(key), false)
+            .await?
+            > 0)
     }
 
     /// Remove `keys` with `DEL` in one round trip; how many existed.
     pub async fn delete_many(&self, keys: &[CacheKey]) -> Result<u64> {
         self.gate.check("cache.delete")?;
-        self.remove(keys, true).await
+        self.remove("cache.delete", keys, true).await
     }
 
     /// Remove `keys` with `UNLINK` in one round trip; how many existed.
     pub async fn unlink_many(&self, keys: &[CacheKey]) -> Result<u64> {
         self.gate.check("cache.unlink")?;
-        self.remove(keys, false).await
+        self.remove("cache.unlink", keys, false).await
     }
 
-    async fn remove(&self, keys: &[CacheKey], hard: bool) -> Result<u64> {
+    async fn remove(&self, op: &'static str, keys: &[CacheKey], hard: bool) -> Result<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -851,21 +888,23 @@ impl Cache {
             self.evict_local(&rkeys);
             let refs: Vec<&str> = rkeys.iter().map(String::as_str).collect();
             let result = match self.store_for_keys(&refs).await.as_deref() {
-                Ok(Store::Redis(r)) => Box::pin(r.remove("cache.delete", &refs, hard)).await,
+                Ok(Store::Redis(r)) => Box::pin(r.remove(op, &refs, hard)).await,
                 Ok(Store::Local(l)) => Ok(l.remove(&refs)),
                 Err(e) => Err(e.clone()),
             };
             self.evict_local(&rkeys);
             result.or_else(|e| self.fail(e))
         }
-        .instrument(self.span("cache.delete"))
+        .instrument(self.span(op))
         .await
     }
 
     /// The value of `key`; on a miss, run `loader` once in this process (concurrent callers
     /// for the same key wait for it and share its result), store the value with `ttl` and
-    /// return it. A loader error reaches every waiting caller as [`Error::Loader`]. A failure
-    /// to store the loaded value is logged and counted, not returned: the caller has it.
+    /// return it. A loader error reaches every waiting caller as [`Error::Loader`], carrying
+    /// the loader's own error shared among them (read it with [`Error::loader_error`], as
+    /// `Arc<E>` from moka's `try_get_with`). A failure to store the loaded value is logged and
+    /// counted, not returned: the caller has it.
     pub async fn get_or_load<T, F, Fut, E>(
         &self,
         key: &CacheKey,
@@ -876,7 +915,7 @@ impl Cache {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
-        E: std::fmt::Display,
+        E: std::fmt::Display + Send + Sync + 'static,
     {
         self.gate.check("cache.get_or_load")?;
         let mut loader = Some(loader);
@@ -911,7 +950,7 @@ impl Cache {
                                 .into(),
                         });
                     }
-                    Some(Err(message)) => return Err(Error::Loader { message }),
+                    Some(Err(e)) => return Err(e),
                     None => continue,
                 }
             };
@@ -939,9 +978,12 @@ impl Cache {
                     return Ok(value);
                 }
                 Err(e) => {
-                    let message = e.to_string();
-                    let _ = tx.send(Some(Err(message.clone())));
-                    return Err(Error::Loader { message });
+                    let err = Error::Loader {
+                        message: e.to_string(),
+                        error: LoaderError::new(e),
+                    };
+                    let _ = tx.send(Some(Err(err.clone())));
+                    return Err(err);
                 }
             }
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{out_of_range, CounterStore};
+use super::out_of_range;
 use crate::error::Result;
 use crate::keys::parts_after_base;
 
@@ -41,28 +41,29 @@ impl LocalCounterStore {
     }
 }
 
-impl CounterStore for LocalCounterStore {
-    async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+/// The counter operations on process-local state: the same contract as on Redis, for this
+/// process only.
+impl LocalCounterStore {
+    pub(crate) fn incr(&self, key: &str, by: i64) -> Result<i64> {
         self.update("counter.incr", key, |v| v.checked_add(by))
     }
 
-    async fn decr(&self, key: &str, by: i64) -> Result<i64> {
+    pub(crate) fn decr(&self, key: &str, by: i64) -> Result<i64> {
         // Like DECRBY: a decrement of i64::MIN is refused whatever the value.
         self.update("counter.decr", key, |v| {
             by.checked_neg().and_then(|n| v.checked_add(n))
         })
     }
 
-    async fn get(&self, key: &str) -> Result<i64> {
-        Ok(self.values.get(key).map(|v| *v).unwrap_or(0))
+    pub(crate) fn get(&self, key: &str) -> i64 {
+        self.values.get(key).map(|v| *v).unwrap_or(0)
     }
 
-    async fn set(&self, key: &str, value: i64) -> Result<()> {
+    pub(crate) fn set(&self, key: &str, value: i64) {
         self.values.insert(key.to_string(), value);
-        Ok(())
     }
 
-    async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
+    pub(crate) fn list(&self, base: &str) -> Vec<(Vec<String>, i64)> {
         let mut rows: Vec<(String, Vec<String>, i64)> = self
             .values
             .iter()
@@ -71,6 +72,6 @@ impl CounterStore for LocalCounterStore {
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(rows.into_iter().map(|(_, p, v)| (p, v)).collect())
+        rows.into_iter().map(|(_, p, v)| (p, v)).collect()
     }
 }

@@ -1,7 +1,8 @@
-//! Atomic counters (section 8 of the spec).
+//! Atomic counters.
 //!
-//! - [`CounterStore`] is the contract, implemented by [`RedisCounterStore`] (fleet-wide) and
-//!   [`LocalCounterStore`] (this process only). Both pass the same conformance battery.
+//! - The same operations are written twice, side by side: on Redis ([`RedisCounterStore`],
+//!   fleet-wide) and on process-local state ([`LocalCounterStore`], this process only). Both
+//!   pass the same conformance battery.
 //! - [`Counter`] is one configured counter resource: it validates input before any I/O,
 //!   enforces tenancy, applies the configured [`Fallback`], counts and traces every operation.
 //!
@@ -18,7 +19,6 @@
 mod local;
 mod redis;
 
-use std::future::Future;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,33 +73,26 @@ pub struct CounterEntry {
     pub value: i64,
 }
 
-/// The counter contract, one key at a time. Keys come from the resource's [`KeySpace`].
-pub trait CounterStore: Send + Sync {
-    /// Add `by` (`INCRBY`) and return the new value; refused at the `i64` bounds.
-    fn incr(&self, key: &str, by: i64) -> impl Future<Output = Result<i64>> + Send;
-    /// Subtract `by` (`DECRBY`) and return the new value; refused at the `i64` bounds.
-    fn decr(&self, key: &str, by: i64) -> impl Future<Output = Result<i64>> + Send;
-    /// The value; 0 when the counter was never touched.
-    fn get(&self, key: &str) -> impl Future<Output = Result<i64>> + Send;
-    /// Set the value.
-    fn set(&self, key: &str, value: i64) -> impl Future<Output = Result<()>> + Send;
-    /// Every counter directly under `base` (a [`KeySpace::tenant_base`]),
-    /// as (parts, value). Exact: keys of another tenant or namespace are never returned.
-    fn list(&self, base: &str) -> impl Future<Output = Result<Vec<(Vec<String>, i64)>>> + Send;
+/// The store one operation runs on: Redis (the resource's pool or a routed endpoint's) or
+/// process-local state (embedded mode, or the configured fallback).
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    Redis(&'a RedisCounterStore),
+    Local(&'a LocalCounterStore),
 }
 
-/// Operation counts of one counter resource.
+/// Operation counts of one counter resource, live.
 #[derive(Debug, Default)]
-pub struct CounterStats {
+struct Counts {
     ops: AtomicU64,
     errors: AtomicU64,
     fallbacks: AtomicU64,
 }
 
-/// A point-in-time copy of [`CounterStats`].
+/// A copy of one counter resource's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CounterStatsSnapshot {
+pub struct CounterStats {
     /// Operations attempted.
     pub ops: u64,
     /// Operations that returned an error.
@@ -108,10 +101,9 @@ pub struct CounterStatsSnapshot {
     pub fallbacks: u64,
 }
 
-impl CounterStats {
-    /// Copy the counts.
-    pub fn snapshot(&self) -> CounterStatsSnapshot {
-        CounterStatsSnapshot {
+impl Counts {
+    fn snapshot(&self) -> CounterStats {
+        CounterStats {
             ops: self.ops.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
@@ -148,7 +140,7 @@ pub struct CounterState {
     /// Set for `routed = true`: each tenant's counters go to its endpoint.
     router: Option<Arc<Router>>,
     local: LocalCounterStore,
-    stats: CounterStats,
+    stats: Counts,
 }
 
 impl Counter {
@@ -174,7 +166,7 @@ impl Counter {
             redis,
             router,
             local,
-            stats: CounterStats::default(),
+            stats: Counts::default(),
         }))
     }
 
@@ -184,7 +176,7 @@ impl Counter {
     }
 
     /// The operation counts.
-    pub fn stats(&self) -> CounterStatsSnapshot {
+    pub fn stats(&self) -> CounterStats {
         self.stats.snapshot()
     }
 
@@ -327,15 +319,15 @@ impl Counter {
                 (Ok(t), _, Some(e)) if self.should_fall_back(&e) => {
                     self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "routed endpoint unavailable: serving from local state");
-                    (exec(&self.local, t, op).await, "fallback")
+                    (exec(Store::Local(&self.local), t, op).await, "fallback")
                 }
                 (Ok(_), _, Some(e)) => (Err(e), "none"),
-                (Ok(t), None, None) => (exec(&self.local, t, op).await, "local"),
-                (Ok(t), Some(redis), None) => match exec(redis, t, op).await {
+                (Ok(t), None, None) => (exec(Store::Local(&self.local), t, op).await, "local"),
+                (Ok(t), Some(redis), None) => match exec(Store::Redis(redis), t, op).await {
                     Err(e) if self.should_fall_back(&e) => {
                         self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "redis unavailable: serving from local state");
-                        (exec(&self.local, t, op).await, "fallback")
+                        (exec(Store::Local(&self.local), t, op).await, "fallback")
                     }
                     other => (other, "redis"),
                 },
@@ -404,16 +396,31 @@ enum Out {
 /// Run `op` on `store`. Each store future is boxed: fred's command futures are about 6 KiB,
 /// and unboxed they would make every future above this one as large, copied at each await
 /// layer on every call (measured: the copies cost more than one allocation at 64 callers).
-async fn exec<S: CounterStore>(store: &S, target: &str, op: Op) -> Result<Out> {
+async fn exec(store: Store<'_>, target: &str, op: Op) -> Result<Out> {
+    let r = match store {
+        Store::Local(l) => {
+            return Ok(match op {
+                Op::Incr(by) | Op::Batch(by) => Out::Value(l.incr(target, by)?),
+                Op::Decr(by) => Out::Value(l.decr(target, by)?),
+                Op::Get => Out::Value(l.get(target)),
+                Op::Reset(v) => {
+                    l.set(target, v);
+                    Out::Value(v)
+                }
+                Op::List => Out::Rows(l.list(target)),
+            })
+        }
+        Store::Redis(r) => r,
+    };
     Ok(match op {
-        Op::Incr(by) | Op::Batch(by) => Out::Value(Box::pin(store.incr(target, by)).await?),
-        Op::Decr(by) => Out::Value(Box::pin(store.decr(target, by)).await?),
-        Op::Get => Out::Value(Box::pin(store.get(target)).await?),
+        Op::Incr(by) | Op::Batch(by) => Out::Value(Box::pin(r.incr(target, by)).await?),
+        Op::Decr(by) => Out::Value(Box::pin(r.decr(target, by)).await?),
+        Op::Get => Out::Value(Box::pin(r.get(target)).await?),
         Op::Reset(v) => {
-            Box::pin(store.set(target, v)).await?;
+            Box::pin(r.set(target, v)).await?;
             Out::Value(v)
         }
-        Op::List => Out::Rows(Box::pin(store.list(target)).await?),
+        Op::List => Out::Rows(Box::pin(r.list(target)).await?),
     })
 }
 

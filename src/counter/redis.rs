@@ -11,7 +11,7 @@ use std::sync::Arc;
 use fred::interfaces::{ClientLike, ClusterInterface, KeysInterface};
 use fred::types::Value;
 
-use super::{out_of_range, CounterStore};
+use super::out_of_range;
 use crate::connection::RedisConnection;
 use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::keys::{glob_escape, parts_after_base};
@@ -67,16 +67,18 @@ fn parse_i64(op: &'static str, value: &Value) -> Result<i64> {
     }
 }
 
-impl CounterStore for RedisCounterStore {
-    async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+/// The counter operations on Redis: `INCRBY`/`DECRBY` (atomic, refused by the server at the
+/// `i64` bounds), `GET`, `SET`, and a `SCAN` of one tenant base for `list`.
+impl RedisCounterStore {
+    pub(crate) async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         self.add("counter.incr", key, by, false).await
     }
 
-    async fn decr(&self, key: &str, by: i64) -> Result<i64> {
+    pub(crate) async fn decr(&self, key: &str, by: i64) -> Result<i64> {
         self.add("counter.decr", key, by, true).await
     }
 
-    async fn get(&self, key: &str) -> Result<i64> {
+    pub(crate) async fn get(&self, key: &str) -> Result<i64> {
         const OP: &str = "counter.get";
         let client = self.conn.client(OP)?;
         let v: Value = client
@@ -87,7 +89,7 @@ impl CounterStore for RedisCounterStore {
         parse_i64(OP, &v)
     }
 
-    async fn set(&self, key: &str, value: i64) -> Result<()> {
+    pub(crate) async fn set(&self, key: &str, value: i64) -> Result<()> {
         const OP: &str = "counter.reset";
         let client = self.conn.client(OP)?;
         client
@@ -97,7 +99,7 @@ impl CounterStore for RedisCounterStore {
             .map_err(|e| self.conn.error(OP, Access::Write, e))
     }
 
-    async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
+    pub(crate) async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
         const OP: &str = "counter.list";
         let raw = self.conn.client(OP)?;
         let client = raw.with_options(self.conn.options(Access::Read));

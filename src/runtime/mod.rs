@@ -130,7 +130,7 @@ impl Runtime {
             &prefix,
             ("counter", "counter", ResourceKind::Counter),
             &config.counters,
-            Config::counter_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 let redis = conn.clone().map(RedisCounterStore::new);
                 let router = route(cfg.routed);
@@ -142,7 +142,7 @@ impl Runtime {
             &prefix,
             ("cache", "cache", ResourceKind::Cache),
             &config.caches,
-            Config::cache_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 let redis = conn.clone().map(RedisCacheStore::new);
                 Cache::new(name, space, cfg, redis, route(cfg.routed), gate.clone())
@@ -155,7 +155,7 @@ impl Runtime {
             &prefix,
             ("lock", "lock", ResourceKind::Lock),
             &config.locks,
-            Config::lock_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 let redis = conn.clone().map(RedisLockStore::new);
                 let local = local_locks.clone();
@@ -172,7 +172,7 @@ impl Runtime {
                 ResourceKind::Idempotency,
             ),
             &config.idempotency,
-            Config::idempotency_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 let redis = conn.clone().map(RedisIdempotencyStore::new);
                 let local = local_idem.clone();
@@ -185,7 +185,7 @@ impl Runtime {
             &prefix,
             ("snapshot", "snapshot resource", ResourceKind::Snapshot),
             &config.snapshots,
-            Config::snapshot_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 let redis = conn.clone().map(RedisSnapshotStore::new);
                 let local = local_snaps.clone();
@@ -198,7 +198,7 @@ impl Runtime {
             &prefix,
             ("rate_limit", "rate-limit policy", ResourceKind::RateLimit),
             &config.rate_limits,
-            Config::rate_limit_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 RateLimiter::new(name, space, cfg, conn.clone(), clock.clone(), gate.clone())
             },
@@ -208,7 +208,7 @@ impl Runtime {
             &prefix,
             ("breaker", "breaker policy", ResourceKind::Breaker),
             &config.breakers,
-            Config::breaker_namespace,
+            Config::namespace,
             |name, space, cfg| {
                 Breaker::new(name, space, cfg, conn.clone(), clock.clone(), gate.clone())
             },

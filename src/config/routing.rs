@@ -1,0 +1,90 @@
+//! `[routing]`: which tenants live on their own endpoint.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+use super::redis::{RedisConfig, RedisUrl};
+use crate::tls::TlsConfig;
+
+/// Tenant routing (`[routing]`): which tenants live on their own endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Endpoint pools kept open at most; the least recently used is closed beyond it
+    /// (default 16).
+    pub max_pools: usize,
+    /// Tenant → endpoint: a URL (any `redis.url` form), or a table `{ url = "…", tls = {…} }`
+    /// for an endpoint whose TLS settings differ from `[redis.tls]`. Tenants with the same
+    /// endpoint share a pool. Connection settings other than the URL and TLS come from
+    /// `[redis]` (or its defaults); an endpoint without its own `tls` uses `[redis.tls]`.
+    pub tenants: BTreeMap<String, RouteEndpoint>,
+}
+
+/// Where a routed tenant's data lives: a URL and, where they differ from `[redis.tls]`, its
+/// own TLS settings.
+#[derive(Debug, Clone)]
+pub struct RouteEndpoint {
+    /// The endpoint's URL.
+    pub url: RedisUrl,
+    /// TLS settings of this endpoint; `None` uses `[redis.tls]`.
+    pub tls: Option<TlsConfig>,
+}
+
+impl RouteEndpoint {
+    /// Whether `other` is the same endpoint: same URL (credentials included) and same TLS
+    /// settings. Same endpoints share a pool.
+    pub fn same_as(&self, other: &RouteEndpoint) -> bool {
+        self.url.expose() == other.url.expose() && self.tls == other.tls
+    }
+
+    /// The connection settings of this endpoint: `template` with its URL and TLS.
+    pub fn redis_config(&self, template: &RedisConfig) -> RedisConfig {
+        let mut cfg = template.clone();
+        cfg.url = self.url.clone();
+        if self.tls.is_some() {
+            cfg.tls = self.tls.clone();
+        }
+        cfg
+    }
+}
+
+impl From<RedisUrl> for RouteEndpoint {
+    fn from(url: RedisUrl) -> Self {
+        RouteEndpoint { url, tls: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: RedisUrl,
+            #[serde(default)]
+            tls: Option<TlsConfig>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Url(RedisUrl),
+            Table(Table),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Url(url) => RouteEndpoint { url, tls: None },
+            Form::Table(t) => RouteEndpoint {
+                url: t.url,
+                tls: t.tls,
+            },
+        })
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_pools: 16,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
