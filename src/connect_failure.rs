@@ -93,6 +93,7 @@ impl ConnectFailure {
 
     /// Classify an error of the TLS library.
     #[cfg(feature = "tls")]
+    #[doc(hidden)]
     pub fn of_rustls(e: &rustls::Error) -> Self {
         use rustls::{AlertDescription as A, CertificateError as C, Error as E};
         match e {
@@ -123,6 +124,7 @@ impl ConnectFailure {
 
     /// Classify an I/O error of a connect or handshake (a TLS error travels inside it).
     #[cfg(feature = "tls")]
+    #[doc(hidden)]
     pub fn of_io(e: &std::io::Error) -> Self {
         if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
             return Self::of_rustls(tls);
@@ -131,6 +133,7 @@ impl ConnectFailure {
     }
 
     /// Classify a plain I/O failure by its kind.
+    #[doc(hidden)]
     pub fn of_io_kind(kind: std::io::ErrorKind) -> Self {
         use std::io::ErrorKind as K;
         match kind {
@@ -145,6 +148,7 @@ impl ConnectFailure {
     /// Classify the driver's report of a failed connection, from the text of the driver's
     /// error, which carries the TLS library's error name. Only ever used to name a cause for
     /// operators, never for control flow. `None` when the text names nothing we know.
+    #[doc(hidden)]
     pub fn of_driver_report(tls: bool, report: &str) -> Option<Self> {
         const TABLE: &[(&str, ConnectFailure)] = &[
             ("UnknownIssuer", ConnectFailure::TlsUntrustedCertificate),

@@ -540,6 +540,7 @@ pub enum HealthState {
 
 impl HealthState {
     /// The state for `connected` of `total` connections.
+    #[doc(hidden)]
     pub fn from_counts(connected: usize, total: usize) -> Self {
         match connected {
             0 => HealthState::Down,
@@ -565,6 +566,7 @@ pub struct Health {
 impl Health {
     /// Publish the state for `connected` of `total` clients on `health`; whether the state
     /// changed (counts alone changing wakes watchers too, but is no transition).
+    #[doc(hidden)]
     pub fn publish(
         health: &tokio::sync::watch::Sender<Health>,
         new: HealthState,
@@ -588,6 +590,7 @@ impl Health {
     }
 
     /// The health of embedded local mode.
+    #[doc(hidden)]
     pub fn embedded() -> Self {
         Health {
             state: HealthState::Embedded,

@@ -284,6 +284,7 @@ impl Error {
     }
 
     /// The driver error class, when a driver failure caused this error.
+    #[doc(hidden)]
     pub fn driver_class(&self) -> Option<DriverErrorClass> {
         match self {
             Error::Unavailable { source, .. }
@@ -303,6 +304,7 @@ impl Error {
 
     /// `Unavailable` because no connection is up, with the reason connections fail when one
     /// is known. Nothing was sent.
+    #[doc(hidden)]
     pub fn unavailable_because(
         op: impl Into<Cow<'static, str>>,
         cause: Option<ConnectFailure>,
@@ -315,6 +317,7 @@ impl Error {
     }
 
     /// `Unavailable` without a driver error: the call was refused before anything was sent.
+    #[doc(hidden)]
     pub fn unavailable(op: impl Into<Cow<'static, str>>) -> Self {
         Error::Unavailable {
             op: op.into(),
@@ -324,6 +327,7 @@ impl Error {
     }
 
     /// A validation error naming the offending field.
+    #[doc(hidden)]
     pub fn validation(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Error::Validation {
             field: field.into(),
@@ -332,6 +336,7 @@ impl Error {
     }
 
     /// A configuration error naming the offending field.
+    #[doc(hidden)]
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
             field: field.into(),
@@ -340,6 +345,7 @@ impl Error {
     }
 
     /// An internal error without a driver cause.
+    #[doc(hidden)]
     pub fn internal(op: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Error::Internal {
             op: op.into(),

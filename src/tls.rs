@@ -117,6 +117,7 @@ impl TlsConfig {
     /// Check the settings and that every file can be read and parsed now (a missing or
     /// unreadable file at start is a configuration error, not a connection failure later).
     /// `field` is the table's dotted path, for the error.
+    #[doc(hidden)]
     pub fn validate(&self, field: &str) -> Result<()> {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(Error::config(

@@ -9,7 +9,7 @@ pub struct ActorNames {
 
 impl ActorNames {
     /// Names under `prefix` (validated by the configuration).
-    pub fn new(prefix: impl Into<String>) -> Self {
+    pub(crate) fn new(prefix: impl Into<String>) -> Self {
         ActorNames {
             prefix: prefix.into(),
         }

@@ -213,19 +213,19 @@ impl Breaker {
 
     /// The prefix of every state key of this policy: what the tracking subscriber asks the
     /// server to broadcast invalidations for (state keys change only on phase changes).
-    pub fn tracking_prefix(&self) -> String {
+    pub(crate) fn tracking_prefix(&self) -> String {
         self.space.namespace_prefix()
     }
 
     /// An invalidation push for `redis_key` (a state key of this policy): drop its cached
     /// phase, so the next admit asks Redis. A phase read in flight is not cached.
-    pub fn apply_invalidation(&self, redis_key: &str) {
+    pub(crate) fn apply_invalidation(&self, redis_key: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.remove(redis_key);
     }
 
     /// Drop every cached phase (a server flush, or tracking lost).
-    pub fn flush_cache(&self) {
+    pub(crate) fn flush_cache(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
     }
@@ -234,7 +234,7 @@ impl Breaker {
     /// policy. Lost: every cached phase is dropped and, until confirmed again, none is served
     /// longer than `closed_cache_ttl` (an open one included, so a reset made by another replica
     /// is seen within that TTL).
-    pub fn set_tracked(&self, tracked: bool) {
+    pub(crate) fn set_tracked(&self, tracked: bool) {
         self.tracked.store(tracked, Ordering::Release);
         // Either way a phase read in flight is not cached: one sent untracked may predate
         // a reset that no push will announce.
@@ -243,14 +243,10 @@ impl Breaker {
 
     /// Drop cached phases past their deadline (the resilience actor calls this periodically,
     /// so routes that stopped being used do not hold memory).
+    #[doc(hidden)]
     pub fn sweep(&self) {
         let now = self.clock.now();
         self.cache.retain(|_, c| c.until > now);
-    }
-
-    /// Cached phases held now.
-    pub fn cached_routes(&self) -> usize {
-        self.cache.len()
     }
 
     /// Every transition from now on.

@@ -257,7 +257,7 @@ impl Cache {
     }
 
     /// Whether this namespace is routed by tenant (its L1, if any, is TTL-only).
-    pub fn is_routed(&self) -> bool {
+    pub(crate) fn is_routed(&self) -> bool {
         self.router.is_some()
     }
 
@@ -315,11 +315,6 @@ impl Cache {
         &self.name
     }
 
-    /// The key space.
-    pub fn space(&self) -> &KeySpace {
-        &self.space
-    }
-
     /// The L1, when the namespace has one: read-only diagnostics for benchmarks (its
     /// trust and contents change only through the tracking session).
     #[doc(hidden)]
@@ -365,7 +360,7 @@ impl Cache {
 
     /// The prefix every key of this namespace starts with: what the tracking subscriber asks
     /// the server to broadcast invalidations for.
-    pub fn tracking_prefix(&self) -> String {
+    pub(crate) fn tracking_prefix(&self) -> String {
         self.space.namespace_prefix()
     }
 
@@ -450,7 +445,7 @@ impl Cache {
 
     /// The L1 key of a Redis key of this namespace (what an invalidation push names); `None`
     /// for any other key.
-    pub fn l1_key_from_redis(&self, redis_key: &str) -> Option<String> {
+    pub(crate) fn l1_key_from_redis(&self, redis_key: &str) -> Option<String> {
         let rest = redis_key.strip_prefix(self.space.namespace_prefix_str())?;
         let rest = rest.strip_suffix('}')?;
         if self.tenant_aware {
@@ -463,7 +458,7 @@ impl Cache {
 
     /// Apply an invalidation push for `redis_key` (the tracking subscriber calls this).
     /// Keys of other namespaces are ignored.
-    pub fn apply_invalidation(&self, redis_key: &str) {
+    pub(crate) fn apply_invalidation(&self, redis_key: &str) {
         if let (Some(l1), Some(k)) = (&self.l1, self.l1_key_from_redis(redis_key)) {
             l1.invalidate(&k);
         }

@@ -203,6 +203,7 @@ impl Config {
     }
 
     /// The validated namespace of the resource `name` of `c`'s kind (its name by default).
+    #[doc(hidden)]
     pub fn namespace<C: ResourceConfig>(&self, name: &str, c: &C) -> Result<Namespace> {
         Namespace::parse(
             &format!("{}.{name}.namespace", C::SECTION),
@@ -211,6 +212,7 @@ impl Config {
     }
 
     /// The validated key prefix.
+    #[doc(hidden)]
     pub fn key_prefix(&self) -> Result<KeyPrefix> {
         KeyPrefix::parse("key_prefix", &self.key_prefix)
     }

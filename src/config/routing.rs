@@ -34,11 +34,13 @@ pub struct RouteEndpoint {
 impl RouteEndpoint {
     /// Whether `other` is the same endpoint: same URL (credentials included) and same TLS
     /// settings. Same endpoints share a pool.
+    #[doc(hidden)]
     pub fn same_as(&self, other: &RouteEndpoint) -> bool {
         self.url.expose() == other.url.expose() && self.tls == other.tls
     }
 
     /// The connection settings of this endpoint: `template` with its URL and TLS.
+    #[doc(hidden)]
     pub fn redis_config(&self, template: &RedisConfig) -> RedisConfig {
         let mut cfg = template.clone();
         cfg.url = self.url.clone();

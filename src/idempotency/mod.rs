@@ -195,7 +195,7 @@ impl Idempotency {
     }
 
     /// The record key of `req`: op verbatim (escaped), the caller's key as its SHA-256.
-    pub fn record_key(&self, req: &IdemRequest) -> Result<String> {
+    pub(crate) fn record_key(&self, req: &IdemRequest) -> Result<String> {
         if req.op.is_empty() {
             return Err(Error::validation("op", "must not be empty"));
         }

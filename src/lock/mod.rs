@@ -163,17 +163,12 @@ impl Lock {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &LockConfig {
+    pub(crate) fn config(&self) -> &LockConfig {
         &self.config
     }
 
-    /// Whether this lock runs on Redis (`false`: embedded local mode).
-    pub fn is_redis(&self) -> bool {
-        matches!(self.store, Store::Redis(_))
-    }
-
     /// The lock's key for `id` (validated: tenant rules, non-empty name).
-    pub fn key(&self, id: &LockId) -> Result<String> {
+    pub(crate) fn key(&self, id: &LockId) -> Result<String> {
         if id.name.is_empty() {
             return Err(Error::validation("lock", "the name must not be empty"));
         }
@@ -182,7 +177,7 @@ impl Lock {
     }
 
     /// The local deadline of a lease confirmed at `from`: `from + lease − drift margin`.
-    pub fn deadline_from(&self, from: Instant) -> Instant {
+    pub(crate) fn deadline_from(&self, from: Instant) -> Instant {
         from + self.config.lease - self.config.drift()
     }
 

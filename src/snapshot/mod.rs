@@ -154,7 +154,7 @@ impl Snapshots {
     }
 
     /// The keys of `run`.
-    pub fn keys(&self, run: &RunId) -> Result<RunKeys> {
+    pub(crate) fn keys(&self, run: &RunId) -> Result<RunKeys> {
         if run.id.is_empty() {
             return Err(Error::validation("run_id", "must not be empty"));
         }
