@@ -37,7 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ticks += 1;
                 for name in forze.counter_names() {
                     let counter = forze.counter(&name)?;
-                    match counter.incr(&CounterId::suffix("heartbeat").for_tenant(TenantId::new("daemon")?), 1).await {
+                    let mut id = CounterId::suffix("heartbeat");
+                    if counter.is_tenant_aware() {
+                        id = id.for_tenant(TenantId::new("daemon")?);
+                    }
+                    match counter.incr(&id, 1).await {
                         Ok(v) => tracing::info!(counter = name, value = v, health = ?forze.health().state, "tick"),
                         Err(e) => tracing::warn!(counter = name, error = %e, "tick failed"),
                     }

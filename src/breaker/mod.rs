@@ -289,6 +289,11 @@ impl Breaker {
     /// Whether a call on `route` may go ahead. Never a Redis error.
     pub async fn admit(&self, route: &str) -> Result<Admission> {
         self.gate.check("breaker.admit")?;
+        self.decide(route).await
+    }
+
+    /// [`Breaker::admit`] past the gate (`call` checks it once for admit, call and record).
+    async fn decide(&self, route: &str) -> Result<Admission> {
         let key = self.key(route)?;
         self.counters.admits.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
@@ -325,6 +330,11 @@ impl Breaker {
     /// Record the outcome of an admitted call. Never a Redis error.
     pub async fn record(&self, route: &str, ok: bool) -> Result<Phase> {
         self.gate.check("breaker.record")?;
+        self.record_outcome(route, ok).await
+    }
+
+    /// [`Breaker::record`] past the gate: a call admitted before shutdown still counts.
+    async fn record_outcome(&self, route: &str, ok: bool) -> Result<Phase> {
         let key = self.key(route)?;
         let action = if ok { "ok" } else { "fail" };
         Ok(match &self.conn {
@@ -348,14 +358,14 @@ impl Breaker {
         self.gate
             .check("breaker.call")
             .map_err(CallError::Breaker)?;
-        let a = self.admit(route).await.map_err(CallError::Breaker)?;
+        let a = self.decide(route).await.map_err(CallError::Breaker)?;
         if !a.allowed {
             return Err(CallError::Breaker(Error::CircuitOpen {
                 retry_after: a.retry_after,
             }));
         }
         let out = call.await;
-        let _ = self.record(route, out.is_ok()).await;
+        let _ = self.record_outcome(route, out.is_ok()).await;
         out.map_err(CallError::Call)
     }
 

@@ -917,7 +917,9 @@ impl Cache {
         // A leader that is cancelled wakes its followers empty-handed; they then retry, one
         // of them leading. Bounded: every round either returns or sees a cancelled leader.
         for _ in 0..16 {
-            if let Some(v) = self.get::<T>(key).await? {
+            // Past the gate (checked once above): a load that began before shutdown finishes.
+            let entry = self.read_one("cache.get", key).await?;
+            if let Some(v) = self.decode_or_count::<T>(entry) {
                 return Ok(v);
             }
             let rkey = self.redis_key(key)?;
@@ -967,7 +969,12 @@ impl Cache {
                                 message: format!("cannot encode the loaded value: {e}"),
                             })?;
                     let _ = tx.send(Some(Ok(bytes)));
-                    if let Err(e) = self.set(key, &value, ttl).await {
+                    let write = async {
+                        let stored = codec::encode_json(None, &value)?;
+                        let entries = vec![(self.redis_key(key)?, stored)];
+                        self.write_stored("cache.set", entries, ttl).await
+                    };
+                    if let Err(e) = write.await {
                         tracing::warn!(resource = %self.name, error = %e, "loaded value not cached");
                     }
                     return Ok(value);

@@ -175,6 +175,12 @@ impl Counter {
         &self.name
     }
 
+    /// Whether every call needs a tenant (`tenant_aware` or `routed`); a resource that is not
+    /// tenant-aware refuses one.
+    pub fn is_tenant_aware(&self) -> bool {
+        self.tenant_aware
+    }
+
     /// The operation counts.
     pub fn stats(&self) -> CounterStats {
         self.stats.snapshot()

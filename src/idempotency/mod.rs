@@ -243,6 +243,11 @@ impl Idempotency {
     /// attempt holds a live claim (never a silent wait: see [`Idempotency::begin_wait`]).
     pub async fn begin(&self, req: &IdemRequest) -> Result<Begin> {
         self.gate.check("idempotency.begin")?;
+        self.claim_or_replay(req).await
+    }
+
+    /// [`Idempotency::begin`] past the gate (`run` checks it once for its whole sequence).
+    async fn claim_or_replay(&self, req: &IdemRequest) -> Result<Begin> {
         let key = self.record_key(req)?;
         let owner = new_owner();
         let reply = self.begin_once(&key, req, &owner).await?;
@@ -278,6 +283,13 @@ impl Idempotency {
     /// any more (taken over after its lease, or expired): the result is not stored.
     pub async fn commit(&self, claim: &Claim, result: &[u8]) -> Result<()> {
         self.gate.check("idempotency.commit")?;
+        self.store_result(claim, result).await
+    }
+
+    /// [`Idempotency::commit`] past the gate: a `run` that began before shutdown stores its
+    /// result even if shutdown begins while the operation runs (else a retry would run it
+    /// again once the claim's lease ends).
+    async fn store_result(&self, claim: &Claim, result: &[u8]) -> Result<()> {
         let ok = match &self.store {
             Store::Redis(r) => {
                 Box::pin(r.commit(&claim.key, &claim.owner, result, self.config.retention)).await?
@@ -295,6 +307,11 @@ impl Idempotency {
     /// owner's claim or a done record is never touched).
     pub async fn fail(&self, claim: &Claim) -> Result<bool> {
         self.gate.check("idempotency.fail")?;
+        self.release_claim(claim).await
+    }
+
+    /// [`Idempotency::fail`] past the gate.
+    async fn release_claim(&self, claim: &Claim) -> Result<bool> {
         match &self.store {
             Store::Redis(r) => Box::pin(r.fail(&claim.key, &claim.owner)).await,
             Store::Local(l) => Ok(l.fail(&claim.key, &claim.owner)),
@@ -319,7 +336,11 @@ impl Idempotency {
         self.gate
             .check("idempotency.run")
             .map_err(RunError::Idempotency)?;
-        let claim = match self.begin(req).await.map_err(RunError::Idempotency)? {
+        let claim = match self
+            .claim_or_replay(req)
+            .await
+            .map_err(RunError::Idempotency)?
+        {
             Begin::Replay(bytes) => {
                 return serde_json::from_slice(&bytes).map_err(|e| {
                     RunError::Idempotency(Error::Codec {
@@ -333,19 +354,19 @@ impl Idempotency {
             Ok(value) => {
                 match serde_json::to_vec(&value) {
                     Ok(bytes) => {
-                        if let Err(e) = self.commit(&claim, &bytes).await {
+                        if let Err(e) = self.store_result(&claim, &bytes).await {
                             tracing::error!(resource = %self.name, error = %e, "idempotency commit failed after the operation succeeded");
                         }
                     }
                     Err(e) => {
                         tracing::error!(resource = %self.name, error = %e, "result not encodable; claim failed");
-                        let _ = self.fail(&claim).await;
+                        let _ = self.release_claim(&claim).await;
                     }
                 }
                 Ok(value)
             }
             Err(e) => {
-                if let Err(fe) = self.fail(&claim).await {
+                if let Err(fe) = self.release_claim(&claim).await {
                     tracing::warn!(resource = %self.name, error = %fe, "idempotency fail() failed; the claim ends with its lease");
                 }
                 Err(RunError::Operation(e))
@@ -368,6 +389,43 @@ pub enum RunError<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shutdown beginning while `run`'s operation executes does not cut the sequence short:
+    /// `run` passes the gate once, at its start, so the result is still committed and a retry
+    /// replays it instead of running the operation again.
+    #[tokio::test]
+    async fn a_run_under_way_when_the_gate_closes_still_commits_its_result() {
+        let config = crate::Config::from_toml_str("[idempotency.orders]").expect("config");
+        let rt = crate::runtime::Runtime::build(config).expect("runtime");
+        let idem = rt.idempotency.get("orders").expect("orders");
+        let req = IdemRequest::new("op", "k", payload_hash(b"p"));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let (idem, req) = (idem.clone(), req.clone());
+            async move {
+                idem.run(&req, || async move {
+                    let _ = started_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, String>(42u64)
+                })
+                .await
+            }
+        });
+        started_rx.await.expect("started");
+        rt.gate.close();
+        assert_eq!(
+            idem.begin(&req).await.unwrap_err().kind(),
+            crate::ErrorKind::Unavailable,
+            "new calls are refused"
+        );
+        go_tx.send(()).expect("go");
+        assert_eq!(running.await.expect("task").expect("run"), 42);
+        match idem.claim_or_replay(&req).await.expect("begin") {
+            Begin::Replay(bytes) => assert_eq!(bytes.as_ref(), b"42"),
+            Begin::Proceed(_) => panic!("the result was not committed: a retry would run again"),
+        }
+    }
 
     #[test]
     fn payload_hashes_are_sha256_hex() {

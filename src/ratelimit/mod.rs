@@ -160,6 +160,11 @@ impl RateLimiter {
     /// `Validation` for `n == 0` or `n` above the capacity (it could never be granted).
     pub async fn try_acquire(&self, route: &str, n: u32) -> Result<Decision> {
         self.gate.check("ratelimit.try_acquire")?;
+        self.decide(route, n).await
+    }
+
+    /// [`RateLimiter::try_acquire`] past the gate (`acquire` checks it once for its wait).
+    async fn decide(&self, route: &str, n: u32) -> Result<Decision> {
         if n == 0 || n > self.config.capacity() {
             return Err(Error::validation(
                 "n",
@@ -201,7 +206,7 @@ impl RateLimiter {
         // A wait too long to represent is "no deadline".
         let deadline = self.clock.now().checked_add(max_wait);
         loop {
-            let d = self.try_acquire(route, n).await?;
+            let d = self.decide(route, n).await?;
             if d.allowed {
                 return Ok(d);
             }

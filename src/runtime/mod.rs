@@ -77,6 +77,9 @@ pub struct Runtime {
     pub tracking: Option<TrackingSource>,
     /// Tenant routing, when a resource is routed.
     pub router: Option<Arc<Router>>,
+    /// The confirmation the tracking session's current trust belongs to (see
+    /// [`crate::tracking::Trust`]); shared by the sessions of every subscriber incarnation.
+    pub trust_generation: Arc<std::sync::Mutex<u64>>,
 }
 
 /// Build the table of one resource kind: the loop every kind shares (namespace, key space,
@@ -250,6 +253,7 @@ impl Runtime {
             leases,
             tracking,
             router,
+            trust_generation: Default::default(),
             config,
         })
     }

@@ -170,6 +170,11 @@ impl Snapshots {
     /// then gets `Conflict(NotOwner)` on its next append).
     pub async fn begin(&self, run: &RunId, fingerprint: &str) -> Result<SnapshotWriter> {
         self.gate.check("snapshot.begin")?;
+        self.open_run(run, fingerprint).await
+    }
+
+    /// [`Snapshots::begin`] past the gate (`put` checks it once for the whole run).
+    async fn open_run(&self, run: &RunId, fingerprint: &str) -> Result<SnapshotWriter> {
         let keys = self.keys(run)?;
         let writer = new_owner();
         let (ttl, max) = (self.config.ttl, self.config.max_ids);
@@ -190,6 +195,12 @@ impl Snapshots {
     /// for a chunk out of order or after the run completed. Returns the run's id count.
     pub async fn append(&self, w: &mut SnapshotWriter, ids: &[String], last: bool) -> Result<u64> {
         self.gate.check("snapshot.append")?;
+        self.write_chunk(w, ids, last).await
+    }
+
+    /// [`Snapshots::append`] past the gate: a `put` that began before shutdown completes its
+    /// run instead of leaving it incomplete.
+    async fn write_chunk(&self, w: &mut SnapshotWriter, ids: &[String], last: bool) -> Result<u64> {
         const OP: &str = "snapshot.append";
         let reply = match &self.store {
             Store::Redis(r) => Box::pin(r.append(&w.run, &w.writer, w.next, ids, last)).await?,
@@ -234,13 +245,14 @@ impl Snapshots {
                 format!("{} ids exceed max_ids ({})", ids.len(), self.config.max_ids),
             ));
         }
-        let mut w = self.begin(run, fingerprint).await?;
+        let mut w = self.open_run(run, fingerprint).await?;
         let chunks: Vec<&[String]> = ids.chunks(self.config.chunk_size).collect();
         if chunks.is_empty() {
-            self.append(&mut w, &[], true).await?;
+            self.write_chunk(&mut w, &[], true).await?;
         }
         for (i, chunk) in chunks.iter().enumerate() {
-            self.append(&mut w, chunk, i + 1 == chunks.len()).await?;
+            self.write_chunk(&mut w, chunk, i + 1 == chunks.len())
+                .await?;
         }
         Ok(())
     }

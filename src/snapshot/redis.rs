@@ -121,7 +121,7 @@ impl RedisSnapshotStore {
                     offset.to_string(),
                     limit.to_string(),
                     expected.unwrap_or("").to_string(),
-                    ttl_millis(keep).to_string(),
+                    crate::time::millis(keep).to_string(),
                 ],
             )
             .await?;

@@ -15,6 +15,8 @@
 pub mod connection;
 pub mod topology;
 
+use std::sync::{Arc, Mutex};
+
 use crate::breaker::Breaker;
 use crate::cache::l1::FlushReason;
 use crate::cache::Cache;
@@ -27,6 +29,11 @@ use connection::deoverlap;
 pub struct Tracked {
     caches: Vec<(String, Cache)>,
     breakers: Vec<(String, Breaker)>,
+    /// Which confirmation the current trust belongs to, shared by every session of one
+    /// runtime: a dying session's trust, dropped late (an aborted task is dropped only when
+    /// tokio next polls it), must not untrust what a newer session confirmed. Held while
+    /// confirming and while a trust ends, so the two never interleave.
+    generation: Arc<Mutex<u64>>,
 }
 
 impl Tracked {
@@ -44,7 +51,11 @@ impl Tracked {
             .values()
             .map(|b| (b.tracking_prefix(), b.clone()))
             .collect();
-        Tracked { caches, breakers }
+        Tracked {
+            caches,
+            breakers,
+            generation: runtime.trust_generation.clone(),
+        }
     }
 
     /// The prefixes to ask the server to broadcast, none covering another.
@@ -61,6 +72,8 @@ impl Tracked {
     /// Trust everything: every primary is tracked on a confirmed connection. Hold the value
     /// for as long as that stays true.
     pub fn confirm(&self) -> Trust {
+        let mut current = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *current += 1;
         for (_, cache) in &self.caches {
             cache.l1_confirm();
         }
@@ -69,6 +82,7 @@ impl Tracked {
         }
         Trust {
             tracked: self.clone(),
+            generation: *current,
             reason: Some(FlushReason::SubscriberRestart),
         }
     }
@@ -133,6 +147,7 @@ impl Tracked {
 #[must_use = "dropping the trust flushes every L1 at once"]
 pub struct Trust {
     tracked: Tracked,
+    generation: u64,
     reason: Option<FlushReason>,
 }
 
@@ -145,7 +160,16 @@ impl Trust {
 
 impl Drop for Trust {
     fn drop(&mut self) {
-        if let Some(reason) = self.reason.take() {
+        let Some(reason) = self.reason.take() else {
+            return;
+        };
+        let current = self
+            .tracked
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // A newer session has confirmed since: what it trusts is not this trust's to end.
+        if *current == self.generation {
             self.tracked.lose(reason);
         }
     }
