@@ -11,7 +11,8 @@
 //! | [`config`] | the serde configuration tree, defaults, validation, secret redaction |
 //! | [`keys`] | the key layout: escaping, tenants, hash tags, namespace prefixes |
 //! | [`error`] | the error type, its kinds, classification of driver errors |
-//! | [`runtime`] | every resource built from a `Config`, the shutdown gate, lookups by name |
+//! | [`runtime`] | every resource built from a `Config`, lookups by name |
+//! | [`gate`], [`task`] | the shutdown gate every handle checks; a task aborted with its owner |
 //! | [`connection`] | the fred pool with safe settings, command options, script execution, health |
 //! | [`tracking`] | the tracking session: RESP3 connections, topology, trust in the L1s |
 //! | [`tls`] | `[redis.tls]` and the rustls client every connection shares |
@@ -49,6 +50,8 @@ pub mod decided_by;
 #[doc(hidden)]
 pub mod error;
 #[doc(hidden)]
+pub mod gate;
+#[doc(hidden)]
 pub mod idempotency;
 #[doc(hidden)]
 pub mod keys;
@@ -64,6 +67,8 @@ pub mod runtime;
 pub mod scripts;
 #[doc(hidden)]
 pub mod snapshot;
+#[doc(hidden)]
+pub mod task;
 #[doc(hidden)]
 pub mod time;
 #[doc(hidden)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use forze_redis::runtime::AbortOnDrop;
+use forze_redis::task::AbortOnDrop;
 use forze_redis::{Cache, CacheKey, CacheStats, Result};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 

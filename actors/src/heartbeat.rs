@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forze_redis::lock::LeaseRegistry;
-use forze_redis::runtime::AbortOnDrop;
+use forze_redis::task::AbortOnDrop;
 use forze_redis::HeartbeatStats;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use forze_redis::connection::{Health, HealthState, RedisConnection};
 use forze_redis::error::Access;
-use forze_redis::runtime::AbortOnDrop;
+use forze_redis::task::AbortOnDrop;
 use fred::interfaces::{ClientInterface, ClientLike, EventInterface};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast::error::RecvError;

@@ -14,7 +14,7 @@ use forze_redis::ratelimit::RateLimitStats;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::shared::Shared;
-use forze_redis::runtime::AbortOnDrop;
+use forze_redis::task::AbortOnDrop;
 
 /// Messages of the resilience actor.
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 //! incarnation and to the [`ForzeHandle`](crate::ForzeHandle). A restarted child therefore
 //! resumes: the state lives here, not in the actor that failed.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use forze_redis::runtime::Runtime;
@@ -22,7 +22,7 @@ pub struct Shared {
     /// Tasks spawned on behalf of callers (message requests); waited for at shutdown.
     pub(crate) tasks: TaskTracker,
     pub(crate) pool_stats: PoolCounters,
-    pub(crate) tracking_stats: crate::tracking::TrackingCounters,
+    pub(crate) tracking_stats: TrackingCounters,
 }
 
 impl std::ops::Deref for Shared {
@@ -40,6 +40,21 @@ pub(crate) struct PoolCounters {
     pub(crate) probes: AtomicU64,
     pub(crate) probe_failures: AtomicU64,
     pub(crate) state_changes: AtomicU64,
+}
+
+/// Events of the tracking subscriber, counted across its restarts.
+#[derive(Debug, Default)]
+pub(crate) struct TrackingCounters {
+    pub(crate) confirmations: AtomicU64,
+    pub(crate) losses: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) invalidated_keys: AtomicU64,
+    pub(crate) server_flushes: AtomicU64,
+    pub(crate) topology_changes: AtomicU64,
+    pub(crate) primaries: AtomicU64,
+    pub(crate) confirmed: AtomicBool,
+    /// Set by the first incarnation.
+    pub(crate) started: AtomicBool,
 }
 
 impl Shared {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use forze_redis::cache::l1::FlushReason;
-use forze_redis::runtime::AbortOnDrop;
+use forze_redis::task::AbortOnDrop;
 use forze_redis::tracking::connection::{TrackingConnection, TrackingEvent};
 use forze_redis::tracking::topology::{Topology, TopologyWatch, TrackingSource};
 use forze_redis::tracking::{Tracked, Trust};
@@ -33,7 +33,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::shared::Shared;
+use crate::shared::{Shared, TrackingCounters};
 
 /// Messages of the tracking subscriber.
 #[derive(Debug)]
@@ -44,21 +44,6 @@ pub enum TrackingMsg {
     /// Make this actor panic, to drill supervision.
     #[cfg(feature = "fault-injection")]
     Panic,
-}
-
-/// Events of the tracking subscriber, counted across its restarts.
-#[derive(Debug, Default)]
-pub(crate) struct TrackingCounters {
-    confirmations: AtomicU64,
-    losses: AtomicU64,
-    connect_failures: AtomicU64,
-    invalidated_keys: AtomicU64,
-    server_flushes: AtomicU64,
-    topology_changes: AtomicU64,
-    primaries: AtomicU64,
-    confirmed: AtomicBool,
-    /// Set by the first incarnation.
-    started: AtomicBool,
 }
 
 /// A copy of the tracking subscriber's statistics.
@@ -130,7 +115,7 @@ impl Actor for TrackingSubscriber {
         _myself: ActorRef<TrackingMsg>,
         shared: Arc<Shared>,
     ) -> Result<TrackingState, ActorProcessingErr> {
-        let tracked = Tracked::of(&shared);
+        let tracked = shared.tracked();
         // A new incarnation knows nothing of what happened before it: start from empty. The
         // first one starts with empty, untrusted L1s; a later one flushes again (the dying one
         // already did, through its guard) in case anything slipped in between. Either way,

@@ -24,8 +24,8 @@ use crate::clock::{from_unix_ms, SharedClock};
 use crate::config::BreakerConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
+use crate::gate::Gate;
 use crate::keys::KeySpace;
-use crate::runtime::Gate;
 use crate::scripts::BREAKER;
 
 /// A breaker's phase.

@@ -41,9 +41,9 @@ use tracing::Instrument;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, LoaderError, Result};
+use crate::gate::Gate;
 use crate::keys::{key_tenant, push_escaped, unescape_part, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
-use crate::runtime::Gate;
 use codec::Entry;
 use l1::{FlushReason, L1Stats, L1};
 use local::LocalCacheStore;

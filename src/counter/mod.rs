@@ -30,9 +30,9 @@ pub use redis::RedisCounterStore;
 
 use crate::config::{CounterConfig, Fallback};
 use crate::error::{ConflictReason, Error, ErrorKind, Result};
+use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
-use crate::runtime::Gate;
 
 /// Which counter of a resource: an optional tenant and an optional suffix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

@@ -31,9 +31,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::IdempotencyConfig;
 use crate::error::{ConflictReason, Error, Result};
+use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
-use crate::runtime::Gate;
 use local::LocalIdempotencyStore;
 use redis::RedisIdempotencyStore;
 

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::{Lease, Lock};
 use crate::error::Result;
-use crate::runtime::AbortOnDrop;
+use crate::task::AbortOnDrop;
 
 /// tokio's timers fire up to a millisecond late: the deadline task wakes this much early.
 const TIMER_SLACK: Duration = Duration::from_millis(2);

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::LockConfig;
 use crate::error::{Error, Result};
+use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
-use crate::runtime::Gate;
 pub use lease::{LeaseRegistry, LockGuard, LostReason, LostSignal};
 use local::LocalLockStore;
 use redis::RedisLockStore;

@@ -21,8 +21,8 @@ use crate::clock::SharedClock;
 use crate::config::RateLimitConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, ErrorKind, Result};
+use crate::gate::Gate;
 use crate::keys::KeySpace;
-use crate::runtime::Gate;
 use crate::scripts::RATELIMIT_ACQUIRE;
 
 pub use crate::decided_by::DecidedBy;

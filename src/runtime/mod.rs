@@ -1,19 +1,14 @@
 //! The runtime: every resource of one [`Config`], built once, and the state their background
 //! loops share.
 //!
-//! | module | what lives there |
-//! |---|---|
-//! | [`gate`] | the shutdown gate every handle checks |
-//! | [`table`] | the resources of one kind, looked up by name |
-//! | [`task`] | a task that is aborted with its owner |
+//! [`table`] holds the resources of one kind, looked up by name. The shutdown gate every
+//! handle checks is [`crate::gate`].
 //!
 //! The actor crate builds one [`Runtime`] per supervisor and hosts its loops (connection
 //! health, lease renewal, the tracking subscriber); every handle a user holds is a clone of a
 //! resource in here, so a restarted actor resumes with the same state.
 
-pub mod gate;
 pub mod table;
-pub mod task;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +22,7 @@ use crate::config::{Config, RedisConfig};
 use crate::connection::{Health, RedisConnection};
 use crate::counter::{local_store, Counter, RedisCounterStore};
 use crate::error::{Error, Result};
+use crate::gate::Gate;
 use crate::idempotency::local::LocalIdempotencyStore;
 use crate::idempotency::redis::RedisIdempotencyStore;
 use crate::idempotency::Idempotency;
@@ -41,9 +37,8 @@ use crate::snapshot::local::LocalSnapshotStore;
 use crate::snapshot::redis::RedisSnapshotStore;
 use crate::snapshot::Snapshots;
 use crate::tracking::topology::TrackingSource;
-pub use gate::Gate;
+use crate::tracking::Tracked;
 pub use table::Resources;
-pub use task::AbortOnDrop;
 
 /// Every resource of one configuration and the state shared by their background loops.
 #[derive(Debug)]
@@ -80,6 +75,20 @@ pub struct Runtime {
     /// The confirmation the tracking session's current trust belongs to (see
     /// [`crate::tracking::Trust`]); shared by the sessions of every subscriber incarnation.
     pub trust_generation: Arc<std::sync::Mutex<u64>>,
+}
+
+impl Runtime {
+    /// What this runtime's tracking session keeps coherent: the L1 of every cache that has
+    /// one and is not routed (a routed L1 lives by its TTL), and every breaker policy.
+    pub fn tracked(&self) -> Tracked {
+        Tracked::new(
+            self.caches
+                .values()
+                .filter(|c| c.has_l1() && !c.is_routed()),
+            self.breakers.values(),
+            self.trust_generation.clone(),
+        )
+    }
 }
 
 /// Build the table of one resource kind: the loop every kind shares (namespace, key space,

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use crate::config::SnapshotConfig;
 use crate::error::{ConflictReason, Error, Result};
+use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
-use crate::runtime::Gate;
 use local::LocalSnapshotStore;
 use redis::RedisSnapshotStore;
 

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use crate::breaker::Breaker;
 use crate::cache::l1::FlushReason;
 use crate::cache::Cache;
-use crate::runtime::Runtime;
 use connection::deoverlap;
 
 /// Every cache L1 and breaker policy one tracking session keeps coherent, each with the key
@@ -37,24 +36,23 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    /// What `runtime`'s tracking session keeps coherent: the L1 of every non-routed cache
-    /// (a routed L1 lives by its TTL) and every breaker policy.
-    pub fn of(runtime: &Runtime) -> Self {
-        let caches = runtime
-            .caches
-            .values()
-            .filter(|c| c.has_l1() && !c.is_routed())
-            .map(|c| (c.tracking_prefix(), c.clone()))
-            .collect();
-        let breakers = runtime
-            .breakers
-            .values()
-            .map(|b| (b.tracking_prefix(), b.clone()))
-            .collect();
+    /// A session's set: `caches` (each with an L1) and `breakers`, and the generation
+    /// counter shared by every session of one runtime.
+    pub fn new<'a>(
+        caches: impl IntoIterator<Item = &'a Cache>,
+        breakers: impl IntoIterator<Item = &'a Breaker>,
+        generation: Arc<Mutex<u64>>,
+    ) -> Self {
         Tracked {
-            caches,
-            breakers,
-            generation: runtime.trust_generation.clone(),
+            caches: caches
+                .into_iter()
+                .map(|c| (c.tracking_prefix(), c.clone()))
+                .collect(),
+            breakers: breakers
+                .into_iter()
+                .map(|b| (b.tracking_prefix(), b.clone()))
+                .collect(),
+            generation,
         }
     }
 
@@ -179,6 +177,7 @@ impl Drop for Trust {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::runtime::Runtime;
 
     fn runtime() -> Runtime {
         let config = Config::from_toml_str(
@@ -191,7 +190,7 @@ mod tests {
     #[test]
     fn tracked_holds_l1_caches_and_breakers_only() {
         let rt = runtime();
-        let tracked = Tracked::of(&rt);
+        let tracked = rt.tracked();
         assert_eq!(tracked.cache_count(), 1);
         assert_eq!(tracked.breakers.len(), 1);
         assert_eq!(tracked.prefixes().len(), 2);
@@ -200,7 +199,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_trust_untrusts_every_l1() {
         let rt = runtime();
-        let tracked = Tracked::of(&rt);
+        let tracked = rt.tracked();
         let docs = rt.caches.get("docs").expect("docs");
         assert!(!docs.l1_is_trusted());
         let trust = tracked.confirm();
