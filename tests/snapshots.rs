@@ -295,3 +295,26 @@ async fn messages_reach_the_same_runs() {
         forze.shutdown().await.unwrap();
     }
 }
+
+/// Without `keep_alive` a page only reads: the page script never asks the server clock and
+/// never moves the run's expiry (with it, every page does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_without_keep_alive_only_read() {
+    for bin in forze_redis_testkit::server_binaries() {
+        let server = forze_redis_testkit::TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "snap-read-only", RESOURCES)).await;
+        let ids: Vec<String> = (0..50).map(|i| format!("id{i}")).collect();
+        for (name, reads_clock) in [("search", false), ("kept", true)] {
+            let s = forze.snapshot(name).unwrap();
+            s.put(&RunId::new("r"), "fp", &ids).await.unwrap();
+            let before = server.command_calls("time");
+            for offset in 0..5 {
+                let page = s.page(&RunId::new("r"), offset * 10, 10, None).await.unwrap();
+                assert_eq!(page.map(|p| p.len()), Some(10), "{bin}: {name}");
+            }
+            let calls = server.command_calls("time") - before;
+            assert_eq!(calls > 0, reads_clock, "{bin}: {name}: {calls} TIME calls");
+        }
+        forze.shutdown().await.unwrap();
+    }
+}
