@@ -309,7 +309,10 @@ async fn pages_without_keep_alive_only_read() {
             s.put(&RunId::new("r"), "fp", &ids).await.unwrap();
             let before = server.command_calls("time");
             for offset in 0..5 {
-                let page = s.page(&RunId::new("r"), offset * 10, 10, None).await.unwrap();
+                let page = s
+                    .page(&RunId::new("r"), offset * 10, 10, None)
+                    .await
+                    .unwrap();
                 assert_eq!(page.map(|p| p.len()), Some(10), "{bin}: {name}");
             }
             let calls = server.command_calls("time") - before;

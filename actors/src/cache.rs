@@ -8,7 +8,6 @@
 //! The L1 and the counters live in the runtime, so a restarted cache actor resumes with them.
 //! Its restart needs no flush: coherence is the tracking subscriber's job, and it never stops.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use forze_redis::{Cache, CacheKey, CacheStats, Result};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::reply::reply_later;
-use crate::shared::Shared;
+use crate::shared::ResourceArgs;
 
 /// How often the actor removes expired L1 entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -73,32 +72,25 @@ pub enum CacheMsg {
 #[derive(Debug)]
 pub struct CacheActor;
 
-/// Arguments of a cache actor incarnation.
-#[derive(Debug, Clone)]
-pub struct CacheActorArgs {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) cache: Cache,
-}
-
 /// State of one incarnation.
 #[derive(Debug)]
 pub struct CacheState {
-    args: CacheActorArgs,
+    args: ResourceArgs<Cache>,
     _sweeper: Option<AbortOnDrop>,
 }
 
 impl Actor for CacheActor {
     type Msg = CacheMsg;
     type State = CacheState;
-    type Arguments = CacheActorArgs;
+    type Arguments = ResourceArgs<Cache>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<CacheMsg>,
-        args: CacheActorArgs,
+        args: ResourceArgs<Cache>,
     ) -> Result<CacheState, ActorProcessingErr> {
         let sweeper = args
-            .cache
+            .resource
             .has_l1()
             .then(|| AbortOnDrop(myself.send_interval(SWEEP_EVERY, || CacheMsg::Sweep)));
         Ok(CacheState {
@@ -113,7 +105,7 @@ impl Actor for CacheActor {
         msg: CacheMsg,
         state: &mut CacheState,
     ) -> Result<(), ActorProcessingErr> {
-        let cache = state.args.cache.clone();
+        let cache = state.args.resource.clone();
         let shared = &state.args.shared;
         match msg {
             CacheMsg::Get { key, reply } => {

@@ -7,13 +7,12 @@
 //!   each by calling the same [`Counter`] on a tracked task ([`reply_later`]).
 
 use std::ops::RangeInclusive;
-use std::sync::Arc;
 
 use forze_redis::{Counter, CounterEntry, CounterId, CounterStats, Result, TenantId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::reply::reply_later;
-use crate::shared::Shared;
+use crate::shared::ResourceArgs;
 
 /// Requests to a counter actor. Every request carries its reply port.
 #[derive(Debug)]
@@ -80,23 +79,16 @@ pub enum CounterMsg {
 #[derive(Debug)]
 pub struct CounterActor;
 
-/// Arguments (and state) of a counter actor incarnation.
-#[derive(Debug, Clone)]
-pub struct CounterActorArgs {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) counter: Counter,
-}
-
 impl Actor for CounterActor {
     type Msg = CounterMsg;
-    type State = CounterActorArgs;
-    type Arguments = CounterActorArgs;
+    type State = ResourceArgs<Counter>;
+    type Arguments = ResourceArgs<Counter>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<CounterMsg>,
-        args: CounterActorArgs,
-    ) -> Result<CounterActorArgs, ActorProcessingErr> {
+        args: ResourceArgs<Counter>,
+    ) -> Result<ResourceArgs<Counter>, ActorProcessingErr> {
         Ok(args)
     }
 
@@ -104,9 +96,9 @@ impl Actor for CounterActor {
         &self,
         _myself: ActorRef<CounterMsg>,
         msg: CounterMsg,
-        state: &mut CounterActorArgs,
+        state: &mut ResourceArgs<Counter>,
     ) -> Result<(), ActorProcessingErr> {
-        let counter = state.counter.clone();
+        let counter = state.resource.clone();
         let shared = &state.shared;
         match msg {
             CounterMsg::Incr { id, by, reply } => {
@@ -140,7 +132,7 @@ impl Actor for CounterActor {
                 )
             }
             CounterMsg::Stats(reply) => {
-                let _ = reply.send(state.counter.stats());
+                let _ = reply.send(state.resource.stats());
             }
             #[cfg(feature = "fault-injection")]
             CounterMsg::Panic => panic!("fault injection: counter actor panic"),

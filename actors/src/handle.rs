@@ -7,7 +7,7 @@ use forze_redis::{
     Idempotency, Lock, RateLimiter, RedisUrl, Result, RouteEndpoint, RouterStats, Snapshots,
     TenantId,
 };
-use ractor::{Actor, ActorCell, ActorRef};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -120,13 +120,9 @@ impl ForzeHandle {
         if self.shared.breakers.is_empty() && self.shared.rate_limits.is_empty() {
             return Ok(None);
         }
-        call_named(
-            &self.shared.names.resilience(),
-            self.shared.config.supervision.call_timeout,
-            ResilienceMsg::Stats,
-        )
-        .await
-        .map(Some)
+        self.ask(self.shared.names.resilience(), ResilienceMsg::Stats)
+            .await
+            .map(Some)
     }
 
     /// The heartbeater's statistics; `None` when no lock is configured.
@@ -134,13 +130,9 @@ impl ForzeHandle {
         if self.shared.locks.is_empty() {
             return Ok(None);
         }
-        call_named(
-            &self.shared.names.heartbeat(),
-            self.shared.config.supervision.call_timeout,
-            crate::heartbeat::HeartbeatMsg::Stats,
-        )
-        .await
-        .map(Some)
+        self.ask(self.shared.names.heartbeat(), crate::HeartbeatMsg::Stats)
+            .await
+            .map(Some)
     }
 
     /// Stop (`true`) or resume (`false`) lease renewals: freezes every lock holder of this
@@ -161,13 +153,9 @@ impl ForzeHandle {
         if self.shared.tracking.is_none() {
             return Ok(None);
         }
-        call_named(
-            &self.shared.names.tracking(),
-            self.shared.config.supervision.call_timeout,
-            TrackingMsg::Stats,
-        )
-        .await
-        .map(Some)
+        self.ask(self.shared.names.tracking(), TrackingMsg::Stats)
+            .await
+            .map(Some)
     }
 
     /// The configured counter names.
@@ -239,30 +227,23 @@ impl ForzeHandle {
 
     /// Ask every actor for its statistics (supervisor, pool, counters, caches, tracking).
     pub async fn stats(&self) -> Result<ForzeStats> {
-        let timeout = self.shared.config.supervision.call_timeout;
-        let supervisor = call_named(
-            &self.shared.names.supervisor(),
-            timeout,
-            SupervisorMsg::Stats,
-        )
-        .await?;
+        let names = &self.shared.names;
+        let supervisor = self.ask(names.supervisor(), SupervisorMsg::Stats).await?;
         let pool = match self.shared.connection {
-            Some(_) => Some(call_named(&self.shared.names.pool(), timeout, PoolMsg::Stats).await?),
+            Some(_) => Some(self.ask(names.pool(), PoolMsg::Stats).await?),
             None => None,
         };
         let mut counters = Vec::new();
         for name in self.shared.counters.names() {
-            let actor = self.shared.names.counter(&name);
-            let stats = call_named(&actor, timeout, crate::CounterMsg::Stats).await?;
+            let stats = self
+                .ask(names.counter(&name), crate::CounterMsg::Stats)
+                .await?;
             counters.push((name, stats));
         }
         let mut caches = Vec::new();
         for name in self.shared.caches.names() {
-            let actor = self.shared.names.cache(&name);
-            caches.push((
-                name,
-                call_named(&actor, timeout, crate::CacheMsg::Stats).await?,
-            ));
+            let stats = self.ask(names.cache(&name), crate::CacheMsg::Stats).await?;
+            caches.push((name, stats));
         }
         Ok(ForzeStats {
             health: self.health(),
@@ -301,10 +282,18 @@ impl ForzeHandle {
     /// Make a child panic (fault drills and tests). `Ok(false)` when that child is not running.
     #[cfg(feature = "fault-injection")]
     pub async fn inject_panic(&self, child: crate::ChildKind) -> Result<bool> {
-        let timeout = self.shared.config.supervision.call_timeout;
-        call_named(&self.shared.names.supervisor(), timeout, |reply| {
+        self.ask(self.shared.names.supervisor(), |reply| {
             SupervisorMsg::PanicChild(child.clone(), reply)
         })
         .await
+    }
+
+    /// Ask the actor registered as `name`, within `call_timeout` (across its restarts).
+    async fn ask<M, T>(&self, name: String, build: impl Fn(RpcReplyPort<T>) -> M) -> Result<T>
+    where
+        M: ractor::Message,
+        T: Send + 'static,
+    {
+        call_named(&name, self.shared.config.supervision.call_timeout, build).await
     }
 }

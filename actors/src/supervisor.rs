@@ -30,8 +30,8 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 
-use crate::cache::{CacheActor, CacheActorArgs};
-use crate::counter::{CounterActor, CounterActorArgs};
+use crate::cache::CacheActor;
+use crate::counter::CounterActor;
 use crate::pool::PoolActor;
 use crate::restart::{RestartDecision, RestartPolicy};
 use crate::shared::{ResourceArgs, Shared};
@@ -118,9 +118,9 @@ impl ForzeSupervisor {
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.counter(name)),
                     CounterActor,
-                    CounterActorArgs {
+                    ResourceArgs {
                         shared: shared.clone(),
-                        counter,
+                        resource: counter,
                     },
                     myself.get_cell(),
                 )
@@ -132,9 +132,9 @@ impl ForzeSupervisor {
                 let (r, _) = Actor::spawn_linked(
                     Some(shared.names.cache(name)),
                     CacheActor,
-                    CacheActorArgs {
+                    ResourceArgs {
                         shared: shared.clone(),
-                        cache,
+                        resource: cache,
                     },
                     myself.get_cell(),
                 )

@@ -221,14 +221,7 @@ impl LockGuard {
     pub async fn extend(&self) -> Result<bool> {
         let sent = Instant::now();
         let lease = &self.held.lease;
-        let ok = self
-            .held
-            .lock
-            .extend_many(&[(lease.key.as_str(), lease.owner.as_str())])
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(false);
+        let ok = self.held.lock.extend_one(&lease.key, &lease.owner).await?;
         if ok {
             self.held.confirmed(sent);
         } else {

@@ -285,7 +285,6 @@ impl Lock {
 
     /// Whether `id` is held by anyone.
     pub async fn is_locked(&self, id: &LockId) -> Result<bool> {
-        self.gate.check("lock.owner")?;
         Ok(self.owner(id).await?.is_some())
     }
 
@@ -328,13 +327,13 @@ impl Lock {
     /// Renew a lease by key and owner (owner-checked).
     pub async fn extend_as(&self, id: &LockId, owner: &str) -> Result<bool> {
         self.gate.check("lock.extend")?;
-        let key = self.key(id)?;
-        Ok(self
-            .extend_many(&[(key.as_str(), owner)])
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(false))
+        self.extend_one(&self.key(id)?, owner).await
+    }
+
+    /// Renew one lease for a full lease; whether `owner` still held it.
+    pub(crate) async fn extend_one(&self, key: &str, owner: &str) -> Result<bool> {
+        let flags = self.extend_many(&[(key, owner)]).await?;
+        Ok(flags.first().copied().unwrap_or(false))
     }
 
     /// Leases held now through the runtime's locks (every lock resource).

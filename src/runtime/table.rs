@@ -48,9 +48,4 @@ impl<T: Clone> Resources<T> {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
-
-    /// How many are configured.
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
 }

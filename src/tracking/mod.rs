@@ -132,11 +132,6 @@ impl Tracked {
             cache.l1_flush(FlushReason::ServerFlush, true);
         }
     }
-
-    /// How many cache namespaces this session keeps coherent.
-    pub fn cache_count(&self) -> usize {
-        self.caches.len()
-    }
 }
 
 /// Trust in every tracked L1 and breaker phase, held while the session is confirmed.
@@ -191,7 +186,7 @@ mod tests {
     fn tracked_holds_l1_caches_and_breakers_only() {
         let rt = runtime();
         let tracked = rt.tracked();
-        assert_eq!(tracked.cache_count(), 1);
+        assert_eq!(tracked.caches.len(), 1);
         assert_eq!(tracked.breakers.len(), 1);
         assert_eq!(tracked.prefixes().len(), 2);
     }
