@@ -135,11 +135,15 @@ impl Actor for OrderWorker {
 }
 
 fn replica_config(replica: usize, redis_url: Option<&str>) -> forze_redis_actors::Result<Config> {
-    let redis = redis_url
-        .map(|u| format!("[redis]\nurl = \"{u}\"\n"))
-        .unwrap_or_default();
+    // Embedded mode is chosen explicitly when no server is given: a configuration that names
+    // neither is refused.
+    let (mode, redis) = match redis_url {
+        Some(u) => ("redis", format!("[redis]\nurl = \"{u}\"\n")),
+        None => ("embedded", String::new()),
+    };
     Config::from_toml_str(&format!(
         r#"
+mode = "{mode}"
 key_prefix = "fleet-example"
 [supervision]
 name_prefix = "replica{replica}"

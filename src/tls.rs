@@ -17,7 +17,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
@@ -31,7 +31,7 @@ pub const TLS_SUPPORTED: bool = cfg!(feature = "tls");
 /// With no `ca_file`, the server's certificate must chain to the trust roots chosen by
 /// `roots` (the platform's store by default). With `ca_file`, it must chain to a certificate
 /// of that bundle, and the default roots are not trusted.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM bundle of the certificate authorities to trust instead of the default roots.
@@ -68,7 +68,7 @@ impl Default for TlsConfig {
 }
 
 /// Which trust roots verify the server when no `ca_file` is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsRoots {
     /// The operating system's certificate store (read once, when the pool is built).
@@ -101,6 +101,12 @@ impl<'de> Deserialize<'de> for TlsVersion {
                 "unknown TLS version `{other}`; expected \"1.2\" or \"1.3\""
             ))),
         }
+    }
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -29,7 +29,9 @@
 //! use ractor::{call_t, ActorRef};
 //!
 //! # async fn demo() -> forze_redis_actors::Result<()> {
-//! let config = Config::from_toml_str("[counters.orders]")?;   // no [redis]: embedded mode
+//! // Embedded mode (process-local state) is chosen explicitly: a configuration that names
+//! // neither a server nor `mode = "embedded"` is refused.
+//! let config = Config::from_toml_str("mode = \"embedded\"\n[counters.orders]")?;
 //! let (forze, _join) = Forze::spawn(config).await?;
 //!
 //! // From any task, through the handle:
@@ -50,6 +52,7 @@
 mod cache;
 mod call;
 mod counter;
+mod gauges;
 mod handle;
 mod heartbeat;
 mod idempotency;
@@ -64,7 +67,7 @@ mod supervisor;
 mod tracking;
 
 // Spawning and the handle.
-pub use handle::{Forze, ForzeHandle, ForzeStats};
+pub use handle::{Forze, ForzeHandle, ForzeStats, ResourceOperations};
 
 // The resources (one cheap-`Clone` handle per contract), their ids, guards and results.
 pub use forze_redis::idempotency::payload_hash;

@@ -1,11 +1,15 @@
 //! The configuration tree.
 //!
 //! One serde tree ([`Config`]) read from TOML (or any serde format), durations written as
-//! humantime strings (`"250ms"`, `"30s"`, `"24h"`). Every field has a documented default, so an
-//! empty document is a valid configuration: embedded local mode with no resources.
-//! [`Config::validate`] checks everything at start and names the offending field in the error
-//! (`counters.orders.namespace`). The Redis URL is a [`RedisUrl`], whose `Debug` and `Display`
-//! never show the password.
+//! humantime strings (`"250ms"`, `"30s"`, `"24h"`). Every field but the choice of mode has a
+//! documented default. The mode is never assumed: a configuration names a server
+//! (`[redis] url`, or `REDIS_URL` in the environment) or chooses `mode = "embedded"`, since a
+//! fleet whose replicas silently ran on process-local state would each count, lock and limit
+//! alone. [`Config::validate`] checks everything at start and names the offending field in
+//! the error (`counters.orders.namespace`). [`Config::load`] applies environment overrides of
+//! any field (see [`ENV_PREFIX`]). The Redis URL is a [`RedisUrl`], whose `Debug`, `Display`
+//! and serialized forms never show the password; [`Config::to_toml_redacted`] prints the
+//! effective configuration.
 //!
 //! ```
 //! let cfg = forze_redis::Config::from_toml_str(r#"
@@ -19,6 +23,7 @@
 //! assert!(!format!("{cfg:?}").contains("s3cret"));
 //! ```
 
+mod env;
 mod redis;
 mod resources;
 mod routing;
@@ -26,10 +31,11 @@ mod supervision;
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys::{KeyPrefix, Namespace};
+pub use env::ENV_PREFIX;
 pub use redis::{ReconnectConfig, RedisConfig, RedisUrl};
 pub use resources::{
     BreakerConfig, CacheConfig, CounterConfig, Fallback, IdempotencyConfig, L1Config, LockConfig,
@@ -38,11 +44,28 @@ pub use resources::{
 pub use routing::{RouteEndpoint, RoutingConfig};
 pub use supervision::SupervisionConfig;
 
+/// Where the runtime keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// On the server `[redis]` names (the mode a `[redis]` table implies).
+    Redis,
+    /// Every contract on process-local state: development and single-process use. Replicas
+    /// in this mode share nothing.
+    Embedded,
+}
+
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Redis connection. Absent: embedded local mode, every contract on process-local state.
+    /// `"redis"` or `"embedded"`. Optional when `[redis]` is given (it implies `"redis"`);
+    /// required otherwise: a configuration that names neither is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Redis connection. Required unless `mode = "embedded"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
     /// First segment of every Redis key (default `forze`), so deployments can share a server.
     pub key_prefix: String,
@@ -73,6 +96,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            mode: None,
             redis: None,
             key_prefix: "forze".into(),
             supervision: SupervisionConfig::default(),
@@ -90,6 +114,30 @@ impl Default for Config {
 }
 
 impl Config {
+    /// An empty configuration in embedded mode (every contract on process-local state), to
+    /// which resources are added in code.
+    pub fn embedded() -> Self {
+        Config {
+            mode: Some(Mode::Embedded),
+            ..Config::default()
+        }
+    }
+
+    /// The mode this configuration runs in (after [`Config::validate`] accepted it).
+    pub fn effective_mode(&self) -> Mode {
+        match (self.mode, &self.redis) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => Mode::Redis,
+            (None, None) => Mode::Embedded,
+        }
+    }
+
+    /// The effective configuration as TOML, every URL's password replaced by `***` (for
+    /// logging at start or a `--print-config` flag).
+    pub fn to_toml_redacted(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::config("<document>", format!("cannot print: {e}")))
+    }
+
     /// This configuration with another local clock for breakers and rate limiters (tests and
     /// drills: a replica whose clock is skewed).
     pub fn with_clock(mut self, clock: impl crate::clock::Clock + 'static) -> Self {
@@ -97,24 +145,48 @@ impl Config {
         self
     }
 
-    /// Parse and validate a TOML document. Errors name the offending field.
+    /// Parse and validate a TOML document. Errors name the offending field. The environment
+    /// is not read: see [`Config::load`].
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| Error::config("<document>", e.message().to_string()))?;
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            Error::config(path, e.into_inner().message().to_string())
-        })?;
+        Self::from_toml_and_vars(text, std::iter::empty::<(String, String)>())
+    }
+
+    /// Parse `text`, apply the overrides among `vars` (pairs as `std::env::vars()` gives them;
+    /// see [`ENV_PREFIX`] for which are read and how), then validate.
+    pub fn from_toml_and_vars<K, V>(
+        text: &str,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::config("<document>", e.message().to_string()))?;
+        env::apply(&mut table, vars)?;
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                Error::config(path, e.into_inner().message().to_string())
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// The service configuration: the TOML file at `path` if given (else an empty document),
+    /// with the process environment's overrides applied (see [`ENV_PREFIX`]), validated.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self> {
+        let text = match path {
+            Some(path) => read_file(path)?,
+            None => String::new(),
+        };
+        Self::from_toml_and_vars(&text, std::env::vars())
+    }
+
     /// Read, parse and validate a TOML file.
     pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml_str(&text)
+        Self::from_toml_str(&read_file(path.as_ref())?)
     }
 
     /// Check every field; the error names the first offending one.
@@ -180,6 +252,33 @@ impl Config {
         self.validate_section(&self.snapshots)?;
         self.validate_section(&self.idempotency)?;
         self.validate_section(&self.locks)?;
+        // Last, so that a mistyped field is named before the missing choice of mode.
+        match (self.mode, &self.redis) {
+            (None, None) => {
+                return Err(Error::config(
+                    "mode",
+                    "the configuration names no Redis server: set `[redis] url` (or the \
+                     REDIS_URL environment variable) so that replicas share their state, or \
+                     `mode = \"embedded\"` to run every contract on process-local state \
+                     (development and single-process use only)",
+                ))
+            }
+            (Some(Mode::Embedded), Some(_)) => {
+                return Err(Error::config(
+                    "mode",
+                    "`mode = \"embedded\"` runs on process-local state, but `[redis]` names a \
+                     server: remove one of them",
+                ))
+            }
+            (Some(Mode::Redis), None) => {
+                return Err(Error::config(
+                    "redis.url",
+                    "`mode = \"redis\"` needs `[redis] url` (or the REDIS_URL environment \
+                     variable)",
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -218,6 +317,11 @@ impl Config {
     }
 }
 
+fn read_file(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))
+}
+
 fn validate_resource_name(field: &str, name: &str) -> Result<()> {
     // Resource names become actor names and default namespaces: same charset as namespaces.
     Namespace::parse(field, name).map(|_| ())
@@ -233,9 +337,10 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn empty_document_is_embedded_mode_with_defaults() {
-        let cfg = Config::from_toml_str("").unwrap();
+    fn empty_embedded_document_has_the_defaults() {
+        let cfg = Config::from_toml_str("mode = \"embedded\"").unwrap();
         assert!(cfg.redis.is_none());
+        assert_eq!(cfg.effective_mode(), Mode::Embedded);
         assert_eq!(cfg.key_prefix, "forze");
         assert_eq!(cfg.supervision.max_restarts, 10);
         assert_eq!(
@@ -389,7 +494,7 @@ mod tests {
     #[test]
     fn a_routed_endpoint_may_carry_its_own_tls_table() {
         let c = Config::from_toml_str(
-            "[routing.tenants]\nacme = \"redis://h:1\"\n\
+            "mode = \"embedded\"\n[routing.tenants]\nacme = \"redis://h:1\"\n\
              beta = { url = \"rediss://:pw@h:2\", tls = { server_name = \"redis.beta\" } }",
         );
         if !crate::tls::TLS_SUPPORTED {
@@ -404,5 +509,98 @@ mod tests {
         );
         assert!(!beta.same_as(&c.routing.tenants["acme"]));
         assert!(c.routing.tenants["acme"].tls.is_none());
+    }
+
+    #[test]
+    fn a_config_naming_neither_a_server_nor_embedded_mode_is_refused() {
+        for text in ["", "[counters.orders]", "key_prefix = \"svc\""] {
+            let e = Config::from_toml_str(text).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{text}");
+            let shown = e.to_string();
+            assert!(shown.contains("mode"), "{shown}");
+            assert!(
+                shown.contains("REDIS_URL") && shown.contains("embedded"),
+                "{shown}"
+            );
+        }
+        let e = Config::from_toml_str("mode = \"embedded\"\n[redis]\nurl = \"redis://h:1\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("remove one"), "{e}");
+        let e = Config::from_toml_str("mode = \"redis\"").unwrap_err();
+        assert!(e.to_string().contains("redis.url"), "{e}");
+        let c = Config::from_toml_str("[redis]\nurl = \"redis://h:1\"").unwrap();
+        assert_eq!(c.effective_mode(), Mode::Redis);
+        assert_eq!(Config::embedded().effective_mode(), Mode::Embedded);
+        Config::embedded().validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_any_field() {
+        let file = "mode = \"redis\"\n[redis]\nurl = \"redis://file:1\"\npool_size = 2\n\
+                    [caches.users]\nttl = \"1m\"";
+        let c = Config::from_toml_and_vars(
+            file,
+            [
+                ("FORZE__REDIS__POOL_SIZE", "8"),
+                ("FORZE__REDIS__COMMAND_TIMEOUT", "250ms"),
+                ("FORZE__CACHES__USERS__TTL", "10m"),
+                ("FORZE__COUNTERS__ORDERS__FALLBACK", "local"),
+                ("REDIS_URL", "redis://env:2"),
+                ("HOME", "/root"),
+            ],
+        )
+        .unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert_eq!(r.pool_size, 8);
+        assert_eq!(r.command_timeout, Duration::from_millis(250));
+        assert_eq!(r.url.redacted(), "redis://env:2");
+        assert_eq!(c.caches["users"].ttl, Duration::from_secs(600));
+        assert_eq!(c.counters["orders"].fallback, Fallback::Local);
+        // REDIS_URL alone is a valid service configuration; FORZE__MODE chooses embedded.
+        let c = Config::from_toml_and_vars("", [("REDIS_URL", "redis://h:1")]).unwrap();
+        assert_eq!(c.effective_mode(), Mode::Redis);
+        let c = Config::from_toml_and_vars("", [("FORZE__MODE", "embedded")]).unwrap();
+        assert_eq!(c.effective_mode(), Mode::Embedded);
+        // A variable that names no field is refused like an unknown key, naming the path.
+        let e = Config::from_toml_and_vars(file, [("FORZE__REDIS__POOL_SIZ", "8")]).unwrap_err();
+        assert!(e.to_string().contains("redis"), "{e}");
+        let e =
+            Config::from_toml_and_vars(file, [("FORZE__REDIS__POOL_SIZE", "many")]).unwrap_err();
+        assert!(e.to_string().contains("redis.pool_size"), "{e}");
+    }
+
+    #[test]
+    fn the_effective_configuration_prints_redacted_and_reads_back() {
+        let text = "[redis]\nurl = \"redis://user:hunter2@h:1/0\"\ncommand_timeout = \"250ms\"\n\
+                    [redis.tls]\nserver_name = \"r.internal\"\nmin_version = \"1.3\"\n\
+                    [caches.users]\nttl = \"10m\"\nl1 = { max_entries = 5 }\n\
+                    [locks.jobs]\nlease = \"30s\"\n\
+                    [routing.tenants]\nacme = \"redis://:pw2@h:2\"";
+        let Ok(c) = Config::from_toml_str(text) else {
+            // A build without TLS refuses the table (tested above).
+            assert!(!crate::tls::TLS_SUPPORTED);
+            return;
+        };
+        let printed = c.to_toml_redacted().unwrap();
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("pw2"),
+            "{printed}"
+        );
+        assert!(printed.contains("***"), "{printed}");
+        let back = Config::from_toml_str(&printed).unwrap();
+        let r = back.redis.unwrap();
+        assert_eq!(r.command_timeout, Duration::from_millis(250));
+        assert_eq!(r.tls.unwrap().min_version, crate::tls::TlsVersion::V1_3);
+        assert_eq!(back.caches["users"].l1.as_ref().unwrap().max_entries, 5);
+        assert_eq!(back.locks["jobs"].lease, Duration::from_secs(30));
+        assert_eq!(back.routing.tenants.len(), 1);
+        assert_eq!(
+            Config::embedded()
+                .to_toml_redacted()
+                .unwrap()
+                .lines()
+                .next(),
+            Some("mode = \"embedded\"")
+        );
     }
 }

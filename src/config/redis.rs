@@ -3,13 +3,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::tls::TlsConfig;
 
 /// The Redis connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`, `redis+unix://` (and
@@ -50,6 +50,11 @@ pub struct RedisConfig {
     /// `CLIENT SETNAME` of every connection (default `forze`).
     #[serde(default = "defaults::client_name")]
     pub client_name: String,
+    /// Let the driver emit its own span per command (at `INFO`, under our operation spans):
+    /// the time a command spent queued, written and awaited. Off by default: one more span
+    /// per command (default `false`).
+    #[serde(default)]
+    pub driver_tracing: bool,
     /// `[redis.tls]`: TLS settings. A `rediss://`/`valkeys://` URL turns TLS on with the
     /// defaults (platform roots, TLS 1.2 or later); this table turns it on for any TCP URL and
     /// sets the CA bundle, the client certificate for mutual TLS, a server-name override and
@@ -59,7 +64,7 @@ pub struct RedisConfig {
 }
 
 /// Reconnect backoff of the connection pool: exponential, jittered, forever by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectConfig {
     /// First delay (default 100 ms).
@@ -132,6 +137,7 @@ impl RedisConfig {
             tcp_user_timeout: defaults::tcp_user_timeout(),
             tcp_nodelay: false,
             client_name: defaults::client_name(),
+            driver_tracing: false,
             tls: None,
         }
     }
@@ -259,6 +265,35 @@ impl RedisUrl {
         redact_url(&self.0)
     }
 
+    /// The first server the URL names, as `(host, port)`, for the `server.address` and
+    /// `server.port` of spans; a Unix socket gives its path and no port. Never the
+    /// credentials.
+    #[doc(hidden)]
+    pub fn server_address(&self) -> Option<(String, Option<u16>)> {
+        let (scheme, rest) = self.0.split_once("://")?;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        if scheme.contains("unix") {
+            let path = rest.split('?').next().unwrap_or(rest);
+            return Some((path.to_string(), None));
+        }
+        let first = rest.split(['/', '?', ',']).next().unwrap_or("");
+        if first.is_empty() {
+            return None;
+        }
+        let (host, port) = match first.strip_prefix('[') {
+            // [v6]:port
+            Some(v6) => match v6.split_once(']') {
+                Some((host, tail)) => (host, tail.strip_prefix(':')),
+                None => (v6, None),
+            },
+            None => match first.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (first, None),
+            },
+        };
+        Some((host.to_string(), port.and_then(|p| p.parse().ok())))
+    }
+
     /// Whether the scheme asks for TLS (`rediss`, `valkeys` and their cluster and sentinel
     /// forms).
     pub fn has_tls_scheme(&self) -> bool {
@@ -311,6 +346,13 @@ impl fmt::Debug for RedisUrl {
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
+    }
+}
+
+/// Serialized redacted: printing the effective configuration never shows the password.
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
     }
 }
 

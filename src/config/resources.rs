@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -19,7 +19,7 @@ pub trait ResourceConfig {
 }
 
 /// What a resource does while Redis is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Fallback {
     /// Return `Unavailable` (default).
@@ -31,7 +31,7 @@ pub enum Fallback {
 }
 
 /// One counter resource.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct CounterConfig {
     /// Key namespace; defaults to the resource name.
@@ -46,7 +46,7 @@ pub struct CounterConfig {
 }
 
 /// One cache namespace.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Key namespace; defaults to the resource name.
@@ -82,7 +82,7 @@ impl Default for CacheConfig {
 }
 
 /// One circuit-breaker policy: a breaker per route, shared by the fleet.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Key namespace; defaults to the policy name.
@@ -120,7 +120,7 @@ impl Default for BreakerConfig {
 }
 
 /// One rate-limit policy: a token bucket per route, shared by the fleet.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Key namespace; defaults to the policy name.
@@ -163,7 +163,7 @@ impl RateLimitConfig {
 }
 
 /// One search-result snapshot resource.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotConfig {
     /// Key namespace; defaults to the resource name.
@@ -198,7 +198,7 @@ impl Default for SnapshotConfig {
 }
 
 /// One idempotency record resource.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     /// Key namespace; defaults to the resource name.
@@ -231,7 +231,7 @@ impl Default for IdempotencyConfig {
 }
 
 /// One distributed lock resource.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockConfig {
     /// Key namespace; defaults to the resource name.
@@ -284,7 +284,7 @@ impl LockConfig {
 }
 
 /// The in-process L1 of a cache namespace.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct L1Config {
     /// Most entries held (default 10 000).

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::redis::{RedisConfig, RedisUrl};
 use crate::tls::TlsConfig;
 
 /// Tenant routing (`[routing]`): which tenants live on their own endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Endpoint pools kept open at most; the least recently used is closed beyond it
@@ -79,6 +79,19 @@ impl<'de> Deserialize<'de> for RouteEndpoint {
                 tls: t.tls,
             },
         })
+    }
+}
+
+/// Written as a table, its URL redacted (for printing the effective configuration).
+impl Serialize for RouteEndpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut t = s.serialize_struct("RouteEndpoint", 2)?;
+        t.serialize_field("url", &self.url)?;
+        if let Some(tls) = &self.tls {
+            t.serialize_field("tls", tls)?;
+        }
+        t.end()
     }
 }
 

@@ -74,8 +74,14 @@ jitter = "10ms"
 /// A configuration: optional Redis, a unique prefix, quick restarts, plus `resources` (TOML).
 pub fn config(url: Option<&str>, test: &str, resources: &str) -> Config {
     let redis = url.map(redis_table).unwrap_or_default();
+    let mode = if url.is_none() {
+        "mode = \"embedded\""
+    } else {
+        ""
+    };
     let text = format!(
         r#"
+{mode}
 {resources}
 [supervision]
 name_prefix = "{}"

@@ -1,0 +1,162 @@
+//! Environment overrides of any configuration field.
+
+use crate::error::{Error, Result};
+
+/// Prefix of the environment variables that override configuration fields.
+///
+/// `FORZE__` followed by the field's path, its segments joined by `__` and lowercased when
+/// applied: `FORZE__REDIS__COMMAND_TIMEOUT=250ms` sets `redis.command_timeout`,
+/// `FORZE__CACHES__USERS__TTL=10m` sets `caches.users.ttl`, `FORZE__MODE=embedded` chooses
+/// embedded mode. (Resource names with capitals cannot be reached this way.)
+///
+/// A value is read as a TOML value when it parses as one (`4`, `true`, `"text"`,
+/// `["a", "b"]`) and as a string otherwise (`250ms`, `redis://host:6380`); quote a string
+/// that looks like a number (`'"123"'`). A variable that names no field is refused like an
+/// unknown key in the file, so a typo never goes unnoticed.
+///
+/// `REDIS_URL`, the conventional variable, sets `redis.url` unless `FORZE__REDIS__URL` is
+/// also set (which wins).
+pub const ENV_PREFIX: &str = "FORZE__";
+
+/// The conventional variable for the server's URL.
+const REDIS_URL: &str = "REDIS_URL";
+
+/// Apply the overrides among `vars` to the parsed document `table`.
+pub(super) fn apply<K, V>(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (K, V)>,
+) -> Result<()>
+where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut overrides: Vec<(Vec<String>, String)> = Vec::new();
+    let mut redis_url = None;
+    for (name, value) in vars {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        if name == REDIS_URL {
+            redis_url = Some(value.to_string());
+        } else if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+            let path: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(Error::config(
+                    name,
+                    "an override names a field path: segments joined by `__`, none empty",
+                ));
+            }
+            overrides.push((path, value.to_string()));
+        }
+    }
+    let explicit_url = overrides.iter().any(|(p, _)| p == &["redis", "url"]);
+    if let (Some(url), false) = (redis_url, explicit_url) {
+        // The URL is a string whatever it looks like.
+        set(
+            table,
+            &["redis".into(), "url".into()],
+            toml::Value::String(url),
+            REDIS_URL,
+        )?;
+    }
+    // Sorted, so that the outcome never depends on the environment's order.
+    overrides.sort();
+    for (path, value) in overrides {
+        let name = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
+        set(table, &path, parse_value(&value), &name)?;
+    }
+    Ok(())
+}
+
+/// A TOML value when `text` is one, else the string itself.
+fn parse_value(text: &str) -> toml::Value {
+    match format!("v = {text}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.into())),
+        Err(_) => toml::Value::String(text.to_string()),
+    }
+}
+
+/// Set `path` in `table` to `value`, creating the tables on the way.
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value, var: &str) -> Result<()> {
+    let (last, parents) = path.split_last().expect("a path has a segment");
+    let mut at = table;
+    for (depth, segment) in parents.iter().enumerate() {
+        let entry = at
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(Error::config(
+                    var,
+                    format!("`{}` is not a table", path[..=depth].join(".")),
+                ))
+            }
+        };
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(text: &str, vars: &[(&str, &str)]) -> Result<toml::Table> {
+        let mut t: toml::Table = text.parse().unwrap();
+        apply(&mut t, vars.iter().copied())?;
+        Ok(t)
+    }
+
+    #[test]
+    fn values_parse_as_toml_or_stay_strings() {
+        assert_eq!(parse_value("4"), toml::Value::Integer(4));
+        assert_eq!(parse_value("true"), toml::Value::Boolean(true));
+        assert_eq!(parse_value("\"123\""), toml::Value::String("123".into()));
+        assert_eq!(parse_value("250ms"), toml::Value::String("250ms".into()));
+        assert_eq!(
+            parse_value("redis://:p@h:1/0?x=1"),
+            toml::Value::String("redis://:p@h:1/0?x=1".into())
+        );
+    }
+
+    #[test]
+    fn nested_paths_create_tables_and_override_the_file() {
+        let t = applied(
+            "[redis]\nurl = \"redis://a:1\"\npool_size = 2",
+            &[
+                ("FORZE__REDIS__POOL_SIZE", "8"),
+                ("FORZE__CACHES__USERS__TTL", "10m"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t["redis"]["pool_size"].as_integer(), Some(8));
+        assert_eq!(t["redis"]["url"].as_str(), Some("redis://a:1"));
+        assert_eq!(t["caches"]["users"]["ttl"].as_str(), Some("10m"));
+        assert!(!t.contains_key("unrelated"));
+    }
+
+    #[test]
+    fn redis_url_sets_the_url_unless_the_prefixed_variable_does() {
+        let t = applied("", &[("REDIS_URL", "redis://a:1")]).unwrap();
+        assert_eq!(t["redis"]["url"].as_str(), Some("redis://a:1"));
+        let t = applied(
+            "",
+            &[
+                ("REDIS_URL", "redis://a:1"),
+                ("FORZE__REDIS__URL", "redis://b:2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t["redis"]["url"].as_str(), Some("redis://b:2"));
+    }
+
+    #[test]
+    fn malformed_paths_are_refused() {
+        let err = applied("", &[("FORZE__REDIS____URL", "x")]).unwrap_err();
+        assert!(err.to_string().contains("FORZE__REDIS____URL"), "{err}");
+        let err = applied("key_prefix = \"p\"", &[("FORZE__KEY_PREFIX__X", "1")]).unwrap_err();
+        assert!(err.to_string().contains("key_prefix"), "{err}");
+    }
+}
