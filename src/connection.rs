@@ -71,6 +71,7 @@ impl RedisConnection {
         let mut fred_cfg = cfg.url.to_fred_config()?;
         // Start while Redis is down: connect() in the background instead of failing init.
         fred_cfg.fail_fast = false;
+        fred_cfg.tracing = fred::types::config::TracingConfig::new(cfg.driver_tracing);
         let diagnostics = Arc::new(ConnectDiagnostics::default());
         let tls = apply_tls(cfg, &mut fred_cfg, &diagnostics)?;
         let mut policy = ReconnectPolicy::new_exponential(
@@ -526,7 +527,8 @@ fn tcp_config(cfg: &RedisConfig) -> TcpConfig {
 }
 
 /// Connection health as the pool actor publishes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// Every connection is up.
     Up,
@@ -539,6 +541,25 @@ pub enum HealthState {
 }
 
 impl HealthState {
+    /// Every state, for gauges that show one of them.
+    #[doc(hidden)]
+    pub const ALL: [HealthState; 4] = [
+        HealthState::Up,
+        HealthState::Degraded,
+        HealthState::Down,
+        HealthState::Embedded,
+    ];
+
+    /// The state in snake case (`up`, `degraded`, `down`, `embedded`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Up => "up",
+            HealthState::Degraded => "degraded",
+            HealthState::Down => "down",
+            HealthState::Embedded => "embedded",
+        }
+    }
+
     /// The state for `connected` of `total` connections.
     #[doc(hidden)]
     pub fn from_counts(connected: usize, total: usize) -> Self {
@@ -551,7 +572,7 @@ impl HealthState {
 }
 
 /// A health report: state, since when, and connection counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Health {
     /// The state.
     pub state: HealthState,

@@ -59,6 +59,28 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The kind in snake case (`outcome_unknown`): the `error.type` of spans and the outcome
+    /// label of metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::LockLost => "lock_lost",
+            ErrorKind::Codec => "codec",
+            ErrorKind::Config => "config",
+            ErrorKind::TenantRequired => "tenant_required",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Loader => "loader",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 /// Why an operation conflicted with the stored state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -27,9 +27,12 @@
 //! | [`breaker`] | fleet-wide circuit breakers on the server clock, local cache and fallback |
 //! | [`routing`] | tenant routing: the route table, one pool per endpoint, LRU-bounded |
 //! | [`clock`] | the injectable local clock breakers and rate limiters read |
+//! | [`telemetry`] | spans (OpenTelemetry database conventions) and metrics of every operation |
 //!
 //! The modules are shared with the actor crate, the tests and the benchmarks, and hidden from
 //! the documentation: the names at this crate's root are the supported surface.
+
+#![warn(missing_docs)]
 
 #[doc(hidden)]
 pub mod breaker;
@@ -70,6 +73,8 @@ pub mod snapshot;
 #[doc(hidden)]
 pub mod task;
 #[doc(hidden)]
+pub mod telemetry;
+#[doc(hidden)]
 pub mod time;
 #[doc(hidden)]
 pub mod tls;
@@ -79,7 +84,7 @@ pub mod tracking;
 pub use breaker::{Admission, Breaker, BreakerStats, CallError, Phase, Transition};
 pub use cache::{Cache, CacheKey, CacheStats};
 pub use clock::Clock;
-pub use config::{Config, RedisUrl, RouteEndpoint};
+pub use config::{Config, Mode, RedisUrl, RouteEndpoint, ENV_PREFIX};
 pub use connect_failure::ConnectFailure;
 pub use connection::{Health, HealthState};
 pub use counter::{Counter, CounterEntry, CounterId, CounterStats};
@@ -92,4 +97,5 @@ pub use lock::{Lock, LockGuard, LockId, LostReason, LostSignal};
 pub use ratelimit::{Decision, RateLimitStats, RateLimiter};
 pub use routing::RouterStats;
 pub use snapshot::{RunId, SnapshotMeta, SnapshotWriter, Snapshots};
+pub use telemetry::OperationCount;
 pub use tls::TlsConfig;

@@ -43,7 +43,7 @@ struct Counters {
 }
 
 /// A copy of the router's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RouterStats {
     /// Endpoint pools open now.

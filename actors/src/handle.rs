@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use forze_redis::{
-    Breaker, Cache, CacheStats, Config, Counter, CounterStats, Error, Health, HeartbeatStats,
-    Idempotency, Lock, RateLimiter, RedisUrl, Result, RouteEndpoint, RouterStats, Snapshots,
-    TenantId,
+    Breaker, BreakerStats, Cache, CacheStats, Config, Counter, CounterStats, Error, Health,
+    HeartbeatStats, Idempotency, Lock, OperationCount, RateLimitStats, RateLimiter, RedisUrl,
+    Result, RouteEndpoint, RouterStats, Snapshots, TenantId,
 };
 use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -49,7 +50,11 @@ impl Forze {
             Some(p) => Actor::spawn_linked(name, ForzeSupervisor, shared.clone(), p).await,
         };
         let (supervisor, join) = spawned.map_err(|e| Error::internal("spawn", e.to_string()))?;
-        Ok((ForzeHandle { shared, supervisor }, join))
+        let handle = ForzeHandle { shared, supervisor };
+        if forze_redis::telemetry::METRICS_ENABLED {
+            crate::gauges::spawn_publisher(handle.clone());
+        }
+        Ok((handle, join))
     }
 }
 
@@ -60,8 +65,9 @@ pub struct ForzeHandle {
     supervisor: ActorRef<SupervisorMsg>,
 }
 
-/// Everything the actors of one supervisor report.
-#[derive(Debug, Clone)]
+/// Everything one supervisor and its resources report, from one call
+/// ([`ForzeHandle::stats`]). Serializable, for a status endpoint or a log line.
+#[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct ForzeStats {
     /// Connection health.
@@ -70,12 +76,35 @@ pub struct ForzeStats {
     pub supervisor: SupervisorStats,
     /// The pool actor's statistics; `None` in embedded mode.
     pub pool: Option<PoolStats>,
-    /// Each counter actor's statistics, by resource name.
-    pub counters: Vec<(String, CounterStats)>,
-    /// Each cache actor's statistics, by resource name.
-    pub caches: Vec<(String, CacheStats)>,
     /// The tracking subscriber's statistics, when there is one.
     pub tracking: Option<TrackingStats>,
+    /// Lease renewals and leases held; `None` when no lock is configured.
+    pub heartbeat: Option<HeartbeatStats>,
+    /// Tenant routing; `None` when no resource is routed.
+    pub router: Option<RouterStats>,
+    /// Each counter resource's statistics, by name.
+    pub counters: Vec<(String, CounterStats)>,
+    /// Each cache namespace's statistics (its L1's included), by name.
+    pub caches: Vec<(String, CacheStats)>,
+    /// Each breaker policy's statistics, by name.
+    pub breakers: Vec<(String, BreakerStats)>,
+    /// Each rate-limit policy's statistics, by name.
+    pub rate_limits: Vec<(String, RateLimitStats)>,
+    /// Every resource's operations by outcome (counters, caches, locks, idempotency,
+    /// snapshots, rate limits, breakers).
+    pub operations: Vec<ResourceOperations>,
+}
+
+/// One resource's operations by outcome.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ResourceOperations {
+    /// The resource kind (`cache`, `lock`…).
+    pub resource: &'static str,
+    /// The resource name.
+    pub name: String,
+    /// Each (operation, outcome) seen, with its count.
+    pub operations: Vec<OperationCount>,
 }
 
 impl ForzeHandle {
@@ -225,33 +254,46 @@ impl ForzeHandle {
         &self.shared.names
     }
 
-    /// Ask every actor for its statistics (supervisor, pool, counters, caches, tracking).
+    /// The statistics of every actor and resource. Resources are read directly; the
+    /// supervisor, the pool actor and the tracking subscriber are asked (within
+    /// `call_timeout` each).
     pub async fn stats(&self) -> Result<ForzeStats> {
-        let names = &self.shared.names;
+        let shared = &self.shared;
+        let names = &shared.names;
         let supervisor = self.ask(names.supervisor(), SupervisorMsg::Stats).await?;
-        let pool = match self.shared.connection {
+        let pool = match shared.connection {
             Some(_) => Some(self.ask(names.pool(), PoolMsg::Stats).await?),
             None => None,
         };
-        let mut counters = Vec::new();
-        for name in self.shared.counters.names() {
-            let stats = self
-                .ask(names.counter(&name), crate::CounterMsg::Stats)
-                .await?;
-            counters.push((name, stats));
+        fn by_name<T: Clone, S>(
+            resources: &forze_redis::runtime::Resources<T>,
+            stats: impl Fn(&T) -> S,
+        ) -> Vec<(String, S)> {
+            resources
+                .iter()
+                .map(|(name, r)| (name.clone(), stats(r)))
+                .collect()
         }
-        let mut caches = Vec::new();
-        for name in self.shared.caches.names() {
-            let stats = self.ask(names.cache(&name), crate::CacheMsg::Stats).await?;
-            caches.push((name, stats));
-        }
+        let operations = shared
+            .telemetries()
+            .map(|(resource, name, t)| ResourceOperations {
+                resource,
+                name: name.to_string(),
+                operations: t.operations(),
+            })
+            .collect();
         Ok(ForzeStats {
             health: self.health(),
             supervisor,
             pool,
-            counters,
-            caches,
             tracking: self.tracking_stats().await?,
+            heartbeat: (!shared.locks.is_empty()).then(|| shared.leases.stats()),
+            router: self.router_stats(),
+            counters: by_name(&shared.counters, Counter::stats),
+            caches: by_name(&shared.caches, Cache::stats),
+            breakers: by_name(&shared.breakers, Breaker::stats),
+            rate_limits: by_name(&shared.rate_limits, RateLimiter::stats),
+            operations,
         })
     }
 
@@ -272,6 +314,11 @@ impl ForzeHandle {
             }),
             Err(e) => Err(Error::internal("shutdown", e.to_string())),
         }
+    }
+
+    /// Whether shutdown has begun (every operation is refused from then on).
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.gate.is_closed()
     }
 
     /// Tasks still running on behalf of message requests (0 after shutdown).

@@ -42,7 +42,7 @@ pub enum PoolMsg {
 }
 
 /// Statistics of the pool actor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct PoolStats {
     /// The published health.

@@ -29,7 +29,7 @@ pub enum ResilienceMsg {
 }
 
 /// Statistics of every breaker and rate-limit policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ResilienceStats {
     /// Breaker by policy name.

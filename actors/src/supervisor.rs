@@ -71,7 +71,7 @@ pub enum SupervisorMsg {
 }
 
 /// Restart statistics of a supervisor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SupervisorStats {
     /// Restarts performed since start.

@@ -12,6 +12,7 @@
 //! - **Events.** Every transition the script reports is traced and sent on a broadcast channel
 //!   ([`Breaker::transitions`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase in snake case (`closed`, `open`, `half_open`), as stats and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Closed => "closed",
+            Phase::Open => "open",
+            Phase::HalfOpen => "half_open",
+        }
+    }
+
     fn parse(s: &str) -> Phase {
         match s {
             "open" => Phase::Open,
@@ -62,6 +72,16 @@ pub struct Admission {
     pub retry_after: Duration,
     /// Where it was decided.
     pub decided_by: DecidedBy,
+}
+
+/// The outcome label of an admission.
+fn admission_outcome(a: &Admission) -> &'static str {
+    match (a.allowed, a.decided_by) {
+        (true, DecidedBy::Fallback) => "fallback_admitted",
+        (false, DecidedBy::Fallback) => "fallback_refused",
+        (true, _) => "admitted",
+        (false, _) => "refused",
+    }
 }
 
 /// A phase change, as the script (or the fallback) reported it.
@@ -108,7 +128,7 @@ struct Counters {
 }
 
 /// A copy of one policy's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct BreakerStats {
     /// Admission decisions.
@@ -119,6 +139,8 @@ pub struct BreakerStats {
     pub round_trips: u64,
     /// Decisions or records handled by the local fallback.
     pub fallbacks: u64,
+    /// Routes by the phase this process last saw them in (`closed`, `open`, `half_open`).
+    pub routes_by_phase: BTreeMap<&'static str, u64>,
 }
 
 /// One breaker policy: a breaker per route.
@@ -137,6 +159,13 @@ impl std::ops::Deref for Breaker {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct BreakerState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
+    /// Admissions served from the cached phase (admitted, refused): registered once.
+    cached_outcomes: (
+        crate::telemetry::OutcomeCounter,
+        crate::telemetry::OutcomeCounter,
+    ),
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -158,6 +187,8 @@ pub struct BreakerState {
     counters: Counters,
     events: broadcast::Sender<Transition>,
     args: [String; 6],
+    /// The phase each route was last seen in by a decision or record of this process.
+    last_phase: DashMap<String, Phase>,
 }
 
 impl Breaker {
@@ -169,6 +200,7 @@ impl Breaker {
         conn: Option<Arc<RedisConnection>>,
         clock: SharedClock,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         let ms = |d: Duration| crate::time::ttl_millis(d).to_string();
         let ttl = config
@@ -182,6 +214,12 @@ impl Breaker {
             space.namespace().clone(),
         );
         Breaker(Arc::new(BreakerState {
+            cached_outcomes: (
+                telemetry.counter("breaker.admit", "cached_admitted"),
+                telemetry.counter("breaker.admit", "cached_refused"),
+            ),
+            telemetry,
+            last_phase: DashMap::new(),
             gate,
             counts_space,
             epoch: AtomicU64::new(0),
@@ -262,6 +300,26 @@ impl Breaker {
             refused: l(&self.counters.refused),
             round_trips: l(&self.counters.round_trips),
             fallbacks: l(&self.counters.fallbacks),
+            routes_by_phase: {
+                let mut by = BTreeMap::new();
+                for p in [Phase::Closed, Phase::Open, Phase::HalfOpen] {
+                    by.insert(p.as_str(), 0);
+                }
+                for e in self.last_phase.iter() {
+                    *by.entry(e.value().as_str()).or_insert(0) += 1;
+                }
+                by
+            },
+        }
+    }
+
+    /// Remember the phase `route` was last seen in (for stats and the phase gauge).
+    fn saw(&self, route: &str, phase: Phase) {
+        match self.last_phase.get_mut(route) {
+            Some(mut p) => *p = phase,
+            None => {
+                self.last_phase.insert(route.to_string(), phase);
+            }
         }
     }
 
@@ -277,6 +335,14 @@ impl Breaker {
 
     fn emit(&self, route: &str, to: Phase, local: bool, at: SystemTime) {
         tracing::info!(policy = %self.name, route, ?to, local, "circuit breaker transition");
+        self.saw(route, to);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::telemetry::names::BREAKER_TRANSITIONS,
+            "name" => self.name.clone(),
+            "to" => to.as_str(),
+        )
+        .increment(1);
         let _ = self.events.send(Transition {
             policy: self.name.clone(),
             route: route.to_string(),
@@ -299,27 +365,54 @@ impl Breaker {
         let now = self.clock.now();
         let cached = self.cache.get(&key).map(|c| *c);
         let decision = match (&self.conn, cached) {
-            (Some(_), Some(c)) if c.until > now && c.phase == Phase::Closed => Admission {
-                allowed: true,
-                phase: Phase::Closed,
-                retry_after: Duration::ZERO,
-                decided_by: DecidedBy::Cache,
-            },
-            (Some(_), Some(c)) if c.until > now && c.phase == Phase::Open => Admission {
-                allowed: false,
-                phase: Phase::Open,
-                retry_after: c.until - now,
-                decided_by: DecidedBy::Cache,
-            },
-            (Some(conn), _) => match Box::pin(self.script(conn, &key, route, "admit")).await {
-                Ok(a) => a,
-                Err(e) => {
-                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(policy = %self.name, error = %e, "breaker decided locally");
-                    self.local_admit(&key, route, DecidedBy::Fallback)
+            // Served from the cached phase: counted, not timed or traced (a hot path of
+            // about a hundred nanoseconds).
+            (Some(_), Some(c)) if c.until > now && c.phase == Phase::Closed => {
+                self.cached_outcomes.0.increment();
+                Admission {
+                    allowed: true,
+                    phase: Phase::Closed,
+                    retry_after: Duration::ZERO,
+                    decided_by: DecidedBy::Cache,
                 }
-            },
-            (None, _) => self.local_admit(&key, route, DecidedBy::Local),
+            }
+            (Some(_), Some(c)) if c.until > now && c.phase == Phase::Open => {
+                self.cached_outcomes.1.increment();
+                Admission {
+                    allowed: false,
+                    phase: Phase::Open,
+                    retry_after: c.until - now,
+                    decided_by: DecidedBy::Cache,
+                }
+            }
+            (Some(conn), _) => {
+                let decide = async {
+                    Ok(
+                        match Box::pin(self.script(conn, &key, route, "admit")).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(policy = %self.name, error = %e, "breaker decided locally");
+                                self.local_admit(&key, route, DecidedBy::Fallback)
+                            }
+                        },
+                    )
+                };
+                let a = self
+                    .telemetry
+                    .observe("breaker.admit", decide, admission_outcome)
+                    .await?;
+                self.saw(route, a.phase);
+                a
+            }
+            (None, _) => {
+                let started = self.telemetry.start();
+                let a = self.local_admit(&key, route, DecidedBy::Local);
+                self.telemetry
+                    .finish("breaker.admit", admission_outcome(&a), started);
+                self.saw(route, a.phase);
+                a
+            }
         };
         if !decision.allowed {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -335,22 +428,58 @@ impl Breaker {
 
     /// [`Breaker::record`] past the gate: a call admitted before shutdown still counts.
     async fn record_outcome(&self, route: &str, ok: bool) -> Result<Phase> {
-        let key = self.key(route)?;
-        let action = if ok { "ok" } else { "fail" };
-        Ok(match &self.conn {
-            Some(conn) => match Box::pin(self.script(conn, &key, route, action)).await {
-                Ok(a) => a.phase,
-                Err(_) => {
-                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    self.local_record(&key, route, ok)
-                }
-            },
-            None => self.local_record(&key, route, ok),
-        })
+        let op = async {
+            let key = self.key(route)?;
+            let action = if ok { "ok" } else { "fail" };
+            Ok(match &self.conn {
+                Some(conn) => match Box::pin(self.script(conn, &key, route, action)).await {
+                    Ok(a) => a.phase,
+                    Err(_) => {
+                        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        self.local_record(&key, route, ok)
+                    }
+                },
+                None => self.local_record(&key, route, ok),
+            })
+        };
+        self.telemetry
+            .observe("breaker.record", op, |_| "recorded")
+            .await
+            .inspect(|&phase| self.saw(route, phase))
     }
 
     /// Admit, run `call`, and record its outcome (`Err` counts as a failure). A refused call
     /// returns [`Error::CircuitOpen`] without running.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forze_redis_actors::{CallError, Config, ErrorKind, Forze};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [breakers.payments]
+    ///     min_calls = 2
+    ///     failure_ratio = 0.5
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let payments = forze.breaker("payments")?;
+    ///
+    /// // Closed: the call runs and its value comes back.
+    /// let receipt = payments.call("psp", async { Ok::<_, std::io::Error>("receipt-1") }).await?;
+    /// assert_eq!(receipt, "receipt-1");
+    /// // A failure comes back as `CallError::Call`; one failure in two calls opens the breaker.
+    /// let failed = payments.call("psp", async { Err::<&str, _>("gateway timeout") }).await;
+    /// assert!(matches!(failed, Err(CallError::Call("gateway timeout"))));
+    /// // Open: the next call is refused without running.
+    /// let refused = payments.call("psp", async { Ok::<_, std::io::Error>("receipt-2") }).await;
+    /// assert!(matches!(refused, Err(CallError::Breaker(ref e)) if e.kind() == ErrorKind::CircuitOpen));
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn call<T, E, F>(&self, route: &str, call: F) -> std::result::Result<T, CallError<E>>
     where
         F: std::future::Future<Output = std::result::Result<T, E>>,
@@ -389,31 +518,34 @@ impl Breaker {
     }
 
     async fn admin(&self, route: &str, action: &'static str) -> Result<()> {
-        let key = self.key(route)?;
-        match &self.conn {
-            Some(conn) => {
-                self.cache.remove(&key);
-                Box::pin(self.script(conn, &key, route, action)).await?;
-                // Forced states are never cached: every replica asks until reset.
-                self.cache.remove(&key);
-            }
-            None => {
-                let (phase, forced) = match action {
-                    "force_open" => (Phase::Open, Some(Phase::Open)),
-                    "force_closed" => (Phase::Closed, Some(Phase::Closed)),
-                    _ => (Phase::Closed, None),
-                };
-                let mut state = Self::fresh(self.clock.now());
-                let before = self.local.get(&key).map(|s| s.phase);
-                state.phase = phase;
-                state.forced = forced;
-                self.local.insert(key, state);
-                if before.unwrap_or(Phase::Closed) != phase {
-                    self.emit(route, phase, true, self.clock.wall());
+        let op = async {
+            let key = self.key(route)?;
+            match &self.conn {
+                Some(conn) => {
+                    self.cache.remove(&key);
+                    Box::pin(self.script(conn, &key, route, action)).await?;
+                    // Forced states are never cached: every replica asks until reset.
+                    self.cache.remove(&key);
+                }
+                None => {
+                    let (phase, forced) = match action {
+                        "force_open" => (Phase::Open, Some(Phase::Open)),
+                        "force_closed" => (Phase::Closed, Some(Phase::Closed)),
+                        _ => (Phase::Closed, None),
+                    };
+                    let mut state = Self::fresh(self.clock.now());
+                    let before = self.local.get(&key).map(|s| s.phase);
+                    state.phase = phase;
+                    state.forced = forced;
+                    self.local.insert(key, state);
+                    if before.unwrap_or(Phase::Closed) != phase {
+                        self.emit(route, phase, true, self.clock.wall());
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        self.telemetry.observe("breaker.admin", op, |_| "ok").await
     }
 
     async fn script(

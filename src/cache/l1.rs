@@ -95,7 +95,7 @@ pub struct L1Counters {
 }
 
 /// A copy of an L1's statistics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct L1Stats {
     /// Reads served from the L1.

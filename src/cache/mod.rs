@@ -37,7 +37,6 @@ use dashmap::DashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, LoaderError, Result};
@@ -109,7 +108,7 @@ struct Counters {
 }
 
 /// A copy of one namespace's statistics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Keys read (a batch counts each key).
@@ -174,6 +173,11 @@ impl std::ops::Deref for Cache {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct CacheState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
+    /// Reads served by the L1 (operation `cache.read`, outcome `l1_hit`): registered once,
+    /// counted without a span or a timer.
+    l1_hits: crate::telemetry::OutcomeCounter,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -230,6 +234,7 @@ impl Cache {
         redis: Option<RedisCacheStore>,
         router: Option<Arc<Router>>,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         let l1 = match (&redis, &config.l1) {
             (Some(_), Some(l1)) => Some(Arc::new(L1::new(l1.ttl, l1.max_entries, l1.max_bytes))),
@@ -239,6 +244,8 @@ impl Cache {
             l1.confirm();
         }
         Cache(Arc::new(CacheState {
+            l1_hits: telemetry.counter("cache.read", "l1_hit"),
+            telemetry,
             gate,
             name: name.into(),
             space,
@@ -313,6 +320,12 @@ impl Cache {
     /// The resource name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether every call needs a tenant (`tenant_aware` or `routed`); a namespace that is
+    /// not tenant-aware refuses one.
+    pub fn is_tenant_aware(&self) -> bool {
+        self.tenant_aware
     }
 
     /// The L1, when the namespace has one: read-only diagnostics for benchmarks (its
@@ -408,17 +421,21 @@ impl Cache {
     /// builds nothing and hashes only the caller's key.
     fn l1_lookup(&self, key: &CacheKey) -> Result<Option<Entry>> {
         let Some(l1) = &self.l1 else { return Ok(None) };
-        match self.tenant(key)? {
-            None => Ok(l1.get(&key.key)),
+        let found = match self.tenant(key)? {
+            None => l1.get(&key.key),
             Some(tenant) => L1_KEY_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 buf.clear();
                 push_escaped(&mut buf, tenant.as_str());
                 buf.push(':');
                 buf.push_str(&key.key);
-                Ok(l1.get(&buf))
+                l1.get(&buf)
             }),
+        };
+        if found.is_some() {
+            self.l1_hits.increment();
         }
+        Ok(found)
     }
 
     /// What a read of `key` that missed the L1 needs: its Redis key and, with an L1, its L1
@@ -464,18 +481,9 @@ impl Cache {
         }
     }
 
-    fn span(&self, op: &'static str) -> tracing::Span {
-        tracing::debug_span!(
-            "forze.cache",
-            resource = %self.name,
-            op,
-            outcome = tracing::field::Empty,
-        )
-    }
-
+    /// Count an error (its kind reaches the span and metrics through the telemetry).
     fn fail<T>(&self, e: Error) -> Result<T> {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::Span::current().record("outcome", tracing::field::debug(e.kind()));
         Err(e)
     }
 
@@ -539,7 +547,7 @@ impl Cache {
         self.counters
             .remote_reads
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        async {
+        let read = async {
             // Tickets are taken before the read is sent: a fill happens only if no
             // invalidation of its key arrived since (the L1's race rule).
             let tickets: Vec<_> = pending
@@ -562,14 +570,14 @@ impl Cache {
                 // Fail open: an unreachable Redis is a miss, never an error, for reads.
                 Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
                     tracing::debug!(error = %e, "cache read bypassed");
-                    tracing::Span::current().record("outcome", "bypassed");
                     let n = pending.len() as u64;
                     self.counters.bypassed.fetch_add(n, Ordering::Relaxed);
                     self.counters.misses.fetch_add(n, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok("bypassed");
                 }
                 Err(e) => return self.fail(e),
             };
+            let mut found = 0;
             for ((p, ticket), Read { stored, pttl }) in pending.iter().zip(tickets).zip(reads) {
                 let Some(stored) = stored else {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -584,11 +592,16 @@ impl Cache {
                 }
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 out[p.index] = Some(entry);
+                found += 1;
             }
-            Ok(())
-        }
-        .instrument(self.span(op))
-        .await
+            Ok(match found {
+                0 => "miss",
+                n if n == pending.len() => "hit",
+                _ => "partial",
+            })
+        };
+        // The outcome of the remote read: `hit`, `miss`, `partial` (a batch), `bypassed`.
+        self.telemetry.observe(op, read, |&o| o).await.map(|_| ())
     }
 
     fn decode_or_count<T: DeserializeOwned>(&self, entry: Option<Entry>) -> Option<T> {
@@ -691,7 +704,7 @@ impl Cache {
             return Ok(());
         }
         let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
-        async {
+        let write = async {
             self.counters
                 .writes
                 .fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -715,9 +728,8 @@ impl Cache {
                 Ok(()) => Ok(()),
                 Err(e) => self.fail(e),
             }
-        }
-        .instrument(self.span(op))
-        .await
+        };
+        self.telemetry.observe(op, write, |_| "ok").await
     }
 
     /// Store a serde value under `key` for `ttl` (the namespace default when `None`).
@@ -772,8 +784,15 @@ impl Cache {
         self.gate.check("cache.set_versioned")?;
         let stored = codec::encode_json(Some(version), value)?;
         let rkey = self.redis_key(key)?;
-        self.write_versioned("cache.set_versioned", rkey, version, stored, ttl)
-            .instrument(self.span("cache.set_versioned"))
+        let write = self.write_versioned("cache.set_versioned", rkey, version, stored, ttl);
+        self.telemetry
+            .observe("cache.set_versioned", write, |&w| {
+                if w {
+                    "written"
+                } else {
+                    "stale"
+                }
+            })
             .await
     }
 
@@ -829,11 +848,15 @@ impl Cache {
         let writes = prepared.into_iter().map(|(k, v, s)| {
             Box::pin(self.write_versioned("cache.set_many_versioned", k, v, s, ttl))
         });
-        futures::future::join_all(writes)
-            .instrument(self.span("cache.set_many_versioned"))
+        let all = async {
+            futures::future::join_all(writes)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<bool>>>()
+        };
+        self.telemetry
+            .observe("cache.set_many_versioned", all, |_| "ok")
             .await
-            .into_iter()
-            .collect()
     }
 
     /// Remove `key` with `DEL` (its memory is reclaimed before the reply). Returns whether
@@ -876,7 +899,7 @@ impl Cache {
             .iter()
             .map(|k| self.redis_key(k))
             .collect::<Result<Vec<_>>>()?;
-        async {
+        let remove = async {
             self.counters
                 .writes
                 .fetch_add(rkeys.len() as u64, Ordering::Relaxed);
@@ -889,9 +912,8 @@ impl Cache {
             };
             self.evict_local(&rkeys);
             result.or_else(|e| self.fail(e))
-        }
-        .instrument(self.span(op))
-        .await
+        };
+        self.telemetry.observe(op, remove, |_| "ok").await
     }
 
     /// The value of `key`; on a miss, run `loader` once in this process (concurrent callers
@@ -900,6 +922,38 @@ impl Cache {
     /// the loader's own error shared among them (read it with [`Error::loader_error`], as
     /// `Arc<E>` from moka's `try_get_with`). A failure to store the loaded value is logged and
     /// counted, not returned: the caller has it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forze_redis_actors::{CacheKey, Config, Forze};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [caches.users]
+    ///     ttl = "60s"
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let users = forze.cache("users")?;
+    /// let key = CacheKey::new("user:42");
+    ///
+    /// // A miss: the loader runs and its value is stored.
+    /// let name: String = users
+    ///     .get_or_load(&key, None, || async { Ok::<_, std::io::Error>("Ada".to_string()) })
+    ///     .await?;
+    /// // A hit: the stored value comes back, the loader does not run.
+    /// let again: String = users
+    ///     .get_or_load(&key, None, || async { Err::<String, _>("loader must not run") })
+    ///     .await?;
+    /// assert_eq!(name, "Ada");
+    /// assert_eq!(again, "Ada");
+    /// assert_eq!(users.stats().loads, 1);
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_or_load<T, F, Fut, E>(
         &self,
         key: &CacheKey,
@@ -1052,6 +1106,7 @@ mod tests {
             Some(RedisCacheStore::new(conn)),
             None,
             Gate::default(),
+            crate::telemetry::Telemetry::new("cache", "docs", "docs", None),
         )
     }
 

@@ -90,7 +90,7 @@ struct Counts {
 }
 
 /// A copy of one counter resource's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct CounterStats {
     /// Operations attempted.
@@ -131,6 +131,8 @@ impl std::ops::Deref for Counter {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct CounterState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -147,6 +149,8 @@ impl Counter {
     /// A counter resource. `redis` is `None` in embedded local mode; `local` is the
     /// process-local store, shared by the runtime so that it survives actor restarts;
     /// `router` is set for `routed = true` (each tenant's counters go to its endpoint).
+    // Called from one place, the runtime's table, with every part of the resource.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
@@ -155,8 +159,10 @@ impl Counter {
         local: LocalCounterStore,
         router: Option<Arc<Router>>,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         Counter(Arc::new(CounterState {
+            telemetry,
             gate,
             name: name.into(),
             space,
@@ -187,6 +193,31 @@ impl Counter {
     }
 
     /// Add `by` (may be 0 or negative) and return the new value.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forze_redis_actors::{Config, CounterId, Forze};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [counters.orders]
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let orders = forze.counter("orders")?;
+    ///
+    /// // An untouched counter reads 0; each increment returns the new value.
+    /// let eu = CounterId::suffix("eu");
+    /// assert_eq!(orders.incr(&eu, 1).await?, 1);
+    /// assert_eq!(orders.incr(&eu, 1).await?, 2);
+    /// // Other suffixes are other counters.
+    /// assert_eq!(orders.incr(&CounterId::suffix("us"), 5).await?, 5);
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn incr(&self, id: &CounterId, by: i64) -> Result<i64> {
         match self
             .run(id.tenant.as_ref(), self.key(id), Op::Incr(by))
@@ -292,15 +323,9 @@ impl Counter {
     /// unavailable; count and trace it. A `target` error (validation) is returned before I/O.
     async fn run(&self, tenant: Option<&TenantId>, target: Result<String>, op: Op) -> Result<Out> {
         self.gate.check(op.gate_name())?;
-        let span = tracing::debug_span!(
-            "forze.counter",
-            resource = %self.name,
-            op = op.name(),
-            // Only a tenant that takes part in the key is recorded.
-            tenant = tenant.filter(|_| self.tenant_aware).map(TenantId::as_str),
-            outcome = tracing::field::Empty,
-            served = tracing::field::Empty,
-        );
+        let operation = op.gate_name();
+        let span = self.telemetry.span(operation);
+        let started = self.telemetry.start();
         async {
             self.stats.ops.fetch_add(1, Ordering::Relaxed);
             let routed = match (&target, &self.router) {
@@ -338,15 +363,12 @@ impl Counter {
                     other => (other, "redis"),
                 },
             };
-            let span = tracing::Span::current();
-            span.record("served", served);
-            match &result {
-                Ok(_) => span.record("outcome", "ok"),
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    span.record("outcome", tracing::field::debug(e.kind()))
-                }
-            };
+            tracing::Span::current().record("forze.served", served);
+            if result.is_err() {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let ok = if served == "fallback" { "fallback" } else { "ok" };
+            self.telemetry.end(operation, started, &result, ok);
             result
         }
         .instrument(span)
@@ -379,17 +401,6 @@ impl Op {
             Op::Get => "counter.get",
             Op::Reset(_) => "counter.reset",
             Op::List => "counter.list",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Op::Incr(_) => "incr",
-            Op::Decr(_) => "decr",
-            Op::Batch(_) => "incr_batch",
-            Op::Get => "get",
-            Op::Reset(_) => "reset",
-            Op::List => "list",
         }
     }
 }

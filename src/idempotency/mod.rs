@@ -151,6 +151,8 @@ impl std::ops::Deref for Idempotency {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct IdempotencyState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -175,8 +177,10 @@ impl Idempotency {
         redis: Option<RedisIdempotencyStore>,
         local: LocalIdempotencyStore,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         Idempotency(Arc::new(IdempotencyState {
+            telemetry,
             gate,
             name: name.into(),
             space,
@@ -248,35 +252,51 @@ impl Idempotency {
 
     /// [`Idempotency::begin`] past the gate (`run` checks it once for its whole sequence).
     async fn claim_or_replay(&self, req: &IdemRequest) -> Result<Begin> {
-        let key = self.record_key(req)?;
-        let owner = new_owner();
-        let reply = self.begin_once(&key, req, &owner).await?;
-        Self::settle(reply, key, owner)?
-            .map_err(|_| conflict("idempotency.begin", ConflictReason::InProgress))
+        let op = async {
+            let key = self.record_key(req)?;
+            let owner = new_owner();
+            let reply = self.begin_once(&key, req, &owner).await?;
+            Self::settle(reply, key, owner)?
+                .map_err(|_| conflict("idempotency.begin", ConflictReason::InProgress))
+        };
+        self.telemetry
+            .observe("idempotency.begin", op, |b| match b {
+                Begin::Proceed(_) => "claimed",
+                Begin::Replay(_) => "replayed",
+            })
+            .await
     }
 
     /// Like [`Idempotency::begin`], but wait up to `max_wait` for a live claim to finish
     /// (then replay its result) or to be released or abandoned (then claim). Still
     /// `Conflict(InProgress)` if neither happens in time.
     pub async fn begin_wait(&self, req: &IdemRequest, max_wait: Duration) -> Result<Begin> {
-        self.gate.check("idempotency.begin")?;
-        let key = self.record_key(req)?;
-        let owner = new_owner();
-        let deadline = Instant::now() + max_wait;
-        loop {
-            let reply = self.begin_once(&key, req, &owner).await?;
-            match Self::settle(reply, key.clone(), owner.clone())? {
-                Ok(begin) => return Ok(begin),
-                Err(left) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(conflict("idempotency.begin", ConflictReason::InProgress));
+        let op = async {
+            self.gate.check("idempotency.begin")?;
+            let key = self.record_key(req)?;
+            let owner = new_owner();
+            let deadline = Instant::now() + max_wait;
+            loop {
+                let reply = self.begin_once(&key, req, &owner).await?;
+                match Self::settle(reply, key.clone(), owner.clone())? {
+                    Ok(begin) => return Ok(begin),
+                    Err(left) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(conflict("idempotency.begin", ConflictReason::InProgress));
+                        }
+                        let pause = self.config.poll_interval.min(left).min(deadline - now);
+                        tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
                     }
-                    let pause = self.config.poll_interval.min(left).min(deadline - now);
-                    tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
                 }
             }
-        }
+        };
+        self.telemetry
+            .observe("idempotency.begin_wait", op, |b| match b {
+                Begin::Proceed(_) => "claimed",
+                Begin::Replay(_) => "replayed",
+            })
+            .await
     }
 
     /// Store `result` for the claim. `Conflict(NotOwner)` when the claim is not the caller's
@@ -290,17 +310,25 @@ impl Idempotency {
     /// result even if shutdown begins while the operation runs (else a retry would run it
     /// again once the claim's lease ends).
     async fn store_result(&self, claim: &Claim, result: &[u8]) -> Result<()> {
-        let ok = match &self.store {
-            Store::Redis(r) => {
-                Box::pin(r.commit(&claim.key, &claim.owner, result, self.config.retention)).await?
+        let op = async {
+            let ok = match &self.store {
+                Store::Redis(r) => {
+                    Box::pin(r.commit(&claim.key, &claim.owner, result, self.config.retention))
+                        .await?
+                }
+                Store::Local(l) => {
+                    l.commit(&claim.key, &claim.owner, result, self.config.retention)
+                }
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(conflict("idempotency.commit", ConflictReason::NotOwner))
             }
-            Store::Local(l) => l.commit(&claim.key, &claim.owner, result, self.config.retention),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(conflict("idempotency.commit", ConflictReason::NotOwner))
-        }
+        self.telemetry
+            .observe("idempotency.commit", op, |_| "committed")
+            .await
     }
 
     /// Give the claim up so a retry can run; whether it was still the caller's (another
@@ -312,10 +340,21 @@ impl Idempotency {
 
     /// [`Idempotency::fail`] past the gate.
     async fn release_claim(&self, claim: &Claim) -> Result<bool> {
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.fail(&claim.key, &claim.owner)).await,
-            Store::Local(l) => Ok(l.fail(&claim.key, &claim.owner)),
-        }
+        let op = async {
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.fail(&claim.key, &claim.owner)).await,
+                Store::Local(l) => Ok(l.fail(&claim.key, &claim.owner)),
+            }
+        };
+        self.telemetry
+            .observe("idempotency.fail", op, |&ours| {
+                if ours {
+                    "released"
+                } else {
+                    "not_owner"
+                }
+            })
+            .await
     }
 
     /// Run `operation` idempotently: replay a stored result (JSON), or claim, run, and commit
@@ -323,6 +362,34 @@ impl Idempotency {
     /// `Unavailable` come back as [`RunError::Idempotency`]; the operation's own error as
     /// [`RunError::Operation`]. A commit that fails after the operation succeeded is logged
     /// and the value returned: the claim then blocks duplicates until its lease ends.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forze_redis_actors::{payload_hash, Config, Forze, IdemRequest};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [idempotency.orders]
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let orders = forze.idempotency("orders")?;
+    /// let req = IdemRequest::new("create_order", "key-7f3a", payload_hash(b"sku=42&qty=1"));
+    ///
+    /// let first: String = orders
+    ///     .run(&req, || async { Ok::<_, String>("order 1001 created".to_string()) })
+    ///     .await?;
+    /// // A retry of the same request replays the stored result; the operation does not run.
+    /// let retry: String = orders
+    ///     .run(&req, || async { Err::<String, _>("must not run twice") })
+    ///     .await?;
+    /// assert_eq!(retry, first);
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn run<T, E, F, Fut>(
         &self,
         req: &IdemRequest,
@@ -395,7 +462,8 @@ mod tests {
     /// replays it instead of running the operation again.
     #[tokio::test]
     async fn a_run_under_way_when_the_gate_closes_still_commits_its_result() {
-        let config = crate::Config::from_toml_str("[idempotency.orders]").expect("config");
+        let config = crate::Config::from_toml_str("mode = \"embedded\"\n[idempotency.orders]")
+            .expect("config");
         let rt = crate::runtime::Runtime::build(config).expect("runtime");
         let idem = rt.idempotency.get("orders").expect("orders");
         let req = IdemRequest::new("op", "k", payload_hash(b"p"));

@@ -36,6 +36,16 @@ pub enum LostReason {
     DeadlinePassed,
 }
 
+impl LostReason {
+    /// The reason in snake case (`stolen`, `deadline_passed`), as metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::Stolen => "stolen",
+            LostReason::DeadlinePassed => "deadline_passed",
+        }
+    }
+}
+
 /// One held lease, shared by its guard, its deadline task and the heartbeater.
 #[derive(Debug)]
 pub(crate) struct HeldLease {
@@ -70,6 +80,13 @@ impl HeldLease {
         self.lost.send_if_modified(|v| {
             if v.is_none() {
                 *v = Some(why);
+                #[cfg(feature = "metrics")]
+                metrics::counter!(
+                    crate::telemetry::names::LEASES_LOST,
+                    "name" => self.lock.telemetry.name().to_string(),
+                    "reason" => why.as_str(),
+                )
+                .increment(1);
                 true
             } else {
                 false

@@ -122,6 +122,8 @@ impl std::ops::Deref for Lock {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct LockState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -134,6 +136,8 @@ pub struct LockState {
 
 impl Lock {
     /// A lock resource on Redis (`redis` is `Some`) or on local state (embedded mode).
+    // Called from one place, the runtime's table, with every part of the resource.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: impl Into<String>,
         space: KeySpace,
@@ -142,8 +146,10 @@ impl Lock {
         local: LocalLockStore,
         leases: Arc<LeaseRegistry>,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         Lock(Arc::new(LockState {
+            telemetry,
             gate,
             leases,
             name: name.into(),
@@ -184,7 +190,13 @@ impl Lock {
     /// Try once. `Ok(None)` when another owner holds it.
     pub async fn try_acquire(&self, id: &LockId) -> Result<Option<LockGuard>> {
         self.gate.check("lock.acquire")?;
-        let lease = self.try_lease(id).await?;
+        let lease = self
+            .telemetry
+            .observe("lock.try_acquire", self.try_lease(id), |l| match l {
+                Some(_) => "acquired",
+                None => "busy",
+            })
+            .await?;
         Ok(lease.map(|lease| LockGuard::new(self.clone(), lease)))
     }
 
@@ -219,9 +231,44 @@ impl Lock {
     /// The guard's lease is renewed in the background while it lives; its
     /// [`lost`](LockGuard::lost) signal fires if a renewal finds another owner or the local
     /// deadline passes unrenewed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use forze_redis_actors::{Config, ErrorKind, Forze, LockId};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [locks.jobs]
+    ///     lease = "10s"
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let jobs = forze.lock("jobs")?;
+    /// let id = LockId::new("nightly-report");
+    ///
+    /// let guard = jobs.acquire(&id, Duration::from_secs(1)).await?;
+    /// let token = guard.token(); // send it with every write the lock protects
+    /// // Held: another acquire gives up after its wait.
+    /// let err = jobs.acquire(&id, Duration::from_millis(50)).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Timeout);
+    ///
+    /// assert!(guard.release().await?); // still ours when released
+    /// let next = jobs.acquire(&id, Duration::from_secs(1)).await?;
+    /// assert!(next.token() > token); // fencing tokens only go up
+    /// next.release().await?;
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn acquire(&self, id: &LockId, wait: Duration) -> Result<LockGuard> {
         self.gate.check("lock.acquire")?;
-        let lease = self.lease(id, wait).await?;
+        let lease = self
+            .telemetry
+            .observe("lock.acquire", self.lease(id, wait), |_| "acquired")
+            .await?;
         Ok(LockGuard::new(self.clone(), lease))
     }
 
@@ -257,22 +304,45 @@ impl Lock {
 
     /// Release `lease` if it is still the owner's; whether it was.
     pub(crate) async fn release(&self, lease: &Lease) -> Result<bool> {
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.release(&lease.key, &lease.owner)).await,
-            Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
-        }
+        let release = async {
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.release(&lease.key, &lease.owner)).await,
+                Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
+            }
+        };
+        self.telemetry
+            .observe("lock.release", release, |&ours| {
+                if ours {
+                    "released"
+                } else {
+                    "not_owner"
+                }
+            })
+            .await
     }
 
     /// Renew leases (key, owner) for a full lease each; one flag per lease, `false` when it
     /// is lost (another owner, or expired). On Redis: one script call per group.
     pub(crate) async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.extend_many(leases, self.config.lease)).await,
-            Store::Local(l) => Ok(leases
-                .iter()
-                .map(|(k, o)| l.extend(k, o, self.config.lease))
-                .collect()),
-        }
+        let extend = async {
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.extend_many(leases, self.config.lease)).await,
+                Store::Local(l) => Ok(leases
+                    .iter()
+                    .map(|(k, o)| l.extend(k, o, self.config.lease))
+                    .collect()),
+            }
+        };
+        // One count per batch: its outcome says whether every lease in it was still held.
+        self.telemetry
+            .observe("lock.extend", extend, |flags: &Vec<bool>| {
+                if flags.iter().all(|&f| f) {
+                    "extended"
+                } else {
+                    "lost"
+                }
+            })
+            .await
     }
 
     /// How many round-trip calls [`Lock::extend_many`] makes for `leases` (0 locally).
@@ -292,20 +362,40 @@ impl Lock {
     pub async fn owner(&self, id: &LockId) -> Result<Option<(String, u64)>> {
         self.gate.check("lock.owner")?;
         let key = self.key(id)?;
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.holder(&key)).await,
-            Store::Local(l) => Ok(l.holder(&key)),
-        }
+        let holder = async {
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.holder(&key)).await,
+                Store::Local(l) => Ok(l.holder(&key)),
+            }
+        };
+        self.telemetry
+            .observe("lock.owner", holder, |h| {
+                if h.is_some() {
+                    "held"
+                } else {
+                    "free"
+                }
+            })
+            .await
     }
 
     /// The remaining lease of `id`, if held.
     pub async fn ttl(&self, id: &LockId) -> Result<Option<Duration>> {
         self.gate.check("lock.ttl")?;
         let key = self.key(id)?;
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.ttl(&key)).await,
-            Store::Local(l) => Ok(l.ttl(&key)),
-        }
+        let ttl = async {
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.ttl(&key)).await,
+                Store::Local(l) => Ok(l.ttl(&key)),
+            }
+        };
+        self.telemetry
+            .observe(
+                "lock.ttl",
+                ttl,
+                |t| if t.is_some() { "held" } else { "free" },
+            )
+            .await
     }
 }
 

@@ -55,7 +55,7 @@ struct Counters {
 }
 
 /// A copy of one policy's statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RateLimitStats {
     /// Decisions made.
@@ -82,6 +82,8 @@ impl std::ops::Deref for RateLimiter {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct RateLimiterState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -107,12 +109,14 @@ impl RateLimiter {
         conn: Option<Arc<RedisConnection>>,
         clock: SharedClock,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         let cap = config.capacity();
         let rate = config.rate_per_ms();
         // Long enough for an idle bucket to refill completely: expiry is a full bucket.
         let ttl_ms = ((f64::from(cap) / rate) * 2.0).ceil().max(1000.0) as u64;
         RateLimiter(Arc::new(RateLimiterState {
+            telemetry,
             gate,
             // The rate as exact integers: a decimal would round slow limits (1 per day) away.
             fixed_args: [
@@ -165,42 +169,88 @@ impl RateLimiter {
 
     /// [`RateLimiter::try_acquire`] past the gate (`acquire` checks it once for its wait).
     async fn decide(&self, route: &str, n: u32) -> Result<Decision> {
-        if n == 0 || n > self.config.capacity() {
-            return Err(Error::validation(
-                "n",
-                format!(
-                    "must be between 1 and the capacity ({})",
-                    self.config.capacity()
-                ),
-            ));
-        }
-        let key = self.key(route)?;
-        self.counters.decisions.fetch_add(1, Ordering::Relaxed);
-        let decision = match &self.conn {
-            None => self.local_decide(&key, n, 1.0, DecidedBy::Local),
-            Some(conn) => match Box::pin(self.redis_decide(conn, &key, n)).await {
-                Ok(d) => d,
-                Err(e) => {
-                    self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(policy = %self.name, error = %e, "rate limit decided locally");
-                    let d =
-                        self.local_decide(&key, n, self.config.fallback_share, DecidedBy::Fallback);
-                    if d.allowed {
-                        *self.owed.entry(key).or_insert(0.0) += f64::from(n);
+        let op = async {
+            if n == 0 || n > self.config.capacity() {
+                return Err(Error::validation(
+                    "n",
+                    format!(
+                        "must be between 1 and the capacity ({})",
+                        self.config.capacity()
+                    ),
+                ));
+            }
+            let key = self.key(route)?;
+            self.counters.decisions.fetch_add(1, Ordering::Relaxed);
+            let decision = match &self.conn {
+                None => self.local_decide(&key, n, 1.0, DecidedBy::Local),
+                Some(conn) => match Box::pin(self.redis_decide(conn, &key, n)).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(policy = %self.name, error = %e, "rate limit decided locally");
+                        let d = self.local_decide(
+                            &key,
+                            n,
+                            self.config.fallback_share,
+                            DecidedBy::Fallback,
+                        );
+                        if d.allowed {
+                            *self.owed.entry(key).or_insert(0.0) += f64::from(n);
+                        }
+                        d
                     }
-                    d
-                }
-            },
+                },
+            };
+            if !decision.allowed {
+                self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(decision)
         };
-        if !decision.allowed {
-            self.counters.denied.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(decision)
+        self.telemetry
+            .observe("ratelimit.decide", op, |d| {
+                match (d.allowed, d.decided_by) {
+                    (true, DecidedBy::Fallback) => "fallback_allowed",
+                    (false, DecidedBy::Fallback) => "fallback_denied",
+                    (true, _) => "allowed",
+                    (false, _) => "denied",
+                }
+            })
+            .await
     }
 
     /// Take `n` permits, waiting up to `max_wait` for the bucket to refill (sleeping the
     /// `retry_after` it reports). `Throttled` with the remaining wait when it cannot be done
     /// in time.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use forze_redis_actors::{Config, DecidedBy, ErrorKind, Forze};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [rate_limits.api]
+    ///     permits = 2
+    ///     per = "1s"
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let api = forze.rate_limit("api")?;
+    ///
+    /// // The bucket starts full: both permits at once, without waiting.
+    /// let d = api.acquire("GET /users", 2, Duration::ZERO).await?;
+    /// assert!(d.allowed && d.decided_by == DecidedBy::Local);
+    /// // The next permit refills in 500 ms: a 10 ms wait is not enough...
+    /// let err = api.acquire("GET /users", 1, Duration::from_millis(10)).await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Throttled);
+    /// // ...a wait of up to a second is.
+    /// assert!(api.acquire("GET /users", 1, Duration::from_secs(1)).await?.allowed);
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn acquire(&self, route: &str, n: u32, max_wait: Duration) -> Result<Decision> {
         self.gate.check("ratelimit.acquire")?;
         // A wait too long to represent is "no deadline".

@@ -36,6 +36,7 @@ use crate::routing::Router;
 use crate::snapshot::local::LocalSnapshotStore;
 use crate::snapshot::redis::RedisSnapshotStore;
 use crate::snapshot::Snapshots;
+use crate::telemetry::Telemetry;
 use crate::tracking::topology::TrackingSource;
 use crate::tracking::Tracked;
 pub use table::Resources;
@@ -91,6 +92,26 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Every resource's telemetry, with its kind and name.
+    pub fn telemetries(&self) -> impl Iterator<Item = (&'static str, &str, &Telemetry)> {
+        fn of<'a, T: Clone>(
+            kind: &'static str,
+            table: &'a Resources<T>,
+            t: impl Fn(&T) -> &Telemetry + 'a,
+        ) -> impl Iterator<Item = (&'static str, &'a str, &'a Telemetry)> + 'a {
+            table.iter().map(move |(n, r)| (kind, n.as_str(), t(r)))
+        }
+        of("counter", &self.counters, |r| &r.telemetry)
+            .chain(of("cache", &self.caches, |r| &r.telemetry))
+            .chain(of("lock", &self.locks, |r| &r.telemetry))
+            .chain(of("idempotency", &self.idempotency, |r| &r.telemetry))
+            .chain(of("snapshot", &self.snapshots, |r| &r.telemetry))
+            .chain(of("rate_limit", &self.rate_limits, |r| &r.telemetry))
+            .chain(of("breaker", &self.breakers, |r| &r.telemetry))
+    }
+}
+
 /// Build the table of one resource kind: the loop every kind shares (namespace, key space,
 /// construction), written once.
 fn table<C, T: Clone>(
@@ -99,12 +120,15 @@ fn table<C, T: Clone>(
     (op, what, kind): (&'static str, &'static str, ResourceKind),
     configs: &BTreeMap<String, C>,
     namespace: impl Fn(&Config, &str, &C) -> Result<Namespace>,
-    mut make: impl FnMut(String, KeySpace, &C) -> T,
+    mut make: impl FnMut(String, KeySpace, &C, Telemetry) -> T,
 ) -> Result<Resources<T>> {
     let mut by_name = BTreeMap::new();
+    let url = config.redis.as_ref().map(|r| &r.url);
     for (name, cfg) in configs {
-        let space = KeySpace::new(prefix.clone(), kind, namespace(config, name, cfg)?);
-        by_name.insert(name.clone(), make(name.clone(), space, cfg));
+        let ns = namespace(config, name, cfg)?;
+        let telemetry = Telemetry::new(op, name, ns.as_str(), url);
+        let space = KeySpace::new(prefix.clone(), kind, ns);
+        by_name.insert(name.clone(), make(name.clone(), space, cfg, telemetry));
     }
     Ok(Resources::new(op, what, by_name))
 }
@@ -113,6 +137,7 @@ impl Runtime {
     /// Validate `config` and build every resource. Connects nothing yet.
     pub fn build(config: Config) -> Result<Self> {
         config.validate()?;
+        crate::telemetry::describe();
         let connection = match &config.redis {
             Some(redis) => Some(Arc::new(RedisConnection::build(redis)?)),
             None => None,
@@ -143,10 +168,19 @@ impl Runtime {
             ("counter", "counter", ResourceKind::Counter),
             &config.counters,
             Config::namespace,
-            |name, space, cfg| {
+            |name, space, cfg, telemetry| {
                 let redis = conn.clone().map(RedisCounterStore::new);
                 let router = route(cfg.routed);
-                Counter::new(name, space, cfg, redis, local.clone(), router, gate.clone())
+                Counter::new(
+                    name,
+                    space,
+                    cfg,
+                    redis,
+                    local.clone(),
+                    router,
+                    gate.clone(),
+                    telemetry,
+                )
             },
         )?;
         let caches = table(
@@ -155,9 +189,17 @@ impl Runtime {
             ("cache", "cache", ResourceKind::Cache),
             &config.caches,
             Config::namespace,
-            |name, space, cfg| {
+            |name, space, cfg, telemetry| {
                 let redis = conn.clone().map(RedisCacheStore::new);
-                Cache::new(name, space, cfg, redis, route(cfg.routed), gate.clone())
+                Cache::new(
+                    name,
+                    space,
+                    cfg,
+                    redis,
+                    route(cfg.routed),
+                    gate.clone(),
+                    telemetry,
+                )
             },
         )?;
         let leases = Arc::new(LeaseRegistry::default());
@@ -168,10 +210,19 @@ impl Runtime {
             ("lock", "lock", ResourceKind::Lock),
             &config.locks,
             Config::namespace,
-            |name, space, cfg| {
+            |name, space, cfg, telemetry| {
                 let redis = conn.clone().map(RedisLockStore::new);
                 let local = local_locks.clone();
-                Lock::new(name, space, cfg, redis, local, leases.clone(), gate.clone())
+                Lock::new(
+                    name,
+                    space,
+                    cfg,
+                    redis,
+                    local,
+                    leases.clone(),
+                    gate.clone(),
+                    telemetry,
+                )
             },
         )?;
         let local_idem = LocalIdempotencyStore::new();
@@ -185,10 +236,10 @@ impl Runtime {
             ),
             &config.idempotency,
             Config::namespace,
-            |name, space, cfg| {
+            |name, space, cfg, telemetry| {
                 let redis = conn.clone().map(RedisIdempotencyStore::new);
                 let local = local_idem.clone();
-                Idempotency::new(name, space, cfg, redis, local, gate.clone())
+                Idempotency::new(name, space, cfg, redis, local, gate.clone(), telemetry)
             },
         )?;
         let local_snaps = LocalSnapshotStore::new();
@@ -198,10 +249,10 @@ impl Runtime {
             ("snapshot", "snapshot resource", ResourceKind::Snapshot),
             &config.snapshots,
             Config::namespace,
-            |name, space, cfg| {
+            |name, space, cfg, telemetry| {
                 let redis = conn.clone().map(RedisSnapshotStore::new);
                 let local = local_snaps.clone();
-                Snapshots::new(name, space, cfg, redis, local, gate.clone())
+                Snapshots::new(name, space, cfg, redis, local, gate.clone(), telemetry)
             },
         )?;
         let clock = &config.clock;
@@ -211,8 +262,16 @@ impl Runtime {
             ("rate_limit", "rate-limit policy", ResourceKind::RateLimit),
             &config.rate_limits,
             Config::namespace,
-            |name, space, cfg| {
-                RateLimiter::new(name, space, cfg, conn.clone(), clock.clone(), gate.clone())
+            |name, space, cfg, telemetry| {
+                RateLimiter::new(
+                    name,
+                    space,
+                    cfg,
+                    conn.clone(),
+                    clock.clone(),
+                    gate.clone(),
+                    telemetry,
+                )
             },
         )?;
         let breakers = table(
@@ -221,8 +280,16 @@ impl Runtime {
             ("breaker", "breaker policy", ResourceKind::Breaker),
             &config.breakers,
             Config::namespace,
-            |name, space, cfg| {
-                Breaker::new(name, space, cfg, conn.clone(), clock.clone(), gate.clone())
+            |name, space, cfg, telemetry| {
+                Breaker::new(
+                    name,
+                    space,
+                    cfg,
+                    conn.clone(),
+                    clock.clone(),
+                    gate.clone(),
+                    telemetry,
+                )
             },
         )?;
         // A routed cache's L1 lives by its TTL: nothing to track for it.

@@ -117,6 +117,8 @@ impl std::ops::Deref for Snapshots {
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct SnapshotsState {
+    /// Spans and metrics of every operation.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -134,8 +136,10 @@ impl Snapshots {
         redis: Option<RedisSnapshotStore>,
         local: LocalSnapshotStore,
         gate: Gate,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         Snapshots(Arc::new(SnapshotsState {
+            telemetry,
             gate,
             name: name.into(),
             space,
@@ -175,18 +179,21 @@ impl Snapshots {
 
     /// [`Snapshots::begin`] past the gate (`put` checks it once for the whole run).
     async fn open_run(&self, run: &RunId, fingerprint: &str) -> Result<SnapshotWriter> {
-        let keys = self.keys(run)?;
-        let writer = new_owner();
-        let (ttl, max) = (self.config.ttl, self.config.max_ids);
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.begin(&keys, fingerprint, &writer, ttl, max)).await?,
-            Store::Local(l) => l.begin(&keys, fingerprint, &writer, ttl, max),
-        }
-        Ok(SnapshotWriter {
-            run: keys,
-            writer,
-            next: 0,
-        })
+        let op = async {
+            let keys = self.keys(run)?;
+            let writer = new_owner();
+            let (ttl, max) = (self.config.ttl, self.config.max_ids);
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.begin(&keys, fingerprint, &writer, ttl, max)).await?,
+                Store::Local(l) => l.begin(&keys, fingerprint, &writer, ttl, max),
+            }
+            Ok(SnapshotWriter {
+                run: keys,
+                writer,
+                next: 0,
+            })
+        };
+        self.telemetry.observe("snapshot.begin", op, |_| "ok").await
     }
 
     /// Append the writer's next chunk; `last` completes the run. Errors: `Validation` when
@@ -201,33 +208,38 @@ impl Snapshots {
     /// [`Snapshots::append`] past the gate: a `put` that began before shutdown completes its
     /// run instead of leaving it incomplete.
     async fn write_chunk(&self, w: &mut SnapshotWriter, ids: &[String], last: bool) -> Result<u64> {
-        const OP: &str = "snapshot.append";
-        let reply = match &self.store {
-            Store::Redis(r) => Box::pin(r.append(&w.run, &w.writer, w.next, ids, last)).await?,
-            Store::Local(l) => l.append(&w.run, &w.writer, w.next, ids, last),
-        };
-        match reply {
-            AppendReply::Ok(total) => {
-                w.next += 1;
-                Ok(total)
+        let op = async {
+            const OP: &str = "snapshot.append";
+            let reply = match &self.store {
+                Store::Redis(r) => Box::pin(r.append(&w.run, &w.writer, w.next, ids, last)).await?,
+                Store::Local(l) => l.append(&w.run, &w.writer, w.next, ids, last),
+            };
+            match reply {
+                AppendReply::Ok(total) => {
+                    w.next += 1;
+                    Ok(total)
+                }
+                AppendReply::TooMany(max) => Err(Error::validation(
+                    "ids",
+                    format!("the run would exceed max_ids ({max})"),
+                )),
+                AppendReply::Concurrent => Err(Error::Conflict {
+                    op: OP.into(),
+                    reason: ConflictReason::NotOwner,
+                }),
+                AppendReply::OutOfOrder(_) | AppendReply::Complete => Err(Error::Conflict {
+                    op: OP.into(),
+                    reason: ConflictReason::OutOfOrder,
+                }),
+                AppendReply::Missing => Err(Error::validation(
+                    "run_id",
+                    "the run does not exist (never begun, expired or deleted)",
+                )),
             }
-            AppendReply::TooMany(max) => Err(Error::validation(
-                "ids",
-                format!("the run would exceed max_ids ({max})"),
-            )),
-            AppendReply::Concurrent => Err(Error::Conflict {
-                op: OP.into(),
-                reason: ConflictReason::NotOwner,
-            }),
-            AppendReply::OutOfOrder(_) | AppendReply::Complete => Err(Error::Conflict {
-                op: OP.into(),
-                reason: ConflictReason::OutOfOrder,
-            }),
-            AppendReply::Missing => Err(Error::validation(
-                "run_id",
-                "the run does not exist (never begun, expired or deleted)",
-            )),
-        }
+        };
+        self.telemetry
+            .observe("snapshot.append", op, |_| "ok")
+            .await
     }
 
     /// Complete a run without more ids.
@@ -237,6 +249,34 @@ impl Snapshots {
 
     /// Write a whole run: begin, then the ids in chunks of `chunk_size`. Readers see it only
     /// once complete. Refused before any write when `ids` exceeds `max_ids`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forze_redis_actors::{Config, Forze, RunId};
+    ///
+    /// let config = Config::from_toml_str(r#"mode = "embedded"
+    ///     [snapshots.search]
+    ///     ttl = "5m"
+    /// "#)?;
+    /// let (forze, _join) = Forze::spawn(config).await?;
+    /// let search = forze.snapshot("search")?;
+    /// let run = RunId::new("query-7f3a");
+    ///
+    /// let ids: Vec<String> = (1..=25).map(|i| format!("doc-{i}")).collect();
+    /// search.put(&run, "sha256:query", &ids).await?;
+    /// // Read it back page by page, checking the fingerprint.
+    /// let page = search.page(&run, 10, 10, Some("sha256:query")).await?;
+    /// assert_eq!(page, Some(ids[10..20].to_vec()));
+    /// assert_eq!(search.page(&run, 30, 10, None).await?, Some(vec![])); // past the end
+    /// assert_eq!(search.page(&run, 0, 10, Some("sha256:other")).await?, None);
+    ///
+    /// forze.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn put(&self, run: &RunId, fingerprint: &str, ids: &[String]) -> Result<()> {
         self.gate.check("snapshot.put")?;
         if ids.len() as u64 > self.config.max_ids {
@@ -267,35 +307,66 @@ impl Snapshots {
         limit: u64,
         expected: Option<&str>,
     ) -> Result<Option<Vec<String>>> {
-        self.gate.check("snapshot.page")?;
-        if limit == 0 {
-            return Err(Error::validation("limit", "must be at least 1"));
-        }
-        let keys = self.keys(run)?;
-        let keep = self.config.keep_alive.unwrap_or(Duration::ZERO);
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.page(&keys, offset, limit, expected, keep)).await,
-            Store::Local(l) => Ok(l.page(&keys, offset, limit, expected, keep)),
-        }
+        let op = async {
+            self.gate.check("snapshot.page")?;
+            if limit == 0 {
+                return Err(Error::validation("limit", "must be at least 1"));
+            }
+            let keys = self.keys(run)?;
+            let keep = self.config.keep_alive.unwrap_or(Duration::ZERO);
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.page(&keys, offset, limit, expected, keep)).await,
+                Store::Local(l) => Ok(l.page(&keys, offset, limit, expected, keep)),
+            }
+        };
+        self.telemetry
+            .observe("snapshot.page", op, |p| {
+                if p.is_some() {
+                    "hit"
+                } else {
+                    "miss"
+                }
+            })
+            .await
     }
 
     /// The run's metadata, or `None`.
     pub async fn meta(&self, run: &RunId) -> Result<Option<SnapshotMeta>> {
-        self.gate.check("snapshot.meta")?;
-        let keys = self.keys(run)?;
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.meta(&keys)).await,
-            Store::Local(l) => Ok(l.meta(&keys)),
-        }
+        let op = async {
+            self.gate.check("snapshot.meta")?;
+            let keys = self.keys(run)?;
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.meta(&keys)).await,
+                Store::Local(l) => Ok(l.meta(&keys)),
+            }
+        };
+        self.telemetry
+            .observe("snapshot.meta", op, |m| {
+                if m.is_some() {
+                    "hit"
+                } else {
+                    "miss"
+                }
+            })
+            .await
     }
 
     /// Delete the run (both keys); whether it existed.
     pub async fn delete(&self, run: &RunId) -> Result<bool> {
-        self.gate.check("snapshot.delete")?;
-        let keys = self.keys(run)?;
-        match &self.store {
-            Store::Redis(r) => Box::pin(r.delete(&keys)).await,
-            Store::Local(l) => Ok(l.delete(&keys)),
-        }
+        let op = async {
+            self.gate.check("snapshot.delete")?;
+            let keys = self.keys(run)?;
+            match &self.store {
+                Store::Redis(r) => Box::pin(r.delete(&keys)).await,
+                Store::Local(l) => Ok(l.delete(&keys)),
+            }
+        };
+        self.telemetry
+            .observe(
+                "snapshot.delete",
+                op,
+                |&d| if d { "deleted" } else { "absent" },
+            )
+            .await
     }
 }

@@ -197,7 +197,12 @@ pub async fn drive(
                 t.granted_by_redis.fetch_add(1, Ordering::Relaxed);
             }
         }
-        timed(&t.breaker, bound, breaker.record("route", n % 7 != 0)).await;
+        timed(
+            &t.breaker,
+            bound,
+            breaker.record("route", !n.is_multiple_of(7)),
+        )
+        .await;
         // While Redis is down most calls fail at once, without awaiting anything: a loop of
         // them would never yield, and would starve the runtime's timers. Callers back off;
         // so does this one.

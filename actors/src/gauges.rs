@@ -1,0 +1,68 @@
+//! Gauges and running totals published from [`ForzeStats`] every second, through the
+//! `metrics` facade: the state that no single operation reports (L1 size, pool and tracking
+//! health, leases held, breaker phases, restarts). Started only when the core records metrics
+//! (its `metrics` feature), which this crate's `metrics` feature turns on.
+
+use std::time::Duration;
+
+use forze_redis::connection::HealthState;
+use forze_redis::telemetry::names;
+use metrics::{counter, gauge};
+
+use crate::handle::{ForzeHandle, ForzeStats};
+
+/// How often the gauges are refreshed.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// Publish until the handle's runtime shuts down.
+pub(crate) fn spawn_publisher(handle: ForzeHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if handle.is_shut_down() {
+                return;
+            }
+            // A stats call that times out (an actor restarting) skips one refresh.
+            if let Ok(stats) = handle.stats().await {
+                publish(&stats);
+            }
+        }
+    });
+}
+
+/// Set every gauge and running total from `stats`.
+pub(crate) fn publish(stats: &ForzeStats) {
+    for state in HealthState::ALL {
+        let on = stats.health.state == state;
+        gauge!(names::HEALTH, "state" => state.as_str()).set(f64::from(u8::from(on)));
+    }
+    gauge!(names::POOL_CONNECTIONS, "state" => "connected").set(stats.health.connected as f64);
+    gauge!(names::POOL_CONNECTIONS, "state" => "total").set(stats.health.total as f64);
+    counter!(names::ACTOR_RESTARTS).absolute(stats.supervisor.restarts);
+    if let Some(t) = &stats.tracking {
+        gauge!(names::TRACKING_ACTIVE).set(f64::from(u8::from(t.confirmed)));
+        counter!(names::TRACKING_LOSSES).absolute(t.losses);
+    }
+    if let Some(h) = &stats.heartbeat {
+        gauge!(names::LEASES_HELD).set(h.held as f64);
+    }
+    for (name, c) in &stats.caches {
+        let Some(l1) = &c.l1 else { continue };
+        gauge!(names::L1_ENTRIES, "name" => name.clone()).set(l1.entries as f64);
+        gauge!(names::L1_BYTES, "name" => name.clone()).set(l1.bytes as f64);
+        counter!(names::L1_EVICTIONS, "name" => name.clone(), "cause" => "capacity")
+            .absolute(l1.evictions);
+        counter!(names::L1_EVICTIONS, "name" => name.clone(), "cause" => "invalidation")
+            .absolute(l1.invalidations);
+        for (reason, n) in &l1.flushes {
+            counter!(names::L1_FLUSHES, "name" => name.clone(), "reason" => *reason).absolute(*n);
+        }
+    }
+    for (name, b) in &stats.breakers {
+        for (phase, n) in &b.routes_by_phase {
+            gauge!(names::BREAKER_ROUTES, "name" => name.clone(), "phase" => *phase).set(*n as f64);
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! How each resource's operations are observed: a span per operation with OpenTelemetry's
+//! database conventions, and (with the `metrics` feature) a counter by operation and outcome
+//! and a latency histogram per operation, through the `metrics` facade.
+//!
+//! Every resource owns one [`Telemetry`]. An operation is observed once, where it is written
+//! (in the resource handle), by [`Telemetry::observe`]; the L1 hit of a cache, which must stay
+//! allocation-free and take tens of nanoseconds, only bumps a pre-registered counter
+//! ([`Telemetry::count`]).
+//!
+//! Metric handles are registered with the installed recorder the first time an
+//! (operation, outcome) pair is seen, then reused: the per-call cost is one map lookup and
+//! an atomic add. Install the recorder (for instance `metrics-exporter-prometheus`) before
+//! spawning the runtime. Labels are the resource kind and name, the operation and the outcome,
+//! all bounded by the configuration: tenants never become label values.
+//!
+//! Spans are at `DEBUG` level, named `forze.<resource>`, with `otel.name` set to
+//! `<operation> <resource name>`. When no subscriber wants them, building one costs a cached
+//! interest check and no allocation.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::config::RedisUrl;
+use crate::error::Result;
+
+/// Whether this build records metrics (the `metrics` cargo feature of this crate).
+pub const METRICS_ENABLED: bool = cfg!(feature = "metrics");
+
+/// Names of every metric, in one place (documented in `docs/operations.md`).
+pub mod names {
+    /// Counter: operations by `resource`, `name`, `operation`, `outcome`.
+    pub const OPERATIONS: &str = "forze_operations_total";
+    /// Histogram (seconds): operation latency by `resource`, `name`, `operation`, `outcome`.
+    pub const DURATION: &str = "forze_operation_duration_seconds";
+    /// Gauge: L1 entries by cache `name`.
+    pub const L1_ENTRIES: &str = "forze_l1_entries";
+    /// Gauge: L1 bytes by cache `name`.
+    pub const L1_BYTES: &str = "forze_l1_bytes";
+    /// Counter: L1 entries removed by cache `name` and `cause` (`capacity`, `invalidation`).
+    pub const L1_EVICTIONS: &str = "forze_l1_evictions_total";
+    /// Gauge: pool connections by `state` (`connected`, `total`).
+    pub const POOL_CONNECTIONS: &str = "forze_pool_connections";
+    /// Gauge: 1 for the current Redis health `state`, 0 for the others.
+    pub const HEALTH: &str = "forze_redis_health";
+    /// Gauge: 1 while the tracking session keeps L1s coherent, else 0.
+    pub const TRACKING_ACTIVE: &str = "forze_tracking_active";
+    /// Counter: tracking sessions lost.
+    pub const TRACKING_LOSSES: &str = "forze_tracking_losses_total";
+    /// Counter: whole-L1 flushes (every entry dropped) by cache `name` and `reason`.
+    pub const L1_FLUSHES: &str = "forze_l1_flushes_total";
+    /// Gauge: lock leases held by this process.
+    pub const LEASES_HELD: &str = "forze_lock_leases_held";
+    /// Counter: leases lost by `reason` (`stolen`, `deadline_passed`).
+    pub const LEASES_LOST: &str = "forze_lock_leases_lost_total";
+    /// Gauge: routes of the breaker `name` by the `phase` this process last saw them in.
+    pub const BREAKER_ROUTES: &str = "forze_breaker_routes";
+    /// Counter: breaker transitions by `name`, `from`, `to`.
+    pub const BREAKER_TRANSITIONS: &str = "forze_breaker_transitions_total";
+    /// Counter: actor restarts performed by the supervisor.
+    pub const ACTOR_RESTARTS: &str = "forze_actor_restarts_total";
+}
+
+/// How many times one operation ended with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct OperationCount {
+    /// The operation (`cache.get`, `lock.acquire`).
+    pub operation: &'static str,
+    /// The outcome (`hit`, `miss`, `ok`, `denied`, or an error kind such as `unavailable`).
+    pub outcome: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
+/// Observes the operations of one resource. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Telemetry(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    resource: &'static str,
+    name: Arc<str>,
+    namespace: Arc<str>,
+    server_address: Option<String>,
+    server_port: Option<u16>,
+    slots: DashMap<(&'static str, &'static str), Arc<Slot>, foldhash::fast::RandomState>,
+}
+
+/// One (operation, outcome): its count, and its metric handles.
+#[derive(Debug)]
+struct Slot {
+    count: AtomicU64,
+    #[cfg(feature = "metrics")]
+    counter: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    duration: metrics::Histogram,
+}
+
+/// When an operation started (only read with the `metrics` feature).
+#[derive(Debug, Clone, Copy)]
+pub struct Started(#[cfg(feature = "metrics")] quanta::Instant);
+
+/// `otel.name`: `<operation> <resource name>`, formatted only when a subscriber records it.
+struct SpanName<'a>(&'static str, &'a str);
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
+}
+
+impl Telemetry {
+    /// The telemetry of resource `name` of kind `resource` (`cache`, `counter`…), keyed under
+    /// `namespace`, on the server of `url` (`None`: embedded, process-local).
+    pub fn new(
+        resource: &'static str,
+        name: &str,
+        namespace: &str,
+        url: Option<&RedisUrl>,
+    ) -> Self {
+        let (server_address, server_port) = match url.and_then(RedisUrl::server_address) {
+            Some((host, port)) => (Some(host), port),
+            None => (None, None),
+        };
+        Telemetry(Arc::new(Inner {
+            resource,
+            name: name.into(),
+            namespace: namespace.into(),
+            server_address,
+            server_port,
+            slots: DashMap::default(),
+        }))
+    }
+
+    /// The span of one operation. Its `forze.outcome` and `error.type` are recorded by
+    /// [`Telemetry::observe`].
+    pub fn span(&self, operation: &'static str) -> tracing::Span {
+        let i = &*self.0;
+        tracing::debug_span!(
+            "forze.operation",
+            otel.name = %SpanName(operation, &i.name),
+            otel.kind = "client",
+            db.system.name = if i.server_address.is_some() { "redis" } else { "forze.embedded" },
+            db.operation.name = operation,
+            server.address = i.server_address.as_deref(),
+            server.port = i.server_port,
+            forze.resource = i.resource,
+            forze.name = &*i.name,
+            forze.namespace = &*i.namespace,
+            forze.outcome = Empty,
+            forze.served = Empty,
+            error.type = Empty,
+        )
+    }
+
+    /// Start timing an operation.
+    #[inline]
+    pub fn start(&self) -> Started {
+        Started(
+            #[cfg(feature = "metrics")]
+            quanta::Instant::now(),
+        )
+    }
+
+    /// Record `outcome` (and `error.type` for an error) on the current span, count the
+    /// operation and record its latency: the end of an operation that built its own
+    /// instrumented future around [`Telemetry::span`].
+    pub fn end<T>(
+        &self,
+        operation: &'static str,
+        started: Started,
+        result: &Result<T>,
+        ok: &'static str,
+    ) {
+        let out = match result {
+            Ok(_) => ok,
+            Err(e) => {
+                let kind = e.kind().as_str();
+                tracing::Span::current().record("error.type", kind);
+                kind
+            }
+        };
+        tracing::Span::current().record("forze.outcome", out);
+        self.finish(operation, out, started);
+    }
+
+    /// Run `operation` in its span, then count it with its outcome (`outcome` of the value,
+    /// or the error's kind) and record its latency.
+    pub async fn observe<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T>>,
+        outcome: impl FnOnce(&T) -> &'static str,
+    ) -> Result<T> {
+        let started = self.start();
+        async move {
+            let result = fut.await;
+            let out = match &result {
+                Ok(v) => outcome(v),
+                Err(e) => {
+                    let kind = e.kind().as_str();
+                    tracing::Span::current().record("error.type", kind);
+                    kind
+                }
+            };
+            tracing::Span::current().record("forze.outcome", out);
+            self.finish(operation, out, started);
+            result
+        }
+        .instrument(self.span(operation))
+        .await
+    }
+
+    /// Count one `operation` that ended with `outcome`, and record its latency.
+    pub fn finish(&self, operation: &'static str, outcome: &'static str, started: Started) {
+        let slot = self.slot(operation, outcome);
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            slot.counter.increment(1);
+            slot.duration.record(started.0.elapsed().as_secs_f64());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = started;
+    }
+
+    /// A handle that counts `operation` with `outcome` (no span, no latency): for paths that
+    /// must stay allocation-free, such as an L1 hit. Register it once and keep it.
+    pub fn counter(&self, operation: &'static str, outcome: &'static str) -> OutcomeCounter {
+        OutcomeCounter(self.slot(operation, outcome))
+    }
+
+    fn slot(&self, operation: &'static str, outcome: &'static str) -> Arc<Slot> {
+        if let Some(slot) = self.0.slots.get(&(operation, outcome)) {
+            return slot.clone();
+        }
+        self.0
+            .slots
+            .entry((operation, outcome))
+            .or_insert_with(|| Arc::new(self.register(operation, outcome)))
+            .clone()
+    }
+
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn register(&self, operation: &'static str, outcome: &'static str) -> Slot {
+        #[cfg(feature = "metrics")]
+        let labels = [
+            ("resource", self.0.resource.to_string()),
+            ("name", self.0.name.to_string()),
+            ("operation", operation.to_string()),
+            ("outcome", outcome.to_string()),
+        ];
+        Slot {
+            count: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            counter: metrics::counter!(names::OPERATIONS, &labels),
+            #[cfg(feature = "metrics")]
+            duration: metrics::histogram!(names::DURATION, &labels),
+        }
+    }
+
+    /// Every (operation, outcome) seen so far with its count, sorted.
+    pub fn operations(&self) -> Vec<OperationCount> {
+        let mut out: Vec<OperationCount> = self
+            .0
+            .slots
+            .iter()
+            .map(|e| OperationCount {
+                operation: e.key().0,
+                outcome: e.key().1,
+                count: e.value().count.load(Ordering::Relaxed),
+            })
+            .filter(|c| c.count > 0)
+            .collect();
+        out.sort_by(|a, b| (a.operation, a.outcome).cmp(&(b.operation, b.outcome)));
+        out
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// A pre-registered count of one (operation, outcome); see [`Telemetry::counter`].
+#[derive(Debug, Clone)]
+pub struct OutcomeCounter(Arc<Slot>);
+
+impl OutcomeCounter {
+    /// Count one.
+    #[inline]
+    pub fn increment(&self) {
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.0.counter.increment(1);
+    }
+}
+
+/// Describe every metric to the installed recorder (units and help texts, shown as
+/// Prometheus `# HELP` lines). Called once when a runtime is built.
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        describe_counter!(
+            names::OPERATIONS,
+            "Operations by resource, name, operation and outcome"
+        );
+        describe_histogram!(
+            names::DURATION,
+            Unit::Seconds,
+            "Operation latency by resource, name, operation and outcome (L1 hits are counted, not timed)"
+        );
+        describe_gauge!(names::L1_ENTRIES, "Entries held by a cache's L1");
+        describe_gauge!(names::L1_BYTES, Unit::Bytes, "Bytes held by a cache's L1");
+        describe_counter!(names::L1_EVICTIONS, "L1 entries removed, by cause");
+        describe_gauge!(names::POOL_CONNECTIONS, "Pool connections by state");
+        describe_gauge!(names::HEALTH, "1 for the current Redis health state");
+        describe_gauge!(
+            names::TRACKING_ACTIVE,
+            "1 while the tracking session keeps the L1s coherent"
+        );
+        describe_counter!(names::TRACKING_LOSSES, "Tracking sessions lost");
+        describe_counter!(names::L1_FLUSHES, "Whole-L1 flushes by reason");
+        describe_gauge!(names::LEASES_HELD, "Lock leases held by this process");
+        describe_counter!(names::LEASES_LOST, "Lock leases lost, by reason");
+        describe_gauge!(
+            names::BREAKER_ROUTES,
+            "Routes of a breaker by the phase this process last saw them in"
+        );
+        describe_counter!(names::BREAKER_TRANSITIONS, "Breaker transitions");
+        describe_counter!(
+            names::ACTOR_RESTARTS,
+            "Actor restarts performed by the supervisor"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[tokio::test]
+    async fn outcomes_are_counted_by_operation() {
+        let t = Telemetry::new("counter", "orders", "orders", None);
+        t.observe("counter.incr", async { Ok(1) }, |_| "ok")
+            .await
+            .unwrap();
+        t.observe("counter.incr", async { Ok(2) }, |_| "ok")
+            .await
+            .unwrap();
+        let e: Result<i64> = t
+            .observe(
+                "counter.incr",
+                async { Err(Error::validation("id", "bad")) },
+                |_| "ok",
+            )
+            .await;
+        assert!(e.is_err());
+        t.counter("counter.get", "l1_hit").increment();
+        let ops = t.operations();
+        let count = |op, out| {
+            ops.iter()
+                .find(|c| c.operation == op && c.outcome == out)
+                .map(|c| c.count)
+        };
+        assert_eq!(count("counter.incr", "ok"), Some(2));
+        assert_eq!(count("counter.incr", "validation"), Some(1));
+        assert_eq!(count("counter.get", "l1_hit"), Some(1));
+    }
+
+    #[test]
+    fn server_address_never_carries_credentials() {
+        let cases = [
+            (
+                "redis://:pw@10.0.0.1:6380/0",
+                Some(("10.0.0.1", Some(6380))),
+            ),
+            (
+                "rediss://u:p@cache.internal",
+                Some(("cache.internal", None)),
+            ),
+            ("redis-cluster://h1:7000,h2:7001", Some(("h1", Some(7000)))),
+            ("redis://[::1]:6390", Some(("::1", Some(6390)))),
+            ("redis+unix:///tmp/r.sock", Some(("/tmp/r.sock", None))),
+        ];
+        for (url, want) in cases {
+            let got = RedisUrl::new(url).server_address();
+            assert_eq!(got.as_ref().map(|(h, p)| (h.as_str(), *p)), want, "{url}");
+        }
+    }
+}
