@@ -442,6 +442,47 @@ const NOT_ROUTED: &str = "Failed to route command.";
 /// the client disconnected (`interfaces.rs`), or reconnection gave up (`router/utils.rs`).
 /// Pinned by the tests below and in `tests/outcomes.rs`: a driver update that words them
 /// differently fails them.
+/// A fred error whose wording decides its class: the `ErrorKind` and the start of the message.
+#[doc(hidden)]
+pub struct DriverMessage {
+    /// The fred `ErrorKind`s it comes with (by name).
+    pub kinds: &'static [&'static str],
+    /// The message, or its start.
+    pub text: &'static str,
+}
+
+/// Every fred message the classification reads, so that a test can check that the fred in
+/// the lock file still says each of them (a driver update that rewords one is caught).
+#[doc(hidden)]
+pub const DRIVER_MESSAGES: [DriverMessage; 5] = [
+    DriverMessage {
+        kinds: &["Unknown", "Routing"],
+        text: NOT_ROUTED,
+    },
+    DriverMessage {
+        kinds: &["Canceled"],
+        text: NOT_SENT_CANCELED[0],
+    },
+    DriverMessage {
+        kinds: &["Canceled"],
+        text: NOT_SENT_CANCELED[1],
+    },
+    DriverMessage {
+        kinds: &["Routing"],
+        text: TOO_MANY_REDIRECTIONS,
+    },
+    DriverMessage {
+        kinds: &["Unknown"],
+        text: TOO_MANY_WRITE_ATTEMPTS,
+    },
+];
+
+/// fred stopped following `MOVED`/`ASK` before sending again.
+const TOO_MANY_REDIRECTIONS: &str = "Too many redirections";
+
+/// fred wanted to send a command again and its attempt budget forbade it.
+const TOO_MANY_WRITE_ATTEMPTS: &str = "Too many failed write attempts";
+
 const NOT_SENT_CANCELED: [&str; 2] = [
     "Connection closed unexpectedly.",
     "Max reconnection attempts reached.",
@@ -517,14 +558,14 @@ impl DriverErrorClass {
             K::Protocol | K::Parse | K::NotFound => DriverErrorClass::Protocol,
             K::Config | K::Url => DriverErrorClass::Config,
             // fred stopped following MOVED/ASK before sending again: the command did not run.
-            K::Routing if err.details().starts_with("Too many redirections") => {
+            K::Routing if err.details().starts_with(TOO_MANY_REDIRECTIONS) => {
                 DriverErrorClass::Redirect
             }
             K::Routing | K::Sentinel => DriverErrorClass::Connection,
             // fred wanted to send the command again and the attempt budget forbade it: after a
             // lost connection (it may have run) or a cluster redirection (it did not). Only
             // the first can be assumed.
-            K::Unknown if err.details().starts_with("Too many failed write attempts") => {
+            K::Unknown if err.details().starts_with(TOO_MANY_WRITE_ATTEMPTS) => {
                 DriverErrorClass::Connection
             }
             K::Auth | K::Cluster | K::Unknown | K::InvalidArgument | K::InvalidCommand => {
