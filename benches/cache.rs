@@ -9,6 +9,8 @@
 //!
 //! `cargo bench --bench cache`. Prints `ratio <name> <value>` lines.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +53,7 @@ name_prefix = "{name}"
 "#
     ))
     .expect("config");
+    common::install_metrics_recorder();
     let (forze, _join) = Forze::spawn(config).await.expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(matches!(forze.tracking_stats().await, Ok(Some(s)) if s.confirmed)

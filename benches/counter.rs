@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench counter` (release build).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,7 @@ async fn main() {
         server.url()
     ))
     .expect("config");
+    common::install_metrics_recorder();
     let (forze, _join) = Forze::spawn(config).await.expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(10);
     while forze.health().state != forze_redis::connection::HealthState::Up

@@ -67,8 +67,26 @@ pub async fn spawn(url: &str, resources: &str) -> ForzeHandle {
     spawn_config(config).await
 }
 
+/// With the `metrics` feature, install a Prometheus recorder (once), as a service would: the
+/// benchmarks then pay for recording every series. Without it, nothing is recorded.
+pub fn install_metrics_recorder() {
+    #[cfg(feature = "metrics")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("recorder");
+            println!("metrics: on (Prometheus recorder installed)");
+        });
+    }
+    #[cfg(not(feature = "metrics"))]
+    println!("metrics: off (feature disabled)");
+}
+
 /// A supervisor for `config`, connected (waited for at most 10 s).
 pub async fn spawn_config(config: Config) -> ForzeHandle {
+    install_metrics_recorder();
     let (forze, _join) = Forze::spawn(config).await.expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(10);
     while forze.health().state != HealthState::Up && Instant::now() < deadline {
