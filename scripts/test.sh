@@ -26,3 +26,5 @@ cargo test --workspace --all-targets --features forze-redis-actors/fault-injecti
 cargo test --workspace --doc
 # A build without the `tls` feature must refuse every TLS request (never connect in clear).
 cargo test -p forze-redis --no-default-features --lib -- tls config connect_failure
+# The crates users add must package and build from their packaged sources alone.
+cargo package -p forze-redis -p forze-redis-actors --quiet

@@ -438,10 +438,6 @@ impl Error {
 /// a second attempt may have been written once before (see [`Error::from_driver`]).
 const NOT_ROUTED: &str = "Failed to route command.";
 
-/// What fred 10.1 says when it refuses a command before sending it: the fail-fast check found
-/// the client disconnected (`interfaces.rs`), or reconnection gave up (`router/utils.rs`).
-/// Pinned by the tests below and in `tests/outcomes.rs`: a driver update that words them
-/// differently fails them.
 /// A fred error whose wording decides its class: the `ErrorKind` and the start of the message.
 #[doc(hidden)]
 pub struct DriverMessage {
@@ -483,6 +479,10 @@ const TOO_MANY_REDIRECTIONS: &str = "Too many redirections";
 /// fred wanted to send a command again and its attempt budget forbade it.
 const TOO_MANY_WRITE_ATTEMPTS: &str = "Too many failed write attempts";
 
+/// What fred 10.1 says when it refuses a command before sending it: the fail-fast check found
+/// the client disconnected (`interfaces.rs`), or reconnection gave up (`router/utils.rs`).
+/// Pinned by the tests below, `tests/outcomes.rs` and `tests/driver_messages.rs`: a driver
+/// update that words them differently fails them.
 const NOT_SENT_CANCELED: [&str; 2] = [
     "Connection closed unexpectedly.",
     "Max reconnection attempts reached.",

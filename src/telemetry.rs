@@ -13,7 +13,7 @@
 //! spawning the runtime. Labels are the resource kind and name, the operation and the outcome,
 //! all bounded by the configuration: tenants never become label values.
 //!
-//! Spans are at `DEBUG` level, named `forze.<resource>`, with `otel.name` set to
+//! Spans are at `DEBUG` level, named `forze.operation`, with `otel.name` set to
 //! `<operation> <resource name>`. When no subscriber wants them, building one costs a cached
 //! interest check and no allocation.
 
@@ -42,7 +42,10 @@ pub mod names {
     pub const L1_ENTRIES: &str = "forze_l1_entries";
     /// Gauge: L1 bytes by cache `name`.
     pub const L1_BYTES: &str = "forze_l1_bytes";
-    /// Counter: L1 entries removed by cache `name` and `cause` (`capacity`, `invalidation`).
+    /// Gauge: entries kept aside by a loss of tracking, servable as stale, by cache `name`.
+    pub const L1_STALE_ENTRIES: &str = "forze_l1_stale_entries";
+    /// Counter: L1 entries removed by cache `name` and `cause` (`evicted`: past its deadline
+    /// or over a bound; `invalidation`).
     pub const L1_EVICTIONS: &str = "forze_l1_evictions_total";
     /// Gauge: pool connections by `state` (`connected`, `total`).
     pub const POOL_CONNECTIONS: &str = "forze_pool_connections";
@@ -60,7 +63,7 @@ pub mod names {
     pub const LEASES_LOST: &str = "forze_lock_leases_lost_total";
     /// Gauge: routes of the breaker `name` by the `phase` this process last saw them in.
     pub const BREAKER_ROUTES: &str = "forze_breaker_routes";
-    /// Counter: breaker transitions by `name`, `from`, `to`.
+    /// Counter: breaker transitions by `name` and `to`.
     pub const BREAKER_TRANSITIONS: &str = "forze_breaker_transitions_total";
     /// Counter: actor restarts performed by the supervisor.
     pub const ACTOR_RESTARTS: &str = "forze_actor_restarts_total";
@@ -84,6 +87,9 @@ pub struct Telemetry(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
+    /// The supervisor's name prefix: a label on every series, so that several runtimes in
+    /// one process never merge theirs.
+    supervisor: Arc<str>,
     resource: &'static str,
     name: Arc<str>,
     namespace: Arc<str>,
@@ -117,8 +123,10 @@ impl std::fmt::Display for SpanName<'_> {
 
 impl Telemetry {
     /// The telemetry of resource `name` of kind `resource` (`cache`, `counter`…), keyed under
-    /// `namespace`, on the server of `url` (`None`: embedded, process-local).
+    /// `namespace`, on the server of `url` (`None`: embedded, process-local), in the runtime
+    /// whose actors are named with `supervisor`.
     pub fn new(
+        supervisor: &str,
         resource: &'static str,
         name: &str,
         namespace: &str,
@@ -129,6 +137,7 @@ impl Telemetry {
             None => (None, None),
         };
         Telemetry(Arc::new(Inner {
+            supervisor: supervisor.into(),
             resource,
             name: name.into(),
             namespace: namespace.into(),
@@ -251,6 +260,7 @@ impl Telemetry {
     fn register(&self, operation: &'static str, outcome: &'static str) -> Slot {
         #[cfg(feature = "metrics")]
         let labels = [
+            ("supervisor", self.0.supervisor.to_string()),
             ("resource", self.0.resource.to_string()),
             ("name", self.0.name.to_string()),
             ("operation", operation.to_string()),
@@ -286,6 +296,11 @@ impl Telemetry {
     pub fn name(&self) -> &str {
         &self.0.name
     }
+
+    /// The supervisor label of this runtime's series.
+    pub fn supervisor(&self) -> &str {
+        &self.0.supervisor
+    }
 }
 
 /// A pre-registered count of one (operation, outcome); see [`Telemetry::counter`].
@@ -319,6 +334,10 @@ pub fn describe() {
         );
         describe_gauge!(names::L1_ENTRIES, "Entries held by a cache's L1");
         describe_gauge!(names::L1_BYTES, Unit::Bytes, "Bytes held by a cache's L1");
+        describe_gauge!(
+            names::L1_STALE_ENTRIES,
+            "Entries kept aside by a loss of tracking, servable as stale"
+        );
         describe_counter!(names::L1_EVICTIONS, "L1 entries removed, by cause");
         describe_gauge!(names::POOL_CONNECTIONS, "Pool connections by state");
         describe_gauge!(names::HEALTH, "1 for the current Redis health state");
@@ -349,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn outcomes_are_counted_by_operation() {
-        let t = Telemetry::new("counter", "orders", "orders", None);
+        let t = Telemetry::new("forze", "counter", "orders", "orders", None);
         t.observe("counter.incr", async { Ok(1) }, |_| "ok")
             .await
             .unwrap();
@@ -377,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_reports_one_of_its_seed_nodes() {
+        let got = RedisUrl::new("redis-cluster://:pw@h1:7000?node=h2:7001").server_address();
+        assert!(
+            matches!(
+                got.as_ref().map(|(h, p)| (h.as_str(), *p)),
+                Some(("h1", Some(7000))) | Some(("h2", Some(7001)))
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn server_address_never_carries_credentials() {
         let cases = [
             (
@@ -385,11 +416,18 @@ mod tests {
             ),
             (
                 "rediss://u:p@cache.internal",
-                Some(("cache.internal", None)),
+                // The driver's default port when none is written.
+                Some(("cache.internal", Some(6379))),
             ),
-            ("redis-cluster://h1:7000,h2:7001", Some(("h1", Some(7000)))),
-            ("redis://[::1]:6390", Some(("::1", Some(6390)))),
+            ("redis://[::1]:6390", Some(("[::1]", Some(6390)))),
             ("redis+unix:///tmp/r.sock", Some(("/tmp/r.sock", None))),
+            // Passwords holding the separators, and a sentinel password in the query.
+            // (the driver cannot parse this one: no address rather than a guess)
+            ("redis://:p@ss/w?rd@h9:1", None),
+            (
+                "redis-sentinel://h1:26379/0?sentinelServiceName=m&sentinelPassword=s@cret",
+                Some(("h1", Some(26379))),
+            ),
         ];
         for (url, want) in cases {
             let got = RedisUrl::new(url).server_address();

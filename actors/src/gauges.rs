@@ -21,48 +21,65 @@ pub(crate) fn spawn_publisher(handle: ForzeHandle) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if handle.is_shut_down() {
+            // Shut down, or the supervisor is gone without a shutdown (killed, or failed past
+            // its restart intensity): nothing left to publish.
+            let gone = matches!(
+                handle.supervisor().get_status(),
+                ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
+            );
+            if handle.is_shut_down() || gone {
                 return;
             }
             // A stats call that times out (an actor restarting) skips one refresh.
             if let Ok(stats) = handle.stats().await {
-                publish(&stats);
+                publish(handle.names().prefix(), &stats);
             }
         }
     });
 }
 
-/// Set every gauge and running total from `stats`.
-pub(crate) fn publish(stats: &ForzeStats) {
+/// Set every gauge and running total from `stats`, labelled with the supervisor's name
+/// prefix `sup`.
+pub(crate) fn publish(sup: &str, stats: &ForzeStats) {
+    let sup = sup.to_string();
     for state in HealthState::ALL {
         let on = stats.health.state == state;
-        gauge!(names::HEALTH, "state" => state.as_str()).set(f64::from(u8::from(on)));
+        gauge!(names::HEALTH, "supervisor" => sup.clone(), "state" => state.as_str())
+            .set(f64::from(u8::from(on)));
     }
-    gauge!(names::POOL_CONNECTIONS, "state" => "connected").set(stats.health.connected as f64);
-    gauge!(names::POOL_CONNECTIONS, "state" => "total").set(stats.health.total as f64);
-    counter!(names::ACTOR_RESTARTS).absolute(stats.supervisor.restarts);
+    gauge!(names::POOL_CONNECTIONS, "supervisor" => sup.clone(), "state" => "connected")
+        .set(stats.health.connected as f64);
+    gauge!(names::POOL_CONNECTIONS, "supervisor" => sup.clone(), "state" => "total")
+        .set(stats.health.total as f64);
+    counter!(names::ACTOR_RESTARTS, "supervisor" => sup.clone())
+        .absolute(stats.supervisor.restarts);
     if let Some(t) = &stats.tracking {
-        gauge!(names::TRACKING_ACTIVE).set(f64::from(u8::from(t.confirmed)));
-        counter!(names::TRACKING_LOSSES).absolute(t.losses);
+        gauge!(names::TRACKING_ACTIVE, "supervisor" => sup.clone())
+            .set(f64::from(u8::from(t.confirmed)));
+        counter!(names::TRACKING_LOSSES, "supervisor" => sup.clone()).absolute(t.losses);
     }
     if let Some(h) = &stats.heartbeat {
-        gauge!(names::LEASES_HELD).set(h.held as f64);
+        gauge!(names::LEASES_HELD, "supervisor" => sup.clone()).set(h.held as f64);
     }
     for (name, c) in &stats.caches {
         let Some(l1) = &c.l1 else { continue };
-        gauge!(names::L1_ENTRIES, "name" => name.clone()).set(l1.entries as f64);
-        gauge!(names::L1_BYTES, "name" => name.clone()).set(l1.bytes as f64);
-        counter!(names::L1_EVICTIONS, "name" => name.clone(), "cause" => "capacity")
+        gauge!(names::L1_ENTRIES, "supervisor" => sup.clone(), "name" => name.clone())
+            .set(l1.entries as f64);
+        gauge!(names::L1_BYTES, "supervisor" => sup.clone(), "name" => name.clone())
+            .set(l1.bytes as f64);
+        gauge!(names::L1_STALE_ENTRIES, "supervisor" => sup.clone(), "name" => name.clone())
+            .set(l1.stale_entries as f64);
+        counter!(names::L1_EVICTIONS, "supervisor" => sup.clone(), "name" => name.clone(), "cause" => "evicted")
             .absolute(l1.evictions);
-        counter!(names::L1_EVICTIONS, "name" => name.clone(), "cause" => "invalidation")
+        counter!(names::L1_EVICTIONS, "supervisor" => sup.clone(), "name" => name.clone(), "cause" => "invalidation")
             .absolute(l1.invalidations);
         for (reason, n) in &l1.flushes {
-            counter!(names::L1_FLUSHES, "name" => name.clone(), "reason" => *reason).absolute(*n);
+            counter!(names::L1_FLUSHES, "supervisor" => sup.clone(), "name" => name.clone(), "reason" => *reason).absolute(*n);
         }
     }
     for (name, b) in &stats.breakers {
         for (phase, n) in &b.routes_by_phase {
-            gauge!(names::BREAKER_ROUTES, "name" => name.clone(), "phase" => *phase).set(*n as f64);
+            gauge!(names::BREAKER_ROUTES, "supervisor" => sup.clone(), "name" => name.clone(), "phase" => *phase).set(*n as f64);
         }
     }
 }

@@ -187,8 +187,9 @@ pub struct BreakerState {
     counters: Counters,
     events: broadcast::Sender<Transition>,
     args: [String; 6],
-    /// The phase each route was last seen in by a decision or record of this process.
-    last_phase: DashMap<String, Phase>,
+    /// The phase each route was last seen in by a decision or record of this process, and
+    /// when (forgotten by [`Breaker::sweep`] once unused).
+    last_phase: DashMap<String, (Phase, Instant)>,
 }
 
 impl Breaker {
@@ -285,6 +286,16 @@ impl Breaker {
     pub fn sweep(&self) {
         let now = self.clock.now();
         self.cache.retain(|_, c| c.until > now);
+        // A route not decided for as long as its counts live on the server is forgotten (a
+        // route abandoned while open must not be reported open for ever).
+        let keep = self
+            .config
+            .window
+            .max(self.config.break_duration)
+            .saturating_mul(4)
+            .max(Duration::from_secs(60));
+        self.last_phase
+            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < keep);
     }
 
     /// Every transition from now on.
@@ -306,7 +317,7 @@ impl Breaker {
                     by.insert(p.as_str(), 0);
                 }
                 for e in self.last_phase.iter() {
-                    *by.entry(e.value().as_str()).or_insert(0) += 1;
+                    *by.entry(e.value().0.as_str()).or_insert(0) += 1;
                 }
                 by
             },
@@ -315,10 +326,11 @@ impl Breaker {
 
     /// Remember the phase `route` was last seen in (for stats and the phase gauge).
     fn saw(&self, route: &str, phase: Phase) {
+        let now = self.clock.now();
         match self.last_phase.get_mut(route) {
-            Some(mut p) => *p = phase,
+            Some(mut p) => *p = (phase, now),
             None => {
-                self.last_phase.insert(route.to_string(), phase);
+                self.last_phase.insert(route.to_string(), (phase, now));
             }
         }
     }
@@ -339,6 +351,7 @@ impl Breaker {
         #[cfg(feature = "metrics")]
         metrics::counter!(
             crate::telemetry::names::BREAKER_TRANSITIONS,
+            "supervisor" => self.telemetry.supervisor().to_string(),
             "name" => self.name.clone(),
             "to" => to.as_str(),
         )

@@ -15,8 +15,26 @@ use crate::error::{Error, Result};
 /// unknown key in the file, so a typo never goes unnoticed.
 ///
 /// `REDIS_URL`, the conventional variable, sets `redis.url` unless `FORZE__REDIS__URL` is
-/// also set (which wins).
+/// also set (which wins), the configuration chooses `mode = "embedded"` (an explicit choice
+/// is not overturned by a variable the platform may inject), or it is empty.
+///
+/// An override changes a resource's fields; it never adds one: `FORZE__CACHES__USRES__TTL`
+/// names a cache the document does not define and is refused (so are route entries of
+/// `routing.tenants`).
 pub const ENV_PREFIX: &str = "FORZE__";
+
+/// Tables whose keys are names the user chose (resources, tenants): an override may change an
+/// entry, never add one, so a mistyped name is refused instead of creating a resource.
+const NAMED_ENTRIES: [&[&str]; 8] = [
+    &["counters"],
+    &["caches"],
+    &["locks"],
+    &["idempotency"],
+    &["snapshots"],
+    &["rate_limits"],
+    &["breakers"],
+    &["routing", "tenants"],
+];
 
 /// The conventional variable for the server's URL.
 const REDIS_URL: &str = "REDIS_URL";
@@ -48,20 +66,49 @@ where
         }
     }
     let explicit_url = overrides.iter().any(|(p, _)| p == &["redis", "url"]);
-    if let (Some(url), false) = (redis_url, explicit_url) {
-        // The URL is a string whatever it looks like.
-        set(
-            table,
-            &["redis".into(), "url".into()],
-            toml::Value::String(url),
-            REDIS_URL,
-        )?;
-    }
     // Sorted, so that the outcome never depends on the environment's order.
     overrides.sort();
     for (path, value) in overrides {
         let name = format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase());
+        refuse_new_entries(table, &path, &name)?;
         set(table, &path, parse_value(&value), &name)?;
+    }
+    let embedded = table.get("mode").and_then(toml::Value::as_str) == Some("embedded");
+    match redis_url {
+        Some(url) if !explicit_url && !embedded && !url.trim().is_empty() => {
+            // The URL is a string whatever it looks like.
+            let path = ["redis".to_string(), "url".to_string()];
+            set(table, &path, toml::Value::String(url), REDIS_URL)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuse an override of `path` that would add an entry to a table of named entries.
+fn refuse_new_entries(table: &toml::Table, path: &[String], var: &str) -> Result<()> {
+    for named in NAMED_ENTRIES {
+        let depth = named.len();
+        if path.len() <= depth || !path.iter().zip(named.iter()).all(|(a, b)| a == b) {
+            continue;
+        }
+        let mut at = Some(table);
+        for segment in named {
+            at = at
+                .and_then(|t| t.get(*segment))
+                .and_then(toml::Value::as_table);
+        }
+        let entry = &path[depth];
+        if !at.is_some_and(|t| t.contains_key(entry)) {
+            return Err(Error::config(
+                var,
+                format!(
+                    "`{}.{entry}` is not in the configuration: an override changes an entry, \
+                     it never adds one (names are lowercased when applied)",
+                    named.join(".")
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -123,7 +170,7 @@ mod tests {
     #[test]
     fn nested_paths_create_tables_and_override_the_file() {
         let t = applied(
-            "[redis]\nurl = \"redis://a:1\"\npool_size = 2",
+            "[redis]\nurl = \"redis://a:1\"\npool_size = 2\n[caches.users]",
             &[
                 ("FORZE__REDIS__POOL_SIZE", "8"),
                 ("FORZE__CACHES__USERS__TTL", "10m"),
@@ -150,6 +197,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t["redis"]["url"].as_str(), Some("redis://b:2"));
+    }
+
+    #[test]
+    fn an_override_never_adds_a_resource() {
+        let file = "[caches.users]\nttl = \"1m\"\n[routing.tenants]\nacme = \"redis://h:1\"";
+        let t = applied(file, &[("FORZE__CACHES__USERS__TTL", "2m")]).unwrap();
+        assert_eq!(t["caches"]["users"]["ttl"].as_str(), Some("2m"));
+        for var in [
+            "FORZE__CACHES__USRES__TTL",
+            "FORZE__COUNTERS__ORDERS__FALLBACK",
+            "FORZE__ROUTING__TENANTS__BETA",
+        ] {
+            let err = applied(file, &[(var, "x")]).unwrap_err();
+            assert!(err.to_string().contains("never adds"), "{var}: {err}");
+        }
+        // The existing tenant's route can be changed.
+        let t = applied(file, &[("FORZE__ROUTING__TENANTS__ACME", "redis://h:2")]).unwrap();
+        assert_eq!(
+            t["routing"]["tenants"]["acme"].as_str(),
+            Some("redis://h:2")
+        );
+    }
+
+    #[test]
+    fn redis_url_never_overturns_an_explicit_embedded_mode() {
+        let t = applied("mode = \"embedded\"", &[("REDIS_URL", "redis://a:1")]).unwrap();
+        assert!(!t.contains_key("redis"));
+        let t = applied(
+            "",
+            &[("FORZE__MODE", "embedded"), ("REDIS_URL", "redis://a:1")],
+        )
+        .unwrap();
+        assert!(!t.contains_key("redis"));
+        let t = applied("", &[("REDIS_URL", "  ")]).unwrap();
+        assert!(!t.contains_key("redis"));
     }
 
     #[test]

@@ -161,14 +161,16 @@ impl Config {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| Error::config("<document>", e.message().to_string()))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::config("<document>", redis::redact_urls(e.message()))
+        })?;
         env::apply(&mut table, vars)?;
         let cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
-                Error::config(path, e.into_inner().message().to_string())
+                // serde quotes the offending value: a URL given in the wrong place must not
+                // show its password.
+                Error::config(path, redis::redact_urls(e.into_inner().message()))
             })?;
         cfg.validate()?;
         Ok(cfg)
@@ -537,7 +539,7 @@ mod tests {
     #[test]
     fn environment_overrides_any_field() {
         let file = "mode = \"redis\"\n[redis]\nurl = \"redis://file:1\"\npool_size = 2\n\
-                    [caches.users]\nttl = \"1m\"";
+                    [caches.users]\nttl = \"1m\"\n[counters.orders]";
         let c = Config::from_toml_and_vars(
             file,
             [
@@ -567,6 +569,21 @@ mod tests {
         let e =
             Config::from_toml_and_vars(file, [("FORZE__REDIS__POOL_SIZE", "many")]).unwrap_err();
         assert!(e.to_string().contains("redis.pool_size"), "{e}");
+    }
+
+    #[test]
+    fn a_url_in_the_wrong_place_is_not_echoed_with_its_password() {
+        let e =
+            Config::from_toml_and_vars("", [("FORZE__REDIS", "redis://:hunter2@h:1")]).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("redis") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert_eq!(
+            redis::redact_urls("a \"redis://u:pw@h:1/0\" and rediss://:x@y b"),
+            "a \"redis://u:***@h:1/0\" and rediss://:***@y b"
+        );
     }
 
     #[test]

@@ -266,32 +266,23 @@ impl RedisUrl {
     }
 
     /// The first server the URL names, as `(host, port)`, for the `server.address` and
-    /// `server.port` of spans; a Unix socket gives its path and no port. Never the
-    /// credentials.
+    /// `server.port` of spans; a Unix socket gives its path and no port. Read from the
+    /// driver's own parse of the URL, which keeps the credentials apart (a password holding
+    /// `@`, `/` or `?`, a sentinel password in the query), so they never reach a span.
     #[doc(hidden)]
     pub fn server_address(&self) -> Option<(String, Option<u16>)> {
-        let (scheme, rest) = self.0.split_once("://")?;
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-        if scheme.contains("unix") {
-            let path = rest.split('?').next().unwrap_or(rest);
-            return Some((path.to_string(), None));
-        }
-        let first = rest.split(['/', '?', ',']).next().unwrap_or("");
-        if first.is_empty() {
-            return None;
-        }
-        let (host, port) = match first.strip_prefix('[') {
-            // [v6]:port
-            Some(v6) => match v6.split_once(']') {
-                Some((host, tail)) => (host, tail.strip_prefix(':')),
-                None => (v6, None),
-            },
-            None => match first.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (first, None),
-            },
+        use fred::types::config::ServerConfig;
+        let first = |hosts: &[fred::types::config::Server]| {
+            hosts.first().map(|s| (s.host.to_string(), Some(s.port)))
         };
-        Some((host.to_string(), port.and_then(|p| p.parse().ok())))
+        match self.to_fred_config().ok()?.server {
+            ServerConfig::Centralized { server } => {
+                Some((server.host.to_string(), Some(server.port)))
+            }
+            ServerConfig::Clustered { hosts, .. } => first(&hosts),
+            ServerConfig::Sentinel { hosts, .. } => first(&hosts),
+            ServerConfig::Unix { path } => Some((path.display().to_string(), None)),
+        }
     }
 
     /// Whether the scheme asks for TLS (`rediss`, `valkeys` and their cluster and sentinel
@@ -360,6 +351,27 @@ impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         Ok(RedisUrl(String::deserialize(d)?))
     }
+}
+
+/// `text` with every URL in it redacted (for error messages that may quote a value, such as a
+/// URL given where a table was expected).
+pub(crate) fn redact_urls(text: &str) -> String {
+    let boundary = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| boundary(c))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let end = rest[at..].find(boundary).map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Replace the password of `scheme://user:password@host…` and of query parameters whose

@@ -271,8 +271,8 @@ impl Idempotency {
     /// (then replay its result) or to be released or abandoned (then claim). Still
     /// `Conflict(InProgress)` if neither happens in time.
     pub async fn begin_wait(&self, req: &IdemRequest, max_wait: Duration) -> Result<Begin> {
+        self.gate.check("idempotency.begin")?;
         let op = async {
-            self.gate.check("idempotency.begin")?;
             let key = self.record_key(req)?;
             let owner = new_owner();
             let deadline = Instant::now() + max_wait;

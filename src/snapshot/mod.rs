@@ -307,8 +307,8 @@ impl Snapshots {
         limit: u64,
         expected: Option<&str>,
     ) -> Result<Option<Vec<String>>> {
+        self.gate.check("snapshot.page")?;
         let op = async {
-            self.gate.check("snapshot.page")?;
             if limit == 0 {
                 return Err(Error::validation("limit", "must be at least 1"));
             }
@@ -332,8 +332,8 @@ impl Snapshots {
 
     /// The run's metadata, or `None`.
     pub async fn meta(&self, run: &RunId) -> Result<Option<SnapshotMeta>> {
+        self.gate.check("snapshot.meta")?;
         let op = async {
-            self.gate.check("snapshot.meta")?;
             let keys = self.keys(run)?;
             match &self.store {
                 Store::Redis(r) => Box::pin(r.meta(&keys)).await,
@@ -353,8 +353,8 @@ impl Snapshots {
 
     /// Delete the run (both keys); whether it existed.
     pub async fn delete(&self, run: &RunId) -> Result<bool> {
+        self.gate.check("snapshot.delete")?;
         let op = async {
-            self.gate.check("snapshot.delete")?;
             let keys = self.keys(run)?;
             match &self.store {
                 Store::Redis(r) => Box::pin(r.delete(&keys)).await,
