@@ -2,6 +2,12 @@
 //! direct (`EVALSHA`), same private server, same run, 64 tasks each on its own lock name.
 //! Prints `ratio lock_acquire_release_c64 <ours/direct throughput>`.
 //!
+//! Then the handover: a waiter on a second supervisor waits in `acquire` while the holder
+//! releases after a random 5–30 ms; the time from the release's reply to the waiter's guard,
+//! woken by the push (`wake_waiters`) against polling with the default backoff (20 ms doubling
+//! to 200 ms), interleaved round by round. Prints p50 and p99 of each and
+//! `ratio lock_handover_p99_woken_vs_polling <polling p99 / woken p99>`.
+//!
 //! `cargo bench --bench lock` (release build).
 
 mod common;
@@ -18,7 +24,9 @@ const PER_TASK: usize = 400;
 #[tokio::main]
 async fn main() {
     let server = common::server();
-    let forze = common::spawn(&server.url(), "[locks.bench]\nlease = \"30s\"").await;
+    let locks =
+        "[locks.bench]\nlease = \"30s\"\n[locks.woken]\nwake_waiters = true\n[locks.polled]";
+    let forze = common::spawn(&server.url(), locks).await;
     let lock = forze.lock("bench").expect("lock");
     let direct = common::direct_pool(&server.url()).await;
     // Load the scripts so the direct side's EVALSHA never misses.
@@ -107,6 +115,65 @@ async fn main() {
         );
     }
     common::report("lock_acquire_release_c64", "pairs/s", ours, theirs, same);
+    handover(&server.url(), &forze, locks).await;
     let _ = direct.quit().await;
     forze.shutdown().await.expect("shutdown");
+}
+
+/// Handover latency, woken against polling, interleaved.
+async fn handover(url: &str, holder: &forze_redis_actors::ForzeHandle, locks: &str) {
+    const ROUNDS: usize = 100;
+    let config = forze_redis::Config::from_toml_str(&format!(
+        "[redis]\nurl = \"{url}\"\n{locks}\n[supervision]\nname_prefix = \"bench-waiter\""
+    ))
+    .expect("config");
+    let waiter = common::spawn_config(config).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !matches!(waiter.tracking_stats().await, Ok(Some(s)) if s.confirmed)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for (i, name) in ["woken", "polled"].into_iter().enumerate() {
+            let id = LockId::new(format!("h{round}"));
+            let g = holder
+                .lock(name)
+                .unwrap()
+                .try_acquire(&id)
+                .await
+                .unwrap()
+                .unwrap();
+            let w = waiter.lock(name).unwrap();
+            let wid = id.clone();
+            let task = tokio::spawn(async move {
+                let g = w
+                    .acquire(&wid, std::time::Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                let at = std::time::Instant::now();
+                let _ = g.release().await;
+                at
+            });
+            let hold = rand::random_range(5..=30);
+            tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
+            assert!(g.release().await.unwrap());
+            let released = std::time::Instant::now();
+            let got = task.await.unwrap();
+            times[i].push(got.saturating_duration_since(released).as_secs_f64() * 1e3);
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let (w50, w99) = (pct(&mut times[0], 0.5), pct(&mut times[0], 0.99));
+    let (p50, p99) = (pct(&mut times[1], 0.5), pct(&mut times[1], 0.99));
+    println!("lock_handover: woken p50 {w50:.2} ms p99 {w99:.2} ms; polling p50 {p50:.2} ms p99 {p99:.2} ms");
+    println!(
+        "ratio lock_handover_p99_woken_vs_polling {:.3}",
+        p99 / w99.max(1e-3)
+    );
+    waiter.shutdown().await.expect("shutdown");
 }

@@ -27,6 +27,7 @@
 //! | [`breaker`] | fleet-wide circuit breakers on the server clock, local cache and fallback |
 //! | [`routing`] | tenant routing: the route table, one pool per endpoint, LRU-bounded |
 //! | [`clock`] | the injectable local clock breakers and rate limiters read |
+//! | `layers` | `tower` layers: rate limit and circuit breaker (the `tower` feature) |
 //! | [`telemetry`] | spans (OpenTelemetry database conventions) and metrics of every operation |
 //!
 //! The modules are shared with the actor crate, the tests and the benchmarks, and hidden from
@@ -58,6 +59,9 @@ pub mod gate;
 pub mod idempotency;
 #[doc(hidden)]
 pub mod keys;
+#[cfg(feature = "tower")]
+#[doc(hidden)]
+pub mod layers;
 #[doc(hidden)]
 pub mod lock;
 #[doc(hidden)]
@@ -82,7 +86,7 @@ pub mod tls;
 pub mod tracking;
 
 pub use breaker::{Admission, Breaker, BreakerStats, CallError, Phase, Transition};
-pub use cache::{Cache, CacheKey, CacheStats};
+pub use cache::{Cache, CacheKey, CacheRead, CacheStats, Freshness};
 pub use clock::Clock;
 pub use config::{Config, Mode, RedisUrl, RouteEndpoint, ENV_PREFIX};
 pub use connect_failure::ConnectFailure;

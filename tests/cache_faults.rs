@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{config, spawn_ready};
 use forze_redis::cache::CacheKey;
 use forze_redis::{Config, ErrorKind};
-use forze_redis_actors::{Cache, ChildKind, ForzeHandle, TrackingStats};
+use forze_redis_actors::{Cache, CacheRead, ChildKind, ForzeHandle, Freshness, TrackingStats};
 use forze_redis_testkit::{server_binaries, wait_until_async, FaultProxy, ProxyMode, TestServer};
 
 const RESOURCES: &str = r#"
@@ -408,4 +408,143 @@ async fn panicking_cache_actor_and_tracking_subscriber_keep_coherence() {
             f.shutdown().await.unwrap();
         }
     }
+}
+
+/// Stale while down: a namespace with `serve_stale_for` answers `get_with_freshness` with the
+/// value it held, marked stale, while the reader is cut off from Redis, up to the bound and
+/// not after; a namespace without the option misses as before; once the reader is back, a
+/// write made while it was cut off is read, fresh, and nothing stale is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_values_are_served_marked_while_cut_off_up_to_the_bound_and_never_after() {
+    const STALE: &str = r#"
+[caches.hot]
+ttl = "120s"
+[caches.hot.l1]
+ttl = "60s"
+serve_stale_for = "3s"
+[caches.plain]
+ttl = "120s"
+[caches.plain.l1]
+ttl = "60s"
+"#;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.socket_addr()).await;
+        let reader = spawn_ready(config(Some(&proxy.url()), "stale-r", STALE)).await;
+        let writer = spawn_ready(config(Some(&server.url()), "stale-w", STALE)).await;
+        for f in [&reader, &writer] {
+            wait_tracking(f, "tracking confirmed", |s| s.confirmed).await;
+        }
+        for ns in ["hot", "plain"] {
+            writer
+                .cache(ns)
+                .unwrap()
+                .set(&k("key"), "v1", None)
+                .await
+                .unwrap();
+            fill(&reader.cache(ns).unwrap(), "key", "v1").await;
+        }
+        let (hot, plain) = (reader.cache("hot").unwrap(), reader.cache("plain").unwrap());
+        let fresh = hot
+            .get_with_freshness::<String>(&k("key"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fresh.is_fresh() && fresh.value == "v1", "{bin}: {fresh:?}");
+
+        // Cut off: Redis refuses the reader, tracking is lost.
+        proxy.set_mode(ProxyMode::Refuse);
+        let cut = Instant::now();
+        wait_tracking(&reader, "tracking lost", |s| !s.confirmed).await;
+        writer
+            .cache("hot")
+            .unwrap()
+            .set(&k("key"), "v2", None)
+            .await
+            .unwrap();
+        let got = timed(hot.get_with_freshness::<String>(&k("key")))
+            .await
+            .unwrap();
+        let got = got.unwrap_or_else(|| panic!("{bin}: no stale answer while cut off"));
+        assert_eq!(got.value, "v1", "{bin}");
+        assert!(
+            matches!(got.freshness, Freshness::Stale { .. }),
+            "{bin}: {got:?}"
+        );
+        // Plain reads never serve stale, and the namespace without the option misses.
+        assert_eq!(
+            timed(hot.get::<String>(&k("key"))).await.unwrap(),
+            None,
+            "{bin}"
+        );
+        let plain_read = timed(plain.get_with_freshness::<String>(&k("key")))
+            .await
+            .unwrap();
+        assert_eq!(plain_read, None, "{bin}");
+        assert!(hot.stats().l1.unwrap().stale_entries >= 1, "{bin}");
+
+        // Past the bound: a miss.
+        wait_until_async(
+            Duration::from_secs(10),
+            "the stale bound passes",
+            || async {
+                timed(hot.get_with_freshness::<String>(&k("key")))
+                    .await
+                    .unwrap()
+                    .is_none()
+            },
+        )
+        .await;
+        assert!(
+            cut.elapsed() >= Duration::from_secs(3),
+            "{bin}: stale answers ended early"
+        );
+
+        // Back: the write made while cut off is read, fresh; nothing stale is left.
+        proxy.set_mode(ProxyMode::Pass);
+        wait_tracking(&reader, "tracking confirmed again", |s| s.confirmed).await;
+        wait_until_async(Duration::from_secs(10), "the new value is read", || async {
+            matches!(
+                hot.get_with_freshness::<String>(&k("key")).await,
+                Ok(Some(CacheRead { value, freshness: Freshness::Fresh, .. })) if value == "v2"
+            )
+        })
+        .await;
+        assert_eq!(hot.stats().l1.unwrap().stale_entries, 0, "{bin}");
+        reader.shutdown().await.unwrap();
+        writer.shutdown().await.unwrap();
+    }
+}
+
+/// A write of the reader itself while cut off is never answered with the value it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_write_while_cut_off_drops_the_stale_value() {
+    const STALE: &str = r#"
+[caches.hot]
+ttl = "120s"
+[caches.hot.l1]
+ttl = "60s"
+serve_stale_for = "30s"
+"#;
+    let bin = server_binaries().remove(0);
+    let server = TestServer::start(&bin);
+    let proxy = FaultProxy::start(server.socket_addr()).await;
+    let reader = spawn_ready(config(Some(&proxy.url()), "stale-own", STALE)).await;
+    wait_tracking(&reader, "tracking confirmed", |s| s.confirmed).await;
+    let hot = reader.cache("hot").unwrap();
+    hot.set(&k("key"), "v1", None).await.unwrap();
+    fill(&hot, "key", "v1").await;
+    proxy.set_mode(ProxyMode::Refuse);
+    wait_tracking(&reader, "tracking lost", |s| !s.confirmed).await;
+    let stale = timed(hot.get_with_freshness::<String>(&k("key")))
+        .await
+        .unwrap();
+    assert!(stale.is_some_and(|r| !r.is_fresh()));
+    // The write fails (cut off) but may have been applied: the old value is gone either way.
+    let _ = timed(hot.set(&k("key"), "v2", None)).await;
+    let after = timed(hot.get_with_freshness::<String>(&k("key")))
+        .await
+        .unwrap();
+    assert_eq!(after, None);
+    reader.shutdown().await.unwrap();
 }

@@ -58,10 +58,14 @@ async fn an_l1_hit_allocates_nothing_with_metrics_recorded() {
     let key = CacheKey::new("k");
     cache.set(&key, &42u64, None).await.unwrap();
     // The first read fills the L1 (once tracking is confirmed).
-    forze_redis_testkit::wait_until_async(std::time::Duration::from_secs(10), "an L1 hit", || async {
-        let _: Option<u64> = cache.get(&key).await.unwrap();
-        cache.stats().l1.is_some_and(|l1| l1.hits > 0)
-    })
+    forze_redis_testkit::wait_until_async(
+        std::time::Duration::from_secs(10),
+        "an L1 hit",
+        || async {
+            let _: Option<u64> = cache.get(&key).await.unwrap();
+            cache.stats().l1.is_some_and(|l1| l1.hits > 0)
+        },
+    )
     .await;
 
     const HITS: u64 = 10_000;
@@ -79,7 +83,11 @@ async fn an_l1_hit_allocates_nothing_with_metrics_recorded() {
         assert_eq!(v, Some(42));
     }
     let allocated = allocations() - before;
-    assert_eq!(cache.stats().l1.unwrap().hits - hits_before, HITS, "every read was an L1 hit");
+    assert_eq!(
+        cache.stats().l1.unwrap().hits - hits_before,
+        HITS,
+        "every read was an L1 hit"
+    );
     assert_eq!(allocated, 0, "{allocated} allocations in {HITS} L1 hits");
     forze.shutdown().await.unwrap();
 }

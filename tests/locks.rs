@@ -30,6 +30,22 @@ retry_min = "5ms"
 retry_max = "20ms"
 [locks.tenanted]
 tenant_aware = true
+[locks.woken]
+wake_waiters = true
+# Polling alone would retry after 2.5 to 5 s: a handover well before that was a wake.
+retry_min = "5s"
+retry_max = "5s"
+[locks.fallback]
+wake_waiters = true
+retry_min = "10ms"
+retry_max = "100ms"
+[locks.fenced]
+lease = "500ms"
+extend_every = "100ms"
+drift_margin = "100ms"
+retry_min = "5ms"
+retry_max = "20ms"
+fence_idle = "1s"
 "#;
 
 fn id(s: &str) -> LockId {
@@ -461,6 +477,120 @@ async fn tokens_rise_across_release_expiry_steal_and_a_restart_without_persisten
             .unwrap();
         eprintln!("{bin}: tokens {tokens:?}, fence {fence:?}");
         forze.shutdown().await.unwrap();
+    }
+}
+
+/// With `fence_idle`, the fence key expires (no key per lock name ever used is left behind),
+/// and tokens still rise: across the fence's own expiry, a steal after expiry, and a server
+/// restart that loses lock and fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_fences_leave_nothing_behind_and_tokens_still_rise() {
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "lock-fence", RESOURCES)).await;
+        let fenced = forze.lock("fenced").unwrap();
+        let fence_key = "forze:lock:{fenced:_:f}:fence";
+        let mut tokens = Vec::new();
+        for round in 0..4 {
+            let g = wait_for_lock(&fenced, "f").await;
+            tokens.push(g.token());
+            // The fence lives for the lease plus fence_idle at most.
+            let pttl = server.cmd(&["PTTL", fence_key]).unwrap().as_int().unwrap();
+            assert!(
+                (1..=1500).contains(&pttl),
+                "{bin}: fence PTTL {pttl} after acquire"
+            );
+            match round {
+                // Released, then left idle until the fence expires.
+                0 | 2 => {
+                    assert!(g.release().await.unwrap());
+                    wait_until_async(Duration::from_secs(5), "fence expired", || async {
+                        server.cmd(&["EXISTS", fence_key]).unwrap().as_int() == Some(0)
+                    })
+                    .await;
+                }
+                // Restart with the lock held: lock and fence lost together.
+                _ => {
+                    server.restart();
+                    drop(g);
+                }
+            }
+        }
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{bin}: {tokens:?}");
+        // The last acquisition was lost to the restart: nothing of the lock remains.
+        assert_eq!(
+            server.cmd(&["EXISTS", fence_key]).unwrap().as_int(),
+            Some(0),
+            "{bin}"
+        );
+        forze.shutdown().await.unwrap();
+    }
+}
+
+/// A waiter on another replica is woken by the push of the lock key when the holder releases:
+/// it acquires long before its next poll would. With the tracking connections killed while it
+/// waits, it still acquires (woken by the loss, or by polling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_the_release_push_and_still_poll_without_tracking() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let holder = spawn_ready(config(Some(&server.url()), "lock-wake-h", RESOURCES)).await;
+        let waiter = spawn_ready(config(Some(&server.url()), "lock-wake-w", RESOURCES)).await;
+        wait_until_async(Duration::from_secs(10), "tracking confirmed", || async {
+            matches!(waiter.tracking_stats().await, Ok(Some(s)) if s.confirmed)
+        })
+        .await;
+        let (held, waited) = (holder.lock("woken").unwrap(), waiter.lock("woken").unwrap());
+        for round in 0..3 {
+            let g = held.try_acquire(&id("w")).await.unwrap().expect("free");
+            let w = waited.clone();
+            let task = tokio::spawn(async move {
+                let g = w.acquire(&id("w"), Duration::from_secs(30)).await.unwrap();
+                let got = Instant::now();
+                g.release().await.unwrap();
+                got
+            });
+            // The waiter tried once and sleeps for seconds.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let released = Instant::now();
+            assert!(g.release().await.unwrap());
+            let got = task.await.unwrap();
+            let handover = got.saturating_duration_since(released);
+            assert!(
+                handover < Duration::from_millis(2000),
+                "{bin} round {round}: handover took {handover:?}: not woken"
+            );
+        }
+
+        // Tracking killed while a waiter waits: it still gets the lock.
+        let fallback_h = holder.lock("fallback").unwrap();
+        let fallback_w = waiter.lock("fallback").unwrap();
+        let g = fallback_h
+            .try_acquire(&id("f"))
+            .await
+            .unwrap()
+            .expect("free");
+        let task =
+            tokio::spawn(
+                async move { fallback_w.acquire(&id("f"), Duration::from_secs(20)).await },
+            );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for c in server.client_list() {
+            if c.get("name").is_some_and(|n| n.ends_with("-tracking")) {
+                if let Some(cid) = c.get("id") {
+                    let _ = server.cmd(&["CLIENT", "KILL", "ID", cid]);
+                }
+            }
+        }
+        assert!(g.release().await.unwrap());
+        let g = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the waiter acquired without tracking")
+            .unwrap()
+            .unwrap();
+        g.release().await.unwrap();
+        holder.shutdown().await.unwrap();
+        waiter.shutdown().await.unwrap();
     }
 }
 

@@ -75,21 +75,31 @@ pub use handle::{Forze, ForzeHandle, ForzeStats, ResourceOperations};
 pub use forze_redis::idempotency::payload_hash;
 pub use forze_redis::Cache;
 pub use forze_redis::{
-    Admission, Begin, Breaker, CacheKey, CallError, Claim, Counter, CounterEntry, CounterId,
-    DecidedBy, Decision, IdemRequest, Idempotency, Lock, LockGuard, LockId, LostReason, LostSignal,
-    Phase, RateLimiter, RunError, RunId, SnapshotMeta, SnapshotWriter, Snapshots, TenantId,
-    Transition,
+    Admission, Begin, Breaker, CacheKey, CacheRead, CallError, Claim, Counter, CounterEntry,
+    CounterId, DecidedBy, Decision, Freshness, IdemRequest, Idempotency, Lock, LockGuard, LockId,
+    LostReason, LostSignal, Phase, RateLimiter, RunError, RunId, SnapshotMeta, SnapshotWriter,
+    Snapshots, TenantId, Transition,
 };
 
 // Configuration, errors, health.
 pub use forze_redis::{
-    Clock, Config, ConflictReason, ConnectFailure, Error, ErrorKind, Health, HealthState, RedisUrl,
-    Result, RouteEndpoint, TlsConfig,
+    Clock, Config, ConflictReason, ConnectFailure, Error, ErrorKind, Health, HealthState, Mode,
+    RedisUrl, Result, RouteEndpoint, TlsConfig, ENV_PREFIX,
 };
+
+/// `tower` layers: a fleet-wide rate limit and circuit breaker in front of any
+/// `tower::Service` (the `tower` feature).
+#[cfg(feature = "tower")]
+pub mod layers {
+    pub use forze_redis::layers::{
+        BreakerLayer, Guarded, RateLimitLayer, RateLimited, Refusal, ResponseClassifier,
+    };
+}
 
 // Statistics.
 pub use forze_redis::{
-    BreakerStats, CacheStats, CounterStats, HeartbeatStats, RateLimitStats, RouterStats,
+    BreakerStats, CacheStats, CounterStats, HeartbeatStats, OperationCount, RateLimitStats,
+    RouterStats,
 };
 pub use pool::PoolStats;
 pub use resilience::ResilienceStats;

@@ -16,6 +16,14 @@
 //! The L1 is *untrusted* until the tracking subscriber confirms `CLIENT TRACKING` on a live
 //! connection, and again from the moment that connection is lost. Untrusted: no fills, and
 //! the flush that made it untrusted emptied it, so no hit can be served from before.
+//!
+//! # Stale while down
+//!
+//! With `serve_stale_for`, the flush of a loss moves the entries aside ([`L1::stale`])
+//! instead of dropping them. They are never hits: only a caller that asks for freshness
+//! ([`L1::get_stale`]) gets one, marked stale, for at most `serve_stale_for` after the loss.
+//! An invalidation (a local write) removes its key from them too; a server flush or a manual
+//! flush drops them, and so does the next confirmation of tracking, before any fill.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -117,6 +125,9 @@ pub struct L1Stats {
     pub bytes: usize,
     /// Whether tracking is confirmed and fills are allowed.
     pub trusted: bool,
+    /// Entries kept aside by the last loss of tracking, servable as stale (0 without
+    /// `serve_stale_for`, and once tracking is confirmed again).
+    pub stale_entries: usize,
 }
 
 /// The L1 of one namespace.
@@ -140,6 +151,17 @@ pub struct L1 {
     created: Instant,
     /// Nanoseconds after `created` of the last invalidation, plus one (0: never).
     last_invalidation: AtomicU64,
+    /// How long entries set aside by a loss may be served stale (`None`: they are dropped).
+    serve_stale_for: Option<Duration>,
+    /// The entries set aside by the last loss, while within `serve_stale_for` of it.
+    stale: Mutex<Option<StaleSet>>,
+}
+
+/// Entries kept aside since a loss of tracking.
+#[derive(Debug)]
+struct StaleSet {
+    since: Instant,
+    entries: std::collections::HashMap<String, Entry, foldhash::fast::RandomState>,
 }
 
 impl L1 {
@@ -158,6 +180,42 @@ impl L1 {
             counters: L1Counters::default(),
             created: Instant::now(),
             last_invalidation: AtomicU64::new(0),
+            serve_stale_for: None,
+            stale: Mutex::new(None),
+        }
+    }
+
+    /// This L1, keeping its entries aside at a loss of tracking and serving them stale for at
+    /// most `max` after it (`None`: never).
+    pub fn serving_stale_for(mut self, max: Option<Duration>) -> Self {
+        self.serve_stale_for = max;
+        self
+    }
+
+    /// A kept-aside entry for `key` and how long ago coherence was lost, while within
+    /// `serve_stale_for` of the loss. Only for callers that asked to be told of staleness.
+    pub(crate) fn get_stale(&self, key: &str) -> Option<(Entry, Duration)> {
+        let max = self.serve_stale_for?;
+        let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        let set = stale.as_ref()?;
+        let age = set.since.elapsed();
+        if age > max {
+            // Past the bound: nothing of it will ever be served again.
+            *stale = None;
+            return None;
+        }
+        set.entries.get(key).map(|e| (e.clone(), age))
+    }
+
+    /// Entries kept aside since the last loss (0 when not serving stale).
+    pub fn stale_entries(&self) -> usize {
+        let stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        stale.as_ref().map_or(0, |s| s.entries.len())
+    }
+
+    fn drop_stale(&self) {
+        if self.serve_stale_for.is_some() {
+            *self.stale.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
@@ -322,6 +380,17 @@ impl L1 {
         if let Some((_, slot)) = self.map.remove(key) {
             self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
         }
+        if self.serve_stale_for.is_some() {
+            // A local write while cut off: never answer with the value it replaced.
+            if let Some(set) = self
+                .stale
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                set.entries.remove(key);
+            }
+        }
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         let at = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
         self.last_invalidation.store(at + 1, Ordering::Relaxed);
@@ -343,6 +412,27 @@ impl L1 {
             self.trusted.store(false, Ordering::Release);
         }
         self.global.fetch_add(1, Ordering::AcqRel);
+        let keep_aside = self.serve_stale_for.is_some()
+            && !trusted
+            && !matches!(reason, FlushReason::ServerFlush | FlushReason::Manual);
+        if keep_aside {
+            let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+            // A second loss before a confirmation keeps the first one's time: the entries
+            // are as old as the first loss.
+            let set = stale.get_or_insert_with(|| StaleSet {
+                since: Instant::now(),
+                entries: Default::default(),
+            });
+            let now = now();
+            for slot in self.map.iter() {
+                if slot.deadline > now {
+                    set.entries
+                        .insert(slot.key().clone(), slot.value().entry.clone());
+                }
+            }
+        } else {
+            self.drop_stale();
+        }
         self.map.clear();
         self.bytes.store(0, Ordering::Relaxed);
         *self
@@ -356,6 +446,8 @@ impl L1 {
 
     /// Tracking is confirmed on a live connection: fills may resume.
     pub(crate) fn confirm(&self) {
+        // Coherence is back: what was kept aside is never served again, not even as stale.
+        self.drop_stale();
         // A fill ticketed before this point was ticketed while untrusted and never fills.
         self.global.fetch_add(1, Ordering::AcqRel);
         self.trusted.store(true, Ordering::Release);
@@ -373,6 +465,12 @@ impl L1 {
 
     /// Remove every entry past its deadline (the cache actor calls this periodically).
     pub fn sweep(&self) {
+        if let Some(max) = self.serve_stale_for {
+            let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+            if stale.as_ref().is_some_and(|s| s.since.elapsed() > max) {
+                *stale = None;
+            }
+        }
         let now = now();
         let mut evicted = 0u64;
         let mut freed = 0usize;
@@ -420,6 +518,7 @@ impl L1 {
             entries: self.map.len(),
             bytes: self.bytes.load(Ordering::Relaxed).max(0) as usize,
             trusted: self.is_trusted(),
+            stale_entries: self.stale_entries(),
         }
     }
 }

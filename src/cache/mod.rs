@@ -151,6 +151,44 @@ impl std::fmt::Debug for Store {
 
 type LoadResult = Option<std::result::Result<Bytes, Error>>;
 
+/// How fresh an answer of [`Cache::get_with_freshness`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// From the L1 while tracking keeps it coherent, or from Redis.
+    Fresh,
+    /// Kept aside when tracking was lost, served because Redis cannot be reached now. `age`
+    /// is how long ago coherence was lost: the value may have changed since.
+    Stale {
+        /// Time since the loss of tracking.
+        age: Duration,
+    },
+}
+
+/// A value and its freshness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheRead<T> {
+    /// The value.
+    pub value: T,
+    /// Whether it is known current.
+    pub freshness: Freshness,
+}
+
+impl<T> CacheRead<T> {
+    fn fresh(value: T) -> Self {
+        CacheRead {
+            value,
+            freshness: Freshness::Fresh,
+        }
+    }
+
+    /// Whether the value is known current.
+    pub fn is_fresh(&self) -> bool {
+        self.freshness == Freshness::Fresh
+    }
+}
+
 /// One cache namespace: the handle users call from any task. Cheap to clone (every clone
 /// shares the same L1, statistics and single-flight table); see the module docs for the
 /// contract and `docs/cache.md` for the guarantees.
@@ -178,6 +216,8 @@ pub struct CacheState {
     /// Reads served by the L1 (operation `cache.read`, outcome `l1_hit`): registered once,
     /// counted without a span or a timer.
     l1_hits: crate::telemetry::OutcomeCounter,
+    /// Stale answers of `get_with_freshness` (operation `cache.read`, outcome `stale`).
+    stale_served: crate::telemetry::OutcomeCounter,
     gate: Gate,
     name: String,
     space: KeySpace,
@@ -237,7 +277,9 @@ impl Cache {
         telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         let l1 = match (&redis, &config.l1) {
-            (Some(_), Some(l1)) => Some(Arc::new(L1::new(l1.ttl, l1.max_entries, l1.max_bytes))),
+            (Some(_), Some(l1)) => Some(Arc::new(
+                L1::new(l1.ttl, l1.max_entries, l1.max_bytes).serving_stale_for(l1.serve_stale_for),
+            )),
             _ => None,
         };
         if let (Some(l1), Some(_)) = (&l1, &router) {
@@ -245,6 +287,7 @@ impl Cache {
         }
         Cache(Arc::new(CacheState {
             l1_hits: telemetry.counter("cache.read", "l1_hit"),
+            stale_served: telemetry.counter("cache.read", "stale"),
             telemetry,
             gate,
             name: name.into(),
@@ -500,9 +543,18 @@ impl Cache {
     /// Read one key from the store (the L1 missed). Boxed: the miss path's future is large,
     /// and unboxed it would be built and moved on every hit too.
     async fn read_remote_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
+        Ok(self.read_remote_outcome(op, key).await?.0)
+    }
+
+    /// [`Cache::read_remote_one`] with the read's outcome (`bypassed`: Redis was unreachable).
+    async fn read_remote_outcome(
+        &self,
+        op: &'static str,
+        key: &CacheKey,
+    ) -> Result<(Option<Entry>, &'static str)> {
         let mut out = vec![None];
-        Box::pin(self.fetch(op, &mut out, vec![self.pending(0, key)?])).await?;
-        Ok(out.pop().flatten())
+        let outcome = Box::pin(self.fetch(op, &mut out, vec![self.pending(0, key)?])).await?;
+        Ok((out.pop().flatten(), outcome))
     }
 
     /// Read stored entries for `keys`, going through the L1; in input order.
@@ -543,7 +595,7 @@ impl Cache {
         op: &'static str,
         out: &mut [Option<Entry>],
         pending: Vec<Pending>,
-    ) -> Result<()> {
+    ) -> Result<&'static str> {
         self.counters
             .remote_reads
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
@@ -601,7 +653,7 @@ impl Cache {
             })
         };
         // The outcome of the remote read: `hit`, `miss`, `partial` (a batch), `bypassed`.
-        self.telemetry.observe(op, read, |&o| o).await.map(|_| ())
+        self.telemetry.observe(op, read, |&o| o).await
     }
 
     fn decode_or_count<T: DeserializeOwned>(&self, entry: Option<Entry>) -> Option<T> {
@@ -619,6 +671,48 @@ impl Cache {
         self.gate.check("cache.get")?;
         let entry = self.read_one("cache.get", key).await?;
         Ok(self.decode_or_count(entry))
+    }
+
+    /// The value of `key` with its freshness: [`Freshness::Fresh`] from the L1 or Redis, or,
+    /// in a namespace with `[caches.<name>.l1] serve_stale_for`, [`Freshness::Stale`] when
+    /// Redis cannot be reached and the L1 kept the entry aside at the loss of tracking (for at
+    /// most `serve_stale_for` after it). `None` as for [`Cache::get`]. A stale answer is never
+    /// given once tracking is confirmed again, nor for a key this process wrote since.
+    pub async fn get_with_freshness<T: DeserializeOwned>(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<CacheRead<T>>> {
+        self.gate.check("cache.get")?;
+        if let Some(entry) = self.l1_lookup(key)? {
+            return Ok(self.decode_or_count(Some(entry)).map(CacheRead::fresh));
+        }
+        let (entry, outcome) = self.read_remote_outcome("cache.get", key).await?;
+        if outcome != "bypassed" {
+            return Ok(self.decode_or_count(entry).map(CacheRead::fresh));
+        }
+        let Some((entry, age)) = self.l1_stale_lookup(key)? else {
+            return Ok(None);
+        };
+        self.stale_served.increment();
+        Ok(self.decode_or_count(Some(entry)).map(|value| CacheRead {
+            value,
+            freshness: Freshness::Stale { age },
+        }))
+    }
+
+    /// The kept-aside entry of `key`, if the L1 serves stale and still holds one.
+    fn l1_stale_lookup(&self, key: &CacheKey) -> Result<Option<(Entry, Duration)>> {
+        let Some(l1) = &self.l1 else { return Ok(None) };
+        Ok(match self.tenant(key)? {
+            None => l1.get_stale(&key.key),
+            Some(tenant) => {
+                let mut k = String::with_capacity(tenant.as_str().len() + key.key.len() + 1);
+                push_escaped(&mut k, tenant.as_str());
+                k.push(':');
+                k.push_str(&key.key);
+                l1.get_stale(&k)
+            }
+        })
     }
 
     /// The stored bytes of `key` exactly as written with [`Cache::set_bytes`] (or the JSON of
@@ -668,19 +762,27 @@ impl Cache {
             return Ok(true);
         }
         let rkey = self.redis_key(key)?;
-        let found = match self.store_for_keys(&[rkey.as_str()]).await.as_deref() {
-            Ok(Store::Redis(r)) => Box::pin(r.exists("cache.exists", &rkey)).await,
-            Ok(Store::Local(l)) => Ok(l.exists(&rkey)),
-            Err(e) => Err(e.clone()),
-        };
-        match found {
-            Ok(b) => Ok(b),
-            Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
-                self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
-                Ok(false)
+        let check = async {
+            let found = match self.store_for_keys(&[rkey.as_str()]).await.as_deref() {
+                Ok(Store::Redis(r)) => Box::pin(r.exists("cache.exists", &rkey)).await,
+                Ok(Store::Local(l)) => Ok(l.exists(&rkey)),
+                Err(e) => Err(e.clone()),
+            };
+            match found {
+                Ok(true) => Ok("hit"),
+                Ok(false) => Ok("miss"),
+                Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                    self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
+                    Ok("bypassed")
+                }
+                Err(e) => self.fail(e),
             }
-            Err(e) => self.fail(e),
-        }
+        };
+        let outcome = self
+            .telemetry
+            .observe("cache.exists", check, |&o| o)
+            .await?;
+        Ok(outcome == "hit")
     }
 
     /// Evict the keys (Redis keys) from this process's L1.
@@ -1106,7 +1208,7 @@ mod tests {
             Some(RedisCacheStore::new(conn)),
             None,
             Gate::default(),
-            crate::telemetry::Telemetry::new("cache", "docs", "docs", None),
+            crate::telemetry::Telemetry::new("test", "cache", "docs", "docs", None),
         )
     }
 

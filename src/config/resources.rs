@@ -255,6 +255,19 @@ pub struct LockConfig {
     /// Longest pause between attempts of `acquire` (default 200 ms).
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Let a lock's fence key (the last token handed out) expire this long after the lease of
+    /// its last acquisition ends (default: never). Tokens stay strictly increasing across the
+    /// expiry (the next token is at least the server clock in microseconds, which has moved on
+    /// by at least this much) unless the server clock steps back by more than this. At least
+    /// 1 s. Without it, one fence key per lock name ever used stays in Redis.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub fence_idle: Option<Duration>,
+    /// Wake waiters of `acquire` by the invalidation push of the lock key (through the
+    /// tracking session) instead of only polling: a released lock is handed over in about
+    /// one round trip. Polling with backoff stays as the fallback while tracking is down.
+    /// Costs one push per change of a lock key (acquire, renewal, release) to every replica
+    /// (default false).
+    pub wake_waiters: bool,
 }
 
 impl Default for LockConfig {
@@ -267,11 +280,18 @@ impl Default for LockConfig {
             drift_margin: None,
             retry_min: Duration::from_millis(20),
             retry_max: Duration::from_millis(200),
+            fence_idle: None,
+            wake_waiters: false,
         }
     }
 }
 
 impl LockConfig {
+    /// The fence key's time to live: the lease plus `fence_idle`, when set.
+    pub fn fence_ttl(&self) -> Option<Duration> {
+        self.fence_idle.map(|idle| self.lease.saturating_add(idle))
+    }
+
     /// The renewal period: `extend_every`, or a third of the lease.
     pub fn extend_period(&self) -> Duration {
         self.extend_every.unwrap_or(self.lease / 3)
@@ -295,6 +315,13 @@ pub struct L1Config {
     /// never outlives the Redis key it was read from. This is the staleness backstop.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Serve stale while Redis is unreachable (default: off). When tracking is lost, the L1's
+    /// entries are kept aside instead of dropped, and `Cache::get_with_freshness` answers
+    /// with one of them, marked stale, when the read cannot reach Redis, for at most this
+    /// long after the loss. Never served as fresh: they are dropped when tracking is
+    /// confirmed again.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub serve_stale_for: Option<Duration>,
 }
 
 impl Default for L1Config {
@@ -303,6 +330,7 @@ impl Default for L1Config {
             max_entries: 10_000,
             max_bytes: 64 << 20,
             ttl: Duration::from_secs(30),
+            serve_stale_for: None,
         }
     }
 }
@@ -346,6 +374,12 @@ impl ResourceConfig for CacheConfig {
                 return Err(Error::config(
                     field("l1"),
                     "max_entries and max_bytes must be greater than zero",
+                ));
+            }
+            if l1.serve_stale_for.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(
+                    field("l1.serve_stale_for"),
+                    "must be greater than zero (leave it out to never serve stale)",
                 ));
             }
         }
@@ -492,6 +526,14 @@ impl ResourceConfig for LockConfig {
                 field("retry_min"),
                 "must be greater than zero and not above retry_max",
             ));
+        }
+        if self
+            .fence_idle
+            .is_some_and(|idle| idle < Duration::from_secs(1))
+        {
+            // Shorter, and a server clock stepping back by that little would break the
+            // ordering of tokens across an expiry.
+            return Err(Error::config(field("fence_idle"), "must be at least 1s"));
         }
         Ok(())
     }

@@ -83,6 +83,7 @@ impl HeldLease {
                 #[cfg(feature = "metrics")]
                 metrics::counter!(
                     crate::telemetry::names::LEASES_LOST,
+                    "supervisor" => self.lock.telemetry.supervisor().to_string(),
                     "name" => self.lock.telemetry.name().to_string(),
                     "reason" => why.as_str(),
                 )

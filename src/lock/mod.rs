@@ -19,6 +19,7 @@ pub mod local;
 pub mod redis;
 pub mod renewal;
 
+use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -132,6 +133,8 @@ pub struct LockState {
     store: Store,
     /// Every lease held through the runtime's locks (renewed together).
     leases: Arc<LeaseRegistry>,
+    /// Waiters of `acquire` in this process, by lock key (with `wake_waiters`).
+    waiters: DashMap<String, Arc<tokio::sync::Notify>>,
 }
 
 impl Lock {
@@ -152,6 +155,7 @@ impl Lock {
             telemetry,
             gate,
             leases,
+            waiters: DashMap::new(),
             name: name.into(),
             space,
             tenant_aware: config.tenant_aware,
@@ -219,7 +223,9 @@ impl Lock {
 
     async fn attempt(&self, key: &str, owner: &str) -> Result<Attempt> {
         match &self.store {
-            Store::Redis(r) => Box::pin(r.acquire(key, owner, self.config.lease)).await,
+            Store::Redis(r) => {
+                Box::pin(r.acquire(key, owner, self.config.lease, self.config.fence_ttl())).await
+            }
             Store::Local(l) => Ok(l.acquire(key, owner, self.config.lease)),
         }
     }
@@ -277,7 +283,17 @@ impl Lock {
         let owner = new_owner();
         let deadline = Instant::now() + wait;
         let mut pause = self.config.retry_min;
+        let waiter = self
+            .config
+            .wake_waiters
+            .then(|| Waiter::new(&self.waiters, &key));
         loop {
+            // Registered before the attempt: a release pushed between the attempt and the
+            // sleep still wakes this waiter.
+            let mut woken = waiter.as_ref().map(|w| Box::pin(w.notify.notified()));
+            if let Some(n) = woken.as_mut() {
+                n.as_mut().enable();
+            }
             let started = Instant::now();
             if let Attempt::Taken(token) = self.attempt(&key, &owner).await? {
                 return Ok(Lease {
@@ -296,9 +312,52 @@ impl Lock {
                 });
             }
             // Jitter (50–100 % of the pause): contenders that lost together do not retry together.
-            let sleep = pause.mul_f64(rand::random_range(0.5..=1.0));
-            tokio::time::sleep(sleep.min(deadline - now)).await;
-            pause = (pause * 2).min(self.config.retry_max);
+            let sleep = tokio::time::sleep(
+                pause
+                    .mul_f64(rand::random_range(0.5..=1.0))
+                    .min(deadline - now),
+            );
+            let pushed = match woken {
+                Some(n) => tokio::select! {
+                    _ = n => true,
+                    _ = sleep => false,
+                },
+                None => {
+                    sleep.await;
+                    false
+                }
+            };
+            // Woken by a change of the lock key: try at once, and from the shortest pause on
+            // if it was taken again; otherwise back off.
+            pause = if pushed {
+                self.config.retry_min
+            } else {
+                (pause * 2).min(self.config.retry_max)
+            };
+        }
+    }
+
+    /// Whether the tracking session wakes this lock's waiters (`wake_waiters`).
+    pub(crate) fn wakes_waiters(&self) -> bool {
+        self.config.wake_waiters
+    }
+
+    /// The prefix of this lock's keys, for the tracking session.
+    pub(crate) fn tracking_prefix(&self) -> String {
+        self.space.namespace_prefix()
+    }
+
+    /// The key `redis_key` changed (a push): wake the waiters of it in this process.
+    pub(crate) fn wake_waiters(&self, redis_key: &str) {
+        if let Some(n) = self.waiters.get(redis_key) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Pushes may have been missed (tracking lost, server flushed): wake every waiter.
+    pub(crate) fn wake_all_waiters(&self) {
+        for n in self.waiters.iter() {
+            n.notify_waiters();
         }
     }
 
@@ -429,6 +488,32 @@ impl Lock {
     /// Leases held now through the runtime's locks (every lock resource).
     pub fn held_leases(&self) -> usize {
         self.leases.held()
+    }
+}
+
+/// One waiter's registration for its lock key; the entry goes with the last waiter.
+struct Waiter<'a> {
+    map: &'a DashMap<String, Arc<tokio::sync::Notify>>,
+    key: String,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(map: &'a DashMap<String, Arc<tokio::sync::Notify>>, key: &str) -> Self {
+        let notify = map.entry(key.to_string()).or_default().clone();
+        Waiter {
+            map,
+            key: key.to_string(),
+            notify,
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        // The map's reference and ours: nobody else waits on this key.
+        self.map
+            .remove_if(&self.key, |_, n| Arc::strong_count(n) <= 2);
     }
 }
 

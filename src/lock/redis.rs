@@ -33,8 +33,15 @@ impl RedisLockStore {
         RedisLockStore { conn }
     }
 
-    /// Run the acquire script.
-    pub async fn acquire(&self, key: &str, owner: &str, lease: Duration) -> Result<Attempt> {
+    /// Run the acquire script. `fence_ttl`: the fence key's time to live (`None`: it never
+    /// expires).
+    pub async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        fence_ttl: Option<Duration>,
+    ) -> Result<Attempt> {
         const OP: &str = "lock.acquire";
         let reply: Vec<i64> = self
             .conn
@@ -43,7 +50,11 @@ impl RedisLockStore {
                 Access::IdempotentWrite,
                 &LOCK_ACQUIRE,
                 vec![key.to_string(), format!("{key}:fence")],
-                vec![owner.to_string(), ttl_millis(lease).to_string()],
+                vec![
+                    owner.to_string(),
+                    ttl_millis(lease).to_string(),
+                    fence_ttl.map_or(0, ttl_millis).to_string(),
+                ],
             )
             .await?;
         match reply.as_slice() {

@@ -87,6 +87,7 @@ impl Runtime {
                 .values()
                 .filter(|c| c.has_l1() && !c.is_routed()),
             self.breakers.values(),
+            self.locks.values().filter(|l| l.wakes_waiters()),
             self.trust_generation.clone(),
         )
     }
@@ -126,7 +127,7 @@ fn table<C, T: Clone>(
     let url = config.redis.as_ref().map(|r| &r.url);
     for (name, cfg) in configs {
         let ns = namespace(config, name, cfg)?;
-        let telemetry = Telemetry::new(op, name, ns.as_str(), url);
+        let telemetry = Telemetry::new(&config.supervision.name_prefix, op, name, ns.as_str(), url);
         let space = KeySpace::new(prefix.clone(), kind, ns);
         by_name.insert(name.clone(), make(name.clone(), space, cfg, telemetry));
     }
@@ -294,15 +295,19 @@ impl Runtime {
         )?;
         // A routed cache's L1 lives by its TTL: nothing to track for it.
         let needs_l1_tracking = caches.values().any(|c| c.has_l1() && !c.is_routed());
+        let wakes_waiters = locks.values().any(Lock::wakes_waiters);
         let tracking = match (&config.redis, &connection) {
-            // Cache L1s and breakers' cached phases are both kept fresh by the subscriber.
-            (Some(redis), Some(conn)) if needs_l1_tracking || !breakers.is_empty() => {
+            // Cache L1s and breakers' cached phases are both kept fresh by the subscriber,
+            // which also wakes lock waiters.
+            (Some(redis), Some(conn))
+                if needs_l1_tracking || !breakers.is_empty() || wakes_waiters =>
+            {
                 match TrackingSource::new(redis, conn) {
                     Ok(t) => Some(t),
                     // An L1 cannot run untracked; breakers can (their cache TTL bounds it).
                     Err(e) if needs_l1_tracking => return Err(e),
                     Err(e) => {
-                        tracing::warn!(error = %e, "breaker phases cached by TTL only");
+                        tracing::warn!(error = %e, "breaker phases cached by TTL only; lock waiters poll");
                         None
                     }
                 }

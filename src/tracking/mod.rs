@@ -6,7 +6,8 @@
 //! | [`topology`] | the primaries to track behind a URL (single, cluster, sentinel), polled for changes |
 //!
 //! [`Tracked`] is the set of things a session keeps fresh: the L1 of every cache namespace
-//! that has one (and is not routed) and every breaker policy's cached phases. Trust in them is
+//! that has one (and is not routed) and every breaker policy's cached phases; it also wakes
+//! the waiters of locks with `wake_waiters` when their lock keys change. Trust in them is
 //! a value, [`Trust`]: it exists only while every primary that may hold their keys is tracked
 //! on a confirmed connection, and dropping it (a lost connection, a topology change, the
 //! subscriber stopping or failing) empties every L1 untrusted and puts the breakers back on
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use crate::breaker::Breaker;
 use crate::cache::l1::FlushReason;
 use crate::cache::Cache;
+use crate::lock::Lock;
 use connection::deoverlap;
 
 /// Every cache L1 and breaker policy one tracking session keeps coherent, each with the key
@@ -28,6 +30,8 @@ use connection::deoverlap;
 pub struct Tracked {
     caches: Vec<(String, Cache)>,
     breakers: Vec<(String, Breaker)>,
+    /// Locks whose waiters are woken by the pushes of their keys (`wake_waiters`).
+    locks: Vec<(String, Lock)>,
     /// Which confirmation the current trust belongs to, shared by every session of one
     /// runtime: a dying session's trust, dropped late (an aborted task is dropped only when
     /// tokio next polls it), must not untrust what a newer session confirmed. Held while
@@ -36,11 +40,12 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    /// A session's set: `caches` (each with an L1) and `breakers`, and the generation
-    /// counter shared by every session of one runtime.
+    /// A session's set: `caches` (each with an L1), `breakers`, `locks` whose waiters it
+    /// wakes, and the generation counter shared by every session of one runtime.
     pub fn new<'a>(
         caches: impl IntoIterator<Item = &'a Cache>,
         breakers: impl IntoIterator<Item = &'a Breaker>,
+        locks: impl IntoIterator<Item = &'a Lock>,
         generation: Arc<Mutex<u64>>,
     ) -> Self {
         Tracked {
@@ -51,6 +56,10 @@ impl Tracked {
             breakers: breakers
                 .into_iter()
                 .map(|b| (b.tracking_prefix(), b.clone()))
+                .collect(),
+            locks: locks
+                .into_iter()
+                .map(|l| (l.tracking_prefix(), l.clone()))
                 .collect(),
             generation,
         }
@@ -63,6 +72,7 @@ impl Tracked {
             .iter()
             .map(|(p, _)| p.clone())
             .chain(self.breakers.iter().map(|(p, _)| p.clone()))
+            .chain(self.locks.iter().map(|(p, _)| p.clone()))
             .collect();
         deoverlap(&all)
     }
@@ -94,6 +104,10 @@ impl Tracked {
         for (_, b) in &self.breakers {
             b.set_tracked(false);
         }
+        // Pushes may have been missed: let every waiter look again (then poll).
+        for (_, l) in &self.locks {
+            l.wake_all_waiters();
+        }
     }
 
     /// Before the first session: the L1s are new, empty and untrusted already (no flush to
@@ -119,6 +133,12 @@ impl Tracked {
             .find(|(p, _)| redis_key.starts_with(p.as_str()))
         {
             b.apply_invalidation(redis_key);
+        } else if let Some((_, l)) = self
+            .locks
+            .iter()
+            .find(|(p, _)| redis_key.starts_with(p.as_str()))
+        {
+            l.wake_waiters(redis_key);
         }
     }
 
@@ -130,6 +150,9 @@ impl Tracked {
         }
         for (_, cache) in &self.caches {
             cache.l1_flush(FlushReason::ServerFlush, true);
+        }
+        for (_, l) in &self.locks {
+            l.wake_all_waiters();
         }
     }
 }
