@@ -122,7 +122,12 @@ async fn main() {
 
 /// Handover latency, woken against polling, interleaved.
 async fn handover(url: &str, holder: &forze_redis_actors::ForzeHandle, locks: &str) {
-    const ROUNDS: usize = 100;
+    // Under `cargo test` (no `--bench`), a quick pass that only checks it runs.
+    let rounds = if std::env::args().any(|a| a == "--bench") {
+        100
+    } else {
+        5
+    };
     let config = forze_redis::Config::from_toml_str(&format!(
         "[redis]\nurl = \"{url}\"\n{locks}\n[supervision]\nname_prefix = \"bench-waiter\""
     ))
@@ -135,7 +140,7 @@ async fn handover(url: &str, holder: &forze_redis_actors::ForzeHandle, locks: &s
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (i, name) in ["woken", "polled"].into_iter().enumerate() {
             let id = LockId::new(format!("h{round}"));
             let g = holder

@@ -26,5 +26,8 @@ cargo test --workspace --all-targets --features forze-redis-actors/fault-injecti
 cargo test --workspace --doc
 # A build without the `tls` feature must refuse every TLS request (never connect in clear).
 cargo test -p forze-redis --no-default-features --lib -- tls config connect_failure
-# The crates users add must package and build from their packaged sources alone.
+# The crates users add must package and build from their packaged sources alone. Cargo
+# unpacks the core crate from a temporary registry into its registry cache and reuses an
+# earlier unpacking of the same version: remove both, so the sources verified are these.
+rm -rf "${CARGO_TARGET_DIR:-target}/package" "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/forze-redis-0.1.0
 cargo package -p forze-redis -p forze-redis-actors --quiet
