@@ -1,6 +1,7 @@
-//! The tower layers on three replicas of one service (three supervisors on one private
-//! server): together they keep the shared rate, and failures seen by one replica open the
-//! breaker for all of them. Refusals carry their retry time.
+//! The tower layers on three replicas of one axum service (three supervisors on one private
+//! server): together they keep the shared rate, and failures (`5xx` answers) seen by one
+//! replica open the breaker for all of them. Refusals carry their retry time, and a throttled
+//! request never counts against the backend.
 
 mod common;
 
@@ -8,6 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
 use common::{config, server_binaries, spawn_ready, TestServer};
 use forze_redis_actors::layers::{BreakerLayer, RateLimitLayer, Refusal};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
@@ -22,11 +29,14 @@ failure_ratio = 0.5
 break_duration = "30s"
 "#;
 
-/// A request: its route and whether the backend fails it.
-#[derive(Clone)]
-struct Req {
-    route: &'static str,
-    fail: bool,
+/// A request to `path` (`/rated`, `/orders`, `/orders?fail`).
+fn req(path: &str) -> Request {
+    Request::builder().uri(path).body(Body::empty()).unwrap()
+}
+
+/// The breaker and rate-limit key: the path without its query.
+fn route(r: &Request) -> String {
+    r.uri().path().to_string()
 }
 
 fn refusal(e: &BoxError) -> Option<&Refusal> {
@@ -45,27 +55,32 @@ async fn three_replicas_share_the_rate_and_one_replicas_failures_open_the_breake
         let services: Vec<_> = replicas
             .iter()
             .map(|forze| {
-                let calls = calls.clone();
-                let backend = tower::service_fn(move |req: Req| {
-                    calls.fetch_add(1, Ordering::Relaxed);
-                    async move {
-                        if req.fail {
-                            Err::<&'static str, BoxError>("backend failed".into())
-                        } else {
-                            Ok("ok")
-                        }
-                    }
-                });
+                let (c1, c2) = (calls.clone(), calls.clone());
+                let app = Router::new()
+                    .route(
+                        "/rated",
+                        get(move || async move {
+                            c1.fetch_add(1, Ordering::Relaxed);
+                            "ok"
+                        }),
+                    )
+                    .route(
+                        "/orders",
+                        get(move |q: axum::extract::RawQuery| async move {
+                            c2.fetch_add(1, Ordering::Relaxed);
+                            match q.0.as_deref() {
+                                Some("fail") => StatusCode::BAD_GATEWAY,
+                                _ => StatusCode::OK,
+                            }
+                        }),
+                    );
                 ServiceBuilder::new()
-                    .layer(BreakerLayer::new(
-                        forze.breaker("backend").unwrap(),
-                        |r: &Req| r.route.to_string(),
-                    ))
-                    .layer(RateLimitLayer::new(
-                        forze.rate_limit("api").unwrap(),
-                        |r: &Req| r.route.to_string(),
-                    ))
-                    .service(backend)
+                    .layer(
+                        BreakerLayer::new(forze.breaker("backend").unwrap(), route)
+                            .failure_if(|r: &Response| r.status().is_server_error()),
+                    )
+                    .layer(RateLimitLayer::new(forze.rate_limit("api").unwrap(), route))
+                    .service(app)
             })
             .collect();
 
@@ -75,14 +90,11 @@ async fn three_replicas_share_the_rate_and_one_replicas_failures_open_the_breake
         let (mut allowed, mut throttled) = (0u32, 0u32);
         for i in 0..60 {
             let svc = services[i % 3].clone();
-            match svc
-                .oneshot(Req {
-                    route: "rated",
-                    fail: false,
-                })
-                .await
-            {
-                Ok(_) => allowed += 1,
+            match svc.oneshot(req("/rated")).await {
+                Ok(r) => {
+                    assert_eq!(r.status(), StatusCode::OK);
+                    allowed += 1;
+                }
                 Err(e) => match refusal(&e) {
                     Some(Refusal::Throttled { retry_after }) => {
                         assert!(
@@ -102,26 +114,35 @@ async fn three_replicas_share_the_rate_and_one_replicas_failures_open_the_breake
         );
         assert_eq!(allowed + throttled, 60);
 
-        // Replica 0 alone sees the backend fail: the breaker opens for every replica.
+        // The throttled requests never reached the backend, nor counted against it: the
+        // breaker of `/rated` is still closed.
+        assert_eq!(calls.load(Ordering::Relaxed), allowed as usize, "{bin}");
+        let admitted = replicas[0]
+            .breaker("backend")
+            .unwrap()
+            .admit("/rated")
+            .await
+            .unwrap();
+        assert!(
+            admitted.allowed,
+            "{bin}: throttled requests tripped the breaker"
+        );
+
+        // Replica 0 alone sees the backend fail (502): the breaker opens for every replica.
         for _ in 0..4 {
             let r = services[0]
                 .clone()
-                .oneshot(Req {
-                    route: "orders",
-                    fail: true,
-                })
-                .await;
-            assert!(r.is_err());
+                .oneshot(req("/orders?fail"))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         }
         let before = calls.load(Ordering::Relaxed);
         for (i, svc) in services.iter().enumerate() {
             let mut svc = svc.clone();
             let svc = svc.ready().await.unwrap();
             let err = svc
-                .call(Req {
-                    route: "orders",
-                    fail: false,
-                })
+                .call(req("/orders"))
                 .await
                 .expect_err("the breaker is open for every replica");
             match refusal(&err) {
