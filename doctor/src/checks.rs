@@ -174,7 +174,7 @@ pub async fn run(config: &RedisConfig, timeout: Duration) -> Vec<Verdict> {
     let mut connect_errors = Vec::new();
     for target in &primaries {
         match TrackingConnection::connect(target, "forze-doctor", timeout).await {
-            Ok(c) => nodes.push((target.addr(), c)),
+            Ok(c) => nodes.push((target.addr(), Some(c))),
             Err(e) => connect_errors.push(format!("{}: {e}", target.addr())),
         }
     }
@@ -183,7 +183,7 @@ pub async fn run(config: &RedisConfig, timeout: Duration) -> Vec<Verdict> {
         out.push(client_tracking(&primaries, timeout).await);
     }
     if pool_up {
-        out.push(scripts(&conn).await);
+        out.push(scripts(&conn, &mut nodes, timeout).await);
         out.push(clock(&conn).await);
     } else {
         out.push(Verdict::skip("scripts", "the pool is not connected"));
@@ -201,25 +201,35 @@ pub async fn run(config: &RedisConfig, timeout: Duration) -> Vec<Verdict> {
         out.push(maxmemory(&mut nodes, timeout).await);
         out.push(persistence(&mut nodes, timeout).await);
         out.push(cluster_slots(&mut nodes, timeout).await);
-        out.push(latency(&mut nodes, config.command_timeout, timeout).await);
+        let default_timeout = RedisConfig::new("redis://localhost").command_timeout;
+        out.push(latency(&mut nodes, default_timeout, timeout).await);
     }
     conn.quit(timeout).await;
     out
 }
 
+/// One request on a node's connection, bounded by `timeout`. A request cut short by the
+/// timeout leaves its reply (or half its command) on the wire, so the connection is dropped
+/// and every later request to that node fails instead of reading the wrong reply.
 async fn request(
-    conn: &mut TrackingConnection,
+    conn: &mut Option<TrackingConnection>,
     args: &[&[u8]],
     timeout: Duration,
 ) -> Result<OwnedFrame, String> {
-    match tokio::time::timeout(timeout, conn.request(args)).await {
+    let Some(c) = conn.as_mut() else {
+        return Err("connection dropped after an earlier timeout".into());
+    };
+    match tokio::time::timeout(timeout, c.request(args)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no reply within {timeout:?}")),
+        Err(_) => {
+            *conn = None;
+            Err(format!("no reply within {timeout:?}"))
+        }
     }
 }
 
 async fn server(
-    nodes: &mut [(String, TrackingConnection)],
+    nodes: &mut [(String, Option<TrackingConnection>)],
     connect_errors: &[String],
     timeout: Duration,
 ) -> Verdict {
@@ -296,7 +306,11 @@ async fn client_tracking(primaries: &[TrackingTarget], timeout: Duration) -> Ver
     )
 }
 
-async fn scripts(conn: &RedisConnection) -> Verdict {
+async fn scripts(
+    conn: &RedisConnection,
+    nodes: &mut [(String, Option<TrackingConnection>)],
+    timeout: Duration,
+) -> Verdict {
     let time: forze_redis::Result<Vec<i64>> = conn
         .eval(
             "doctor.scripts",
@@ -306,9 +320,25 @@ async fn scripts(conn: &RedisConnection) -> Verdict {
             Vec::<String>::new(),
         )
         .await;
-    match time {
-        Ok(_) => Verdict::pass("scripts", "EVALSHA (and EVAL on NOSCRIPT) accepted".into()),
-        Err(e) => Verdict::new(
+    // EVALSHA alone can pass on a script another client loaded; forze falls back to EVAL
+    // after the script cache is emptied (a restart, SCRIPT FLUSH), so EVAL must work too.
+    let eval = match nodes.first_mut() {
+        Some((addr, c)) => request(c, &[b"EVAL", b"return 1", b"0"], timeout)
+            .await
+            .map(drop)
+            .map_err(|e| format!("{addr}: EVAL refused: {e}")),
+        None => Ok(()),
+    };
+    match (time, eval) {
+        (Ok(_), Ok(())) => Verdict::pass("scripts", "EVALSHA and EVAL accepted".into()),
+        (Ok(_), Err(e)) => Verdict::new(
+            "scripts",
+            Status::Fail,
+            e,
+            "let the ACL user run EVAL (ACL SETUSER <user> +eval): forze sends EVAL when the \
+             server's script cache was emptied (restart, SCRIPT FLUSH)",
+        ),
+        (Err(e), _) => Verdict::new(
             "scripts",
             Status::Fail,
             format!("a Lua script was refused: {e}"),
@@ -364,7 +394,10 @@ async fn clock(conn: &RedisConnection) -> Verdict {
     }
 }
 
-async fn maxmemory(nodes: &mut [(String, TrackingConnection)], timeout: Duration) -> Verdict {
+async fn maxmemory(
+    nodes: &mut [(String, Option<TrackingConnection>)],
+    timeout: Duration,
+) -> Verdict {
     let mut findings = Vec::new();
     let mut worst = Status::Pass;
     for (addr, conn) in nodes.iter_mut() {
@@ -386,7 +419,18 @@ async fn maxmemory(nodes: &mut [(String, TrackingConnection)], timeout: Duration
                 }
             }
         };
+        // Without a memory limit nothing is ever evicted, whatever the policy says.
+        let limit = match request(conn, &[b"INFO", b"memory"], timeout).await {
+            Ok(r) => info_fields(&r)
+                .get("maxmemory")
+                .and_then(|v| v.parse::<u64>().ok()),
+            Err(_) => None,
+        };
+        let evicting = policy != "noeviction" && !policy.is_empty();
         let status = if policy.is_empty() {
+            Status::Warn
+        } else if evicting && limit == Some(0) {
+            // A limit set later (or by the platform) would make the policy bite.
             Status::Warn
         } else if policy.starts_with("allkeys") {
             Status::Fail
@@ -396,8 +440,13 @@ async fn maxmemory(nodes: &mut [(String, TrackingConnection)], timeout: Duration
             Status::Pass
         };
         worst = worst.max_severity(status);
+        let limit = match limit {
+            Some(0) => " (no maxmemory set)".to_string(),
+            Some(n) => format!(" (maxmemory {} MiB)", n >> 20),
+            None => String::new(),
+        };
         findings.push(format!(
-            "{addr}: {}",
+            "{addr}: {}{limit}",
             if policy.is_empty() {
                 "policy unreadable"
             } else {
@@ -426,7 +475,10 @@ async fn maxmemory(nodes: &mut [(String, TrackingConnection)], timeout: Duration
     }
 }
 
-async fn persistence(nodes: &mut [(String, TrackingConnection)], timeout: Duration) -> Verdict {
+async fn persistence(
+    nodes: &mut [(String, Option<TrackingConnection>)],
+    timeout: Duration,
+) -> Verdict {
     let mut without_aof = Vec::new();
     let mut details = Vec::new();
     for (addr, conn) in nodes.iter_mut() {
@@ -469,7 +521,10 @@ async fn persistence(nodes: &mut [(String, TrackingConnection)], timeout: Durati
     }
 }
 
-async fn cluster_slots(nodes: &mut [(String, TrackingConnection)], timeout: Duration) -> Verdict {
+async fn cluster_slots(
+    nodes: &mut [(String, Option<TrackingConnection>)],
+    timeout: Duration,
+) -> Verdict {
     let Some((_, first)) = nodes.first_mut() else {
         return Verdict::skip("cluster_slots", "no connection");
     };
@@ -564,7 +619,7 @@ async fn cluster_slots(nodes: &mut [(String, TrackingConnection)], timeout: Dura
 }
 
 async fn latency(
-    nodes: &mut [(String, TrackingConnection)],
+    nodes: &mut [(String, Option<TrackingConnection>)],
     command_timeout: Duration,
     timeout: Duration,
 ) -> Verdict {
@@ -598,8 +653,8 @@ async fn latency(
             "latency",
             Status::Warn,
             findings.join(", "),
-            "round trips above a tenth of command_timeout leave little margin: raise \
-             [redis] command_timeout or bring the service closer to Redis",
+            "round trips above a tenth of forze's default command_timeout (1 s) leave \
+             little margin: raise [redis] command_timeout or bring the service closer to Redis",
         )
     } else {
         Verdict::pass("latency", findings.join(", "))

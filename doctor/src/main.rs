@@ -7,6 +7,9 @@
 //!              [--cert-file F --key-file F] <url>
 //! ```
 //!
+//! Without `<url>`, the URL is read from `REDIS_URL`, which keeps a password out of the
+//! process list.
+//!
 //! Exit status: 0 when no check fails (warnings allowed), 1 when one fails, 2 for a usage
 //! error. `--json` prints one JSON document instead of the table.
 
@@ -23,7 +26,7 @@ use forze_redis::TlsConfig;
 use checks::Status;
 
 const USAGE: &str = "usage: forze-doctor [--json] [--timeout 2s] [--ca-file F] [--server-name N] \
-                     [--cert-file F --key-file F] <redis-url>";
+                     [--cert-file F --key-file F] <redis-url>  (or the URL in REDIS_URL)";
 
 struct Args {
     url: String,
@@ -62,7 +65,13 @@ fn parse_args() -> Result<Args, String> {
             _ => url = Some(a),
         }
     }
-    let url = url.ok_or_else(|| USAGE.to_string())?;
+    if timeout.is_zero() {
+        return Err(format!("--timeout must be greater than zero\n{USAGE}"));
+    }
+    // From the environment, the URL (and its password) stays out of the process list.
+    let url = url
+        .or_else(|| std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()))
+        .ok_or_else(|| USAGE.to_string())?;
     Ok(Args {
         url,
         json,

@@ -99,6 +99,20 @@ fn an_acl_user_without_evalsha_fails_the_scripts_check() {
     assert_eq!(status(&checks, "resp3_client_tracking"), "pass", "{text}");
     assert!(!text.contains("s3cret"), "the password was printed: {text}");
     assert_eq!(code, 1, "{text}");
+    // EVALSHA allowed and the script already loaded, but no EVAL: forze's fallback after a
+    // script cache flush would be refused, so this fails too.
+    let source = forze_redis::scripts::SERVER_TIME.source();
+    server.cmd(&["SCRIPT", "LOAD", source]).unwrap();
+    server
+        .cmd(&[
+            "ACL", "SETUSER", "noeval", "on", ">pw", "~*", "&*", "+@all", "-eval",
+        ])
+        .unwrap();
+    let url = server.url().replace("redis://", "redis://noeval:pw@");
+    let (code, checks, text) = doctor(&url);
+    assert_eq!(status(&checks, "scripts"), "fail", "{text}");
+    assert!(text.contains("EVAL refused"), "{text}");
+    assert_eq!(code, 1, "{text}");
 }
 
 #[test]

@@ -376,6 +376,13 @@ impl ResourceConfig for CacheConfig {
                     "max_entries and max_bytes must be greater than zero",
                 ));
             }
+            if l1.serve_stale_for.is_some() && self.routed {
+                // A routed L1 is never tracked, so no loss of tracking ever keeps it aside.
+                return Err(Error::config(
+                    field("l1.serve_stale_for"),
+                    "has no effect on a routed cache (its L1 is not tracked); remove it",
+                ));
+            }
             if l1.serve_stale_for.is_some_and(|d| d.is_zero()) {
                 return Err(Error::config(
                     field("l1.serve_stale_for"),
