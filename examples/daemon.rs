@@ -233,11 +233,16 @@ async fn serve(listener: TcpListener, metrics: PrometheusHandle, forze: ForzeHan
         };
         let (metrics, forze) = (metrics.clone(), forze.clone());
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let Ok(n) = socket.read(&mut buf).await else {
-                return;
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            // The request head, however it was split into segments (at most 8 KiB).
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&buf);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, kind, body) = match path {
                 "/metrics" => {

@@ -17,7 +17,7 @@ use crate::pool::{PoolMsg, PoolStats};
 use crate::resilience::{ResilienceMsg, ResilienceStats};
 use crate::shared::Shared;
 use crate::supervisor::{ForzeSupervisor, SupervisorMsg, SupervisorStats};
-use crate::tracking::{TrackingMsg, TrackingStats};
+use crate::tracking::TrackingStats;
 
 /// Entry point: spawn a forze-redis supervisor.
 #[derive(Debug)]
@@ -178,13 +178,14 @@ impl ForzeHandle {
 
     /// The tracking subscriber's statistics; `None` when there is none (embedded mode, or no
     /// cache with an L1).
+    /// Read from the counters the subscriber keeps in the shared state: no mailbox, so a
+    /// health endpoint never waits on a busy or restarting subscriber.
     pub async fn tracking_stats(&self) -> Result<Option<TrackingStats>> {
         if self.shared.tracking.is_none() {
             return Ok(None);
         }
-        self.ask(self.shared.names.tracking(), TrackingMsg::Stats)
-            .await
-            .map(Some)
+        let prefixes = self.shared.tracked().prefixes();
+        Ok(Some(TrackingStats::read(&self.shared, prefixes)))
     }
 
     /// The configured counter names.

@@ -70,6 +70,26 @@ pub struct TrackingStats {
     pub prefixes: Vec<String>,
 }
 
+impl TrackingStats {
+    /// The statistics from the counters the subscriber keeps in the shared state (they
+    /// survive its restarts), with the tracked `prefixes`.
+    pub(crate) fn read(shared: &Shared, prefixes: Vec<String>) -> Self {
+        let c = &shared.tracking_stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TrackingStats {
+            confirmed: c.confirmed.load(Ordering::Acquire),
+            confirmations: l(&c.confirmations),
+            losses: l(&c.losses),
+            connect_failures: l(&c.connect_failures),
+            invalidated_keys: l(&c.invalidated_keys),
+            server_flushes: l(&c.server_flushes),
+            topology_changes: l(&c.topology_changes),
+            primaries: l(&c.primaries),
+            prefixes,
+        }
+    }
+}
+
 /// The tracking subscriber actor.
 #[derive(Debug)]
 pub struct TrackingSubscriber;
@@ -154,19 +174,7 @@ impl Actor for TrackingSubscriber {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TrackingMsg::Stats(reply) => {
-                let c = &state.shared.tracking_stats;
-                let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-                let _ = reply.send(TrackingStats {
-                    confirmed: c.confirmed.load(Ordering::Acquire),
-                    confirmations: l(&c.confirmations),
-                    losses: l(&c.losses),
-                    connect_failures: l(&c.connect_failures),
-                    invalidated_keys: l(&c.invalidated_keys),
-                    server_flushes: l(&c.server_flushes),
-                    topology_changes: l(&c.topology_changes),
-                    primaries: l(&c.primaries),
-                    prefixes: state.prefixes.clone(),
-                });
+                let _ = reply.send(TrackingStats::read(&state.shared, state.prefixes.clone()));
             }
             #[cfg(feature = "fault-injection")]
             TrackingMsg::Panic => panic!("fault injection: tracking subscriber panic"),
