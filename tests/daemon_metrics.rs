@@ -34,17 +34,37 @@ failure_ratio = 0.5
 break_duration = "60s"
 "#;
 
-/// The example's binary, built beside this test by `cargo test --all-targets`.
+/// The example's binary, built from these sources by cargo itself. `cargo test --all-targets`
+/// compiles examples as test harnesses, so the runnable binary is asked of cargo (which has
+/// released the build directory by the time tests run); the features match the test build's
+/// because examples get the dev-dependencies, as this test does. Cargo names the executable
+/// in its JSON messages, so no target-directory layout is guessed.
 fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("examples").join("daemon");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let output = Command::new(cargo)
+        .args(["build", "--quiet", "--message-format=json"])
+        .args([
+            "--manifest-path",
+            manifest,
+            "-p",
+            "forze-redis",
+            "--example",
+            "daemon",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
     assert!(
-        bin.exists(),
-        "{} is missing: build the examples first (`cargo test --workspace --all-targets` does)",
-        bin.display()
+        output.status.success(),
+        "cargo build --example daemon failed"
     );
-    bin
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "daemon")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the daemon executable")
 }
 
 fn free_port() -> u16 {
