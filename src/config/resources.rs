@@ -31,7 +31,7 @@ pub enum Fallback {
 }
 
 /// One counter resource.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CounterConfig {
     /// Key namespace; defaults to the resource name.
@@ -43,6 +43,22 @@ pub struct CounterConfig {
     /// Send each tenant's counters to the endpoint `[routing.tenants]` gives it (tenants not
     /// listed stay on `[redis]`). Implies a tenant on every operation (default false).
     pub routed: bool,
+    /// Coalesce concurrent increments of one counter into one `INCRBY` whose result range is
+    /// handed out in arrival order (default true): each caller still gets a distinct value,
+    /// one a sequential order would give, and a hot counter costs one round trip per batch.
+    pub coalesce: bool,
+}
+
+impl Default for CounterConfig {
+    fn default() -> Self {
+        CounterConfig {
+            namespace: None,
+            tenant_aware: false,
+            fallback: Fallback::default(),
+            routed: false,
+            coalesce: true,
+        }
+    }
 }
 
 /// One cache namespace.

@@ -16,6 +16,7 @@
 //! `fallback = "local"`, in which case the process-local store serves it (and fleet-wide
 //! uniqueness is given up until Redis returns; the local values are not merged back).
 
+mod coalesce;
 mod local;
 mod redis;
 
@@ -142,6 +143,8 @@ pub struct CounterState {
     /// Set for `routed = true`: each tenant's counters go to its endpoint.
     router: Option<Arc<Router>>,
     local: LocalCounterStore,
+    /// Set for `coalesce = true`: concurrent increments of one key share one `INCRBY`.
+    coalescer: Option<Arc<coalesce::Coalescer>>,
     stats: Counts,
 }
 
@@ -172,6 +175,7 @@ impl Counter {
             redis,
             router,
             local,
+            coalescer: config.coalesce.then(Arc::default),
             stats: Counts::default(),
         }))
     }
@@ -350,15 +354,15 @@ impl Counter {
                 (Ok(t), _, Some(e)) if self.should_fall_back(&e) => {
                     self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "routed endpoint unavailable: serving from local state");
-                    (exec(Store::Local(&self.local), t, op).await, "fallback")
+                    (exec(Store::Local(&self.local), t, op, None).await, "fallback")
                 }
                 (Ok(_), _, Some(e)) => (Err(e), "none"),
-                (Ok(t), None, None) => (exec(Store::Local(&self.local), t, op).await, "local"),
-                (Ok(t), Some(redis), None) => match exec(Store::Redis(redis), t, op).await {
+                (Ok(t), None, None) => (exec(Store::Local(&self.local), t, op, None).await, "local"),
+                (Ok(t), Some(redis), None) => match exec(Store::Redis(redis), t, op, self.coalescer.as_ref()).await {
                     Err(e) if self.should_fall_back(&e) => {
                         self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "redis unavailable: serving from local state");
-                        (exec(Store::Local(&self.local), t, op).await, "fallback")
+                        (exec(Store::Local(&self.local), t, op, None).await, "fallback")
                     }
                     other => (other, "redis"),
                 },
@@ -413,7 +417,13 @@ enum Out {
 /// Run `op` on `store`. Each store future is boxed: fred's command futures are about 6 KiB,
 /// and unboxed they would make every future above this one as large, copied at each await
 /// layer on every call (measured: the copies cost more than one allocation at 64 callers).
-async fn exec(store: Store<'_>, target: &str, op: Op) -> Result<Out> {
+/// Increments on Redis go through `coalescer` when one is given.
+async fn exec(
+    store: Store<'_>,
+    target: &str,
+    op: Op,
+    coalescer: Option<&Arc<coalesce::Coalescer>>,
+) -> Result<Out> {
     let r = match store {
         Store::Local(l) => {
             return Ok(match op {
@@ -429,15 +439,24 @@ async fn exec(store: Store<'_>, target: &str, op: Op) -> Result<Out> {
         }
         Store::Redis(r) => r,
     };
-    Ok(match op {
-        Op::Incr(by) | Op::Batch(by) => Out::Value(Box::pin(r.incr(target, by)).await?),
-        Op::Decr(by) => Out::Value(Box::pin(r.decr(target, by)).await?),
-        Op::Get => Out::Value(Box::pin(r.get(target)).await?),
-        Op::Reset(v) => {
+    Ok(match (op, coalescer) {
+        (Op::Incr(by) | Op::Batch(by), Some(c)) => {
+            let alone = r.incr(target, by);
+            Out::Value(Box::pin(c.add(r, target, i128::from(by), alone)).await?)
+        }
+        // DECRBY i64::MIN is refused by the server; it never joins a batch.
+        (Op::Decr(by), Some(c)) if by != i64::MIN => {
+            let alone = r.decr(target, by);
+            Out::Value(Box::pin(c.add(r, target, -i128::from(by), alone)).await?)
+        }
+        (Op::Incr(by) | Op::Batch(by), None) => Out::Value(Box::pin(r.incr(target, by)).await?),
+        (Op::Decr(by), _) => Out::Value(Box::pin(r.decr(target, by)).await?),
+        (Op::Get, _) => Out::Value(Box::pin(r.get(target)).await?),
+        (Op::Reset(v), _) => {
             Box::pin(r.set(target, v)).await?;
             Out::Value(v)
         }
-        Op::List => Out::Rows(Box::pin(r.list(target)).await?),
+        (Op::List, _) => Out::Rows(Box::pin(r.list(target)).await?),
     })
 }
 
