@@ -1,5 +1,7 @@
 //! Counter increments through our handle against fred `INCRBY` direct, same private server,
-//! same run, at 1 and 64 concurrent callers. Prints `ratio <name> <ours/direct throughput>`.
+//! same run: 1 caller, 64 callers each on its own counter (`counter_incr_c64`), and 64
+//! callers on one counter (`counter_incr_hot_c64`, where ours coalesces). Prints
+//! `ratio <name> <ours/direct throughput>`.
 //!
 //! `cargo bench --bench counter` (release build).
 
@@ -20,20 +22,21 @@ const OPS_PER_ROUND: usize = 40_000;
 /// Rounds per comparison; ours and direct alternate, and the median of each is compared.
 const ROUNDS: usize = 5;
 
+/// `OPS_PER_ROUND` calls of `op(caller)` spread over `callers` tasks; calls per second.
 async fn throughput<F, Fut>(callers: usize, op: F) -> f64
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
     let per_caller = OPS_PER_ROUND / callers;
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
-        .map(|_| {
+        .map(|caller| {
             let op = op.clone();
             tokio::spawn(async move {
                 for _ in 0..per_caller {
-                    op().await;
+                    op(caller).await;
                 }
             })
         })
@@ -95,60 +98,76 @@ async fn main() {
     };
     let safe = safe_settings(false);
     safe.pool().init().await.expect("safe connect");
-    let safe_incr = |t: Arc<RedisConnection>| async move {
+    let safe_incr = |t: Arc<RedisConnection>, key: Arc<str>| async move {
         let c = t.client("bench").expect("connected");
         let _: i64 = c
             .with_options(t.options(Access::Write))
-            .incr_by("safe", 1)
+            .incr_by(&*key, 1)
             .await
             .expect("incrby");
     };
+    // Each caller's own counter, named before the clock starts.
+    let names = |side: &str, callers: usize| -> Arc<Vec<Arc<str>>> {
+        Arc::new((0..callers).map(|i| format!("{side}:{i}").into()).collect())
+    };
+    let ids: Arc<Vec<CounterId>> = Arc::new(
+        (0..64)
+            .map(|i| CounterId::suffix(format!("ours{i}")))
+            .collect(),
+    );
 
     // Diagnostic: the same with TCP_NODELAY, to show what the `tcp_nodelay` default buys.
     let nodelay = safe_settings(true);
     nodelay.pool().init().await.expect("nodelay connect");
     let n = nodelay.clone();
-    let v = throughput(64, move || safe_incr(n.clone())).await;
+    let keys = names("nodelay", 64);
+    let v = throughput(64, move |i| safe_incr(n.clone(), keys[i].clone())).await;
     println!("info fred_with_our_settings_and_nodelay_c64 {v:.0} ops/s");
     let _ = nodelay.pool().quit().await;
 
-    for callers in [1usize, 64] {
+    // (name, callers, whether they share one counter)
+    for (name, callers, hot) in [
+        ("counter_incr_c1", 1usize, false),
+        ("counter_incr_c64", 64, false),
+        ("counter_incr_hot_c64", 64, true),
+    ] {
+        let key = move |i: usize| if hot { 0 } else { i };
         let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
+        let (direct_keys, safe_keys) = (names("direct", 64), names("safe", 64));
         // Interleaved rounds, so drift on the machine hits every side alike.
         for _ in 0..ROUNDS {
-            let c = counter.clone();
+            let (c, ids) = (counter.clone(), ids.clone());
             ours.push(
-                throughput(callers, move || {
-                    let c = c.clone();
+                throughput(callers, move |i| {
+                    let (c, ids) = (c.clone(), ids.clone());
                     async move {
-                        c.incr(&CounterId::suffix("ours"), 1).await.expect("incr");
+                        c.incr(&ids[key(i)], 1).await.expect("incr");
                     }
                 })
                 .await,
             );
-            let d = direct.clone();
+            let (d, keys) = (direct.clone(), direct_keys.clone());
             theirs.push(
-                throughput(callers, move || {
-                    let d = d.clone();
+                throughput(callers, move |i| {
+                    let (d, keys) = (d.clone(), keys.clone());
                     async move {
-                        let _: i64 = d.incr_by("direct", 1).await.expect("incrby");
+                        let _: i64 = d.incr_by(&*keys[key(i)], 1).await.expect("incrby");
                     }
                 })
                 .await,
             );
-            let s = safe.clone();
-            same.push(throughput(callers, move || safe_incr(s.clone())).await);
+            let (s, keys) = (safe.clone(), safe_keys.clone());
+            same.push(
+                throughput(callers, move |i| safe_incr(s.clone(), keys[key(i)].clone())).await,
+            );
         }
         let (o, t, s) = (median(ours), median(theirs), median(same));
         println!(
-            "counter_incr_c{callers}: ours {o:.0} ops/s, fred direct {t:.0} ops/s, \
+            "{name}: ours {o:.0} ops/s, fred direct {t:.0} ops/s, \
              fred with our settings {s:.0} ops/s"
         );
-        println!("ratio counter_incr_c{callers} {:.3}", o / t);
-        println!(
-            "ratio counter_incr_c{callers}_vs_fred_same_settings {:.3}",
-            o / s
-        );
+        println!("ratio {name} {:.3}", o / t);
+        println!("ratio {name}_vs_fred_same_settings {:.3}", o / s);
     }
     let _ = safe.pool().quit().await;
     let _ = direct.quit().await;
