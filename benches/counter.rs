@@ -61,7 +61,7 @@ async fn main() {
     let server = TestServer::start(&bin);
     println!("server: {} {}", bin.kind, bin.version);
     let config = Config::from_toml_str(&format!(
-        "[redis]\nurl = \"{}\"\npool_size = 4\n[counters.bench]\n[supervision]\nname_prefix = \"bench\"",
+        "[redis]\nurl = \"{}\"\npool_size = 4\n[counters.bench]\n[counters.plain]\ncoalesce = false\n[supervision]\nname_prefix = \"bench\"",
         server.url()
     ))
     .expect("config");
@@ -74,6 +74,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let counter = forze.counter("bench").expect("counter");
+    // The same without coalescing: what coalescing costs where there is nothing to share.
+    let plain = forze.counter("plain").expect("counter");
 
     let direct = fred::types::Builder::from_config(
         fred::types::config::Config::from_url(&server.url()).expect("url"),
@@ -110,7 +112,7 @@ async fn main() {
     let names = |side: &str, callers: usize| -> Arc<Vec<Arc<str>>> {
         Arc::new((0..callers).map(|i| format!("{side}:{i}").into()).collect())
     };
-    let ids: Arc<Vec<CounterId>> = Arc::new(
+    let all_ids: Arc<Vec<CounterId>> = Arc::new(
         (0..64)
             .map(|i| CounterId::suffix(format!("ours{i}")))
             .collect(),
@@ -133,11 +135,22 @@ async fn main() {
     ] {
         let key = move |i: usize| if hot { 0 } else { i };
         let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
+        let mut uncoalesced = Vec::new();
         let (direct_keys, safe_keys) = (names("direct", 64), names("safe", 64));
         // Interleaved rounds, so drift on the machine hits every side alike.
         for _ in 0..ROUNDS {
-            let (c, ids) = (counter.clone(), ids.clone());
+            let (c, ids) = (counter.clone(), all_ids.clone());
             ours.push(
+                throughput(callers, move |i| {
+                    let (c, ids) = (c.clone(), ids.clone());
+                    async move {
+                        c.incr(&ids[key(i)], 1).await.expect("incr");
+                    }
+                })
+                .await,
+            );
+            let (c, ids) = (plain.clone(), all_ids.clone());
+            uncoalesced.push(
                 throughput(callers, move |i| {
                     let (c, ids) = (c.clone(), ids.clone());
                     async move {
@@ -162,10 +175,12 @@ async fn main() {
             );
         }
         let (o, t, s) = (median(ours), median(theirs), median(same));
+        let u = median(uncoalesced);
         println!(
-            "{name}: ours {o:.0} ops/s, fred direct {t:.0} ops/s, \
-             fred with our settings {s:.0} ops/s"
+            "{name}: ours {o:.0} ops/s, ours with coalesce = false {u:.0} ops/s, \
+             fred direct {t:.0} ops/s, fred with our settings {s:.0} ops/s"
         );
+        println!("info {name}_coalesced_vs_not {:.3}", o / u);
         println!("ratio {name} {:.3}", o / t);
         println!("ratio {name}_vs_fred_same_settings {:.3}", o / s);
     }
