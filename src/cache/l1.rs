@@ -270,6 +270,14 @@ impl L1 {
         self.trusted.load(Ordering::Acquire).then_some(ticket)
     }
 
+    /// Whether nothing invalidated the ticket's key (nor flushed or untrusted the L1) since
+    /// `ticket` was taken: a read sent then is as current as a fill of it would be.
+    pub(crate) fn ticket_is_current(&self, ticket: &FillTicket) -> bool {
+        self.trusted.load(Ordering::Acquire)
+            && self.global.load(Ordering::Acquire) == ticket.global_epoch
+            && self.stripes[ticket.stripe].load(Ordering::Acquire) == ticket.stripe_epoch
+    }
+
     /// Insert `entry` for `key` if nothing invalidated it since `ticket` was taken. The entry
     /// lives for the L1 TTL, capped by `server_ttl` (the key's PTTL read with the value) minus
     /// a margin, so it never outlives the Redis entry. Returns whether it was inserted.
@@ -294,9 +302,7 @@ impl L1 {
         let replaced = {
             // The shard lock orders this check against invalidate(): bump, then remove.
             let map_entry = self.map.entry(key.to_string());
-            let valid = self.trusted.load(Ordering::Acquire)
-                && self.global.load(Ordering::Acquire) == ticket.global_epoch
-                && self.stripes[ticket.stripe].load(Ordering::Acquire) == ticket.stripe_epoch;
+            let valid = self.ticket_is_current(&ticket);
             if !valid {
                 None
             } else {

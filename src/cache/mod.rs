@@ -24,6 +24,7 @@
 pub mod codec;
 pub mod l1;
 pub mod local;
+mod read_flight;
 pub mod redis;
 
 use std::cell::RefCell;
@@ -105,6 +106,7 @@ struct Counters {
     errors: AtomicU64,
     loads: AtomicU64,
     load_waits: AtomicU64,
+    coalesced: AtomicU64,
 }
 
 /// A copy of one namespace's statistics.
@@ -129,6 +131,9 @@ pub struct CacheStats {
     pub loads: u64,
     /// `get_or_load` callers that waited for another caller's load.
     pub load_waits: u64,
+    /// Reads answered by another caller's read of the same key in flight
+    /// (`coalesce_misses`); counted in `reads`, and in `hits` or `misses`.
+    pub reads_coalesced: u64,
     /// The L1's statistics; `None` when the namespace has no L1.
     pub l1: Option<L1Stats>,
     /// How the L1 is kept coherent: `"tracking"`, or `"none"` without an L1.
@@ -230,6 +235,12 @@ pub struct CacheState {
     router: Option<Arc<Router>>,
     counters: Counters,
     inflight: DashMap<String, watch::Receiver<LoadResult>>,
+    /// Set with an L1 and `coalesce_misses`: single-key reads in flight, which concurrent
+    /// misses of the same key join.
+    read_flights: Option<read_flight::ReadFlights>,
+    /// Reads answered by joining another caller's read (operation `cache.read`, outcome
+    /// `coalesced`).
+    coalesced: crate::telemetry::OutcomeCounter,
 }
 
 /// A read that missed the L1: where its answer goes in the output, and its keys.
@@ -288,6 +299,7 @@ impl Cache {
         Cache(Arc::new(CacheState {
             l1_hits: telemetry.counter("cache.read", "l1_hit"),
             stale_served: telemetry.counter("cache.read", "stale"),
+            coalesced: telemetry.counter("cache.read", "coalesced"),
             telemetry,
             gate,
             name: name.into(),
@@ -299,6 +311,8 @@ impl Cache {
                 Some(r) => Store::Redis(r),
                 None => Store::Local(LocalCacheStore::new()),
             },
+            read_flights: (l1.is_some() && config.l1.as_ref().is_some_and(|c| c.coalesce_misses))
+                .then(Default::default),
             l1,
             router,
             counters: Counters::default(),
@@ -427,7 +441,7 @@ impl Cache {
         let l1 = self.l1.as_ref().map(|x| x.stats());
         let l1_hits = l1.as_ref().map_or(0, |s| s.hits);
         CacheStats {
-            reads: l(&c.remote_reads) + l1_hits,
+            reads: l(&c.remote_reads) + l1_hits + l(&c.coalesced),
             hits: l(&c.hits) + l1_hits,
             misses: l(&c.misses),
             corrupt: l(&c.corrupt),
@@ -436,6 +450,7 @@ impl Cache {
             errors: l(&c.errors),
             loads: l(&c.loads),
             load_waits: l(&c.load_waits),
+            reads_coalesced: l(&c.coalesced),
             l1,
             coherence: if self.l1.is_some() && self.router.is_some() {
                 "ttl"
@@ -552,9 +567,47 @@ impl Cache {
         op: &'static str,
         key: &CacheKey,
     ) -> Result<(Option<Entry>, &'static str)> {
+        let pending = self.pending(0, key)?;
+        let role = match (&self.read_flights, &self.l1, &pending.l1_key) {
+            (Some(flights), Some(l1), Some(l1_key)) => flights.join(l1, l1_key),
+            _ => read_flight::Role::Alone,
+        };
+        let leader = match role {
+            read_flight::Role::Follower(done) => {
+                if let Some(read) = read_flight::wait(done).await {
+                    self.count_coalesced(&read);
+                    return read;
+                }
+                // The leader gave up: read on our own.
+                None
+            }
+            read_flight::Role::Leader(guard) => Some(guard),
+            read_flight::Role::Alone => None,
+        };
         let mut out = vec![None];
-        let outcome = Box::pin(self.fetch(op, &mut out, vec![self.pending(0, key)?])).await?;
-        Ok((out.pop().flatten(), outcome))
+        let read = Box::pin(self.fetch(op, &mut out, vec![pending]))
+            .await
+            .map(|outcome| (out.pop().flatten(), outcome));
+        if let Some(guard) = leader {
+            guard.publish(&read);
+        }
+        read
+    }
+
+    /// Count a read answered by another caller's read, as [`Cache::fetch`] counts its own.
+    fn count_coalesced(&self, read: &read_flight::SharedRead) {
+        self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+        self.coalesced.increment();
+        match read {
+            Ok((Some(_), _)) => self.counters.hits.fetch_add(1, Ordering::Relaxed),
+            Ok((None, outcome)) => {
+                if *outcome == "bypassed" {
+                    self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.counters.misses.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(_) => self.counters.errors.fetch_add(1, Ordering::Relaxed),
+        };
     }
 
     /// Read stored entries for `keys`, going through the L1; in input order.

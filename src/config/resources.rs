@@ -338,6 +338,11 @@ pub struct L1Config {
     /// confirmed again.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub serve_stale_for: Option<Duration>,
+    /// Coalesce concurrent misses of one key (default true): callers that miss a key while
+    /// a read of it is in flight, with nothing invalidating the key since it was sent, wait
+    /// for that read instead of sending their own. Their answer is as current as an L1 fill
+    /// of the same read.
+    pub coalesce_misses: bool,
 }
 
 impl Default for L1Config {
@@ -347,6 +352,7 @@ impl Default for L1Config {
             max_bytes: 64 << 20,
             ttl: Duration::from_secs(30),
             serve_stale_for: None,
+            coalesce_misses: true,
         }
     }
 }
