@@ -1,8 +1,10 @@
 //! Cache benchmarks, each against its baseline in the same run (release build):
 //! - L1 hit through the public handle vs a bare `DashMap` get + clone of the same 64-byte
 //!   value (target: at most 2× the time, i.e. a throughput ratio of at least 0.5);
-//! - a remote read (namespace without L1) through the handle vs fred `GET` direct, 64 tasks
-//!   (target at least 0.9);
+//! - a remote read (namespace without L1) through the handle vs fred `GET` direct and vs fred
+//!   with our connection settings, 64 tasks each on its own key (`cache_get_remote_c64`);
+//! - one missing key read by 64 tasks through a namespace with an L1, where concurrent misses
+//!   share one read, vs fred `GET` direct (`cache_miss_hot_c64`);
 //! - invalidation latency: p99 from the writer's reply to the eviction in another replica's
 //!   L1, vs p99 of the raw push arrival on a bare tracking connection (target: ours at most
 //!   2× raw).
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use forze_redis::cache::CacheKey;
+use forze_redis::error::Access;
 use forze_redis::tracking::connection::{TrackingConnection, TrackingEvent, TrackingTarget};
 use forze_redis::Config;
 use forze_redis_actors::{Forze, ForzeHandle};
@@ -63,30 +66,6 @@ name_prefix = "{name}"
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     forze
-}
-
-async fn throughput<F, Fut>(callers: usize, total: usize, op: F) -> f64
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let per = total / callers;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                for _ in 0..per {
-                    op().await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    (per * callers) as f64 / started.elapsed().as_secs_f64()
 }
 
 #[tokio::main]
@@ -139,45 +118,99 @@ async fn main() {
     println!("cache_l1_hit: ours {o:.0} hits/s, bare DashMap get+clone {b:.0}/s");
     println!("ratio cache_l1_hit {:.3}", o / b);
 
-    // 2. Remote reads at 64 tasks: handle (no L1) vs fred GET direct, same stored value.
+    // 2. Remote reads at 64 tasks, each on its own key: handle (no L1) vs fred GET direct
+    // and vs fred with our connection settings, same stored values.
     let remote = reader.cache("remote").expect("remote");
-    remote
-        .set_bytes(&CacheKey::new("r"), &value, None)
-        .await
-        .expect("set");
-    let direct = fred::types::Builder::from_config(
-        fred::types::config::Config::from_url(&server.url()).expect("url"),
-    )
-    .build_pool(4)
-    .expect("pool");
-    direct.init().await.expect("connect");
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let keys: Arc<Vec<CacheKey>> =
+        Arc::new((0..64).map(|i| CacheKey::new(format!("r{i}"))).collect());
+    let redis_keys: Arc<Vec<String>> = Arc::new(
+        (0..64)
+            .map(|i| format!("forze:cache:{{remote:_:r{i}}}"))
+            .collect(),
+    );
+    for key in keys.iter() {
+        remote.set_bytes(key, &value, None).await.expect("set");
+    }
+    let direct = common::direct_pool(&server.url()).await;
+    let safe = common::same_settings_pool(&server.url()).await;
+    let per_task = 40_000 / common::TASKS;
+    let (mut ours, mut theirs, mut same) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let c = remote.clone();
+        let (c, keys) = (remote.clone(), keys.clone());
         ours.push(
-            throughput(64, 40_000, move || {
-                let c = c.clone();
+            common::throughput(per_task, move |t, _| {
+                let (c, keys) = (c.clone(), keys.clone());
                 async move {
-                    black_box(c.get_bytes(&CacheKey::new("r")).await.expect("get"));
+                    black_box(c.get_bytes(&keys[t]).await.expect("get"));
                 }
             })
             .await,
         );
-        let d = direct.clone();
+        let (d, names) = (direct.clone(), redis_keys.clone());
         theirs.push(
-            throughput(64, 40_000, move || {
-                let d = d.clone();
+            common::throughput(per_task, move |t, _| {
+                let (d, names) = (d.clone(), names.clone());
                 async move {
-                    let v: Option<Bytes> = d.get("forze:cache:{remote:_:r}").await.expect("get");
+                    let v: Option<Bytes> = d.get(&names[t]).await.expect("get");
+                    black_box(v);
+                }
+            })
+            .await,
+        );
+        let (s, names) = (safe.clone(), redis_keys.clone());
+        same.push(
+            common::throughput(per_task, move |t, _| {
+                let (s, names) = (s.clone(), names.clone());
+                async move {
+                    let c = s.client("bench").expect("connected");
+                    let v: Option<Bytes> = c
+                        .with_options(s.options(Access::Read))
+                        .get(&names[t])
+                        .await
+                        .expect("get");
                     black_box(v);
                 }
             })
             .await,
         );
     }
+    common::report("cache_get_remote_c64", "ops/s", ours, theirs, same);
+
+    // 2b. One key missing, 64 callers: through a namespace with an L1 (every read misses it;
+    // concurrent misses share one read) vs bare fred GET of the same missing key.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let missing = CacheKey::new("absent");
+    for _ in 0..ROUNDS {
+        let (c, key) = (hot.clone(), missing.clone());
+        ours.push(
+            common::throughput(per_task, move |_, _| {
+                let (c, key) = (c.clone(), key.clone());
+                async move {
+                    assert!(c.get_bytes(&key).await.expect("get").is_none());
+                }
+            })
+            .await,
+        );
+        let d = direct.clone();
+        theirs.push(
+            common::throughput(per_task, move |_, _| {
+                let d = d.clone();
+                async move {
+                    let v: Option<Bytes> = d.get("forze:cache:{hot:_:absent}").await.expect("get");
+                    assert!(v.is_none());
+                }
+            })
+            .await,
+        );
+    }
     let (o, t) = (median(ours), median(theirs));
-    println!("cache_get_remote_c64: ours {o:.0} ops/s, fred GET direct {t:.0} ops/s");
-    println!("ratio cache_get_remote_c64 {:.3}", o / t);
+    println!("cache_miss_hot_c64: ours {o:.0} reads/s, fred GET direct {t:.0} reads/s");
+    println!("ratio cache_miss_hot_c64 {:.3}", o / t);
+    println!(
+        "info cache_miss_hot_c64 reads joined {} of {}",
+        hot.stats().reads_coalesced,
+        hot.stats().reads
+    );
 
     // 3. Invalidation latency, interleaved: our eviction vs the raw push on a bare connection.
     let target = TrackingTarget::new("127.0.0.1", server.port(), Default::default());
@@ -244,6 +277,7 @@ async fn main() {
         r99.as_secs_f64() / o99.as_secs_f64()
     );
     let _ = direct.quit().await;
+    let _ = safe.pool().quit().await;
     reader.shutdown().await.expect("shutdown");
     writer.shutdown().await.expect("shutdown");
 }

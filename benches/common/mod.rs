@@ -122,7 +122,7 @@ pub async fn same_settings_pool(url: &str) -> Arc<RedisConnection> {
 pub fn report(name: &str, unit: &str, ours: Vec<f64>, direct: Vec<f64>, same: Vec<f64>) {
     let (o, t, s) = (median(ours), median(direct), median(same));
     println!(
-        "{name}: ours {o:.0} {unit}, fred EVALSHA direct {t:.0} {unit}, \
+        "{name}: ours {o:.0} {unit}, fred direct {t:.0} {unit}, \
          fred with our settings {s:.0} {unit}"
     );
     println!("ratio {name} {:.3}", o / t);
