@@ -33,7 +33,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::shared::{Shared, TrackingCounters};
+use crate::shared::Shared;
 
 /// Messages of the tracking subscriber.
 #[derive(Debug)]
@@ -221,7 +221,7 @@ async fn run(
                     conns,
                     watch.map(|w| (source, w, topology)),
                     &tracked,
-                    stats,
+                    &shared,
                     redis,
                 )
                 .await;
@@ -276,18 +276,15 @@ enum Lost {
     TopologyChanged,
 }
 
-/// What one connection's reader reports.
-enum Heard {
-    Invalidate(Vec<String>),
-    Flush,
-    Lost(Error),
-}
-
 /// Read one tracking connection until it fails: pings it every `ping_every`, treats a pong
-/// later than `pong_within` as lost, and forwards invalidations and flushes.
+/// later than `pong_within` as lost, applies invalidations where they are read (a hop to
+/// another task would put a wake-up between the push and the eviction, which is most of the
+/// eviction's tail), and forwards flushes and the loss.
 async fn read_connection(
     mut conn: TrackingConnection,
-    tx: mpsc::UnboundedSender<Heard>,
+    tracked: Tracked,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Error>,
     ping_every: Duration,
     pong_within: Duration,
 ) {
@@ -298,14 +295,18 @@ async fn read_connection(
         tokio::select! {
             event = conn.next_event() => match event {
                 Ok(TrackingEvent::Invalidate(keys)) => {
-                    if tx.send(Heard::Invalidate(keys)).is_err() {
-                        return;
+                    shared
+                        .tracking_stats
+                        .invalidated_keys
+                        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                    for key in &keys {
+                        tracked.invalidate(key);
                     }
                 }
                 Ok(TrackingEvent::Flush) => {
-                    if tx.send(Heard::Flush).is_err() {
-                        return;
-                    }
+                    shared.tracking_stats.server_flushes.fetch_add(1, Ordering::Relaxed);
+                    tracked.server_flushed();
+                    tracing::info!("server flush seen; every L1 flushed");
                 }
                 Ok(TrackingEvent::Pong) => ping_sent = None,
                 Err(e) => break e,
@@ -326,7 +327,7 @@ async fn read_connection(
             }
         }
     };
-    let _ = tx.send(Heard::Lost(lost));
+    let _ = tx.send(lost);
 }
 
 /// Serve confirmed connections until one is lost or the topology changes; returns why.
@@ -334,7 +335,7 @@ async fn serve(
     conns: Vec<TrackingConnection>,
     mut watch: Option<(&TrackingSource, TopologyWatch, Topology)>,
     tracked: &Tracked,
-    stats: &TrackingCounters,
+    shared: &Arc<Shared>,
     redis: &forze_redis::config::RedisConfig,
 ) -> Lost {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -344,6 +345,8 @@ async fn serve(
         .map(|c| {
             AbortOnDrop(tokio::spawn(read_connection(
                 c,
+                tracked.clone(),
+                shared.clone(),
                 tx.clone(),
                 redis.health_interval,
                 redis.command_timeout,
@@ -357,18 +360,7 @@ async fn serve(
     loop {
         tokio::select! {
             heard = rx.recv() => match heard {
-                Some(Heard::Invalidate(keys)) => {
-                    stats.invalidated_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                    for key in &keys {
-                        tracked.invalidate(key);
-                    }
-                }
-                Some(Heard::Flush) => {
-                    stats.server_flushes.fetch_add(1, Ordering::Relaxed);
-                    tracked.server_flushed();
-                    tracing::info!("server flush seen; every L1 flushed");
-                }
-                Some(Heard::Lost(e)) => return Lost::Connection(e),
+                Some(e) => return Lost::Connection(e),
                 None => return Lost::Connection(Error::unavailable("cache.tracking")),
             },
             _ = poll.tick(), if watch.is_some() => {
