@@ -44,8 +44,8 @@ pub mod names {
     pub const L1_BYTES: &str = "forze_l1_bytes";
     /// Gauge: entries kept aside by a loss of tracking, servable as stale, by cache `name`.
     pub const L1_STALE_ENTRIES: &str = "forze_l1_stale_entries";
-    /// Counter: L1 entries removed by cache `name` and `cause` (`evicted`: past its deadline
-    /// or over a bound; `invalidation`).
+    /// Counter: L1 entries removed by cache `name` and `cause` (`expired`: past its
+    /// deadline; `size`: by the eviction order, over a bound; `invalidation`).
     pub const L1_EVICTIONS: &str = "forze_l1_evictions_total";
     /// Gauge: pool connections by `state` (`connected`, `total`).
     pub const POOL_CONNECTIONS: &str = "forze_pool_connections";

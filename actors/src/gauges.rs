@@ -69,8 +69,10 @@ pub(crate) fn publish(sup: &str, stats: &ForzeStats) {
             .set(l1.bytes as f64);
         gauge!(names::L1_STALE_ENTRIES, "supervisor" => sup.clone(), "name" => name.clone())
             .set(l1.stale_entries as f64);
-        counter!(names::L1_EVICTIONS, "supervisor" => sup.clone(), "name" => name.clone(), "cause" => "evicted")
-            .absolute(l1.evictions);
+        counter!(names::L1_EVICTIONS, "supervisor" => sup.clone(), "name" => name.clone(), "cause" => "expired")
+            .absolute(l1.evictions_expired);
+        counter!(names::L1_EVICTIONS, "supervisor" => sup.clone(), "name" => name.clone(), "cause" => "size")
+            .absolute(l1.evictions_size);
         counter!(names::L1_EVICTIONS, "supervisor" => sup.clone(), "name" => name.clone(), "cause" => "invalidation")
             .absolute(l1.invalidations);
         for (reason, n) in &l1.flushes {

@@ -1,5 +1,19 @@
 //! The in-process L1 of one cache namespace: a `DashMap` of stored entries keyed by their
-//! Redis key, bounded by entries and bytes, each entry with its own deadline.
+//! logical key, bounded by entries and bytes, each entry with its own deadline.
+//!
+//! # Eviction: S3-FIFO
+//!
+//! Which entry leaves when a bound is reached is decided by S3-FIFO (Yang et al., SOSP 2023):
+//! a new entry enters a small FIFO (a tenth of `max_entries`); one that was read at least
+//! twice while there moves to the main FIFO when it reaches the front, the others leave and
+//! are remembered in a ghost FIFO of key hashes, from which a returning key enters the main
+//! FIFO directly. The main FIFO gives each entry read since its last pass another pass (its
+//! frequency, capped at 3, goes down by one). A hit only bumps a per-entry counter (no lock,
+//! no queue operation, and no write at all once the counter is at 3); inserting and evicting
+//! are O(1) amortised under one mutex taken on the fill path only. Entries removed by an
+//! invalidation leave a tombstone in their FIFO, skipped when reached and trimmed when the
+//! FIFOs grow past twice the bound. Expired entries are removed when reached, when read,
+//! and by the periodic sweep. Evictions are counted by cause (`expired`, `size`).
 //!
 //! # Race-safe fills (the epoch technique)
 //!
@@ -25,10 +39,10 @@
 //! An invalidation (a local write) removes its key from them too; a server flush or a manual
 //! flush drops them, and so does the next confirmation of tracking, before any fill.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -81,6 +95,69 @@ struct Slot {
     entry: Entry,
     deadline: Deadline,
     charge: usize,
+    /// Which insertion this is: a FIFO position naming another id is a tombstone.
+    id: u64,
+    /// Reads since insertion or the last pass through the main FIFO, capped at 3.
+    freq: AtomicU8,
+}
+
+/// The highest frequency counted: S3-FIFO needs no more to order its passes.
+const MAX_FREQ: u8 = 3;
+
+/// One position in a FIFO: the key and the id of the insertion it stands for.
+type Position = (Arc<str>, u64);
+
+/// The S3-FIFO queues of one L1 (see the module docs).
+#[derive(Debug, Default)]
+struct Fifos {
+    small: VecDeque<Position>,
+    main: VecDeque<Position>,
+    /// Hashes of keys evicted from the small FIFO, oldest first, with the id of their
+    /// insertion (so a hash ghosted twice is forgotten only with its later entry).
+    ghost: VecDeque<(u64, u64)>,
+    ghost_index: HashMap<u64, u64, foldhash::fast::RandomState>,
+}
+
+impl Fifos {
+    /// Where a new entry goes: main if its key was evicted from small recently.
+    fn admit(&mut self, position: Position, hash: u64) {
+        if self.ghost_index.remove(&hash).is_some() {
+            self.main.push_back(position);
+        } else {
+            self.small.push_back(position);
+        }
+    }
+
+    fn remember(&mut self, hash: u64, id: u64, capacity: usize) {
+        self.ghost.push_back((hash, id));
+        self.ghost_index.insert(hash, id);
+        while self.ghost.len() > capacity {
+            let Some((old, old_id)) = self.ghost.pop_front() else {
+                break;
+            };
+            if self.ghost_index.get(&old) == Some(&old_id) {
+                self.ghost_index.remove(&old);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.small.len() + self.main.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Fifos::default();
+    }
+}
+
+/// What eviction found at the front of a FIFO.
+enum Fate {
+    /// A tombstone: the entry was invalidated, replaced or already removed.
+    Gone,
+    Expired,
+    /// Read since its last pass: it goes round again (to main).
+    Again,
+    Evict,
 }
 
 /// Taken before a read is sent; presented to [`L1::fill`] with the reply.
@@ -98,7 +175,10 @@ pub struct L1Counters {
     fills: AtomicU64,
     fills_refused: AtomicU64,
     invalidations: AtomicU64,
-    evictions: AtomicU64,
+    /// Entries removed past their deadline.
+    expired: AtomicU64,
+    /// Entries removed by the eviction order to stay within the bounds.
+    evicted_for_size: AtomicU64,
     flushes: Mutex<BTreeMap<FlushReason, u64>>,
 }
 
@@ -115,8 +195,14 @@ pub struct L1Stats {
     pub fills_refused: u64,
     /// Keys evicted by invalidation pushes or local writes.
     pub invalidations: u64,
-    /// Entries removed to stay within the bounds, or expired.
+    /// Entries removed to stay within the bounds, or expired: the sum of the two below.
     pub evictions: u64,
+    /// Entries removed past their deadline (when reached by a read, the eviction order or
+    /// the periodic sweep).
+    pub evictions_expired: u64,
+    /// Entries removed by the eviction order (S3-FIFO) to stay within `max_entries` and
+    /// `max_bytes`.
+    pub evictions_size: u64,
     /// Flushes by reason.
     pub flushes: BTreeMap<&'static str, u64>,
     /// Entries now.
@@ -135,7 +221,11 @@ pub struct L1Stats {
 pub struct L1 {
     /// foldhash with a per-process random seed: several times faster than SipHash on short
     /// keys, and still seeded so callers cannot aim collisions at one shard.
-    map: DashMap<String, Slot, foldhash::fast::RandomState>,
+    map: DashMap<Arc<str>, Slot, foldhash::fast::RandomState>,
+    /// The eviction order; taken on the fill path only, never by a hit.
+    fifos: Mutex<Fifos>,
+    /// Ids of insertions.
+    next_id: AtomicU64,
     stripes: Box<[AtomicU64]>,
     hasher: foldhash::fast::RandomState,
     global: AtomicU64,
@@ -145,7 +235,7 @@ pub struct L1 {
     max_bytes: usize,
     /// Bytes charged. Signed: an invalidation can subtract an entry's charge before the fill
     /// that inserted it has added it, so the count may dip below zero for a moment. It is
-    /// read clamped at zero, and `shrink` recounts it exactly.
+    /// read clamped at zero; every charge added is subtracted exactly once.
     bytes: AtomicI64,
     counters: L1Counters,
     created: Instant,
@@ -169,6 +259,8 @@ impl L1 {
     pub fn new(ttl: Duration, max_entries: usize, max_bytes: usize) -> Self {
         L1 {
             map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            fifos: Mutex::default(),
+            next_id: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: foldhash::fast::RandomState::default(),
             global: AtomicU64::new(0),
@@ -234,6 +326,12 @@ impl L1 {
         let now = now();
         let hit = self.map.get(key).and_then(|slot| {
             if slot.deadline > now {
+                // A plain load and store: a lost bump under a race costs nothing, and a hot
+                // entry stops writing its cache line once at the cap.
+                let freq = slot.freq.load(Ordering::Relaxed);
+                if freq < MAX_FREQ {
+                    slot.freq.store(freq + 1, Ordering::Relaxed);
+                }
                 Some(slot.entry.clone())
             } else {
                 None
@@ -254,7 +352,7 @@ impl L1 {
     fn remove_expired(&self, key: &str, now: Deadline) {
         if let Some((_, slot)) = self.map.remove_if(key, |_, s| s.deadline <= now) {
             self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.counters.expired.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -299,9 +397,11 @@ impl L1 {
             return false;
         }
         let deadline = now() + ttl;
+        let shared_key: Arc<str> = Arc::from(key);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             // The shard lock orders this check against invalidate(): bump, then remove.
-            let map_entry = self.map.entry(key.to_string());
+            let map_entry = self.map.entry(shared_key.clone());
             let valid = self.ticket_is_current(&ticket);
             if !valid {
                 None
@@ -310,6 +410,8 @@ impl L1 {
                     entry,
                     deadline,
                     charge,
+                    id,
+                    freq: AtomicU8::new(0),
                 };
                 Some(match map_entry {
                     dashmap::Entry::Occupied(mut o) => o.insert(slot).charge,
@@ -325,58 +427,95 @@ impl L1 {
             return false;
         };
         self.counters.fills.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_sub(old_charge as i64, Ordering::Relaxed);
-        self.recount_bytes_after_insert(charge);
+        self.bytes
+            .fetch_add(charge as i64 - old_charge as i64, Ordering::Relaxed);
+        let hash = self.hasher.hash_one(key);
+        let mut fifos = self.fifos.lock().unwrap_or_else(|p| p.into_inner());
+        fifos.admit((shared_key, id), hash);
+        self.evict_over_bounds(&mut fifos);
+        self.trim_tombstones(&mut fifos);
         true
     }
 
-    fn recount_bytes_after_insert(&self, charge: usize) {
-        let charge = charge as i64;
-        let bytes = self
-            .bytes
-            .fetch_add(charge, Ordering::Relaxed)
-            .saturating_add(charge);
-        if self.map.len() > self.max_entries || bytes > self.max_bytes as i64 {
-            self.shrink();
+    fn over_bounds(&self) -> bool {
+        self.map.len() > self.max_entries
+            || self.bytes.load(Ordering::Relaxed) > self.max_bytes as i64
+    }
+
+    /// Evict in S3-FIFO order until within both bounds.
+    fn evict_over_bounds(&self, fifos: &mut Fifos) {
+        let small_target = (self.max_entries / 10).max(1);
+        // Each entry is passed at most MAX_FREQ + 1 times before it leaves: a finite walk
+        // even if concurrent fills keep the map over its bound.
+        let mut budget = (fifos.len() + 1) * (usize::from(MAX_FREQ) + 2);
+        while self.over_bounds() && budget > 0 {
+            budget -= 1;
+            let from_small = fifos.small.len() >= small_target || fifos.main.is_empty();
+            let popped = if from_small {
+                fifos.small.pop_front()
+            } else {
+                fifos.main.pop_front()
+            };
+            let Some((key, id)) = popped else { break };
+            let fate = match self.map.get(&*key) {
+                Some(slot) if slot.id == id => {
+                    let freq = slot.freq.load(Ordering::Relaxed);
+                    if slot.deadline <= now() {
+                        Fate::Expired
+                    } else if from_small && freq > 1 {
+                        // Read again while in small: it has earned main, starting afresh.
+                        slot.freq.store(0, Ordering::Relaxed);
+                        Fate::Again
+                    } else if !from_small && freq > 0 {
+                        slot.freq.store(freq - 1, Ordering::Relaxed);
+                        Fate::Again
+                    } else {
+                        Fate::Evict
+                    }
+                }
+                _ => Fate::Gone,
+            };
+            match fate {
+                Fate::Gone => {}
+                Fate::Again => fifos.main.push_back((key, id)),
+                Fate::Expired | Fate::Evict => {
+                    if let Some((_, slot)) = self.map.remove_if(&*key, |_, s| s.id == id) {
+                        self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
+                        let cause = match fate {
+                            Fate::Expired => &self.counters.expired,
+                            _ => &self.counters.evicted_for_size,
+                        };
+                        cause.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if from_small && matches!(fate, Fate::Evict) {
+                        fifos.remember(self.hasher.hash_one(&*key), id, self.max_entries);
+                    }
+                }
+            }
         }
     }
 
-    /// Evict expired entries, then any, until at 90 % of both bounds. Also corrects the byte
-    /// count from the entries themselves.
-    fn shrink(&self) {
-        let now = now();
-        let entry_goal = self.max_entries * 9 / 10;
-        let byte_goal = self.max_bytes / 10 * 9;
-        // Counted from what `retain` visits (fills may run concurrently), never from a
-        // snapshot that could go stale mid-way.
-        let mut total: usize = 0;
-        let mut count: usize = 0;
-        let mut evicted = 0u64;
-        self.map.retain(|_, slot| {
-            if slot.deadline <= now {
-                evicted += 1;
-                return false;
+    /// Keep the FIFOs within twice the entry bound: invalidations leave tombstones that
+    /// eviction may not reach while the map stays under its bounds. A few steps per fill,
+    /// each dropping a tombstone or moving a live entry to the back of its FIFO.
+    fn trim_tombstones(&self, fifos: &mut Fifos) {
+        let limit = self.max_entries.saturating_mul(2).saturating_add(16);
+        for _ in 0..4 {
+            if fifos.len() <= limit {
+                return;
             }
-            count += 1;
-            total += slot.charge;
-            true
-        });
-        if count > entry_goal || total > byte_goal {
-            self.map.retain(|_, slot| {
-                if count > entry_goal || total > byte_goal {
-                    count = count.saturating_sub(1);
-                    total = total.saturating_sub(slot.charge);
-                    evicted += 1;
-                    false
-                } else {
-                    true
-                }
-            });
+            let queue = if fifos.small.len() >= fifos.main.len() {
+                &mut fifos.small
+            } else {
+                &mut fifos.main
+            };
+            let Some((key, id)) = queue.pop_front() else {
+                return;
+            };
+            if self.map.get(&*key).is_some_and(|slot| slot.id == id) {
+                queue.push_back((key, id));
+            }
         }
-        self.bytes.store(total as i64, Ordering::Relaxed);
-        self.counters
-            .evictions
-            .fetch_add(evicted, Ordering::Relaxed);
     }
 
     /// Evict `key` and refuse fills of it that are in flight.
@@ -433,12 +572,18 @@ impl L1 {
             for slot in self.map.iter() {
                 if slot.deadline > now {
                     set.entries
-                        .insert(slot.key().clone(), slot.value().entry.clone());
+                        .insert(slot.key().to_string(), slot.value().entry.clone());
                 }
             }
         } else {
             self.drop_stale();
         }
+        // FIFOs first: a fill inserts into the map before it takes a FIFO position, so one
+        // that lands after this clear keeps both, and none keeps an entry without a position.
+        self.fifos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.map.clear();
         self.bytes.store(0, Ordering::Relaxed);
         *self
@@ -490,9 +635,7 @@ impl L1 {
             }
         });
         self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
-        self.counters
-            .evictions
-            .fetch_add(evicted, Ordering::Relaxed);
+        self.counters.expired.fetch_add(evicted, Ordering::Relaxed);
     }
 
     /// Entries now.
@@ -513,7 +656,10 @@ impl L1 {
             fills: c.fills.load(Ordering::Relaxed),
             fills_refused: c.fills_refused.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
+            evictions: c.expired.load(Ordering::Relaxed)
+                + c.evicted_for_size.load(Ordering::Relaxed),
+            evictions_expired: c.expired.load(Ordering::Relaxed),
+            evictions_size: c.evicted_for_size.load(Ordering::Relaxed),
             flushes: c
                 .flushes
                 .lock()
@@ -610,6 +756,91 @@ mod tests {
         }
         let stats = l1.stats();
         assert!(stats.entries <= 64 && stats.bytes <= 8_000, "{stats:?}");
+    }
+
+    fn put(l1: &L1, k: &str) -> bool {
+        let t = l1.ticket(k).unwrap();
+        l1.fill(t, k, b("v"), None)
+    }
+
+    #[test]
+    fn frequently_read_entries_survive_a_scan_of_one_time_keys() {
+        let l1 = L1::new(Duration::from_secs(10), 100, 1 << 20);
+        l1.confirm();
+        for i in 0..50 {
+            put(&l1, &format!("hot{i}"));
+        }
+        for _ in 0..3 {
+            for i in 0..50 {
+                assert!(l1.get(&format!("hot{i}")).is_some());
+            }
+        }
+        for i in 0..2_000 {
+            put(&l1, &format!("scan{i}"));
+            // The hot set keeps being read while the scan goes on, as a working set does.
+            if i % 20 == 0 {
+                for h in 0..50 {
+                    l1.get(&format!("hot{h}"));
+                }
+            }
+        }
+        let kept = (0..50)
+            .filter(|i| l1.get(&format!("hot{i}")).is_some())
+            .count();
+        assert!(kept >= 45, "only {kept} of 50 hot entries survived the scan");
+        assert!(l1.len() <= 100);
+        let stats = l1.stats();
+        assert!(stats.evictions_size >= 1_900, "{stats:?}");
+        assert_eq!(stats.evictions, stats.evictions_size + stats.evictions_expired);
+    }
+
+    #[test]
+    fn a_key_evicted_from_small_and_seen_again_goes_to_main() {
+        let l1 = L1::new(Duration::from_secs(10), 20, 1 << 20);
+        l1.confirm();
+        put(&l1, "returning");
+        for i in 0..40 {
+            put(&l1, &format!("filler{i}"));
+        }
+        assert!(l1.get("returning").is_none(), "evicted once, as a one-time key");
+        put(&l1, "returning");
+        // Now in main: a further scan of one-time keys passes it by (they leave from small).
+        for i in 0..15 {
+            put(&l1, &format!("more{i}"));
+        }
+        assert!(l1.get("returning").is_some());
+    }
+
+    #[test]
+    fn expiries_and_size_evictions_are_counted_apart() {
+        let l1 = L1::new(Duration::from_millis(20), 10, 1 << 20);
+        l1.confirm();
+        for i in 0..10 {
+            put(&l1, &format!("old{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        for i in 0..10 {
+            put(&l1, &format!("new{i}"));
+        }
+        let stats = l1.stats();
+        assert_eq!(stats.evictions_expired, 10, "{stats:?}");
+        assert_eq!(stats.evictions_size, 0, "{stats:?}");
+        put(&l1, "one-more");
+        assert_eq!(l1.stats().evictions_size, 1);
+    }
+
+    #[test]
+    fn invalidations_leave_no_unbounded_trail() {
+        let l1 = L1::new(Duration::from_secs(10), 10, 1 << 20);
+        l1.confirm();
+        for i in 0..10_000 {
+            let k = format!("k{}", i % 7);
+            put(&l1, &k);
+            l1.invalidate(&k);
+        }
+        let fifos = l1.fifos.lock().unwrap().len();
+        assert!(fifos <= 2 * 10 + 16 + 1, "{fifos} FIFO positions for an empty L1");
+        assert!(l1.is_empty());
     }
 
     #[test]
