@@ -1,7 +1,9 @@
 //! Rate-limit decisions through the handle against the same script sent with fred direct,
 //! same private server, same run, 64 tasks (each on its own route; the bucket is large, so
 //! both sides decide "allowed" and do the same work).
-//! Prints `ratio ratelimit_try_acquire_c64 <ours/direct throughput>`, and
+//! Prints `ratio ratelimit_try_acquire_c64 <ours/direct throughput>`,
+//! `ratio ratelimit_hot_c64` (64 tasks on one route: ours decides the requests that arrive
+//! while one is in flight with one script call, bare fred sends one per decision), and
 //! `rate breaker_admit_closed_cached <decisions/s>`: breaker admissions served from the
 //! replica's closed-state cache, one task (target at least 1 000 000).
 //!
@@ -98,6 +100,42 @@ async fn main() {
         theirs,
         same,
     );
+
+    // 64 callers on one route: ours decides the requests that arrive while one is in flight
+    // with one script call; bare fred sends the same script once per decision.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let hot_key = vec!["forze:ratelimit:{direct:_:hot}".to_string()];
+    for _ in 0..common::ROUNDS {
+        let r = rl.clone();
+        ours.push(
+            common::throughput(PER_TASK, move |_, _| {
+                let r = r.clone();
+                async move {
+                    let d = r.try_acquire("hot", 1).await.expect("decision");
+                    assert!(d.allowed);
+                }
+            })
+            .await,
+        );
+        let (d, k) = (direct.clone(), hot_key.clone());
+        theirs.push(
+            common::throughput(PER_TASK, move |t, i| {
+                let (d, k) = (d.clone(), k.clone());
+                async move {
+                    let r: Vec<Value> = d
+                        .next()
+                        .evalsha(RATELIMIT_ACQUIRE.sha1(), k, args(t, i))
+                        .await
+                        .expect("decision");
+                    assert_eq!(r[0].as_i64(), Some(1));
+                }
+            })
+            .await,
+        );
+    }
+    let (o, t) = (common::median(ours), common::median(theirs));
+    println!("ratelimit_hot_c64: ours {o:.0} decisions/s, fred EVALSHA direct {t:.0} decisions/s");
+    println!("ratio ratelimit_hot_c64 {:.3}", o / t);
 
     // Breaker admissions while closed and cached: no I/O, one task.
     let breaker = forze.breaker("bench").expect("breaker");

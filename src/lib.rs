@@ -37,10 +37,12 @@
 
 #[doc(hidden)]
 pub mod breaker;
+// Shared by counters and rate limits; not part of any surface.
 #[doc(hidden)]
 pub mod cache;
 #[doc(hidden)]
 pub mod clock;
+mod coalesce;
 #[doc(hidden)]
 pub mod config;
 #[doc(hidden)]

@@ -152,6 +152,10 @@ pub struct RateLimitConfig {
     /// `fallback_share × permits` per `per` (default 1.0, as forze: the fleet may then grant
     /// up to replicas × permits; set 1/replicas to keep the fleet's rate).
     pub fallback_share: f64,
+    /// Decide concurrent requests on one route together (default true): those that arrive
+    /// while a decision of the route is in flight are decided by one script call, each in
+    /// arrival order, on one reading of the server clock.
+    pub coalesce: bool,
 }
 
 impl Default for RateLimitConfig {
@@ -162,6 +166,7 @@ impl Default for RateLimitConfig {
             per: Duration::from_secs(1),
             burst: None,
             fallback_share: 1.0,
+            coalesce: true,
         }
     }
 }

@@ -175,7 +175,7 @@ impl Counter {
             redis,
             router,
             local,
-            coalescer: config.coalesce.then(Arc::default),
+            coalescer: config.coalesce.then(|| Arc::new(coalesce::coalescer())),
             stats: Counts::default(),
         }))
     }
@@ -442,12 +442,12 @@ async fn exec(
     Ok(match (op, coalescer) {
         (Op::Incr(by) | Op::Batch(by), Some(c)) => {
             let alone = r.incr(target, by);
-            Out::Value(Box::pin(c.add(r, target, i128::from(by), alone)).await?)
+            Out::Value(Box::pin(c.run(r, target, i128::from(by), alone)).await?)
         }
         // DECRBY i64::MIN is refused by the server; it never joins a batch.
         (Op::Decr(by), Some(c)) if by != i64::MIN => {
             let alone = r.decr(target, by);
-            Out::Value(Box::pin(c.add(r, target, -i128::from(by), alone)).await?)
+            Out::Value(Box::pin(c.run(r, target, -i128::from(by), alone)).await?)
         }
         (Op::Incr(by) | Op::Batch(by), None) => Out::Value(Box::pin(r.incr(target, by)).await?),
         (Op::Decr(by), _) => Out::Value(Box::pin(r.decr(target, by)).await?),

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use crate::clock::SharedClock;
+use crate::coalesce::{Coalescer, SendBatch, Waiter};
 use crate::config::RateLimitConfig;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, ErrorKind, Result};
 use crate::gate::Gate;
 use crate::keys::KeySpace;
-use crate::scripts::RATELIMIT_ACQUIRE;
+use crate::scripts::{RATELIMIT_ACQUIRE, RATELIMIT_ACQUIRE_MANY};
 
 pub use crate::decided_by::DecidedBy;
 
@@ -98,6 +99,8 @@ pub struct RateLimiterState {
     counters: Counters,
     /// The script's fixed arguments (rate per ms, capacity, ttl), formatted once.
     fixed_args: [String; 3],
+    /// Set for `coalesce = true` on Redis: concurrent decisions of one route share a call.
+    coalescer: Option<Arc<Coalescer<u32, Decision>>>,
 }
 
 impl RateLimiter {
@@ -115,6 +118,8 @@ impl RateLimiter {
         let rate = config.rate_per_ms();
         // Long enough for an idle bucket to refill completely: expiry is a full bucket.
         let ttl_ms = ((f64::from(cap) / rate) * 2.0).ceil().max(1000.0) as u64;
+        let coalescer = (config.coalesce && conn.is_some())
+            .then(|| Arc::new(Coalescer::new("ratelimit.try_acquire")));
         RateLimiter(Arc::new(RateLimiterState {
             telemetry,
             gate,
@@ -132,6 +137,7 @@ impl RateLimiter {
             local: DashMap::new(),
             owed: DashMap::new(),
             counters: Counters::default(),
+            coalescer,
         }))
     }
 
@@ -183,7 +189,7 @@ impl RateLimiter {
             self.counters.decisions.fetch_add(1, Ordering::Relaxed);
             let decision = match &self.conn {
                 None => self.local_decide(&key, n, 1.0, DecidedBy::Local),
-                Some(conn) => match Box::pin(self.redis_decide(conn, &key, n)).await {
+                Some(conn) => match Box::pin(self.shared_decide(conn, &key, n)).await {
                     Ok(d) => d,
                     Err(e) => {
                         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -275,14 +281,17 @@ impl RateLimiter {
         }
     }
 
+    /// The decision of the shared bucket: alone, or with the requests of the same route in
+    /// flight at the same time when coalescing.
+    async fn shared_decide(&self, conn: &RedisConnection, key: &str, n: u32) -> Result<Decision> {
+        match &self.coalescer {
+            Some(c) => c.run(self, key, n, self.redis_decide(conn, key, n)).await,
+            None => self.redis_decide(conn, key, n).await,
+        }
+    }
+
     async fn redis_decide(&self, conn: &RedisConnection, key: &str, n: u32) -> Result<Decision> {
-        let cap = self.config.capacity();
-        // The local spend of an outage is charged once, with the first call that gets through.
-        let owed = self
-            .owed
-            .remove(key)
-            .map(|(_, v)| v.min(f64::from(cap)))
-            .unwrap_or(0.0);
+        let owed = self.take_owed(key);
         let reply: Result<Vec<i64>> = conn
             .eval(
                 "ratelimit.try_acquire",
@@ -294,36 +303,30 @@ impl RateLimiter {
                     self.fixed_args[1].clone(),
                     n.to_string(),
                     self.fixed_args[2].clone(),
-                    if owed > 0.0 {
-                        format!("{owed:.3}")
-                    } else {
-                        "0".to_string()
-                    },
+                    owed_arg(owed),
                 ],
             )
             .await;
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                // Not charged after all (the call may not have run): owe it again. A call
-                // whose outcome is unknown may charge twice; it never grants twice.
-                if owed > 0.0 && e.kind() == ErrorKind::Unavailable {
-                    *self.owed.entry(key.to_string()).or_insert(0.0) += owed;
-                }
-                return Err(e);
-            }
-        };
-        match reply.as_slice() {
-            [allowed, remaining, retry] => Ok(Decision {
-                allowed: *allowed == 1,
-                remaining: (*remaining).max(0) as u64,
-                retry_after: Duration::from_millis((*retry).max(0) as u64),
-                decided_by: DecidedBy::Redis,
-            }),
-            _ => Err(Error::internal(
-                "ratelimit.try_acquire",
-                "unexpected script reply",
-            )),
+        let reply = reply.inspect_err(|e| self.owe_again(key, owed, e))?;
+        decision_of(&reply).ok_or_else(unexpected_reply)
+    }
+
+    /// The local spend of an outage, charged once with the first call that gets through
+    /// (capped at the capacity).
+    fn take_owed(&self, key: &str) -> f64 {
+        let cap = self.config.capacity();
+        self.owed
+            .remove(key)
+            .map(|(_, v)| v.min(f64::from(cap)))
+            .unwrap_or(0.0)
+    }
+
+    /// A call that failed with `e` charged `owed`: not charged after all if it cannot have
+    /// run, so owe it again. A call whose outcome is unknown may charge twice; it never
+    /// grants twice.
+    fn owe_again(&self, key: &str, owed: f64, e: &Error) {
+        if owed > 0.0 && e.kind() == ErrorKind::Unavailable {
+            *self.owed.entry(key.to_string()).or_insert(0.0) += owed;
         }
     }
 
@@ -358,6 +361,80 @@ impl RateLimiter {
                 remaining: b.tokens.floor() as u64,
                 retry_after: Duration::from_millis(wait_ms.min(u64::MAX as f64) as u64),
                 decided_by,
+            }
+        }
+    }
+}
+
+fn owed_arg(owed: f64) -> String {
+    if owed > 0.0 {
+        format!("{owed:.3}")
+    } else {
+        "0".to_string()
+    }
+}
+
+/// One decision of the scripts' reply: allowed, tokens left, retry after in ms.
+fn decision_of(reply: &[i64]) -> Option<Decision> {
+    let &[allowed, remaining, retry] = reply else {
+        return None;
+    };
+    Some(Decision {
+        allowed: allowed == 1,
+        remaining: remaining.max(0) as u64,
+        retry_after: Duration::from_millis(retry.max(0) as u64),
+        decided_by: DecidedBy::Redis,
+    })
+}
+
+fn unexpected_reply() -> Error {
+    Error::internal("ratelimit.try_acquire", "unexpected script reply")
+}
+
+/// Concurrent decisions of one route, decided by one call of `ratelimit_acquire_many`, each
+/// in arrival order.
+impl SendBatch<u32, Decision> for RateLimiter {
+    async fn send_batch(&self, key: &str, batch: Vec<Waiter<u32, Decision>>) {
+        let Some(conn) = &self.conn else {
+            for w in batch {
+                w.answer(Err(Error::unavailable("ratelimit.try_acquire")));
+            }
+            return;
+        };
+        let owed = self.take_owed(key);
+        let mut args = Vec::with_capacity(4 + batch.len());
+        args.extend([
+            self.fixed_args[0].clone(),
+            self.fixed_args[1].clone(),
+            self.fixed_args[2].clone(),
+            owed_arg(owed),
+        ]);
+        args.extend(batch.iter().map(|w| w.item.to_string()));
+        let reply: Result<Vec<i64>> = conn
+            .eval(
+                "ratelimit.try_acquire",
+                Access::Write,
+                &RATELIMIT_ACQUIRE_MANY,
+                vec![key.to_string()],
+                args,
+            )
+            .await;
+        match reply {
+            Ok(reply) if reply.len() == 3 * batch.len() => {
+                for (w, d) in batch.into_iter().zip(reply.chunks_exact(3)) {
+                    w.answer(decision_of(d).ok_or_else(unexpected_reply));
+                }
+            }
+            Ok(_) => {
+                for w in batch {
+                    w.answer(Err(unexpected_reply()));
+                }
+            }
+            Err(e) => {
+                self.owe_again(key, owed, &e);
+                for w in batch {
+                    w.answer(Err(e.clone()));
+                }
             }
         }
     }

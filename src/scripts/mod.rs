@@ -95,12 +95,20 @@ pub static SNAP_PAGE: LazyLock<Script> =
 pub static RATELIMIT_ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new("ratelimit_acquire", include_str!("ratelimit_acquire.lua")));
 
+/// `ratelimit_acquire_many.lua`: several requests on one token bucket, decided in order.
+pub static RATELIMIT_ACQUIRE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "ratelimit_acquire_many",
+        include_str!("ratelimit_acquire_many.lua"),
+    )
+});
+
 /// `breaker.lua`: admit or record for a fleet-wide circuit breaker.
 pub static BREAKER: LazyLock<Script> =
     LazyLock::new(|| Script::new("breaker", include_str!("breaker.lua")));
 
 /// Every script, for preloading and tests.
-pub fn all() -> [&'static Script; 13] {
+pub fn all() -> [&'static Script; 14] {
     [
         &SERVER_TIME,
         &CACHE_SET_VERSIONED,
@@ -114,6 +122,7 @@ pub fn all() -> [&'static Script; 13] {
         &SNAP_APPEND,
         &SNAP_PAGE,
         &RATELIMIT_ACQUIRE,
+        &RATELIMIT_ACQUIRE_MANY,
         &BREAKER,
     ]
 }
