@@ -22,7 +22,7 @@
 //! with `Unavailable` before anything is sent, carrying the reason connections fail when one is
 //! known (a refused certificate, refused credentials…).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +37,17 @@ use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::scripts::Script;
 use crate::tls::TlsClient;
 
+/// States of a native command's availability (see `RedisConnection::del_if_eq`).
+const NATIVE_UNKNOWN: u8 = 0;
+const NATIVE_YES: u8 = 1;
+const NATIVE_NO: u8 = 2;
+
+/// The server's refusal of a command it does not have (`ERR unknown command 'X'`): the
+/// command did not run.
+fn is_unknown_command(e: &fred::error::Error) -> bool {
+    e.details().to_ascii_lowercase().contains("unknown command")
+}
+
 /// The shared connection pool and the options every command is sent with. Cheap to share
 /// behind an `Arc`; clones of the inner fred pool are handed to callers' tasks.
 #[derive(Debug)]
@@ -47,6 +58,9 @@ pub struct RedisConnection {
     write_opts: Options,
     idempotent_write_opts: Options,
     script_reloads: AtomicU64,
+    /// Whether the server has `DELIFEQ` (Valkey 9 and later): [`NATIVE_UNKNOWN`] until a
+    /// first use tells, then [`NATIVE_YES`] or [`NATIVE_NO`].
+    delifeq: AtomicU8,
     /// Set by `quit`: the connection tasks' watchdogs stop restarting them. A lock, not a
     /// flag: a watchdog checks it and starts a task under it, so none starts after `quit`.
     quitting: Arc<std::sync::Mutex<bool>>,
@@ -128,6 +142,7 @@ impl RedisConnection {
             write_opts,
             idempotent_write_opts,
             script_reloads: AtomicU64::new(0),
+            delifeq: AtomicU8::new(NATIVE_UNKNOWN),
             quitting: Arc::new(std::sync::Mutex::new(false)),
             task_restarts: Arc::new(AtomicU64::new(0)),
             restart_delay: (
@@ -339,6 +354,47 @@ impl RedisConnection {
             }
         }
         (healthy, clients.len())
+    }
+
+    /// `DELIFEQ key value` (delete `key` if it holds exactly `value`) where the server has
+    /// the command: `Some(deleted)`; `None` when it does not (nothing ran), so the caller
+    /// runs its script instead. The server's answer to the first use decides for the life of
+    /// this pool (Valkey reports a Redis-compatible version, so the version string cannot);
+    /// an "unknown command" later (a failover to an older server) switches to the script.
+    pub async fn del_if_eq(&self, op: &'static str, key: &str, value: &str) -> Result<Option<i64>> {
+        if self.delifeq.load(Ordering::Relaxed) == NATIVE_NO {
+            return Ok(None);
+        }
+        let client = self.client(op)?.with_options(self.options(Access::Write));
+        let command = CustomCommand::new_static(
+            "DELIFEQ",
+            ClusterHash::Custom(redis_protocol::redis_keyslot(key.as_bytes())),
+            false,
+        );
+        match client
+            .custom::<i64, Value>(command, vec![Value::from(key), Value::from(value)])
+            .await
+        {
+            Ok(deleted) => {
+                self.delifeq.store(NATIVE_YES, Ordering::Relaxed);
+                Ok(Some(deleted))
+            }
+            Err(e) if is_unknown_command(&e) => {
+                tracing::debug!("DELIFEQ unknown to the server: lock releases use the script");
+                self.delifeq.store(NATIVE_NO, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(self.error(op, Access::Write, e)),
+        }
+    }
+
+    /// Whether lock releases use the server's `DELIFEQ`: `None` until the first release.
+    pub fn native_delifeq(&self) -> Option<bool> {
+        match self.delifeq.load(Ordering::Relaxed) {
+            NATIVE_YES => Some(true),
+            NATIVE_NO => Some(false),
+            _ => None,
+        }
     }
 
     /// Run `script` on `client` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.

@@ -167,10 +167,7 @@ async fn cancelled_callers_are_not_charged_and_a_killed_server_sends_the_queue_t
                 .expect("never a Redis error");
             decided.push(d.decided_by);
         }
-        assert!(
-            decided.contains(&DecidedBy::Fallback),
-            "{bin}: {decided:?}"
-        );
+        assert!(decided.contains(&DecidedBy::Fallback), "{bin}: {decided:?}");
         server.restart();
         proxy.set_delay(Duration::ZERO);
         let h = forze.clone();

@@ -365,7 +365,11 @@ impl Lock {
     pub(crate) async fn release(&self, lease: &Lease) -> Result<bool> {
         let release = async {
             match &self.store {
-                Store::Redis(r) => Box::pin(r.release(&lease.key, &lease.owner)).await,
+                // Token 0: `release_as`, which knows the owner only.
+                Store::Redis(r) => {
+                    let token = Some(lease.token).filter(|&t| t > 0);
+                    Box::pin(r.release(&lease.key, &lease.owner, token)).await
+                }
                 Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
             }
         };

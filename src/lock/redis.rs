@@ -66,8 +66,16 @@ impl RedisLockStore {
         }
     }
 
-    /// Run the release script.
-    pub async fn release(&self, key: &str, owner: &str) -> Result<bool> {
+    /// Give the lease back if `owner` still holds it: with its `token` known, the server's
+    /// `DELIFEQ` where it has one (the stored value is exactly `<token>:<owner>`), else the
+    /// script, which compares the owner alone.
+    pub async fn release(&self, key: &str, owner: &str, token: Option<u64>) -> Result<bool> {
+        if let Some(token) = token {
+            let value = format!("{token}:{owner}");
+            if let Some(deleted) = self.conn.del_if_eq("lock.release", key, &value).await? {
+                return Ok(deleted == 1);
+            }
+        }
         let n: i64 = self
             .conn
             .eval(
