@@ -18,18 +18,25 @@ use forze_redis_actors::Forze;
 use forze_redis_testkit::{server_binaries, ServerKind, TestServer};
 use fred::interfaces::{ClientLike, KeysInterface};
 
-const OPS_PER_ROUND: usize = 40_000;
+/// Calls per round; under `cargo test` (no `--bench`), a quick pass that only checks it runs.
+fn ops_per_round() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        40_000
+    } else {
+        2_048
+    }
+}
 /// Rounds per comparison; ours and direct alternate, and the median of each is compared.
 const ROUNDS: usize = 5;
 
-/// `OPS_PER_ROUND` calls of `op(caller)` spread over `callers` tasks; calls per second.
+/// [`ops_per_round`] calls of `op(caller)` spread over `callers` tasks; calls per second.
 async fn throughput<F, Fut>(callers: usize, op: F) -> f64
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
-    let per_caller = OPS_PER_ROUND / callers;
+    let per_caller = ops_per_round() / callers;
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|caller| {
