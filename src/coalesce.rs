@@ -9,8 +9,11 @@
 //! per request; a key nobody else is using costs one map insert and one removal.
 //!
 //! - A caller that gave up (its future dropped) before its batch is sent is left out of it.
-//! - If the task that sends a batch dies mid-flight (a runtime shutting down), its callers
-//!   get `OutcomeUnknown`: their requests may have been applied.
+//! - If the task that sends batches dies (a runtime shutting down, a panic), the callers of
+//!   the batch it was sending get `OutcomeUnknown` (their requests may have been applied),
+//!   those still queued get `Unavailable` (theirs were not sent), and the key is freed.
+//! - The queue waits on the first caller's own request: a caller that keeps its future
+//!   without polling it (rather than dropping it) holds the others back until it does.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -120,23 +123,64 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
         }
     }
 
-    /// Send batches for `key` until its queue is found empty.
-    async fn serve<S: SendBatch<I, O>>(
+    /// Send batches for `key` until its queue is found empty. The key's guard is made
+    /// before the future is: dropped even unpolled, it frees the key.
+    fn serve<S: SendBatch<I, O>>(
         self: Arc<Self>,
         sender: S,
         key: String,
         first: Vec<Waiter<I, O>>,
-    ) {
-        let mut batch = first;
-        loop {
-            batch.retain(|w| !w.reply.is_closed());
-            if !batch.is_empty() {
-                sender.send_batch(&key, batch).await;
+    ) -> impl Future<Output = ()> + Send {
+        let mut serving = Serving {
+            coalescer: self,
+            key,
+            finished: false,
+        };
+        async move {
+            let mut batch = first;
+            loop {
+                batch.retain(|w| !w.reply.is_closed());
+                if !batch.is_empty() {
+                    sender.send_batch(&serving.key, batch).await;
+                }
+                match serving.coalescer.next_batch(&serving.key) {
+                    Some(next) => batch = next,
+                    None => break,
+                }
             }
-            match self.next_batch(&key) {
-                Some(next) => batch = next,
-                None => return,
+            serving.finish();
+        }
+    }
+
+    /// Answer every request still queued for `key` with `Unavailable` and free the key.
+    fn abandon(&self, key: &str) {
+        while let Some(batch) = self.next_batch(key) {
+            for w in batch {
+                w.answer(Err(Error::unavailable(self.op)));
             }
+        }
+    }
+}
+
+/// A batch task's hold on its key: if the task ends any other way than by finding the queue
+/// empty (dropped unpolled by a runtime shutting down, or a panic), nobody is left waiting.
+struct Serving<I: Send + Sync + 'static, O: Send + 'static> {
+    coalescer: Arc<Coalescer<I, O>>,
+    key: String,
+    finished: bool,
+}
+
+impl<I: Send + Sync + 'static, O: Send + 'static> Serving<I, O> {
+    /// The queue was found empty and the key left the map: nothing to clean up.
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl<I: Send + Sync + 'static, O: Send + 'static> Drop for Serving<I, O> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.coalescer.abandon(&self.key);
         }
     }
 }
@@ -157,7 +201,7 @@ struct Turn<'a, I: Send + Sync + 'static, O: Send + 'static, S: SendBatch<I, O>>
 
 impl<I: Send + Sync + 'static, O: Send + 'static, S: SendBatch<I, O>> Drop for Turn<'_, I, O, S> {
     fn drop(&mut self) {
-        let Some(mut batch) = self.coalescer.next_batch(self.key) else {
+        let Some(batch) = self.coalescer.next_batch(self.key) else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -169,14 +213,9 @@ impl<I: Send + Sync + 'static, O: Send + 'static, S: SendBatch<I, O>> Drop for T
             return;
         }
         // No runtime left to send them: nothing was sent.
-        loop {
-            for w in batch {
-                w.answer(Err(Error::unavailable(self.coalescer.op)));
-            }
-            match self.coalescer.next_batch(self.key) {
-                Some(next) => batch = next,
-                None => return,
-            }
+        for w in batch {
+            w.answer(Err(Error::unavailable(self.coalescer.op)));
         }
+        self.coalescer.abandon(self.key);
     }
 }

@@ -42,10 +42,11 @@ const NATIVE_UNKNOWN: u8 = 0;
 const NATIVE_YES: u8 = 1;
 const NATIVE_NO: u8 = 2;
 
-/// The server's refusal of a command it does not have (`ERR unknown command 'X'`): the
-/// command did not run.
-fn is_unknown_command(e: &fred::error::Error) -> bool {
-    e.details().to_ascii_lowercase().contains("unknown command")
+/// The server's refusal of a command before running it: one it does not have (`ERR unknown
+/// command 'X'`), or one this ACL user may not run (`NOPERM`).
+fn refused_command(e: &fred::error::Error) -> bool {
+    DriverErrorClass::of(e) == DriverErrorClass::Auth
+        || e.details().to_ascii_lowercase().contains("unknown command")
 }
 
 /// The shared connection pool and the options every command is sent with. Cheap to share
@@ -360,7 +361,7 @@ impl RedisConnection {
     /// the command: `Some(deleted)`; `None` when it does not (nothing ran), so the caller
     /// runs its script instead. The server's answer to the first use decides for the life of
     /// this pool (Valkey reports a Redis-compatible version, so the version string cannot);
-    /// an "unknown command" later (a failover to an older server) switches to the script.
+    /// a refusal later (a failover to an older server, an ACL change) switches to the script.
     pub async fn del_if_eq(&self, op: &'static str, key: &str, value: &str) -> Result<Option<i64>> {
         if self.delifeq.load(Ordering::Relaxed) == NATIVE_NO {
             return Ok(None);
@@ -379,8 +380,10 @@ impl RedisConnection {
                 self.delifeq.store(NATIVE_YES, Ordering::Relaxed);
                 Ok(Some(deleted))
             }
-            Err(e) if is_unknown_command(&e) => {
-                tracing::debug!("DELIFEQ unknown to the server: lock releases use the script");
+            // Refused by the server before running: unknown (an older server, a proxy, a
+            // renamed command) or not permitted to this ACL user. The script may be.
+            Err(e) if refused_command(&e) => {
+                tracing::debug!("DELIFEQ refused by the server: lock releases use the script");
                 self.delifeq.store(NATIVE_NO, Ordering::Relaxed);
                 Ok(None)
             }

@@ -114,5 +114,30 @@ async fn releases_use_delifeq_where_the_server_has_it_and_answer_alike() {
         );
 
         forze.shutdown().await.unwrap();
+
+        if native {
+            // An ACL user that may run scripts but not DELIFEQ: releases still succeed.
+            server
+                .cmd(&[
+                    "ACL", "SETUSER", "locker", "on", ">pw", "~*", "+@all", "-delifeq",
+                ])
+                .unwrap();
+            let url = format!("redis://locker:pw@{}", server.addr());
+            let forze = spawn_ready(config(Some(&url), "release-noperm", RESOURCES)).await;
+            let lock = forze.lock("jobs").unwrap();
+            for round in 0..2 {
+                let id = LockId::new(format!("p{round}"));
+                let guard = lock.try_acquire(&id).await.unwrap().expect("free");
+                assert!(
+                    guard.release().await.unwrap(),
+                    "{bin}: released by the script"
+                );
+                assert!(
+                    lock.try_acquire(&id).await.unwrap().is_some(),
+                    "{bin}: free again"
+                );
+            }
+            forze.shutdown().await.unwrap();
+        }
     }
 }

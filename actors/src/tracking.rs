@@ -277,9 +277,9 @@ enum Lost {
 }
 
 /// Read one tracking connection until it fails: pings it every `ping_every`, treats a pong
-/// later than `pong_within` as lost, applies invalidations where they are read (a hop to
-/// another task would put a wake-up between the push and the eviction, which is most of the
-/// eviction's tail), and forwards flushes and the loss.
+/// later than `pong_within` as lost, applies invalidations and server flushes where they are
+/// read (a hop to another task would put a wake-up between the push and the eviction), and
+/// forwards the loss.
 async fn read_connection(
     mut conn: TrackingConnection,
     tracked: Tracked,

@@ -458,18 +458,19 @@ impl L1 {
         true
     }
 
-    fn over_bounds(&self) -> bool {
-        self.map.len() > self.max_entries
-            || self.bytes.load(Ordering::Relaxed) > self.max_bytes as i64
-    }
-
     /// Evict in S3-FIFO order until within both bounds.
     fn evict_over_bounds(&self, fifos: &mut Fifos) {
         let small_target = (self.max_entries / 10).max(1);
         // Each entry is passed at most MAX_FREQ + 1 times before it leaves: a finite walk
         // even if concurrent fills keep the map over its bound.
         let mut budget = (fifos.len() + 1) * (usize::from(MAX_FREQ) + 2);
-        while self.over_bounds() && budget > 0 {
+        // Counted once (a map's length visits every shard), then kept as entries leave;
+        // a concurrent fill runs its own eviction after its insert.
+        let mut len = self.map.len();
+        let over = |len: usize| {
+            len > self.max_entries || self.bytes.load(Ordering::Relaxed) > self.max_bytes as i64
+        };
+        while over(len) && budget > 0 {
             budget -= 1;
             let from_small = fifos.small.len() >= small_target || fifos.main.is_empty();
             let popped = if from_small {
@@ -501,6 +502,7 @@ impl L1 {
                 Fate::Again => fifos.main.push_back((key, id)),
                 Fate::Expired | Fate::Evict => {
                     if let Some((_, slot)) = self.map.remove_if(&*key, |_, s| s.id == id) {
+                        len = len.saturating_sub(1);
                         self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
                         let cause = match fate {
                             Fate::Expired => &self.counters.expired,
@@ -602,8 +604,14 @@ impl L1 {
         // FIFOs first: a fill inserts into the map before it takes a FIFO position, so one
         // that lands after this clear keeps both, and none keeps an entry without a position.
         self.fifos.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.map.clear();
-        self.bytes.store(0, Ordering::Relaxed);
+        // Each removed entry's own charge, never a reset to zero: a fill that inserted
+        // before this clear may add its charge after it, and must find it subtracted once.
+        let mut freed = 0usize;
+        self.map.retain(|_, slot| {
+            freed += slot.charge;
+            false
+        });
+        self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
         *self
             .counters
             .flushes

@@ -49,44 +49,47 @@ pub(crate) enum Role<'a> {
     Leader(LeaderGuard<'a>),
     /// Waits for the leader's read.
     Follower(watch::Receiver<Option<SharedRead>>),
-    /// Reads on its own: untrusted L1, or the read in flight is no longer current.
+    /// Reads on its own: the L1 is untrusted.
     Alone,
 }
 
 impl ReadFlights {
-    /// This caller's role for `l1_key`.
+    /// This caller's role for `l1_key`: a follower of a current read in flight, else the
+    /// leader of a new one (replacing a flight an invalidation made stale, so the reads
+    /// after it coalesce again at once), or alone while the L1 is untrusted.
     pub(crate) fn join<'a>(&'a self, l1: &L1, l1_key: &str) -> Role<'a> {
         if let Some(flight) = self.flights.get(l1_key) {
-            return follow(l1, &flight);
+            if l1.ticket_is_current(&flight.ticket) {
+                return Role::Follower(flight.done.clone());
+            }
         }
         // Taken before the read is sent, like the fill's own ticket.
         let Some(ticket) = l1.ticket(l1_key) else {
             return Role::Alone;
         };
+        let (publish, done) = watch::channel(None);
+        let flight = Flight {
+            ticket,
+            done: done.clone(),
+        };
         match self.flights.entry(l1_key.to_owned()) {
-            dashmap::Entry::Occupied(flight) => follow(l1, flight.get()),
+            dashmap::Entry::Occupied(mut current) => {
+                if l1.ticket_is_current(&current.get().ticket) {
+                    return Role::Follower(current.get().done.clone());
+                }
+                // Its leader's guard removes only its own flight, never this one.
+                current.insert(flight);
+            }
             dashmap::Entry::Vacant(slot) => {
-                let (publish, done) = watch::channel(None);
-                slot.insert(Flight {
-                    ticket,
-                    done: done.clone(),
-                });
-                Role::Leader(LeaderGuard {
-                    flights: self,
-                    key: l1_key.to_owned(),
-                    publish,
-                    done,
-                })
+                slot.insert(flight);
             }
         }
-    }
-}
-
-fn follow<'a>(l1: &L1, flight: &Flight) -> Role<'a> {
-    if l1.ticket_is_current(&flight.ticket) {
-        Role::Follower(flight.done.clone())
-    } else {
-        Role::Alone
+        Role::Leader(LeaderGuard {
+            flights: self,
+            key: l1_key.to_owned(),
+            publish,
+            done,
+        })
     }
 }
 
