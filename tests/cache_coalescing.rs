@@ -63,8 +63,10 @@ async fn misses_behind_one_read_in_flight_share_it() {
             let sent = server.command_calls("get") - before.0;
             let joined = c.stats().reads_coalesced - before.1;
             if coalesced {
-                assert_eq!(sent, 1, "{bin}: 31 concurrent misses sent {sent} GET");
-                assert_eq!(joined, 30, "{bin}");
+                // One read for all of them; a caller the scheduler starts only after that
+                // read ended leads another (at most a couple on a loaded machine).
+                assert!(sent <= 3, "{bin}: 31 concurrent misses sent {sent} GET");
+                assert_eq!(sent + joined, 31, "{bin}: every miss either read or joined");
             } else {
                 assert_eq!(sent, 31, "{bin}: coalesce_misses = false sends every read");
                 assert_eq!(joined, 0, "{bin}");
@@ -94,35 +96,51 @@ async fn a_read_in_flight_before_this_process_writes_is_never_joined() {
         let key = CacheKey::new("ryw");
         c.set(&key, "v1", None).await.unwrap();
         proxy.set_delay(DELAY);
-        for round in 0..3 {
-            let old = format!("v{}", round + 1);
+        let l1_invalidations = |c: &Cache| c.stats().l1.map_or(0, |l| l.invalidations);
+        let mut exercised = 0;
+        for round in 0..5 {
             let new = format!("v{}", round + 2);
-            // The first read reaches the server before the write does, and answers the old
-            // value well after the write started.
+            // A first read in flight (a 300 ms round trip through the proxy)...
             let first = {
                 let (c, key) = (c.clone(), key.clone());
                 tokio::spawn(async move { c.get::<String>(&key).await })
             };
             tokio::time::sleep(Duration::from_millis(30)).await;
+            // ...then this process begins a write: its local eviction happens before it is
+            // sent (seen in the L1's invalidation count).
+            let before = l1_invalidations(&c);
             let write = {
                 let (c, key, new) = (c.clone(), key.clone(), new.clone());
                 tokio::spawn(async move { c.set(&key, &new, None).await })
             };
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            // Started after the write began: joining the first read would answer the old
-            // value after our own write; this read must see the new one.
+            let h = c.clone();
+            wait_until(
+                Duration::from_secs(2),
+                "the write's local eviction",
+                move || l1_invalidations(&h) > before,
+            )
+            .await;
+            // A read that starts now must not join the read sent before the write began.
+            let in_flight = !first.is_finished();
             let joined_before = c.stats().reads_coalesced;
-            let after = c.get::<String>(&key).await.unwrap();
-            write.await.unwrap().unwrap();
-            assert_eq!(after.as_deref(), Some(new.as_str()), "{bin} round {round}");
-            assert_eq!(c.stats().reads_coalesced, joined_before, "{bin}");
-            let first = first.await.unwrap().unwrap();
+            c.get::<String>(&key).await.unwrap();
             assert_eq!(
-                first.as_deref(),
-                Some(old.as_str()),
-                "{bin}: the first read's timing"
+                c.stats().reads_coalesced,
+                joined_before,
+                "{bin} round {round}: joined a read sent before this process's write"
+            );
+            exercised += usize::from(in_flight);
+            write.await.unwrap().unwrap();
+            first.await.unwrap().unwrap();
+            assert_eq!(
+                c.get::<String>(&key).await.unwrap().as_deref(),
+                Some(new.as_str())
             );
         }
+        assert!(
+            exercised > 0,
+            "{bin}: the first read was never still in flight"
+        );
         forze.shutdown().await.unwrap();
     }
 }
