@@ -42,8 +42,10 @@ break_duration = "60s"
 fn daemon_binary() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    // `json-render-diagnostics`: artifact messages on stdout, compiler errors rendered on
+    // stderr, which the failure message carries (a JSON-only build would swallow them).
     let output = Command::new(cargo)
-        .args(["build", "--quiet", "--message-format=json"])
+        .args(["build", "--message-format=json-render-diagnostics"])
         .args([
             "--manifest-path",
             manifest,
@@ -52,12 +54,13 @@ fn daemon_binary() -> PathBuf {
             "--example",
             "daemon",
         ])
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .output()
         .expect("cargo runs");
     assert!(
         output.status.success(),
-        "cargo build --example daemon failed"
+        "cargo build --example daemon failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
