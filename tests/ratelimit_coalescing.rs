@@ -106,11 +106,25 @@ async fn decisions_behind_one_in_flight_share_one_call_and_are_decided_in_arriva
                 assert_eq!(d.decided_by, DecidedBy::Redis, "{bin} {name}");
                 got.push((d.allowed, d.remaining));
             }
-            assert_eq!(
-                got,
-                vec![(true, 4), (false, 4), (true, 1), (true, 0), (false, 0)],
-                "{bin} {name}: decided out of arrival order"
-            );
+            if coalesced {
+                assert_eq!(
+                    got,
+                    vec![(true, 4), (false, 4), (true, 1), (true, 0), (false, 0)],
+                    "{bin} {name}: decided out of arrival order"
+                );
+            } else {
+                // Separate calls on separate pooled connections (each delayed by the proxy)
+                // may reach the server in any order; whatever the order, the permits granted
+                // are exactly those taken from the 9 left, and a denial takes nothing.
+                let granted: u32 = [5, 5, 3, 1, 1]
+                    .iter()
+                    .zip(&got)
+                    .filter(|(_, (allowed, _))| *allowed)
+                    .map(|(n, _)| n)
+                    .sum();
+                let left = got.iter().map(|(_, remaining)| *remaining).min().unwrap();
+                assert_eq!(u64::from(granted), 9 - left, "{bin} {name}: {got:?}");
+            }
             // Let the last commands reach the feed.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let calls = script_runs(&monitor) - before;
