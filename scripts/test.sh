@@ -22,6 +22,8 @@ if [ -z "${FORZE_TEST_SERVERS:-}" ]; then
   echo "valkey-server: $("${FORZE_VALKEY_SERVER:-valkey-server}" --version | head -1)"
 fi
 
+# tests/daemon_metrics.rs builds the daemon example with this same workspace and feature set
+# (so only the example is compiled): keep the two in step.
 cargo test --workspace --all-targets --features forze-redis-actors/fault-injection
 cargo test --workspace --doc
 # A build without the `tls` feature must refuse every TLS request (never connect in clear).

@@ -36,9 +36,11 @@ break_duration = "60s"
 
 /// The example's binary, built from these sources by cargo itself. `cargo test --all-targets`
 /// compiles examples as test harnesses, so the runnable binary is asked of cargo (which has
-/// released the build directory by the time tests run); the features match the test build's
-/// because examples get the dev-dependencies, as this test does. Cargo names the executable
-/// in its JSON messages, so no target-directory layout is guessed.
+/// released the build directory by the time tests run). It is asked with the workspace and
+/// features of the test script's build, so every library is already built and only the
+/// example is compiled and linked (another feature set would rebuild both crates beside the
+/// test build). Cargo names the executable in its JSON messages, so no target-directory
+/// layout is guessed.
 fn daemon_binary() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
@@ -49,8 +51,9 @@ fn daemon_binary() -> PathBuf {
         .args([
             "--manifest-path",
             manifest,
-            "-p",
-            "forze-redis",
+            "--workspace",
+            "--features",
+            "forze-redis-actors/fault-injection",
             "--example",
             "daemon",
         ])
