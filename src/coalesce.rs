@@ -2,20 +2,31 @@
 //! rate limits share (each supplies how a batch is sent and answered).
 //!
 //! The first request on a key goes at once through its caller's own path, exactly as without
-//! coalescing. Requests on the same key that arrive while it is in flight queue behind it;
-//! when it completes, the queue is handed to a spawned task that sends it as one batch (so
+//! coalescing, and so does the next one that finds it in flight: that one opens a queue (see
+//! below why). Requests on the same key that arrive while the opener is in flight queue behind
+//! it; when it completes, the queue is handed to a spawned task that sends it as one batch (so
 //! no caller's cancellation can strand the others), then the queue that built up meanwhile,
 //! until a queue is found empty. A hot key then costs one round trip per batch instead of one
-//! per request; a key nobody else is using costs one map insert and one removal.
+//! per request.
+//!
+//! A key nobody else is using costs two atomic operations and no map access: every request
+//! counts itself in a fixed table of in-flight counts indexed by the key's hash, and one that
+//! finds its count at zero (no request on any key of that hash in flight) goes at once
+//! without entering the map. Only a request that finds its count busy takes the map path, and
+//! becomes the one in flight there if the map holds nothing for its key: on a key just
+//! turning hot, one more request goes alone before the queue forms. A hash shared by two keys
+//! only sends both to the map path; the map is exact.
 //!
 //! - A caller that gave up (its future dropped) before its batch is sent is left out of it.
 //! - If the task that sends batches dies (a runtime shutting down, a panic), the callers of
 //!   the batch it was sending get `OutcomeUnknown` (their requests may have been applied),
 //!   those still queued get `Unavailable` (theirs were not sent), and the key is freed.
-//! - The queue waits on the first caller's own request: a caller that keeps its future
-//!   without polling it (rather than dropping it) holds the others back until it does.
+//! - The queue waits on its opener's own request: an opener that keeps its future without
+//!   polling it (rather than dropping it) holds the others back until it does.
 
 use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -43,12 +54,21 @@ pub(crate) trait SendBatch<I, O>: Clone + Send + Sync + 'static {
     fn send_batch(&self, key: &str, batch: Vec<Waiter<I, O>>) -> impl Future<Output = ()> + Send;
 }
 
-/// The keys with a request in flight, each with the requests queued behind it. A key is
-/// present exactly while one request or batch of it is in flight.
+/// Slots of the in-flight count table (a power of two): 16 KiB per coalescer, so that keys
+/// in use at once rarely share a slot.
+const BUSY_SLOTS: usize = 4096;
+
+/// The keys with a request in flight on the map path, each with the requests queued behind
+/// it, and the in-flight count of every request by key hash.
 pub(crate) struct Coalescer<I, O> {
     /// The operation named by errors that are the coalescer's own.
     op: &'static str,
+    /// A key is present exactly while one request or batch of it sent from the map path is
+    /// in flight.
     in_flight: DashMap<String, Vec<Waiter<I, O>>, foldhash::fast::RandomState>,
+    /// Requests in flight (or queued) by key hash, map path or not.
+    busy: Box<[AtomicU32]>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<I, O> std::fmt::Debug for Coalescer<I, O> {
@@ -66,22 +86,32 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
         Coalescer {
             op,
             in_flight: DashMap::default(),
+            busy: (0..BUSY_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    /// `item` on `key`: at once through `alone` when nothing is in flight for the key, else
-    /// queued into the next batch that `sender` sends.
+    /// `item` on `key`: at once through the future `alone` makes when nothing is in flight
+    /// for the key, else queued into the next batch that `sender` sends. (`alone` is made
+    /// only when it runs: a driver's command future is several KiB, not worth building for a
+    /// queued request or moving through this one.)
     pub(crate) async fn run<S, F>(
         self: &Arc<Self>,
         sender: &S,
         key: &str,
         item: I,
-        alone: F,
+        alone: impl FnOnce() -> F,
     ) -> Result<O>
     where
         S: SendBatch<I, O>,
         F: Future<Output = Result<O>>,
     {
+        let busy = Busy::enter(&self.busy[self.hasher.hash_one(key) as usize % BUSY_SLOTS]);
+        if busy.was_idle {
+            // Nothing in flight on any key of this hash: nothing to join or to be joined by
+            // (a request arriving meanwhile finds the count busy and takes the map path).
+            return alone().await;
+        }
         let queued = match self.in_flight.get_mut(key) {
             Some(mut queue) => Some(enqueue(&mut queue, item)),
             None => match self.in_flight.entry(key.to_owned()) {
@@ -106,7 +136,7 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
             sender,
             key,
         };
-        alone.await
+        alone().await
     }
 
     /// The queue behind `key`'s finished turn, or `None` (the key then leaves the map, so
@@ -182,6 +212,26 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Drop for Serving<I, O> {
         if !self.finished {
             self.coalescer.abandon(&self.key);
         }
+    }
+}
+
+/// One request counted in its key hash's in-flight slot, until it ends or is cancelled.
+struct Busy<'a> {
+    slot: &'a AtomicU32,
+    /// The count was zero before this request.
+    was_idle: bool,
+}
+
+impl<'a> Busy<'a> {
+    fn enter(slot: &'a AtomicU32) -> Self {
+        let was_idle = slot.fetch_add(1, Ordering::AcqRel) == 0;
+        Busy { slot, was_idle }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.slot.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

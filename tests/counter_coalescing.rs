@@ -26,19 +26,28 @@ const NEVER_HANG: Duration = Duration::from_secs(5);
 /// The proxy's delay per direction: the first increment stays in flight for twice this.
 const DELAY: Duration = Duration::from_millis(150);
 
-/// Start `n` increments of `id` while one is certainly in flight; each task returns its
-/// range (`incr_batch` of `1 + i % 3`).
+/// Start `n` increments of `id` behind a queue certainly open: `first` runs two increments
+/// of 1, the second started 5 ms after the first (the request that finds one in flight goes
+/// alone too and opens the queue), and returns both values; each of the `n` tasks returns
+/// its range (`incr_batch` of `1 + i % 3`).
 async fn behind_one_in_flight(
     c: &Counter,
     id: &CounterId,
     n: usize,
 ) -> (
-    tokio::task::JoinHandle<Result<i64, Error>>,
+    tokio::task::JoinHandle<Result<[i64; 2], Error>>,
     Vec<tokio::task::JoinHandle<Result<std::ops::RangeInclusive<i64>, Error>>>,
 ) {
     let first = {
         let (c, id) = (c.clone(), id.clone());
-        tokio::spawn(async move { c.incr(&id, 1).await })
+        tokio::spawn(async move {
+            let opener = async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                c.incr(&id, 1).await
+            };
+            let (a, b) = tokio::join!(c.incr(&id, 1), opener);
+            Ok([a?, b?])
+        })
     };
     tokio::time::sleep(DELAY / 3).await;
     let rest = (0..n)
@@ -63,7 +72,9 @@ async fn increments_behind_one_in_flight_share_one_incrby_and_stay_distinct() {
             let before = server.command_calls("incrby");
             let (first, rest) = behind_one_in_flight(&c, &id, 40).await;
             let mut seen = HashSet::new();
-            assert!(seen.insert(first.await.unwrap().unwrap()));
+            for v in first.await.unwrap().unwrap() {
+                assert!(seen.insert(v));
+            }
             for t in rest {
                 for v in t.await.unwrap().expect("incr_batch") {
                     assert!(seen.insert(v), "{bin} {name}: {v} handed out twice");
@@ -77,14 +88,15 @@ async fn increments_behind_one_in_flight_share_one_incrby_and_stay_distinct() {
             assert_eq!(c.get(&id).await.unwrap(), total, "{bin} {name}");
             let sent = server.command_calls("incrby") - before;
             if coalesced {
-                // The first alone, then the 40 behind it as one INCRBY (a task the scheduler
-                // starts only after that batch was sent makes another, on a loaded machine).
+                // The first and the one that opens the queue alone, then the 40 behind them
+                // as one INCRBY (a task the scheduler starts only after that batch was sent
+                // makes another, on a loaded machine).
                 assert!(
                     sent <= 4,
-                    "{bin}: 41 coalesced increments took {sent} INCRBY"
+                    "{bin}: 42 coalesced increments took {sent} INCRBY"
                 );
             } else {
-                assert_eq!(sent, 41, "{bin}: coalesce = false must send each increment");
+                assert_eq!(sent, 42, "{bin}: coalesce = false must send each increment");
             }
         }
         forze.shutdown().await.unwrap();
@@ -191,15 +203,15 @@ async fn cancelled_callers_are_left_out_and_a_cancelled_first_caller_strands_nob
             kept_total += 1 + (i % 3) as i64;
         }
         proxy.set_delay(Duration::ZERO);
-        assert_eq!(c.get(&id).await.unwrap(), 1 + kept_total, "{bin}");
+        assert_eq!(c.get(&id).await.unwrap(), 2 + kept_total, "{bin}");
 
-        // The first caller cancelled while its INCRBY is in flight: the queue behind it is
-        // still served, and its own increment (already sent) counts.
+        // The callers in flight cancelled, the queue's opener among them: the queue behind
+        // it is still served, and their own increments (already sent) count.
         proxy.set_delay(DELAY);
         let id = CounterId::suffix("cancelled-first");
         let (first, rest) = behind_one_in_flight(&c, &id, 10).await;
         first.abort();
-        let mut total = 1;
+        let mut total = 2;
         for t in rest {
             let r = tokio::time::timeout(NEVER_HANG, t)
                 .await

@@ -24,8 +24,6 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tracing::Instrument;
-
 pub use local::LocalCounterStore;
 pub use redis::RedisCounterStore;
 
@@ -330,7 +328,7 @@ impl Counter {
         let operation = op.gate_name();
         let span = self.telemetry.span(operation);
         let started = self.telemetry.start();
-        async {
+        let work = async {
             self.stats.ops.fetch_add(1, Ordering::Relaxed);
             let routed = match (&target, &self.router) {
                 (Ok(_), Some(router)) => {
@@ -354,29 +352,43 @@ impl Counter {
                 (Ok(t), _, Some(e)) if self.should_fall_back(&e) => {
                     self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "routed endpoint unavailable: serving from local state");
-                    (exec(Store::Local(&self.local), t, op, None).await, "fallback")
+                    (
+                        exec(Store::Local(&self.local), t, op, None).await,
+                        "fallback",
+                    )
                 }
                 (Ok(_), _, Some(e)) => (Err(e), "none"),
-                (Ok(t), None, None) => (exec(Store::Local(&self.local), t, op, None).await, "local"),
-                (Ok(t), Some(redis), None) => match exec(Store::Redis(redis), t, op, self.coalescer.as_ref()).await {
-                    Err(e) if self.should_fall_back(&e) => {
-                        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, "redis unavailable: serving from local state");
-                        (exec(Store::Local(&self.local), t, op, None).await, "fallback")
+                (Ok(t), None, None) => {
+                    (exec(Store::Local(&self.local), t, op, None).await, "local")
+                }
+                (Ok(t), Some(redis), None) => {
+                    match exec(Store::Redis(redis), t, op, self.coalescer.as_ref()).await {
+                        Err(e) if self.should_fall_back(&e) => {
+                            self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "redis unavailable: serving from local state");
+                            (
+                                exec(Store::Local(&self.local), t, op, None).await,
+                                "fallback",
+                            )
+                        }
+                        other => (other, "redis"),
                     }
-                    other => (other, "redis"),
-                },
+                }
             };
-            tracing::Span::current().record("forze.served", served);
-            if result.is_err() {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            let ok = if served == "fallback" { "fallback" } else { "ok" };
-            self.telemetry.end(operation, started, &result, ok);
-            result
+            (result, served)
+        };
+        let (result, served) = crate::telemetry::in_span(&span, work).await;
+        span.record("forze.served", served);
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
-        .instrument(span)
-        .await
+        let ok = if served == "fallback" {
+            "fallback"
+        } else {
+            "ok"
+        };
+        self.telemetry.end(&span, operation, started, &result, ok);
+        result
     }
 
     fn should_fall_back(&self, e: &Error) -> bool {
@@ -440,17 +452,17 @@ async fn exec(
         Store::Redis(r) => r,
     };
     Ok(match (op, coalescer) {
-        (Op::Incr(by) | Op::Batch(by), Some(c)) => {
-            let alone = r.incr(target, by);
-            Out::Value(Box::pin(c.run(r, target, i128::from(by), alone)).await?)
-        }
+        (Op::Incr(by) | Op::Batch(by), Some(c)) => Out::Value(
+            c.run(r, target, i128::from(by), || r.incr(target, by))
+                .await?,
+        ),
         // DECRBY i64::MIN is refused by the server; it never joins a batch.
-        (Op::Decr(by), Some(c)) if by != i64::MIN => {
-            let alone = r.decr(target, by);
-            Out::Value(Box::pin(c.run(r, target, -i128::from(by), alone)).await?)
-        }
-        (Op::Incr(by) | Op::Batch(by), None) => Out::Value(Box::pin(r.incr(target, by)).await?),
-        (Op::Decr(by), _) => Out::Value(Box::pin(r.decr(target, by)).await?),
+        (Op::Decr(by), Some(c)) if by != i64::MIN => Out::Value(
+            c.run(r, target, -i128::from(by), || r.decr(target, by))
+                .await?,
+        ),
+        (Op::Incr(by) | Op::Batch(by), None) => Out::Value(r.incr(target, by).await?),
+        (Op::Decr(by), _) => Out::Value(r.decr(target, by).await?),
         (Op::Get, _) => Out::Value(Box::pin(r.get(target)).await?),
         (Op::Reset(v), _) => {
             Box::pin(r.set(target, v)).await?;

@@ -285,7 +285,10 @@ impl RateLimiter {
     /// flight at the same time when coalescing.
     async fn shared_decide(&self, conn: &RedisConnection, key: &str, n: u32) -> Result<Decision> {
         match &self.coalescer {
-            Some(c) => c.run(self, key, n, self.redis_decide(conn, key, n)).await,
+            Some(c) => {
+                c.run(self, key, n, || self.redis_decide(conn, key, n))
+                    .await
+            }
             None => self.redis_decide(conn, key, n).await,
         }
     }
