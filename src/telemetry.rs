@@ -8,14 +8,14 @@
 //! ([`Telemetry::count`]).
 //!
 //! Metric handles are registered with the installed recorder the first time an
-//! (operation, outcome) pair is seen, then reused: the per-call cost is one map lookup and
-//! an atomic add. Install the recorder (for instance `metrics-exporter-prometheus`) before
+//! (operation, outcome) pair is seen, then reused: the per-call cost is a scan of the few
+//! pairs seen so far (no lock, no shared write) and an atomic add. Install the recorder (for instance `metrics-exporter-prometheus`) before
 //! spawning the runtime. Labels are the resource kind and name, the operation and the outcome,
 //! all bounded by the configuration: tenants never become label values.
 //!
 //! Spans are at `DEBUG` level, named `forze.operation`, with `otel.name` set to
 //! `<operation> <resource name>`. When no subscriber wants them, building one costs a cached
-//! interest check and no allocation.
+//! interest check and no allocation, and the operation runs without the span's wrapper.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,108 @@ struct Inner {
     namespace: Arc<str>,
     server_address: Option<String>,
     server_port: Option<u16>,
-    slots: DashMap<(&'static str, &'static str), Arc<Slot>, foldhash::fast::RandomState>,
+    slots: Slots,
+}
+
+/// Pairs one [`Slots`] table holds without its overflow map: more than any resource has.
+const SLOT_CAPACITY: usize = 64;
+
+/// Every (operation, outcome) seen, with its slot. Read on every operation by every task, so
+/// a lookup takes no lock and writes nothing shared (a lock's reference count alone would
+/// bounce one cache line between cores on every call): an append-only table whose length is
+/// published after each entry is written, and a map for pairs beyond its capacity.
+#[derive(Debug)]
+struct Slots {
+    table: Box<[std::sync::OnceLock<SlotEntry>]>,
+    len: std::sync::atomic::AtomicUsize,
+    /// Serializes appends.
+    append: std::sync::Mutex<()>,
+    overflow: DashMap<(&'static str, &'static str), Arc<Slot>, foldhash::fast::RandomState>,
+}
+
+#[derive(Debug)]
+struct SlotEntry {
+    operation: &'static str,
+    outcome: &'static str,
+    slot: Arc<Slot>,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Slots {
+            table: (0..SLOT_CAPACITY)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            len: std::sync::atomic::AtomicUsize::new(0),
+            append: std::sync::Mutex::new(()),
+            overflow: DashMap::default(),
+        }
+    }
+
+    fn find(&self, operation: &str, outcome: &str) -> Option<&Arc<Slot>> {
+        let len = self.len.load(Ordering::Acquire);
+        self.table[..len]
+            .iter()
+            .filter_map(|e| e.get())
+            .find(|e| e.operation == operation && e.outcome == outcome)
+            .map(|e| &e.slot)
+    }
+
+    fn get_or_insert(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        make: impl FnOnce() -> Slot,
+    ) -> Arc<Slot> {
+        if let Some(slot) = self.find(operation, outcome) {
+            return slot.clone();
+        }
+        if let Some(slot) = self.overflow.get(&(operation, outcome)) {
+            return slot.clone();
+        }
+        let _append = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = self.find(operation, outcome) {
+            return slot.clone();
+        }
+        let len = self.len.load(Ordering::Acquire);
+        if len == SLOT_CAPACITY {
+            return self
+                .overflow
+                .entry((operation, outcome))
+                .or_insert_with(|| Arc::new(make()))
+                .clone();
+        }
+        let slot = Arc::new(make());
+        let entry = SlotEntry {
+            operation,
+            outcome,
+            slot: slot.clone(),
+        };
+        // Only appends write the table, one at a time (the lock): this cell is empty.
+        let _ = self.table[len].set(entry);
+        self.len.store(len + 1, Ordering::Release);
+        slot
+    }
+
+    fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let len = self.len.load(Ordering::Acquire);
+        let table = self.table[..len]
+            .iter()
+            .filter_map(|e| e.get())
+            .map(|e| (e.operation, e.outcome, e.slot.count.load(Ordering::Relaxed)));
+        let overflow: Vec<_> = self
+            .overflow
+            .iter()
+            .map(|e| {
+                (
+                    e.key().0,
+                    e.key().1,
+                    e.value().count.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        table.chain(overflow).collect()
+    }
 }
 
 /// One (operation, outcome): its count, and its metric handles.
@@ -121,6 +222,16 @@ impl std::fmt::Display for SpanName<'_> {
     }
 }
 
+/// Run `fut` inside `span`; without the span's wrapper when no subscriber wants it (then
+/// entering and leaving it on every poll would do nothing but cost).
+pub async fn in_span<F: Future>(span: &tracing::Span, fut: F) -> F::Output {
+    if span.is_disabled() {
+        fut.await
+    } else {
+        fut.instrument(span.clone()).await
+    }
+}
+
 impl Telemetry {
     /// The telemetry of resource `name` of kind `resource` (`cache`, `counter`…), keyed under
     /// `namespace`, on the server of `url` (`None`: embedded, process-local), in the runtime
@@ -143,7 +254,7 @@ impl Telemetry {
             namespace: namespace.into(),
             server_address,
             server_port,
-            slots: DashMap::default(),
+            slots: Slots::new(),
         }))
     }
 
@@ -177,11 +288,12 @@ impl Telemetry {
         )
     }
 
-    /// Record `outcome` (and `error.type` for an error) on the current span, count the
-    /// operation and record its latency: the end of an operation that built its own
-    /// instrumented future around [`Telemetry::span`].
+    /// Record `outcome` (and `error.type` for an error) on `span` (a no-op for a disabled
+    /// one), count the operation and record its latency: the end of an operation that ran
+    /// its own future in [`Telemetry::span`].
     pub fn end<T>(
         &self,
+        span: &tracing::Span,
         operation: &'static str,
         started: Started,
         result: &Result<T>,
@@ -191,11 +303,11 @@ impl Telemetry {
             Ok(_) => ok,
             Err(e) => {
                 let kind = e.kind().as_str();
-                tracing::Span::current().record("error.type", kind);
+                span.record("error.type", kind);
                 kind
             }
         };
-        tracing::Span::current().record("forze.outcome", out);
+        span.record("forze.outcome", out);
         self.finish(operation, out, started);
     }
 
@@ -208,22 +320,19 @@ impl Telemetry {
         outcome: impl FnOnce(&T) -> &'static str,
     ) -> Result<T> {
         let started = self.start();
-        async move {
-            let result = fut.await;
-            let out = match &result {
-                Ok(v) => outcome(v),
-                Err(e) => {
-                    let kind = e.kind().as_str();
-                    tracing::Span::current().record("error.type", kind);
-                    kind
-                }
-            };
-            tracing::Span::current().record("forze.outcome", out);
-            self.finish(operation, out, started);
-            result
-        }
-        .instrument(self.span(operation))
-        .await
+        let span = self.span(operation);
+        let result = in_span(&span, fut).await;
+        let out = match &result {
+            Ok(v) => outcome(v),
+            Err(e) => {
+                let kind = e.kind().as_str();
+                span.record("error.type", kind);
+                kind
+            }
+        };
+        span.record("forze.outcome", out);
+        self.finish(operation, out, started);
+        result
     }
 
     /// Count one `operation` that ended with `outcome`, and record its latency.
@@ -246,14 +355,9 @@ impl Telemetry {
     }
 
     fn slot(&self, operation: &'static str, outcome: &'static str) -> Arc<Slot> {
-        if let Some(slot) = self.0.slots.get(&(operation, outcome)) {
-            return slot.clone();
-        }
         self.0
             .slots
-            .entry((operation, outcome))
-            .or_insert_with(|| Arc::new(self.register(operation, outcome)))
-            .clone()
+            .get_or_insert(operation, outcome, || self.register(operation, outcome))
     }
 
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
@@ -280,11 +384,12 @@ impl Telemetry {
         let mut out: Vec<OperationCount> = self
             .0
             .slots
-            .iter()
-            .map(|e| OperationCount {
-                operation: e.key().0,
-                outcome: e.key().1,
-                count: e.value().count.load(Ordering::Relaxed),
+            .all()
+            .into_iter()
+            .map(|(operation, outcome, count)| OperationCount {
+                operation,
+                outcome,
+                count,
             })
             .filter(|c| c.count > 0)
             .collect();
