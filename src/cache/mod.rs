@@ -665,7 +665,8 @@ impl Cache {
             let names: Vec<&str> = pending.iter().map(|p| p.redis_key.as_str()).collect();
             let reads = match self.store_for_keys(&names).await.as_deref() {
                 Ok(Store::Redis(r)) => {
-                    Box::pin(r.read(op, &names, self.l1.is_some(), self.sliding_ttl)).await
+                    r.read(op, &names, self.l1.is_some(), self.sliding_ttl)
+                        .await
                 }
                 Ok(Store::Local(l)) => Ok(l.read(&names, self.sliding_ttl)),
                 Err(e) => Err(e.clone()),

@@ -45,6 +45,26 @@ fn bytes_of(op: &'static str, v: Value) -> Result<Option<Bytes>> {
     }
 }
 
+/// Queue one command on a pipeline. The driver answers a pipelined command at once (it is
+/// only buffered), so its future is polled where it is made instead of being awaited: awaited,
+/// each of these 8 KiB futures would be copied into the caller's state. Unconstrained: the
+/// answer comes through a channel that would otherwise report "not ready" to a task whose
+/// scheduling budget is spent.
+fn queue(
+    op: &'static str,
+    command: impl std::future::Future<Output = std::result::Result<(), fred::error::Error>>,
+) -> std::result::Result<(), fred::error::Error> {
+    use futures::FutureExt;
+    tokio::task::unconstrained(command)
+        .now_or_never()
+        .unwrap_or_else(|| {
+            Err(fred::error::Error::new(
+                fred::error::ErrorKind::Unknown,
+                format!("{op}: a pipelined command was not queued at once"),
+            ))
+        })
+}
+
 fn pttl_of(v: &Value) -> Option<Duration> {
     match v {
         Value::Integer(ms) if *ms > 0 => Some(Duration::from_millis(*ms as u64)),
@@ -74,8 +94,9 @@ impl RedisCacheStore {
             .with_options(self.conn.options(Access::Read));
         let err = |e| self.conn.error(op, Access::Read, e);
         if let ([key], false, None) = (keys, with_pttl, slide) {
-            // One key, nothing else asked: a plain GET, no pipeline to build.
-            let v: Value = client.get(*key).await.map_err(err)?;
+            // One key, nothing else asked: a plain GET, no pipeline to build. Boxed where it
+            // is made: a driver command future is about 8 KiB, copied at every move.
+            let v: Value = Box::pin(client.get(*key)).await.map_err(err)?;
             return Ok(vec![Read {
                 stored: bytes_of(op, v)?,
                 pttl: None,
@@ -84,18 +105,20 @@ impl RedisCacheStore {
         let per_key = 1 + usize::from(with_pttl) + usize::from(slide.is_some());
         let pipeline = client.pipeline();
         for key in keys {
-            pipeline.get::<(), _>(*key).await.map_err(err)?;
+            queue(op, pipeline.get::<(), _>(*key)).map_err(err)?;
             if with_pttl {
-                pipeline.pttl::<(), _>(*key).await.map_err(err)?;
+                queue(op, pipeline.pttl::<(), _>(*key)).map_err(err)?;
             }
             if let Some(slide) = slide {
-                pipeline
-                    .pexpire::<(), _>(*key, ttl_millis(slide) as i64, Some(ExpireOptions::GT))
-                    .await
-                    .map_err(err)?;
+                let ms = ttl_millis(slide) as i64;
+                queue(
+                    op,
+                    pipeline.pexpire::<(), _>(*key, ms, Some(ExpireOptions::GT)),
+                )
+                .map_err(err)?;
             }
         }
-        let replies: Vec<Value> = pipeline.all().await.map_err(err)?;
+        let replies: Vec<Value> = Box::pin(pipeline.all()).await.map_err(err)?;
         if replies.len() != keys.len() * per_key {
             return Err(Error::internal(op, "short pipeline reply"));
         }
