@@ -178,22 +178,16 @@ impl Slots {
         slot
     }
 
-    fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
+    fn entries(&self) -> Vec<(&'static str, &'static str, Arc<Slot>)> {
         let len = self.len.load(Ordering::Acquire);
         let table = self.table[..len]
             .iter()
             .filter_map(|e| e.get())
-            .map(|e| (e.operation, e.outcome, e.slot.count.load(Ordering::Relaxed)));
+            .map(|e| (e.operation, e.outcome, e.slot.clone()));
         let overflow: Vec<_> = self
             .overflow
             .iter()
-            .map(|e| {
-                (
-                    e.key().0,
-                    e.key().1,
-                    e.value().count.load(Ordering::Relaxed),
-                )
-            })
+            .map(|e| (e.key().0, e.key().1, e.value().clone()))
             .collect();
         table.chain(overflow).collect()
     }
@@ -348,8 +342,19 @@ impl Telemetry {
         let _ = started;
     }
 
-    /// A handle that counts `operation` with `outcome` (no span, no latency): for paths that
-    /// must stay allocation-free, such as an L1 hit. Register it once and keep it.
+    /// Bring every operation counter of the metrics recorder up to this resource's own
+    /// counts: what [`OutcomeCounter`]s counted since the last call reaches the recorder.
+    pub fn publish_counts(&self) {
+        #[cfg(feature = "metrics")]
+        for (_, _, slot) in self.0.slots.entries() {
+            slot.counter.absolute(slot.count.load(Ordering::Relaxed));
+        }
+    }
+
+    /// A handle that counts `operation` with `outcome` (no span, no latency, the metric
+    /// published later by [`Telemetry::publish_counts`]): for paths that must stay
+    /// allocation-free and take a few nanoseconds, such as an L1 hit. Register it once and
+    /// keep it.
     pub fn counter(&self, operation: &'static str, outcome: &'static str) -> OutcomeCounter {
         OutcomeCounter(self.slot(operation, outcome))
     }
@@ -384,12 +389,12 @@ impl Telemetry {
         let mut out: Vec<OperationCount> = self
             .0
             .slots
-            .all()
+            .entries()
             .into_iter()
-            .map(|(operation, outcome, count)| OperationCount {
+            .map(|(operation, outcome, slot)| OperationCount {
                 operation,
                 outcome,
-                count,
+                count: slot.count.load(Ordering::Relaxed),
             })
             .filter(|c| c.count > 0)
             .collect();
@@ -413,12 +418,17 @@ impl Telemetry {
 pub struct OutcomeCounter(Arc<Slot>);
 
 impl OutcomeCounter {
-    /// Count one.
+    /// How many were counted.
+    pub fn get(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// Count one. Only this handle's own count is touched (one atomic add): its metric is
+    /// brought up to that count by [`Telemetry::publish_counts`], which the runtime calls
+    /// every second, so a scrape sees these outcomes at most that late.
     #[inline]
     pub fn increment(&self) {
         self.0.count.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        self.0.counter.increment(1);
     }
 }
 

@@ -30,6 +30,12 @@ pub(crate) fn spawn_publisher(handle: ForzeHandle) {
             if handle.is_shut_down() || gone {
                 return;
             }
+            // Outcomes counted off the recorder on the L1 hit path reach it here.
+            for name in handle.cache_names() {
+                if let Ok(cache) = handle.cache(&name) {
+                    cache.publish_counts();
+                }
+            }
             // A stats call that times out (an actor restarting) skips one refresh.
             if let Ok(stats) = handle.stats().await {
                 publish(handle.names().prefix(), &stats);

@@ -438,7 +438,10 @@ impl Cache {
     pub fn stats(&self) -> CacheStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let l1 = self.l1.as_ref().map(|x| x.stats());
+        let l1 = self.l1.as_ref().map(|x| L1Stats {
+            hits: self.l1_hits.get(),
+            ..x.stats()
+        });
         let l1_hits = l1.as_ref().map_or(0, |s| s.hits);
         CacheStats {
             reads: l(&c.remote_reads) + l1_hits + l(&c.coalesced),
@@ -537,6 +540,13 @@ impl Cache {
         if let (Some(l1), Some(k)) = (&self.l1, self.l1_key_from_redis(redis_key)) {
             l1.invalidate(&k);
         }
+    }
+
+    /// Publish to the metrics recorder what this cache counted without touching it (its
+    /// L1 hits, stale and coalesced reads); the runtime calls this every second.
+    #[doc(hidden)]
+    pub fn publish_counts(&self) {
+        self.telemetry.publish_counts();
     }
 
     /// Count an error (its kind reaches the span and metrics through the telemetry).
