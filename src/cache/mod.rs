@@ -562,11 +562,12 @@ impl Cache {
             cooperate().await;
             return Ok(Some(entry));
         }
-        self.read_remote_one(op, key).await
+        Box::pin(self.read_remote_one(op, key)).await
     }
 
-    /// Read one key from the store (the L1 missed). Boxed: the miss path's future is large,
-    /// and unboxed it would be built and moved on every hit too.
+    /// Read one key from the store (the L1 missed). Callers on the hit path box it: the miss
+    /// path's future is hundreds of bytes, and unboxed it would make theirs as large, moved
+    /// by their caller on every hit too.
     async fn read_remote_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
         Ok(self.read_remote_outcome(op, key).await?.0)
     }
@@ -788,8 +789,7 @@ impl Cache {
             cooperate().await;
             return Ok(Some(entry.payload));
         }
-        Ok(self
-            .read_remote_one("cache.get", key)
+        Ok(Box::pin(self.read_remote_one("cache.get", key))
             .await?
             .map(|e| e.payload))
     }
