@@ -293,8 +293,21 @@ impl Telemetry {
         result: &Result<T>,
         ok: &'static str,
     ) {
+        self.close(span, operation, started, result, |_| ok);
+    }
+
+    /// The outcome of `result` (`outcome` of the value, or the error's kind) recorded on
+    /// `span`, counted, and the latency recorded.
+    fn close<T>(
+        &self,
+        span: &tracing::Span,
+        operation: &'static str,
+        started: Started,
+        result: &Result<T>,
+        outcome: impl FnOnce(&T) -> &'static str,
+    ) {
         let out = match result {
-            Ok(_) => ok,
+            Ok(v) => outcome(v),
             Err(e) => {
                 let kind = e.kind().as_str();
                 span.record("error.type", kind);
@@ -316,16 +329,7 @@ impl Telemetry {
         let started = self.start();
         let span = self.span(operation);
         let result = in_span(&span, fut).await;
-        let out = match &result {
-            Ok(v) => outcome(v),
-            Err(e) => {
-                let kind = e.kind().as_str();
-                span.record("error.type", kind);
-                kind
-            }
-        };
-        span.record("forze.outcome", out);
-        self.finish(operation, out, started);
+        self.close(&span, operation, started, &result, outcome);
         result
     }
 
