@@ -84,22 +84,26 @@ impl RedisCounterStore {
     pub(crate) async fn get(&self, key: &str) -> Result<i64> {
         const OP: &str = "counter.get";
         let client = self.conn.client(OP)?;
-        let v: Value = client
-            .with_options(self.conn.options(Access::Read))
-            .get(key)
-            .await
-            .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+        let v: Value = Box::pin(
+            client
+                .with_options(self.conn.options(Access::Read))
+                .get(key),
+        )
+        .await
+        .map_err(|e| self.conn.error(OP, Access::Read, e))?;
         parse_i64(OP, &v)
     }
 
     pub(crate) async fn set(&self, key: &str, value: i64) -> Result<()> {
         const OP: &str = "counter.reset";
         let client = self.conn.client(OP)?;
-        client
-            .with_options(self.conn.options(Access::Write))
-            .set::<(), _, _>(key, value, None, None, false)
-            .await
-            .map_err(|e| self.conn.error(OP, Access::Write, e))
+        Box::pin(
+            client
+                .with_options(self.conn.options(Access::Write))
+                .set::<(), _, _>(key, value, None, None, false),
+        )
+        .await
+        .map_err(|e| self.conn.error(OP, Access::Write, e))
     }
 
     pub(crate) async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {
