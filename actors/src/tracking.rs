@@ -1,7 +1,8 @@
 //! The tracking subscriber (`<prefix>.tracking`): keeps every cache L1 of this supervisor
 //! coherent with Redis through client-side caching.
 //!
-//! It owns one task per incarnation that holds a dedicated RESP3 connection with
+//! It owns one task per incarnation, on a thread of its own ([`DedicatedThread`]), that holds
+//! a dedicated RESP3 connection with
 //! `CLIENT TRACKING ON BCAST PREFIX <one prefix per L1 namespace>` and:
 //! - applies each invalidation push to the L1 that owns the key's prefix, directly (no
 //!   mailbox between the push and the eviction);
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use forze_redis::cache::l1::FlushReason;
-use forze_redis::task::AbortOnDrop;
+use forze_redis::task::{AbortOnDrop, DedicatedThread};
 use forze_redis::tracking::connection::{TrackingConnection, TrackingEvent};
 use forze_redis::tracking::topology::{Topology, TopologyWatch, TrackingSource};
 use forze_redis::tracking::{Tracked, Trust};
@@ -116,11 +117,13 @@ impl Drop for FlushOnDrop {
     }
 }
 
-/// State of one incarnation. Field order matters: the task is aborted before the flush.
+/// State of one incarnation. Field order matters: the task is aborted before the flush, and
+/// the thread it ran on stops last.
 #[derive(Debug)]
 pub struct TrackingState {
     _task: AbortOnDrop,
     _flush: FlushOnDrop,
+    _thread: DedicatedThread,
     prefixes: Vec<String>,
     shared: Arc<Shared>,
 }
@@ -152,15 +155,14 @@ impl Actor for TrackingSubscriber {
             stopped: stopped.clone(),
         };
         let prefixes = tracked.prefixes();
-        let task = AbortOnDrop(tokio::spawn(run(
-            shared.clone(),
-            tracked,
-            prefixes.clone(),
-            stopped,
-        )));
+        // The connections are opened and read on a thread of their own, so an invalidation
+        // is applied as soon as it arrives however busy the application's runtime is.
+        let thread = DedicatedThread::start("forze-tracking")?;
+        let task = thread.spawn(run(shared.clone(), tracked, prefixes.clone(), stopped));
         Ok(TrackingState {
             _task: task,
             _flush: flush,
+            _thread: thread,
             prefixes,
             shared,
         })
