@@ -456,6 +456,7 @@ ttl = "60s"
         proxy.set_mode(ProxyMode::Refuse);
         let cut = Instant::now();
         wait_tracking(&reader, "tracking lost", |s| !s.confirmed).await;
+        let lost_seen = Instant::now();
         writer
             .cache("hot")
             .unwrap()
@@ -483,34 +484,156 @@ ttl = "60s"
         assert_eq!(plain_read, None, "{bin}");
         assert!(hot.stats().l1.unwrap().stale_entries >= 1, "{bin}");
 
-        // Past the bound: a miss.
+        // Every answer until the bound is the old value marked stale, with an age no older
+        // than the cut; after the bound every answer is a miss, and the first miss comes
+        // neither before the bound nor much after it.
+        let (mut last_stale, mut first_miss) = (None, None);
+        while cut.elapsed() < Duration::from_secs(12) {
+            let at = Instant::now();
+            match timed(hot.get_with_freshness::<String>(&k("key")))
+                .await
+                .unwrap()
+            {
+                Some(CacheRead {
+                    value,
+                    freshness: Freshness::Stale { age },
+                    ..
+                }) => {
+                    assert_eq!(value, "v1", "{bin}");
+                    assert!(first_miss.is_none(), "{bin}: a stale answer after a miss");
+                    assert!(
+                        age <= cut.elapsed() && age <= STALE_BOUND,
+                        "{bin}: age {age:?}"
+                    );
+                    last_stale = Some(at);
+                }
+                None => {
+                    first_miss.get_or_insert(at);
+                }
+                Some(fresh) => panic!("{bin}: {fresh:?} answered while cut off"),
+            }
+            if first_miss.is_some_and(|m: Instant| m.elapsed() > Duration::from_millis(500)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first_miss = first_miss.unwrap_or_else(|| panic!("{bin}: stale answers never ended"));
+        let last_stale = last_stale.unwrap_or_else(|| panic!("{bin}: no stale answer"));
+        // The loss was seen between `cut` and `lost_seen`; the bound runs from the loss.
+        assert!(
+            first_miss >= cut + STALE_BOUND,
+            "{bin}: stale answers ended {:?} after the cut",
+            first_miss - cut
+        );
+        assert!(
+            first_miss <= lost_seen + STALE_BOUND + Duration::from_secs(1),
+            "{bin}: stale answers went on {:?} after the loss was seen",
+            first_miss - lost_seen
+        );
+        assert!(
+            last_stale + Duration::from_millis(800) >= cut + STALE_BOUND,
+            "{bin}: the last stale answer came {:?} after the cut",
+            last_stale - cut
+        );
+
+        // Back: the write made while cut off is read, fresh, and the old value never again.
+        proxy.set_mode(ProxyMode::Pass);
+        wait_tracking(&reader, "tracking confirmed again", |s| s.confirmed).await;
+        read_new_value_never_old(&hot, &bin.to_string()).await;
+        assert_eq!(hot.stats().l1.unwrap().stale_entries, 0, "{bin}");
+        reader.shutdown().await.unwrap();
+        writer.shutdown().await.unwrap();
+    }
+}
+
+/// How long the stale tests' namespace serves stale (`serve_stale_for = "3s"`).
+const STALE_BOUND: Duration = Duration::from_secs(3);
+
+/// Read `key` until the L1's namespace answers `v2`, fresh, failing on any answer with `v1`
+/// (fresh or stale) on the way: after the reader is back, nothing from before is served.
+async fn read_new_value_never_old(cache: &Cache, what: &str) {
+    wait_until_async(Duration::from_secs(10), "the new value is read", || async {
+        match cache.get_with_freshness::<String>(&k("key")).await {
+            Ok(Some(CacheRead {
+                value, freshness, ..
+            })) => {
+                assert_ne!(
+                    value, "v1",
+                    "{what}: the old value served ({freshness:?}) after the return"
+                );
+                value == "v2" && freshness == Freshness::Fresh
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert_eq!(cache.stats().l1.unwrap().stale_entries, 0, "{what}");
+}
+
+/// Stale while down with the server killed: the namespace with the option answers the old
+/// value marked stale while the server is gone; once a new server is up on the same port and
+/// a value written there, the reader serves that value, fresh, and never the old one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_values_are_served_while_the_server_is_killed_and_never_after_it_returns() {
+    const STALE: &str = r#"
+[caches.hot]
+ttl = "120s"
+[caches.hot.l1]
+ttl = "60s"
+serve_stale_for = "30s"
+"#;
+    for bin in server_binaries() {
+        let mut server = TestServer::start(&bin);
+        let reader = spawn_ready(config(Some(&server.url()), "stale-kill-r", STALE)).await;
+        let writer = spawn_ready(config(Some(&server.url()), "stale-kill-w", STALE)).await;
+        wait_tracking(&reader, "tracking confirmed", |s| s.confirmed).await;
+        let (hot, wcache) = (reader.cache("hot").unwrap(), writer.cache("hot").unwrap());
+        wcache.set(&k("key"), "v1", None).await.unwrap();
+        fill(&hot, "key", "v1").await;
+
+        server.stop();
+        wait_tracking(&reader, "tracking lost", |s| !s.confirmed).await;
+        for _ in 0..3 {
+            let got = timed(hot.get_with_freshness::<String>(&k("key")))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{bin}: no stale answer with the server killed"));
+            assert_eq!(got.value, "v1", "{bin}");
+            assert!(
+                matches!(got.freshness, Freshness::Stale { .. }),
+                "{bin}: {got:?}"
+            );
+            assert_eq!(
+                timed(hot.get::<String>(&k("key"))).await.unwrap(),
+                None,
+                "{bin}"
+            );
+        }
+
+        let confirmations = tracking(&reader).await.confirmations;
+        server.restart();
         wait_until_async(
             Duration::from_secs(10),
-            "the stale bound passes",
+            "the writer writes again",
+            || async { wcache.set(&k("key"), "v2", None).await.is_ok() },
+        )
+        .await;
+        // Reads reach the new server before tracking is confirmed again: never the old value.
+        wait_until_async(
+            Duration::from_secs(10),
+            "tracking confirmed again",
             || async {
-                timed(hot.get_with_freshness::<String>(&k("key")))
-                    .await
-                    .unwrap()
-                    .is_none()
+                if let Ok(Some(r)) = hot.get_with_freshness::<String>(&k("key")).await {
+                    assert_ne!(
+                        r.value, "v1",
+                        "{bin}: the old value after the restart: {r:?}"
+                    );
+                }
+                tracking(&reader).await.confirmations > confirmations
             },
         )
         .await;
-        assert!(
-            cut.elapsed() >= Duration::from_secs(3),
-            "{bin}: stale answers ended early"
-        );
-
-        // Back: the write made while cut off is read, fresh; nothing stale is left.
-        proxy.set_mode(ProxyMode::Pass);
-        wait_tracking(&reader, "tracking confirmed again", |s| s.confirmed).await;
-        wait_until_async(Duration::from_secs(10), "the new value is read", || async {
-            matches!(
-                hot.get_with_freshness::<String>(&k("key")).await,
-                Ok(Some(CacheRead { value, freshness: Freshness::Fresh, .. })) if value == "v2"
-            )
-        })
-        .await;
-        assert_eq!(hot.stats().l1.unwrap().stale_entries, 0, "{bin}");
+        read_new_value_never_old(&hot, &format!("{bin} after restart")).await;
         reader.shutdown().await.unwrap();
         writer.shutdown().await.unwrap();
     }
