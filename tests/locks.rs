@@ -529,7 +529,7 @@ async fn expiring_fences_leave_nothing_behind_and_tokens_still_rise() {
 
 /// A waiter on another replica is woken by the push of the lock key when the holder releases:
 /// it acquires long before its next poll would. With the tracking connections killed while it
-/// waits, it still acquires (woken by the loss, or by polling).
+/// waits and kept down, it still acquires, by polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_woken_by_the_release_push_and_still_poll_without_tracking() {
     for bin in server_binaries() {
@@ -562,7 +562,8 @@ async fn waiters_are_woken_by_the_release_push_and_still_poll_without_tracking()
             );
         }
 
-        // Tracking killed while a waiter waits: it still gets the lock.
+        // Tracking killed while a waiter waits, and kept down (the ACL refuses `CLIENT
+        // TRACKING` until the end): no push can wake it, and it still gets the lock by polling.
         let fallback_h = holder.lock("fallback").unwrap();
         let fallback_w = waiter.lock("fallback").unwrap();
         let g = fallback_h
@@ -575,20 +576,37 @@ async fn waiters_are_woken_by_the_release_push_and_still_poll_without_tracking()
                 async move { fallback_w.acquire(&id("f"), Duration::from_secs(20)).await },
             );
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let losses = waiter.tracking_stats().await.unwrap().unwrap().losses;
+        server
+            .cmd(&["ACL", "SETUSER", "default", "-client|tracking"])
+            .expect("deny CLIENT TRACKING");
+        let mut killed = 0;
         for c in server.client_list() {
             if c.get("name").is_some_and(|n| n.ends_with("-tracking")) {
                 if let Some(cid) = c.get("id") {
-                    let _ = server.cmd(&["CLIENT", "KILL", "ID", cid]);
+                    killed += usize::from(server.cmd(&["CLIENT", "KILL", "ID", cid]).is_ok());
                 }
             }
         }
+        assert!(killed >= 1, "{bin}: no tracking connection to kill");
+        wait_until_async(Duration::from_secs(10), "the waiter's tracking is lost", || async {
+            matches!(waiter.tracking_stats().await, Ok(Some(s)) if !s.confirmed && s.losses > losses)
+        })
+        .await;
         assert!(g.release().await.unwrap());
         let g = tokio::time::timeout(Duration::from_secs(20), task)
             .await
             .expect("the waiter acquired without tracking")
             .unwrap()
             .unwrap();
+        assert!(
+            matches!(waiter.tracking_stats().await, Ok(Some(s)) if !s.confirmed),
+            "{bin}: tracking came back, so the waiter may have been woken by a push"
+        );
         g.release().await.unwrap();
+        server
+            .cmd(&["ACL", "SETUSER", "default", "+client|tracking"])
+            .expect("allow CLIENT TRACKING again");
         holder.shutdown().await.unwrap();
         waiter.shutdown().await.unwrap();
     }
