@@ -138,10 +138,14 @@ fn value(series: &Series, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
+/// Whether a series is present with at least `n`.
+fn at_least(v: Option<f64>, n: f64) -> bool {
+    v.is_some_and(|v| v >= n)
+}
+
 /// What a healthy daemon with a tripped breaker must show: (what, met).
 fn expectations(s: &Series) -> Vec<(&'static str, bool)> {
     let ops = "forze_operations_total";
-    let at_least = |v: Option<f64>, n: f64| v.is_some_and(|v| v >= n);
     vec![
         (
             "counter increments counted ok",
@@ -354,19 +358,54 @@ fn the_daemon_serves_every_contracts_metrics_and_a_health_that_follows_the_serve
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("\"status\":\"ok\""), "{body}");
 
-        // The server goes away: health turns 503 and the health gauge says down.
+        // The server goes away: health turns 503, the health gauge says down, and the events
+        // are counted: the tracking loss, the L1 flush it caused, and the held lease lost
+        // once its renewals cannot reach the server (lease 5 s).
         server.stop();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let health = get(port, "/health");
-            let down = get(port, "/metrics")
-                .map(|(_, b)| value(&parse(&b), "forze_redis_health", &[("state", "down")]));
-            if matches!(health, Some((503, _))) && down == Some(Some(1.0)) {
+            let scraped = get(port, "/metrics").map(|(_, b)| parse(&b));
+            let events = scraped.as_ref().map(|s| {
+                [
+                    (
+                        "health down",
+                        value(s, "forze_redis_health", &[("state", "down")]) == Some(1.0),
+                    ),
+                    (
+                        "tracking inactive",
+                        value(s, "forze_tracking_active", &[]) == Some(0.0),
+                    ),
+                    (
+                        "tracking loss",
+                        at_least(value(s, "forze_tracking_losses_total", &[]), 1.0),
+                    ),
+                    (
+                        "L1 flushed for the loss",
+                        at_least(
+                            value(
+                                s,
+                                "forze_l1_flushes_total",
+                                &[("name", "catalog"), ("reason", "tracking_lost")],
+                            ),
+                            1.0,
+                        ),
+                    ),
+                    (
+                        "lease lost",
+                        at_least(value(s, "forze_lock_leases_lost_total", &[]), 1.0),
+                    ),
+                ]
+            });
+            let missing: Vec<&str> = events.map_or(vec!["a scrape"], |e| {
+                e.iter().filter(|(_, ok)| !ok).map(|(w, _)| *w).collect()
+            });
+            if matches!(health, Some((503, _))) && missing.is_empty() {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "health did not follow the server: {health:?}, down gauge {down:?}"
+                "metrics did not follow the server: health {health:?}, missing {missing:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -110,6 +110,17 @@ async fn every_contract_traces_with_the_database_conventions() {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), forze_redis_actors::ErrorKind::Validation);
+        // A server-side refusal: the counter's key holds something that is not an integer.
+        let keys = server.cmd(&["KEYS", "*orders*"]).unwrap();
+        let key = keys.as_array().unwrap()[0].as_str().unwrap();
+        server.cmd(&["SET", key.as_str(), "not a number"]).unwrap();
+        let err = forze
+            .counter("orders")
+            .unwrap()
+            .incr(&CounterId::main(), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), forze_redis_actors::ErrorKind::Conflict);
         let _: Option<String> = forze
             .cache("catalog")
             .unwrap()
@@ -152,6 +163,12 @@ async fn every_contract_traces_with_the_database_conventions() {
             .admit("route")
             .await
             .unwrap();
+        let failed_call = forze
+            .breaker("inventory")
+            .unwrap()
+            .call("route", async { Err::<(), _>("downstream failed") })
+            .await;
+        assert!(failed_call.is_err());
         forze.shutdown().await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -181,6 +198,7 @@ async fn every_contract_traces_with_the_database_conventions() {
             ("snapshot.page", "hit", "snapshot", "search"),
             ("ratelimit.decide", "allowed", "rate_limit", "api"),
             ("breaker.admit", "admitted", "breaker", "inventory"),
+            ("breaker.record", "recorded", "breaker", "inventory"),
         ] {
             let f = find(op, outcome);
             let expect = [
@@ -207,6 +225,12 @@ async fn every_contract_traces_with_the_database_conventions() {
             failed.get("error.type").map(String::as_str),
             Some("validation"),
             "{failed:?}"
+        );
+        let refused = find("counter.incr", "conflict");
+        assert_eq!(
+            refused.get("error.type").map(String::as_str),
+            Some("conflict"),
+            "{refused:?}"
         );
         // Counter spans say which store served them.
         assert_eq!(
