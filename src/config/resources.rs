@@ -270,7 +270,7 @@ pub struct LockConfig {
     #[serde(with = "humantime_serde")]
     pub drift_margin: Option<Duration>,
     /// Shortest pause between attempts of `acquire` (default 20 ms); doubles up to
-    /// `retry_max`, with full jitter.
+    /// `retry_max`; each pause is jittered to 50–100 % of its value.
     #[serde(with = "humantime_serde")]
     pub retry_min: Duration,
     /// Longest pause between attempts of `acquire` (default 200 ms).
