@@ -1,0 +1,188 @@
+//! Client CPU per call: the process's CPU time per operation of ours against fred with our
+//! connection settings, same private server, same run, 64 callers each on its own key.
+//!
+//! Throughput at 64 callers swings by a tenth or more between rounds on a small machine,
+//! which hides a difference of a few hundred nanoseconds per call; the CPU this process
+//! spends per call does not depend on how the rounds were scheduled, so it shows what our
+//! layer costs over the driver. Both sides run interleaved, round by round, and each
+//! comparison is the median of the per-round ratios:
+//! `ratio client_cpu_<contract>_c64_vs_fred_same_settings <fred CPU / our CPU per call>`
+//! (1.0: we cost no more than the driver; 0.8: each call costs us a quarter more).
+//!
+//! `cargo bench --bench client_cpu` (release build).
+
+mod common;
+
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use forze_redis::counter::CounterId;
+use forze_redis::error::Access;
+use forze_redis_actors::CacheKey;
+use fred::interfaces::{ClientLike, KeysInterface};
+
+/// Calls per round; under `cargo test` (no `--bench`), a quick pass that only checks it runs.
+fn calls_per_round() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        128_000
+    } else {
+        2_048
+    }
+}
+
+/// Rounds per comparison (ours and fred alternate, and which goes first alternates too).
+const ROUNDS: usize = 9;
+
+/// CPU time this process has used so far, in nanoseconds, from `/proc/self/stat` (user and
+/// system time of every thread, in clock ticks of 10 ms: a round is long enough for that).
+fn process_cpu_ns() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks * 1e7
+}
+
+/// CPU nanoseconds per call of `op(task)` over [`calls_per_round`] calls on
+/// [`common::TASKS`] tasks.
+async fn cpu_per_call<F, Fut>(op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let per_task = calls_per_round() / common::TASKS;
+    let before = process_cpu_ns();
+    common::throughput(per_task, move |t, _| op(t)).await;
+    (process_cpu_ns() - before) / (per_task * common::TASKS) as f64
+}
+
+/// Run both sides for [`ROUNDS`] rounds and print the comparison of `name`.
+async fn compare<O, OF, F, FF>(name: &str, ours: O, fred: F)
+where
+    O: Fn(usize) -> OF + Send + Sync + Clone + 'static,
+    OF: Future<Output = ()> + Send,
+    F: Fn(usize) -> FF + Send + Sync + Clone + 'static,
+    FF: Future<Output = ()> + Send,
+{
+    let (mut o, mut f, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (a, b) = if round % 2 == 0 {
+            let a = cpu_per_call(ours.clone()).await;
+            (a, cpu_per_call(fred.clone()).await)
+        } else {
+            let b = cpu_per_call(fred.clone()).await;
+            (cpu_per_call(ours.clone()).await, b)
+        };
+        o.push(a);
+        f.push(b);
+        paired.push(b / a);
+    }
+    let (lo, hi) = paired
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "{name}: ours {:.0} ns of CPU per call, fred with our settings {:.0} ns \
+         (paired rounds {lo:.3}-{hi:.3})",
+        common::median(o),
+        common::median(f),
+    );
+    println!(
+        "ratio client_cpu_{name}_vs_fred_same_settings {:.3}",
+        common::median(paired)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let server = common::server();
+    common::install_metrics_recorder();
+    let forze = common::spawn(
+        &server.url(),
+        "[counters.bench]\n[caches.remote]\nttl = \"60s\"",
+    )
+    .await;
+    let safe = common::same_settings_pool(&server.url()).await;
+
+    // Counters: INCRBY, each caller on its own counter.
+    let counter = forze.counter("bench").expect("counter");
+    let ids: Arc<Vec<CounterId>> = Arc::new(
+        (0..common::TASKS)
+            .map(|i| CounterId::suffix(format!("c{i}")))
+            .collect(),
+    );
+    let keys: Arc<Vec<Arc<str>>> = Arc::new(
+        (0..common::TASKS)
+            .map(|i| format!("bench:fred:c{i}").into())
+            .collect(),
+    );
+    let ours = move |t: usize| {
+        let (c, ids) = (counter.clone(), ids.clone());
+        async move {
+            black_box(c.incr(&ids[t], 1).await.expect("incr"));
+        }
+    };
+    let s = safe.clone();
+    let k = keys.clone();
+    let fred = move |t: usize| {
+        let (s, k) = (s.clone(), k.clone());
+        async move {
+            let c = s.client("bench").expect("connected");
+            let v: i64 = c
+                .with_options(s.options(Access::Write))
+                .incr_by(&*k[t], 1)
+                .await
+                .expect("incrby");
+            black_box(v);
+        }
+    };
+    compare("counter_incr_c64", ours, fred).await;
+
+    // Cache reads without an L1: GET, each caller on its own stored key.
+    let remote = forze.cache("remote").expect("cache");
+    let value = vec![7u8; 64];
+    let cache_keys: Arc<Vec<CacheKey>> = Arc::new(
+        (0..common::TASKS)
+            .map(|i| CacheKey::new(format!("r{i}")))
+            .collect(),
+    );
+    let redis_keys: Arc<Vec<String>> = Arc::new(
+        (0..common::TASKS)
+            .map(|i| format!("bench:fred:r{i}"))
+            .collect(),
+    );
+    let c = safe.client("bench").expect("connected");
+    for (key, rkey) in cache_keys.iter().zip(redis_keys.iter()) {
+        remote.set_bytes(key, &value, None).await.expect("set");
+        let _: () = c
+            .set(rkey.as_str(), Bytes::from(value.clone()), None, None, false)
+            .await
+            .expect("set");
+    }
+    let ours = move |t: usize| {
+        let (c, keys) = (remote.clone(), cache_keys.clone());
+        async move {
+            black_box(c.get_bytes(&keys[t]).await.expect("get"));
+        }
+    };
+    let s = safe.clone();
+    let fred = move |t: usize| {
+        let (s, k) = (s.clone(), redis_keys.clone());
+        async move {
+            let c = s.client("bench").expect("connected");
+            let v: Option<Bytes> = c
+                .with_options(s.options(Access::Read))
+                .get(&k[t])
+                .await
+                .expect("get");
+            black_box(v);
+        }
+    };
+    compare("cache_get_remote_c64", ours, fred).await;
+
+    forze.shutdown().await.expect("shutdown");
+}
