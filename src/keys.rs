@@ -233,6 +233,15 @@ pub fn push_escaped(out: &mut String, part: &str) {
     }
 }
 
+/// The length of `part` once escaped by [`push_escaped`]: each escaped byte takes three.
+fn escaped_len(part: &str) -> usize {
+    part.len()
+        + 2 * part
+            .bytes()
+            .filter(|&b| matches!(b, b'%' | b':' | b'{' | b'}') || b.is_ascii_control())
+            .count()
+}
+
 fn push_pct(out: &mut String, b: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.push('%');
@@ -346,8 +355,15 @@ impl KeySpace {
 
     /// The key of the entity named by `parts` for `tenant`. Parts must be non-empty.
     pub fn key(&self, tenant: Option<&TenantId>, parts: &[&str]) -> Result<RedisKey> {
-        let mut s = String::new();
+        // Sized exactly: a key that grew by reallocation took glibc's arena lock on every
+        // call (a realloc skips the per-thread cache), which threads then waited on.
+        let len = self.base.len()
+            + tenant.map_or(1, |t| 2 + escaped_len(t.as_str()))
+            + parts.iter().map(|p| 1 + escaped_len(p)).sum::<usize>()
+            + 1;
+        let mut s = String::with_capacity(len);
         self.write_key(&mut s, tenant, parts)?;
+        debug_assert_eq!(s.len(), len);
         Ok(RedisKey(s))
     }
 
