@@ -185,4 +185,38 @@ async fn main() {
     compare("cache_get_remote_c64", ours, fred).await;
 
     forze.shutdown().await.expect("shutdown");
+
+    // Our layer alone: the same increments in embedded mode (process-local state, no
+    // driver), so what each call costs in our code is most of what is measured.
+    let embedded = common::spawn_config(
+        forze_redis::Config::from_toml_str(
+            "mode = \"embedded\"\n[counters.bench]\n[supervision]\nname_prefix = \"bench-local\"",
+        )
+        .expect("config"),
+    )
+    .await;
+    let counter = embedded.counter("bench").expect("counter");
+    let ids: Arc<Vec<CounterId>> = Arc::new(
+        (0..common::TASKS)
+            .map(|i| CounterId::suffix(format!("c{i}")))
+            .collect(),
+    );
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let (c, ids) = (counter.clone(), ids.clone());
+        rates.push(
+            common::throughput(20 * calls_per_round() / common::TASKS, move |t, _| {
+                let (c, ids) = (c.clone(), ids.clone());
+                async move {
+                    black_box(c.incr(&ids[t], 1).await.expect("incr"));
+                }
+            })
+            .await,
+        );
+    }
+    println!(
+        "info counter_incr_embedded_c64 {:.0} ops/s (our layer without a driver)",
+        common::median(rates)
+    );
+    embedded.shutdown().await.expect("shutdown");
 }
