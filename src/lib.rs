@@ -66,6 +66,7 @@ pub mod keys;
 pub mod layers;
 #[doc(hidden)]
 pub mod lock;
+mod pooled;
 #[doc(hidden)]
 pub mod ratelimit;
 #[doc(hidden)]
@@ -76,6 +77,7 @@ pub mod runtime;
 pub mod scripts;
 #[doc(hidden)]
 pub mod snapshot;
+mod striped;
 #[doc(hidden)]
 pub mod task;
 #[doc(hidden)]

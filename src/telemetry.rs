@@ -5,11 +5,15 @@
 //! Every resource owns one [`Telemetry`]. An operation is observed once, where it is written
 //! (in the resource handle), by [`Telemetry::observe`]; the L1 hit of a cache, which must stay
 //! allocation-free and take tens of nanoseconds, only bumps a pre-registered counter
-//! ([`Telemetry::count`]).
+//! ([`Telemetry::counter`]).
 //!
 //! Metric handles are registered with the installed recorder the first time an
 //! (operation, outcome) pair is seen, then reused: the per-call cost is a scan of the few
-//! pairs seen so far (no lock, no shared write) and an atomic add. Install the recorder (for instance `metrics-exporter-prometheus`) before
+//! pairs seen so far (no lock, no shared write), an add to this thread's stripe of the pair's
+//! count, and the latency recorded. The recorder's operation counters are brought up to those
+//! counts by [`Telemetry::publish_counts`], which the runtime calls every second (a shared
+//! counter bumped by every call would move its cache line between cores on most calls).
+//! Install the recorder (for instance `metrics-exporter-prometheus`) before
 //! spawning the runtime. Labels are the resource kind and name, the operation and the outcome,
 //! all bounded by the configuration: tenants never become label values.
 //!
@@ -18,7 +22,7 @@
 //! interest check and no allocation, and the operation runs without the span's wrapper.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -28,6 +32,7 @@ use tracing::Instrument;
 
 use crate::config::RedisUrl;
 use crate::error::Result;
+use crate::striped::StripedCounter;
 
 /// Whether this build records metrics (the `metrics` cargo feature of this crate).
 pub const METRICS_ENABLED: bool = cfg!(feature = "metrics");
@@ -196,7 +201,7 @@ impl Slots {
 /// One (operation, outcome): its count, and its metric handles.
 #[derive(Debug)]
 struct Slot {
-    count: AtomicU64,
+    count: StripedCounter,
     #[cfg(feature = "metrics")]
     counter: metrics::Counter,
     #[cfg(feature = "metrics")]
@@ -335,12 +340,15 @@ impl Telemetry {
 
     /// Count one `operation` that ended with `outcome`, and record its latency.
     pub fn finish(&self, operation: &'static str, outcome: &'static str, started: Started) {
-        let slot = self.slot(operation, outcome);
-        slot.count.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            slot.counter.increment(1);
+        // Borrowed from the table: cloning the slot's `Arc` would write its shared count.
+        let record = |slot: &Slot| {
+            slot.count.add(1);
+            #[cfg(feature = "metrics")]
             slot.duration.record(started.0.elapsed().as_secs_f64());
+        };
+        match self.0.slots.find(operation, outcome) {
+            Some(slot) => record(slot),
+            None => record(&self.slot(operation, outcome)),
         }
         #[cfg(not(feature = "metrics"))]
         let _ = started;
@@ -351,7 +359,7 @@ impl Telemetry {
     pub fn publish_counts(&self) {
         #[cfg(feature = "metrics")]
         for (_, _, slot) in self.0.slots.entries() {
-            slot.counter.absolute(slot.count.load(Ordering::Relaxed));
+            slot.counter.absolute(slot.count.get());
         }
     }
 
@@ -380,7 +388,7 @@ impl Telemetry {
             ("outcome", outcome.to_string()),
         ];
         Slot {
-            count: AtomicU64::new(0),
+            count: StripedCounter::default(),
             #[cfg(feature = "metrics")]
             counter: metrics::counter!(names::OPERATIONS, &labels),
             #[cfg(feature = "metrics")]
@@ -398,7 +406,7 @@ impl Telemetry {
             .map(|(operation, outcome, slot)| OperationCount {
                 operation,
                 outcome,
-                count: slot.count.load(Ordering::Relaxed),
+                count: slot.count.get(),
             })
             .filter(|c| c.count > 0)
             .collect();
@@ -424,15 +432,15 @@ pub struct OutcomeCounter(Arc<Slot>);
 impl OutcomeCounter {
     /// How many were counted.
     pub fn get(&self) -> u64 {
-        self.0.count.load(Ordering::Relaxed)
+        self.0.count.get()
     }
 
-    /// Count one. Only this handle's own count is touched (one atomic add): its metric is
+    /// Count one. Only this thread's stripe of the count is touched (one atomic add): its metric is
     /// brought up to that count by [`Telemetry::publish_counts`], which the runtime calls
     /// every second, so a scrape sees these outcomes at most that late.
     #[inline]
     pub fn increment(&self) {
-        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.count.add(1);
     }
 }
 

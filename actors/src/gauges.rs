@@ -27,14 +27,11 @@ pub(crate) fn spawn_publisher(handle: ForzeHandle) {
                 handle.supervisor().get_status(),
                 ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
             );
+            // Operations are counted off the recorder and reach it here (a last time too
+            // when the runtime is gone, so its final second is not lost).
+            handle.publish_counts();
             if handle.is_shut_down() || gone {
                 return;
-            }
-            // Outcomes counted off the recorder on the L1 hit path reach it here.
-            for name in handle.cache_names() {
-                if let Ok(cache) = handle.cache(&name) {
-                    cache.publish_counts();
-                }
             }
             // A stats call that times out (an actor restarting) skips one refresh.
             if let Ok(stats) = handle.stats().await {

@@ -176,6 +176,14 @@ impl ForzeHandle {
         self.shared.caches.names()
     }
 
+    /// Bring the metrics recorder's operation counters up to every resource's own counts
+    /// (operations are counted off the recorder, per thread; see the core's telemetry).
+    pub(crate) fn publish_counts(&self) {
+        for (_, _, telemetry) in self.shared.telemetries() {
+            telemetry.publish_counts();
+        }
+    }
+
     /// The tracking subscriber's statistics; `None` when there is none (embedded mode, or no
     /// cache with an L1).
     /// Read from the counters the subscriber keeps in the shared state: no mailbox, so a

@@ -43,7 +43,9 @@ use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, LoaderError, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, push_escaped, unescape_part, KeySpace, TenantId};
+use crate::pooled::pooled;
 use crate::routing::{destination, Destination, Router};
+use crate::striped::StripedCounter;
 use codec::Entry;
 use l1::{FlushReason, L1Stats, L1};
 use local::LocalCacheStore;
@@ -96,10 +98,11 @@ impl From<String> for CacheKey {
 
 #[derive(Debug, Default)]
 struct Counters {
-    /// Keys read from the store (L1 hits are counted by the L1).
-    remote_reads: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Keys read from the store (L1 hits are counted by the L1). This and the next two are
+    /// bumped by every remote read: per thread (see [`StripedCounter`]).
+    remote_reads: StripedCounter,
+    hits: StripedCounter,
+    misses: StripedCounter,
     corrupt: AtomicU64,
     bypassed: AtomicU64,
     writes: AtomicU64,
@@ -331,7 +334,7 @@ impl Cache {
         if self.router.is_none() {
             return Ok(StoreRef::Own(&self.store));
         }
-        Box::pin(self.store_for(rkeys)).await
+        pooled(self.store_for(rkeys)).await
     }
 
     /// The store for an operation on `rkeys` (Redis keys of this namespace). Routed: the
@@ -444,9 +447,9 @@ impl Cache {
         });
         let l1_hits = l1.as_ref().map_or(0, |s| s.hits);
         CacheStats {
-            reads: l(&c.remote_reads) + l1_hits + l(&c.coalesced),
-            hits: l(&c.hits) + l1_hits,
-            misses: l(&c.misses),
+            reads: c.remote_reads.get() + l1_hits + l(&c.coalesced),
+            hits: c.hits.get() + l1_hits,
+            misses: c.misses.get(),
             corrupt: l(&c.corrupt),
             bypassed: l(&c.bypassed),
             writes: l(&c.writes),
@@ -542,13 +545,6 @@ impl Cache {
         }
     }
 
-    /// Publish to the metrics recorder what this cache counted without touching it (its
-    /// L1 hits, stale and coalesced reads); the runtime calls this every second.
-    #[doc(hidden)]
-    pub fn publish_counts(&self) {
-        self.telemetry.publish_counts();
-    }
-
     /// Count an error (its kind reaches the span and metrics through the telemetry).
     fn fail<T>(&self, e: Error) -> Result<T> {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -562,7 +558,7 @@ impl Cache {
             cooperate().await;
             return Ok(Some(entry));
         }
-        Box::pin(self.read_remote_one(op, key)).await
+        pooled(self.read_remote_one(op, key)).await
     }
 
     /// Read one key from the store (the L1 missed). Callers on the hit path box it: the miss
@@ -596,7 +592,7 @@ impl Cache {
             read_flight::Role::Alone => None,
         };
         let mut out = vec![None];
-        let read = Box::pin(self.fetch(op, &mut out, vec![pending]))
+        let read = pooled(self.fetch(op, &mut out, vec![pending]))
             .await
             .map(|outcome| (out.pop().flatten(), outcome));
         if let Some(guard) = leader {
@@ -610,15 +606,17 @@ impl Cache {
         self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
         self.coalesced.increment();
         match read {
-            Ok((Some(_), _)) => self.counters.hits.fetch_add(1, Ordering::Relaxed),
+            Ok((Some(_), _)) => self.counters.hits.add(1),
             Ok((None, outcome)) => {
                 if *outcome == "bypassed" {
                     self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
                 }
-                self.counters.misses.fetch_add(1, Ordering::Relaxed)
+                self.counters.misses.add(1)
             }
-            Err(_) => self.counters.errors.fetch_add(1, Ordering::Relaxed),
-        };
+            Err(_) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Read stored entries for `keys`, going through the L1; in input order.
@@ -647,7 +645,7 @@ impl Cache {
         let entry = codec::decode(stored);
         if entry.is_none() {
             self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            self.counters.misses.add(1);
         }
         entry
     }
@@ -660,9 +658,7 @@ impl Cache {
         out: &mut [Option<Entry>],
         pending: Vec<Pending>,
     ) -> Result<&'static str> {
-        self.counters
-            .remote_reads
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        self.counters.remote_reads.add(pending.len() as u64);
         let read = async {
             // Tickets are taken before the read is sent: a fill happens only if no
             // invalidation of its key arrived since (the L1's race rule).
@@ -689,7 +685,7 @@ impl Cache {
                     tracing::debug!(error = %e, "cache read bypassed");
                     let n = pending.len() as u64;
                     self.counters.bypassed.fetch_add(n, Ordering::Relaxed);
-                    self.counters.misses.fetch_add(n, Ordering::Relaxed);
+                    self.counters.misses.add(n);
                     return Ok("bypassed");
                 }
                 Err(e) => return self.fail(e),
@@ -697,7 +693,7 @@ impl Cache {
             let mut found = 0;
             for ((p, ticket), Read { stored, pttl }) in pending.iter().zip(tickets).zip(reads) {
                 let Some(stored) = stored else {
-                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.counters.misses.add(1);
                     continue;
                 };
                 // Only what decodes is worth keeping in the L1.
@@ -707,7 +703,7 @@ impl Cache {
                 if let (Some(l1), Some((ticket, l1_key))) = (&self.l1, ticket) {
                     l1.fill(ticket, l1_key, entry.clone(), pttl);
                 }
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.counters.hits.add(1);
                 out[p.index] = Some(entry);
                 found += 1;
             }
@@ -789,7 +785,7 @@ impl Cache {
             cooperate().await;
             return Ok(Some(entry.payload));
         }
-        Ok(Box::pin(self.read_remote_one("cache.get", key))
+        Ok(pooled(self.read_remote_one("cache.get", key))
             .await?
             .map(|e| e.payload))
     }
@@ -828,7 +824,7 @@ impl Cache {
         let rkey = self.redis_key(key)?;
         let check = async {
             let found = match self.store_for_keys(&[rkey.as_str()]).await.as_deref() {
-                Ok(Store::Redis(r)) => Box::pin(r.exists("cache.exists", &rkey)).await,
+                Ok(Store::Redis(r)) => pooled(r.exists("cache.exists", &rkey)).await,
                 Ok(Store::Local(l)) => Ok(l.exists(&rkey)),
                 Err(e) => Err(e.clone()),
             };
@@ -882,7 +878,7 @@ impl Cache {
                 .collect();
             let names: Vec<&str> = keys.iter().map(String::as_str).collect();
             let result = match self.store_for_keys(&names).await.as_deref() {
-                Ok(Store::Redis(r)) => Box::pin(r.write(op, &refs, ttl)).await,
+                Ok(Store::Redis(r)) => pooled(r.write(op, &refs, ttl)).await,
                 Ok(Store::Local(l)) => {
                     l.write(&refs, ttl);
                     Ok(())
@@ -979,7 +975,7 @@ impl Cache {
         self.evict_local(&keys);
         let result = match self.store_for_keys(&[keys[0].as_str()]).await.as_deref() {
             Ok(Store::Redis(r)) => {
-                Box::pin(r.write_versioned(
+                pooled(r.write_versioned(
                     op,
                     &keys[0],
                     stored,
@@ -1012,7 +1008,7 @@ impl Cache {
         }
         // Concurrent calls share the connection's pipeline: one round trip in practice.
         let writes = prepared.into_iter().map(|(k, v, s)| {
-            Box::pin(self.write_versioned("cache.set_many_versioned", k, v, s, ttl))
+            pooled(self.write_versioned("cache.set_many_versioned", k, v, s, ttl))
         });
         let all = async {
             futures::future::join_all(writes)
@@ -1072,7 +1068,7 @@ impl Cache {
             self.evict_local(&rkeys);
             let refs: Vec<&str> = rkeys.iter().map(String::as_str).collect();
             let result = match self.store_for_keys(&refs).await.as_deref() {
-                Ok(Store::Redis(r)) => Box::pin(r.remove(op, &refs, hard)).await,
+                Ok(Store::Redis(r)) => pooled(r.remove(op, &refs, hard)).await,
                 Ok(Store::Local(l)) => Ok(l.remove(&refs)),
                 Err(e) => Err(e.clone()),
             };

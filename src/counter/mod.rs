@@ -32,6 +32,7 @@ use crate::error::{ConflictReason, Error, ErrorKind, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::routing::{destination, Destination, Router};
+use crate::striped::StripedCounter;
 
 /// Which counter of a resource: an optional tenant and an optional suffix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -83,7 +84,8 @@ enum Store<'a> {
 /// Operation counts of one counter resource, live.
 #[derive(Debug, Default)]
 struct Counts {
-    ops: AtomicU64,
+    /// Bumped by every call: per thread (see [`StripedCounter`]).
+    ops: StripedCounter,
     errors: AtomicU64,
     fallbacks: AtomicU64,
 }
@@ -103,7 +105,7 @@ pub struct CounterStats {
 impl Counts {
     fn snapshot(&self) -> CounterStats {
         CounterStats {
-            ops: self.ops.load(Ordering::Relaxed),
+            ops: self.ops.get(),
             errors: self.errors.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
         }
@@ -329,7 +331,7 @@ impl Counter {
         let span = self.telemetry.span(operation);
         let started = self.telemetry.start();
         let work = async {
-            self.stats.ops.fetch_add(1, Ordering::Relaxed);
+            self.stats.ops.add(1);
             let routed = match (&target, &self.router) {
                 (Ok(_), Some(router)) => {
                     match Box::pin(destination(Some(router), &self.name, tenant)).await {

@@ -15,6 +15,7 @@ use super::out_of_range;
 use crate::connection::RedisConnection;
 use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::keys::{glob_escape, parts_after_base};
+use crate::pooled::pooled;
 
 /// Keys per `SCAN` step.
 const SCAN_COUNT: u32 = 500;
@@ -44,9 +45,9 @@ impl RedisCounterStore {
         // that held one inline would copy it when built and moved (measured: those copies,
         // not the allocation, are what a wrapper costs at 64 callers).
         let reply = if decr {
-            Box::pin(client.decr_by::<i64, _>(key, by)).await
+            pooled(client.decr_by::<i64, _>(key, by)).await
         } else {
-            Box::pin(client.incr_by::<i64, _>(key, by)).await
+            pooled(client.incr_by::<i64, _>(key, by)).await
         };
         reply.map_err(|e| match DriverErrorClass::of(&e) {
             // INCRBY/DECRBY answer a generic `ERR` only when the result would leave the i64
@@ -84,7 +85,7 @@ impl RedisCounterStore {
     pub(crate) async fn get(&self, key: &str) -> Result<i64> {
         const OP: &str = "counter.get";
         let client = self.conn.client(OP)?;
-        let v: Value = Box::pin(
+        let v: Value = pooled(
             client
                 .with_options(self.conn.options(Access::Read))
                 .get(key),
@@ -97,7 +98,7 @@ impl RedisCounterStore {
     pub(crate) async fn set(&self, key: &str, value: i64) -> Result<()> {
         const OP: &str = "counter.reset";
         let client = self.conn.client(OP)?;
-        Box::pin(
+        pooled(
             client
                 .with_options(self.conn.options(Access::Write))
                 .set::<(), _, _>(key, value, None, None, false),

@@ -28,6 +28,7 @@ use crate::config::LockConfig;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
+use crate::pooled::pooled;
 pub use lease::{LeaseRegistry, LockGuard, LostReason, LostSignal};
 use local::LocalLockStore;
 use redis::RedisLockStore;
@@ -224,7 +225,7 @@ impl Lock {
     async fn attempt(&self, key: &str, owner: &str) -> Result<Attempt> {
         match &self.store {
             Store::Redis(r) => {
-                Box::pin(r.acquire(key, owner, self.config.lease, self.config.fence_ttl())).await
+                pooled(r.acquire(key, owner, self.config.lease, self.config.fence_ttl())).await
             }
             Store::Local(l) => Ok(l.acquire(key, owner, self.config.lease)),
         }
@@ -368,7 +369,7 @@ impl Lock {
                 // Token 0: `release_as`, which knows the owner only.
                 Store::Redis(r) => {
                     let token = Some(lease.token).filter(|&t| t > 0);
-                    Box::pin(r.release(&lease.key, &lease.owner, token)).await
+                    pooled(r.release(&lease.key, &lease.owner, token)).await
                 }
                 Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
             }
@@ -389,7 +390,7 @@ impl Lock {
     pub(crate) async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
         let extend = async {
             match &self.store {
-                Store::Redis(r) => Box::pin(r.extend_many(leases, self.config.lease)).await,
+                Store::Redis(r) => pooled(r.extend_many(leases, self.config.lease)).await,
                 Store::Local(l) => Ok(leases
                     .iter()
                     .map(|(k, o)| l.extend(k, o, self.config.lease))
@@ -427,7 +428,7 @@ impl Lock {
         let key = self.key(id)?;
         let holder = async {
             match &self.store {
-                Store::Redis(r) => Box::pin(r.holder(&key)).await,
+                Store::Redis(r) => pooled(r.holder(&key)).await,
                 Store::Local(l) => Ok(l.holder(&key)),
             }
         };
@@ -448,7 +449,7 @@ impl Lock {
         let key = self.key(id)?;
         let ttl = async {
             match &self.store {
-                Store::Redis(r) => Box::pin(r.ttl(&key)).await,
+                Store::Redis(r) => pooled(r.ttl(&key)).await,
                 Store::Local(l) => Ok(l.ttl(&key)),
             }
         };

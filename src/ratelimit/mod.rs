@@ -24,7 +24,9 @@ use crate::connection::RedisConnection;
 use crate::error::{Access, Error, ErrorKind, Result};
 use crate::gate::Gate;
 use crate::keys::KeySpace;
+use crate::pooled::pooled;
 use crate::scripts::{RATELIMIT_ACQUIRE, RATELIMIT_ACQUIRE_MANY};
+use crate::striped::StripedCounter;
 
 pub use crate::decided_by::DecidedBy;
 
@@ -50,7 +52,8 @@ struct LocalBucket {
 /// Counters of one policy.
 #[derive(Debug, Default)]
 struct Counters {
-    decisions: AtomicU64,
+    /// Bumped by every decision: per thread (see [`StripedCounter`]).
+    decisions: StripedCounter,
     denied: AtomicU64,
     fallbacks: AtomicU64,
 }
@@ -155,7 +158,7 @@ impl RateLimiter {
     pub fn stats(&self) -> RateLimitStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RateLimitStats {
-            decisions: l(&self.counters.decisions),
+            decisions: self.counters.decisions.get(),
             denied: l(&self.counters.denied),
             fallbacks: l(&self.counters.fallbacks),
         }
@@ -186,10 +189,10 @@ impl RateLimiter {
                 ));
             }
             let key = self.key(route)?;
-            self.counters.decisions.fetch_add(1, Ordering::Relaxed);
+            self.counters.decisions.add(1);
             let decision = match &self.conn {
                 None => self.local_decide(&key, n, 1.0, DecidedBy::Local),
-                Some(conn) => match Box::pin(self.shared_decide(conn, &key, n)).await {
+                Some(conn) => match pooled(self.shared_decide(conn, &key, n)).await {
                     Ok(d) => d,
                     Err(e) => {
                         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
