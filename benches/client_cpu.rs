@@ -1,10 +1,10 @@
 //! Client CPU per call: the process's CPU time per operation of ours against fred with our
 //! connection settings, same private server, same run, 64 callers each on its own key.
 //!
-//! Throughput at 64 callers swings by a tenth or more between rounds on a small machine,
-//! which hides a difference of a few hundred nanoseconds per call; the CPU this process
-//! spends per call does not depend on how the rounds were scheduled, so it shows what our
-//! layer costs over the driver. Both sides run interleaved, round by round, and each
+//! Throughput at 64 callers swings by a tenth or more between rounds on a small machine; the
+//! CPU this process spends per call is a second view of the same cost, less tied to how long
+//! each round waited on the server (it still moves with how many commands share a write, so
+//! read it over several runs). Both sides run interleaved, round by round, and each
 //! comparison is the median of the per-round ratios:
 //! `ratio client_cpu_<contract>_c64_vs_fred_same_settings <fred CPU / our CPU per call>`
 //! (1.0: we cost no more than the driver; 0.8: each call costs us a quarter more).

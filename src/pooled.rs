@@ -11,6 +11,7 @@
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::cell::RefCell;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
@@ -79,6 +80,8 @@ thread_local! {
 /// A future in a pooled heap block: `Unpin`, one pointer wide, and moved for free.
 pub struct Pooled<F> {
     ptr: NonNull<F>,
+    /// It owns an `F` (dropped with it), as a `Box<F>` would.
+    _owns: PhantomData<F>,
 }
 
 // SAFETY: `Pooled<F>` owns its `F` exactly as a `Box<F>` would.
@@ -96,7 +99,10 @@ pub fn pooled<F: Future>(future: F) -> Pooled<F> {
         let ptr = NonNull::<F>::dangling();
         // SAFETY: writing a zero-sized value through an aligned pointer is allowed.
         unsafe { ptr.as_ptr().write(future) };
-        return Pooled { ptr };
+        return Pooled {
+            ptr,
+            _owns: PhantomData,
+        };
     }
     let block = POOL
         .try_with(|p| p.borrow_mut().take(layout))
@@ -109,7 +115,10 @@ pub fn pooled<F: Future>(future: F) -> Pooled<F> {
     let ptr = block.cast::<F>();
     // SAFETY: the block is unused, and sized and aligned for `F`.
     unsafe { ptr.as_ptr().write(future) };
-    Pooled { ptr }
+    Pooled {
+        ptr,
+        _owns: PhantomData,
+    }
 }
 
 impl<F: Future> Future for Pooled<F> {
