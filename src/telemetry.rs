@@ -202,6 +202,9 @@ impl Slots {
 #[derive(Debug)]
 struct Slot {
     count: StripedCounter,
+    /// How much of `count` the recorder has been given.
+    #[cfg(feature = "metrics")]
+    published: std::sync::atomic::AtomicU64,
     #[cfg(feature = "metrics")]
     counter: metrics::Counter,
     #[cfg(feature = "metrics")]
@@ -359,7 +362,15 @@ impl Telemetry {
     pub fn publish_counts(&self) {
         #[cfg(feature = "metrics")]
         for (_, _, slot) in self.0.slots.entries() {
-            slot.counter.absolute(slot.count.get());
+            // What was counted since the last publish, added: an `absolute` would be taken
+            // as a maximum by some recorders, so a runtime started again in the same process
+            // under the same labels would not count until it passed the old total. The max
+            // makes two overlapping publishes add each operation once.
+            let now = slot.count.get();
+            let before = slot.published.fetch_max(now, Ordering::Relaxed);
+            if now > before {
+                slot.counter.increment(now - before);
+            }
         }
     }
 
@@ -389,6 +400,8 @@ impl Telemetry {
         ];
         Slot {
             count: StripedCounter::default(),
+            #[cfg(feature = "metrics")]
+            published: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             counter: metrics::counter!(names::OPERATIONS, &labels),
             #[cfg(feature = "metrics")]

@@ -310,11 +310,15 @@ impl ForzeHandle {
     /// stopped, in-flight requests drained, pool actor stopped, connections closed last.
     pub async fn shutdown(&self) -> Result<()> {
         let timeout = self.shared.config.supervision.shutdown_timeout * 3;
-        match self
+        let stopped = self
             .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(timeout))
-            .await
-        {
+            .await;
+        // Operations that ended while the tree drained reach the recorder too.
+        if forze_redis::telemetry::METRICS_ENABLED {
+            self.publish_counts();
+        }
+        match stopped {
             // Already stopped (shut down before, or failed): nothing left to do.
             Ok(()) | Err(ractor::RactorErr::Messaging(_)) => Ok(()),
             Err(ractor::RactorErr::Timeout) => Err(Error::Timeout {
