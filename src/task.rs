@@ -34,21 +34,35 @@ pub struct DedicatedThread {
 }
 
 impl DedicatedThread {
-    /// Start a thread named `name` with its runtime (timers and I/O enabled).
-    pub fn start(name: &str) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
+    /// Start a thread named `name` with its runtime (timers and I/O enabled). The runtime is
+    /// built, run and dropped on that thread only (a runtime dropped in async code panics).
+    pub async fn start(name: &str) -> std::io::Result<Self> {
+        let (ready, handle) = oneshot::channel::<std::io::Result<tokio::runtime::Handle>>();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                if ready.send(Ok(runtime.handle().clone())).is_err() {
+                    return;
+                }
                 // Spawned tasks run while this blocks; it returns when the owner is dropped.
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
             })?;
+        let handle = handle.await.map_err(|_| {
+            std::io::Error::other("the dedicated thread ended before its runtime was ready")
+        })??;
         Ok(DedicatedThread {
             handle,
             _stop: stop,
@@ -70,7 +84,9 @@ mod tests {
 
     #[tokio::test]
     async fn runs_tasks_on_its_own_thread_and_stops_when_dropped() {
-        let thread = DedicatedThread::start("forze-test-io").expect("thread");
+        let thread = DedicatedThread::start("forze-test-io")
+            .await
+            .expect("thread");
         let (tx, rx) = oneshot::channel();
         let _task = thread.spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

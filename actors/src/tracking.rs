@@ -157,7 +157,7 @@ impl Actor for TrackingSubscriber {
         let prefixes = tracked.prefixes();
         // The connections are opened and read on a thread of their own, so an invalidation
         // is applied as soon as it arrives however busy the application's runtime is.
-        let thread = DedicatedThread::start("forze-tracking")?;
+        let thread = DedicatedThread::start("forze-tracking").await?;
         let task = thread.spawn(run(shared.clone(), tracked, prefixes.clone(), stopped));
         Ok(TrackingState {
             _task: task,
