@@ -463,21 +463,8 @@ ttl = "60s"
             .set(&k("key"), "v2", None)
             .await
             .unwrap();
-        let got = timed(hot.get_with_freshness::<String>(&k("key")))
-            .await
-            .unwrap();
-        let got = got.unwrap_or_else(|| panic!("{bin}: no stale answer while cut off"));
-        assert_eq!(got.value, "v1", "{bin}");
-        assert!(
-            matches!(got.freshness, Freshness::Stale { .. }),
-            "{bin}: {got:?}"
-        );
-        // Plain reads never serve stale, and the namespace without the option misses.
-        assert_eq!(
-            timed(hot.get::<String>(&k("key"))).await.unwrap(),
-            None,
-            "{bin}"
-        );
+        answers_v1_stale_and_plain_reads_miss(&hot, &format!("{bin} cut off")).await;
+        // The namespace without the option misses.
         let plain_read = timed(plain.get_with_freshness::<String>(&k("key")))
             .await
             .unwrap();
@@ -548,6 +535,25 @@ ttl = "60s"
     }
 }
 
+/// While Redis is out of reach: `get_with_freshness` answers `v1` marked stale, and a plain
+/// `get` never serves stale (it misses).
+async fn answers_v1_stale_and_plain_reads_miss(cache: &Cache, what: &str) {
+    let got = timed(cache.get_with_freshness::<String>(&k("key")))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: no stale answer"));
+    assert_eq!(got.value, "v1", "{what}");
+    assert!(
+        matches!(got.freshness, Freshness::Stale { .. }),
+        "{what}: {got:?}"
+    );
+    assert_eq!(
+        timed(cache.get::<String>(&k("key"))).await.unwrap(),
+        None,
+        "{what}"
+    );
+}
+
 /// A namespace that serves stale for 30 s, longer than any of these tests waits.
 const STALE_30S: &str = r#"
 [caches.hot]
@@ -598,20 +604,7 @@ async fn stale_values_are_served_while_the_server_is_killed_and_never_after_it_r
         server.stop();
         wait_tracking(&reader, "tracking lost", |s| !s.confirmed).await;
         for _ in 0..3 {
-            let got = timed(hot.get_with_freshness::<String>(&k("key")))
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("{bin}: no stale answer with the server killed"));
-            assert_eq!(got.value, "v1", "{bin}");
-            assert!(
-                matches!(got.freshness, Freshness::Stale { .. }),
-                "{bin}: {got:?}"
-            );
-            assert_eq!(
-                timed(hot.get::<String>(&k("key"))).await.unwrap(),
-                None,
-                "{bin}"
-            );
+            answers_v1_stale_and_plain_reads_miss(&hot, &format!("{bin} killed")).await;
         }
 
         let confirmations = tracking(&reader).await.confirmations;
