@@ -535,6 +535,42 @@ mod tests {
         assert_eq!(count("counter.get", "l1_hit"), Some(1));
     }
 
+    /// Counts reach the recorder as what was counted since the last publish: a second publish
+    /// adds nothing, and a runtime built again under the same labels adds its own counts to
+    /// the series (an `absolute` would be kept as a maximum and hide them).
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn published_counts_add_up_across_publishes_and_rebuilt_runtimes() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let total = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| match value {
+                    DebugValue::Counter(n) if key.key().name() == names::OPERATIONS => Some(n),
+                    _ => None,
+                })
+        };
+        let run = |times: usize| {
+            let t = metrics::with_local_recorder(&recorder, || {
+                let t = Telemetry::new("forze", "counter", "orders", "orders", None);
+                for _ in 0..times {
+                    t.finish("counter.incr", "ok", t.start());
+                }
+                t
+            });
+            t.publish_counts();
+            t.publish_counts();
+        };
+        // One snapshot at the end: the debugging recorder's snapshot drains its counters.
+        run(3);
+        run(2);
+        assert_eq!(total(), Some(5));
+    }
+
     #[test]
     fn a_cluster_reports_one_of_its_seed_nodes() {
         let got = RedisUrl::new("redis-cluster://:pw@h1:7000?node=h2:7001").server_address();
