@@ -561,9 +561,9 @@ impl Cache {
         pooled(self.read_remote_one(op, key)).await
     }
 
-    /// Read one key from the store (the L1 missed). Callers on the hit path box it: the miss
-    /// path's future is hundreds of bytes, and unboxed it would make theirs as large, moved
-    /// by their caller on every hit too.
+    /// Read one key from the store (the L1 missed). Callers on the hit path put it on the heap
+    /// (`pooled`): the miss path's future is hundreds of bytes, and inline it would make
+    /// theirs as large, moved by their caller on every hit too.
     async fn read_remote_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
         Ok(self.read_remote_outcome(op, key).await?.0)
     }
