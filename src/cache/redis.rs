@@ -2,8 +2,8 @@
 //!
 //! Reads and batch writes are pipelines of single-key commands, one round trip each, and
 //! cluster-safe (fred routes each command to its slot's node). A versioned write is one script
-//! call per key. Every future that holds a fred call is boxed once by the caller
-//! ([`Cache`](super::Cache)) so ours stay small.
+//! call per key. Every future that holds a fred call is put on the heap once (in a pooled
+//! block) so ours stay small.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,8 +95,8 @@ impl RedisCacheStore {
             .with_options(self.conn.options(Access::Read));
         let err = |e| self.conn.error(op, Access::Read, e);
         if let ([key], false, None) = (keys, with_pttl, slide) {
-            // One key, nothing else asked: a plain GET, no pipeline to build. Boxed where it
-            // is made: a driver command future is about 8 KiB, copied at every move.
+            // One key, nothing else asked: a plain GET, no pipeline to build. On the heap
+            // where it is made: a driver command future is about 8 KiB, copied at every move.
             let v: Value = pooled(client.get(*key)).await.map_err(err)?;
             return Ok(vec![Read {
                 stored: bytes_of(op, v)?,

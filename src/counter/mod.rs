@@ -428,10 +428,10 @@ enum Out {
     Rows(Vec<(Vec<String>, i64)>),
 }
 
-/// Run `op` on `store`. The Redis store boxes each driver command future where it is made:
-/// fred's are about 8 KiB, and unboxed they would make every future above them as large,
-/// copied at each await layer on every call (measured: the copies cost more than one
-/// allocation at 64 callers). `list`, a scan of many commands, is boxed whole here.
+/// Run `op` on `store`. The Redis store puts each driver command future on the heap where it
+/// is made (in a pooled block): fred's are about 8 KiB, and inline they would make every
+/// future above them as large, copied at each await layer on every call. `list`, a scan of
+/// many commands and rarely called, is boxed whole here.
 /// Increments on Redis go through `coalescer` when one is given.
 async fn exec(
     store: Store<'_>,
