@@ -23,11 +23,14 @@ local act = ARGV[1]
 local ratio, win, minc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local brk, hmax = tonumber(ARGV[5]), tonumber(ARGV[6])
 local st = redis.call('HMGET', KEYS[1], 'ph', 'oa', 'hc', 'fo')
-local ct = redis.call('HMGET', KEYS[2], 'ws', 's', 'f')
 local ph, oa, hc, fo = st[1] or 'closed', tonumber(st[2]) or 0, tonumber(st[3]) or 0, st[4]
-local ws, s, f = tonumber(ct[1]) or now, tonumber(ct[2]) or 0, tonumber(ct[3]) or 0
-local before = ph .. '|' .. oa .. '|' .. hc .. '|' .. tostring(fo)
-local ph0 = ph
+-- The counts matter to recorded outcomes only: an admission never reads them.
+local ws, s, f = now, 0, 0
+if act == 'ok' or act == 'fail' then
+  local ct = redis.call('HMGET', KEYS[2], 'ws', 's', 'f')
+  ws, s, f = tonumber(ct[1]) or now, tonumber(ct[2]) or 0, tonumber(ct[3]) or 0
+end
+local ph0, oa0, hc0, fo0 = ph, oa, hc, fo
 local counted = false
 local tr, allowed = '', 0
 local function open()
@@ -61,7 +64,7 @@ elseif act == 'fail' then
     if s + f >= minc and f / (s + f) >= ratio then open(); zero() end
   end
 end
-if before ~= ph .. '|' .. oa .. '|' .. hc .. '|' .. tostring(fo) then
+if ph ~= ph0 or oa ~= oa0 or hc ~= hc0 or fo ~= fo0 then
   redis.call('HSET', KEYS[1], 'ph', ph, 'oa', oa, 'hc', hc)
   if fo then redis.call('HSET', KEYS[1], 'fo', fo) else redis.call('HDEL', KEYS[1], 'fo') end
   if fo then redis.call('PERSIST', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
