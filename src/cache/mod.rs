@@ -275,6 +275,34 @@ thread_local! {
     static L1_KEY_BUF: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// `f` of the L1 key of the caller's `key` under `tenant`: the key itself without a tenant
+/// (nothing built), else the escaped tenant, `:` and the key, built in a reused buffer. The
+/// one place the L1 key layout is written.
+fn with_l1_key<R>(tenant: Option<&TenantId>, key: &str, f: impl FnOnce(&str) -> R) -> R {
+    let Some(tenant) = tenant else { return f(key) };
+    L1_KEY_BUF.with(|buf| {
+        // A re-entrant call (none today) gets a buffer of its own instead of a panic.
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            return f(&l1_key_owned(tenant, key));
+        };
+        buf.clear();
+        push_l1_key(&mut buf, tenant, key);
+        f(&buf)
+    })
+}
+
+fn l1_key_owned(tenant: &TenantId, key: &str) -> String {
+    let mut k = String::with_capacity(tenant.as_str().len() + 1 + key.len());
+    push_l1_key(&mut k, tenant, key);
+    k
+}
+
+fn push_l1_key(out: &mut String, tenant: &TenantId, key: &str) {
+    push_escaped(out, tenant.as_str());
+    out.push(':');
+    out.push_str(key);
+}
+
 impl Cache {
     /// A cache namespace on Redis (`redis` is `Some`) or on local state. The L1 exists only
     /// on Redis and only when configured; it starts untrusted until the tracking session
@@ -485,17 +513,7 @@ impl Cache {
     /// builds nothing and hashes only the caller's key.
     fn l1_lookup(&self, key: &CacheKey) -> Result<Option<Entry>> {
         let Some(l1) = &self.l1 else { return Ok(None) };
-        let found = match self.tenant(key)? {
-            None => l1.get(&key.key),
-            Some(tenant) => L1_KEY_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.clear();
-                push_escaped(&mut buf, tenant.as_str());
-                buf.push(':');
-                buf.push_str(&key.key);
-                l1.get(&buf)
-            }),
-        };
+        let found = with_l1_key(self.tenant(key)?, &key.key, |k| l1.get(k));
         if found.is_some() {
             self.l1_hits.increment();
         }
@@ -507,16 +525,10 @@ impl Cache {
     fn pending(&self, index: usize, key: &CacheKey) -> Result<Pending> {
         let tenant = self.tenant(key)?;
         let redis_key = self.space.key(tenant, &[&key.key])?.into_string();
-        let l1_key = self.l1.as_ref().map(|_| match tenant {
-            None => key.key.clone(),
-            Some(t) => {
-                let mut k = String::with_capacity(t.as_str().len() + 1 + key.key.len());
-                push_escaped(&mut k, t.as_str());
-                k.push(':');
-                k.push_str(&key.key);
-                k
-            }
-        });
+        let l1_key = self
+            .l1
+            .as_ref()
+            .map(|_| with_l1_key(tenant, &key.key, str::to_owned));
         Ok(Pending {
             index,
             redis_key,
@@ -524,8 +536,8 @@ impl Cache {
         })
     }
 
-    /// The L1 key of a Redis key of this namespace (what an invalidation push names); `None`
-    /// for any other key.
+    /// The L1 key of a Redis key of this namespace (what an invalidation push names), as
+    /// `push_l1_key` lays it out; `None` for any other key.
     pub(crate) fn l1_key_from_redis(&self, redis_key: &str) -> Option<String> {
         let rest = redis_key.strip_prefix(self.space.namespace_prefix_str())?;
         let rest = rest.strip_suffix('}')?;
@@ -764,16 +776,9 @@ impl Cache {
     /// The kept-aside entry of `key`, if the L1 serves stale and still holds one.
     fn l1_stale_lookup(&self, key: &CacheKey) -> Result<Option<(Entry, Duration)>> {
         let Some(l1) = &self.l1 else { return Ok(None) };
-        Ok(match self.tenant(key)? {
-            None => l1.get_stale(&key.key),
-            Some(tenant) => {
-                let mut k = String::with_capacity(tenant.as_str().len() + key.key.len() + 1);
-                push_escaped(&mut k, tenant.as_str());
-                k.push(':');
-                k.push_str(&key.key);
-                l1.get_stale(&k)
-            }
-        })
+        Ok(with_l1_key(self.tenant(key)?, &key.key, |k| {
+            l1.get_stale(k)
+        }))
     }
 
     /// The stored bytes of `key` exactly as written with [`Cache::set_bytes`] (or the JSON of
@@ -1285,6 +1290,10 @@ mod tests {
                 }
                 let redis_key = c.redis_key(&key).unwrap();
                 let l1_key = c.l1_key_from_redis(&redis_key).unwrap();
+                // A read that misses fills the key the push names.
+                let pending = c.pending(0, &key).unwrap();
+                assert_eq!(pending.redis_key, redis_key, "{raw}");
+                assert_eq!(pending.l1_key.as_deref(), Some(l1_key.as_str()), "{raw}");
                 let entry = codec::decode(codec::encode_raw(None, b"v")).unwrap();
                 let ticket = l1.ticket(&l1_key).unwrap();
                 assert!(l1.fill(ticket, &l1_key, entry, None));
