@@ -672,9 +672,12 @@ extend_every = "1s"
         ticks,
         "{bin}: one call per tick"
     );
+    // A tick counts its call when it sends it: one sent just before the first reading and
+    // run by the server just after it is the server's and not ours. Per-lease or per-chunk
+    // renewals would be thousands or tens of calls.
     assert!(
-        calls1 - calls0 <= ticks,
-        "{bin}: the server saw more calls than ticks"
+        calls1 - calls0 <= ticks + 1,
+        "{bin}: the server saw more calls than ticks (and the one that may have been in flight)"
     );
     assert!(
         guards.iter().all(|g| !g.is_lost()),
