@@ -442,9 +442,28 @@ ttl = "60s"
                 .set(&k("key"), "v1", None)
                 .await
                 .unwrap();
-            fill(&reader.cache(ns).unwrap(), "key", "v1").await;
         }
         let (hot, plain) = (reader.cache("hot").unwrap(), reader.cache("plain").unwrap());
+        // The L1s hold v1 under a confirmation that still stands at `cut`. A loss before the
+        // cut (a tracking connection dropped on a loaded machine) would keep entries aside
+        // from that earlier loss, older than the cut: then fill again.
+        let mut attempts = 0;
+        let cut = loop {
+            let before = reader.tracking_stats().await.unwrap().unwrap();
+            for cache in [&hot, &plain] {
+                fill(cache, "key", "v1").await;
+            }
+            let cut = Instant::now();
+            let after = reader.tracking_stats().await.unwrap().unwrap();
+            if after.confirmed
+                && (after.losses, after.confirmations) == (before.losses, before.confirmations)
+            {
+                break cut;
+            }
+            attempts += 1;
+            assert!(attempts < 5, "{bin}: tracking kept dropping before the cut");
+            wait_tracking(&reader, "tracking confirmed", |s| s.confirmed).await;
+        };
         let fresh = hot
             .get_with_freshness::<String>(&k("key"))
             .await
@@ -454,7 +473,6 @@ ttl = "60s"
 
         // Cut off: Redis refuses the reader, tracking is lost.
         proxy.set_mode(ProxyMode::Refuse);
-        let cut = Instant::now();
         wait_tracking(&reader, "tracking lost", |s| !s.confirmed).await;
         let lost_seen = Instant::now();
         writer
