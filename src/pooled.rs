@@ -91,33 +91,71 @@ unsafe impl<F: Sync> Sync for Pooled<F> {}
 
 impl<F> Unpin for Pooled<F> {}
 
-/// Put `future` in a pooled block (see the module's documentation).
-pub fn pooled<F: Future>(future: F) -> Pooled<F> {
+/// Build a future with `make` straight into a pooled block (see the module's documentation).
+///
+/// The block is taken before the future exists, so the optimizer builds it in place: a
+/// future passed by value would be built on the stack first and then copied whole into the
+/// block (8 KiB for a driver command: measured at about 2 % of a remote read's client CPU).
+#[inline]
+pub fn pooled_with<F: Future>(make: impl FnOnce() -> F) -> Pooled<F> {
     let layout = Layout::new::<F>();
     if layout.size() == 0 {
         // Nothing to store: a dangling, aligned pointer is a valid place for it.
         let ptr = NonNull::<F>::dangling();
         // SAFETY: writing a zero-sized value through an aligned pointer is allowed.
-        unsafe { ptr.as_ptr().write(future) };
+        unsafe { ptr.as_ptr().write(make()) };
         return Pooled {
             ptr,
             _owns: PhantomData,
         };
     }
-    let block = POOL
-        .try_with(|p| p.borrow_mut().take(layout))
+    let ptr = take_block(layout).cast::<F>();
+    // Owns the block until the future is in it: a panicking `make` gives it back.
+    let guard = BlockGuard {
+        block: ptr.cast(),
+        layout,
+    };
+    // SAFETY: the block is unused, and sized and aligned for `F`.
+    unsafe { ptr.as_ptr().write(make()) };
+    std::mem::forget(guard);
+    Pooled {
+        ptr,
+        _owns: PhantomData,
+    }
+}
+
+/// A block from this thread's pool, or a new one; `layout` is not zero-sized.
+fn take_block(layout: Layout) -> NonNull<u8> {
+    POOL.try_with(|p| p.borrow_mut().take(layout))
         .ok()
         .flatten()
         .unwrap_or_else(|| {
             // SAFETY: the layout's size is not zero.
             NonNull::new(unsafe { alloc(layout) }).unwrap_or_else(|| handle_alloc_error(layout))
-        });
-    let ptr = block.cast::<F>();
-    // SAFETY: the block is unused, and sized and aligned for `F`.
-    unsafe { ptr.as_ptr().write(future) };
-    Pooled {
-        ptr,
-        _owns: PhantomData,
+        })
+}
+
+/// Give an unused block back to this thread's pool, or free it.
+fn give_block(block: NonNull<u8>, layout: Layout) {
+    // During thread teardown the pool may be gone: free the block then.
+    let kept = POOL
+        .try_with(|p| p.borrow_mut().give(layout, block))
+        .unwrap_or(false);
+    if !kept {
+        // SAFETY: the block was allocated with `layout` and nothing uses it any more.
+        unsafe { dealloc(block.as_ptr(), layout) };
+    }
+}
+
+/// Returns a block that never received its future (its maker panicked).
+struct BlockGuard {
+    block: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Drop for BlockGuard {
+    fn drop(&mut self) {
+        give_block(self.block, self.layout);
     }
 }
 
@@ -139,15 +177,7 @@ impl<F> Drop for Pooled<F> {
         if layout.size() == 0 {
             return;
         }
-        let block = self.ptr.cast::<u8>();
-        // During thread teardown the pool may be gone: free the block then.
-        let kept = POOL
-            .try_with(|p| p.borrow_mut().give(layout, block))
-            .unwrap_or(false);
-        if !kept {
-            // SAFETY: the block was allocated with `layout` and nothing uses it any more.
-            unsafe { dealloc(block.as_ptr(), layout) };
-        }
+        give_block(self.ptr.cast(), layout);
     }
 }
 
@@ -173,7 +203,7 @@ mod tests {
             let d = drops.clone();
             tasks.push(tokio::spawn(async move {
                 let held = Tracked(d, [i as u8; 4096]);
-                let f = pooled(async move {
+                let f = pooled_with(|| async move {
                     tokio::task::yield_now().await;
                     u64::from(held.1[4095]) + i
                 });
@@ -190,7 +220,7 @@ mod tests {
         // A future dropped before it completes drops its state exactly once too.
         let d = Arc::new(AtomicUsize::new(0));
         let held = Tracked(d.clone(), [0; 4096]);
-        let pending = pooled(async move {
+        let pending = pooled_with(|| async move {
             let _keep = held;
             std::future::pending::<()>().await;
         });
@@ -206,17 +236,35 @@ mod tests {
             }
         }
         assert_eq!(std::mem::size_of::<Ready>(), 0);
-        assert_eq!(pooled(Ready).await, 7);
+        assert_eq!(pooled_with(|| Ready).await, 7);
     }
 
     #[test]
     fn a_freed_block_is_reused_by_the_next_future_of_its_layout() {
         let big = [1u8; 8192];
-        let first = pooled(async move { big[0] });
+        let first = pooled_with(|| async move { big[0] });
         let at = first.ptr.as_ptr() as usize;
         drop(first);
         let big = [2u8; 8192];
-        let second = pooled(async move { big[1] });
+        let second = pooled_with(|| async move { big[1] });
         assert_eq!(second.ptr.as_ptr() as usize, at);
+    }
+
+    #[test]
+    fn a_maker_that_panics_gives_its_block_back() {
+        let kept = || POOL.with(|p| p.borrow().kept);
+        let big = [3u8; 8192];
+        let before = kept();
+        let caught = std::panic::catch_unwind(|| {
+            pooled_with(|| -> std::future::Ready<u8> { panic!("no future") });
+        });
+        assert!(caught.is_err());
+        // The block taken for the future is back in the pool, and the next future of
+        // that layout gets it.
+        let layout = Layout::new::<std::future::Ready<u8>>();
+        assert_eq!(kept(), before + layout.size());
+        let next = pooled_with(|| std::future::ready(big[0]));
+        assert_eq!(kept(), before);
+        drop(next);
     }
 }

@@ -27,7 +27,7 @@ use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::gate::Gate;
 use crate::keys::KeySpace;
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 use crate::scripts::BREAKER;
 
 /// A breaker's phase.
@@ -402,7 +402,7 @@ impl Breaker {
             (Some(conn), _) => {
                 let decide = async {
                     Ok(
-                        match pooled(self.script(conn, &key, route, "admit")).await {
+                        match pooled_with(|| self.script(conn, &key, route, "admit")).await {
                             Ok(a) => a,
                             Err(e) => {
                                 self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -446,7 +446,7 @@ impl Breaker {
             let key = self.key(route)?;
             let action = if ok { "ok" } else { "fail" };
             Ok(match &self.conn {
-                Some(conn) => match pooled(self.script(conn, &key, route, action)).await {
+                Some(conn) => match pooled_with(|| self.script(conn, &key, route, action)).await {
                     Ok(a) => a.phase,
                     Err(_) => {
                         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -537,7 +537,7 @@ impl Breaker {
             match &self.conn {
                 Some(conn) => {
                     self.cache.remove(&key);
-                    pooled(self.script(conn, &key, route, action)).await?;
+                    pooled_with(|| self.script(conn, &key, route, action)).await?;
                     // Forced states are never cached: every replica asks until reset.
                     self.cache.remove(&key);
                 }

@@ -43,7 +43,7 @@ use crate::config::CacheConfig;
 use crate::error::{Error, ErrorKind, LoaderError, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, push_escaped, unescape_part, KeySpace, TenantId};
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 use crate::routing::{destination, Destination, Router};
 use crate::striped::StripedCounter;
 use codec::Entry;
@@ -362,7 +362,7 @@ impl Cache {
         if self.router.is_none() {
             return Ok(StoreRef::Own(&self.store));
         }
-        pooled(self.store_for(rkeys)).await
+        pooled_with(|| self.store_for(rkeys)).await
     }
 
     /// The store for an operation on `rkeys` (Redis keys of this namespace). Routed: the
@@ -570,11 +570,11 @@ impl Cache {
             cooperate().await;
             return Ok(Some(entry));
         }
-        pooled(self.read_remote_one(op, key)).await
+        pooled_with(|| self.read_remote_one(op, key)).await
     }
 
     /// Read one key from the store (the L1 missed). Callers on the hit path put it on the heap
-    /// (`pooled`): the miss path's future is hundreds of bytes, and inline it would make
+    /// (`pooled_with`): the miss path's future is hundreds of bytes, and inline it would make
     /// theirs as large, moved by their caller on every hit too.
     async fn read_remote_one(&self, op: &'static str, key: &CacheKey) -> Result<Option<Entry>> {
         Ok(self.read_remote_outcome(op, key).await?.0)
@@ -604,7 +604,7 @@ impl Cache {
             read_flight::Role::Alone => None,
         };
         let mut out = vec![None];
-        let read = pooled(self.fetch(op, &mut out, vec![pending]))
+        let read = pooled_with(|| self.fetch(op, &mut out, vec![pending]))
             .await
             .map(|outcome| (out.pop().flatten(), outcome));
         if let Some(guard) = leader {
@@ -790,7 +790,7 @@ impl Cache {
             cooperate().await;
             return Ok(Some(entry.payload));
         }
-        Ok(pooled(self.read_remote_one("cache.get", key))
+        Ok(pooled_with(|| self.read_remote_one("cache.get", key))
             .await?
             .map(|e| e.payload))
     }
@@ -829,7 +829,7 @@ impl Cache {
         let rkey = self.redis_key(key)?;
         let check = async {
             let found = match self.store_for_keys(&[rkey.as_str()]).await.as_deref() {
-                Ok(Store::Redis(r)) => pooled(r.exists("cache.exists", &rkey)).await,
+                Ok(Store::Redis(r)) => pooled_with(|| r.exists("cache.exists", &rkey)).await,
                 Ok(Store::Local(l)) => Ok(l.exists(&rkey)),
                 Err(e) => Err(e.clone()),
             };
@@ -883,7 +883,7 @@ impl Cache {
                 .collect();
             let names: Vec<&str> = keys.iter().map(String::as_str).collect();
             let result = match self.store_for_keys(&names).await.as_deref() {
-                Ok(Store::Redis(r)) => pooled(r.write(op, &refs, ttl)).await,
+                Ok(Store::Redis(r)) => pooled_with(|| r.write(op, &refs, ttl)).await,
                 Ok(Store::Local(l)) => {
                     l.write(&refs, ttl);
                     Ok(())
@@ -980,14 +980,8 @@ impl Cache {
         self.evict_local(&keys);
         let result = match self.store_for_keys(&[keys[0].as_str()]).await.as_deref() {
             Ok(Store::Redis(r)) => {
-                pooled(r.write_versioned(
-                    op,
-                    &keys[0],
-                    stored,
-                    &codec::format_version(version),
-                    ttl,
-                ))
-                .await
+                let version = codec::format_version(version);
+                pooled_with(|| r.write_versioned(op, &keys[0], stored, &version, ttl)).await
             }
             Ok(Store::Local(l)) => Ok(l.write_versioned(&keys[0], stored, version, ttl)),
             Err(e) => Err(e.clone()),
@@ -1013,7 +1007,7 @@ impl Cache {
         }
         // Concurrent calls share the connection's pipeline: one round trip in practice.
         let writes = prepared.into_iter().map(|(k, v, s)| {
-            pooled(self.write_versioned("cache.set_many_versioned", k, v, s, ttl))
+            pooled_with(|| self.write_versioned("cache.set_many_versioned", k, v, s, ttl))
         });
         let all = async {
             futures::future::join_all(writes)
@@ -1073,7 +1067,7 @@ impl Cache {
             self.evict_local(&rkeys);
             let refs: Vec<&str> = rkeys.iter().map(String::as_str).collect();
             let result = match self.store_for_keys(&refs).await.as_deref() {
-                Ok(Store::Redis(r)) => pooled(r.remove(op, &refs, hard)).await,
+                Ok(Store::Redis(r)) => pooled_with(|| r.remove(op, &refs, hard)).await,
                 Ok(Store::Local(l)) => Ok(l.remove(&refs)),
                 Err(e) => Err(e.clone()),
             };

@@ -14,7 +14,7 @@ use fred::types::{Expiration, ExpireOptions, Value};
 
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 use crate::scripts::CACHE_SET_VERSIONED;
 
 use crate::time::ttl_millis;
@@ -97,7 +97,7 @@ impl RedisCacheStore {
         if let ([key], false, None) = (keys, with_pttl, slide) {
             // One key, nothing else asked: a plain GET, no pipeline to build. On the heap
             // where it is made: a driver command future is about 8 KiB, copied at every move.
-            let v: Value = pooled(client.get(*key)).await.map_err(err)?;
+            let v: Value = pooled_with(|| client.get(*key)).await.map_err(err)?;
             return Ok(vec![Read {
                 stored: bytes_of(op, v)?,
                 pttl: None,
@@ -119,7 +119,7 @@ impl RedisCacheStore {
                 .map_err(err)?;
             }
         }
-        let replies: Vec<Value> = pooled(pipeline.all()).await.map_err(err)?;
+        let replies: Vec<Value> = pooled_with(|| pipeline.all()).await.map_err(err)?;
         if replies.len() != keys.len() * per_key {
             return Err(Error::internal(op, "short pipeline reply"));
         }

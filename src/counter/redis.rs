@@ -15,7 +15,7 @@ use super::out_of_range;
 use crate::connection::RedisConnection;
 use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::keys::{glob_escape, parts_after_base};
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 
 /// Keys per `SCAN` step.
 const SCAN_COUNT: u32 = 500;
@@ -41,13 +41,13 @@ impl RedisCounterStore {
             .conn
             .client(op)?
             .with_options(self.conn.options(Access::Write));
-        // On the heap where it is made (`pooled`: a reused block, not a Box per call): fred's
-        // command futures are about 8 KiB, and every layer that held one inline would copy
-        // it when built and moved.
+        // Built in a pooled heap block (`pooled_with`: a reused block, not a Box per call):
+        // fred's command futures are about 8 KiB, and every layer that held one inline would
+        // copy it when built and moved.
         let reply = if decr {
-            pooled(client.decr_by::<i64, _>(key, by)).await
+            pooled_with(|| client.decr_by::<i64, _>(key, by)).await
         } else {
-            pooled(client.incr_by::<i64, _>(key, by)).await
+            pooled_with(|| client.incr_by::<i64, _>(key, by)).await
         };
         reply.map_err(|e| match DriverErrorClass::of(&e) {
             // INCRBY/DECRBY answer a generic `ERR` only when the result would leave the i64
@@ -84,27 +84,25 @@ impl RedisCounterStore {
 
     pub(crate) async fn get(&self, key: &str) -> Result<i64> {
         const OP: &str = "counter.get";
-        let client = self.conn.client(OP)?;
-        let v: Value = pooled(
-            client
-                .with_options(self.conn.options(Access::Read))
-                .get(key),
-        )
-        .await
-        .map_err(|e| self.conn.error(OP, Access::Read, e))?;
+        let client = self
+            .conn
+            .client(OP)?
+            .with_options(self.conn.options(Access::Read));
+        let v: Value = pooled_with(|| client.get(key))
+            .await
+            .map_err(|e| self.conn.error(OP, Access::Read, e))?;
         parse_i64(OP, &v)
     }
 
     pub(crate) async fn set(&self, key: &str, value: i64) -> Result<()> {
         const OP: &str = "counter.reset";
-        let client = self.conn.client(OP)?;
-        pooled(
-            client
-                .with_options(self.conn.options(Access::Write))
-                .set::<(), _, _>(key, value, None, None, false),
-        )
-        .await
-        .map_err(|e| self.conn.error(OP, Access::Write, e))
+        let client = self
+            .conn
+            .client(OP)?
+            .with_options(self.conn.options(Access::Write));
+        pooled_with(|| client.set::<(), _, _>(key, value, None, None, false))
+            .await
+            .map_err(|e| self.conn.error(OP, Access::Write, e))
     }
 
     pub(crate) async fn list(&self, base: &str) -> Result<Vec<(Vec<String>, i64)>> {

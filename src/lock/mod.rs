@@ -28,7 +28,7 @@ use crate::config::LockConfig;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 pub use lease::{LeaseRegistry, LockGuard, LostReason, LostSignal};
 use local::LocalLockStore;
 use redis::RedisLockStore;
@@ -225,7 +225,8 @@ impl Lock {
     async fn attempt(&self, key: &str, owner: &str) -> Result<Attempt> {
         match &self.store {
             Store::Redis(r) => {
-                pooled(r.acquire(key, owner, self.config.lease, self.config.fence_ttl())).await
+                pooled_with(|| r.acquire(key, owner, self.config.lease, self.config.fence_ttl()))
+                    .await
             }
             Store::Local(l) => Ok(l.acquire(key, owner, self.config.lease)),
         }
@@ -369,7 +370,7 @@ impl Lock {
                 // Token 0: `release_as`, which knows the owner only.
                 Store::Redis(r) => {
                     let token = Some(lease.token).filter(|&t| t > 0);
-                    pooled(r.release(&lease.key, &lease.owner, token)).await
+                    pooled_with(|| r.release(&lease.key, &lease.owner, token)).await
                 }
                 Store::Local(l) => Ok(l.release(&lease.key, &lease.owner)),
             }
@@ -390,7 +391,7 @@ impl Lock {
     pub(crate) async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
         let extend = async {
             match &self.store {
-                Store::Redis(r) => pooled(r.extend_many(leases, self.config.lease)).await,
+                Store::Redis(r) => pooled_with(|| r.extend_many(leases, self.config.lease)).await,
                 Store::Local(l) => Ok(leases
                     .iter()
                     .map(|(k, o)| l.extend(k, o, self.config.lease))
@@ -428,7 +429,7 @@ impl Lock {
         let key = self.key(id)?;
         let holder = async {
             match &self.store {
-                Store::Redis(r) => pooled(r.holder(&key)).await,
+                Store::Redis(r) => pooled_with(|| r.holder(&key)).await,
                 Store::Local(l) => Ok(l.holder(&key)),
             }
         };
@@ -449,7 +450,7 @@ impl Lock {
         let key = self.key(id)?;
         let ttl = async {
             match &self.store {
-                Store::Redis(r) => pooled(r.ttl(&key)).await,
+                Store::Redis(r) => pooled_with(|| r.ttl(&key)).await,
                 Store::Local(l) => Ok(l.ttl(&key)),
             }
         };

@@ -24,7 +24,7 @@ use crate::connection::RedisConnection;
 use crate::error::{Access, Error, ErrorKind, Result};
 use crate::gate::Gate;
 use crate::keys::KeySpace;
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 use crate::scripts::{RATELIMIT_ACQUIRE, RATELIMIT_ACQUIRE_MANY};
 use crate::striped::StripedCounter;
 
@@ -192,7 +192,7 @@ impl RateLimiter {
             self.counters.decisions.add(1);
             let decision = match &self.conn {
                 None => self.local_decide(&key, n, 1.0, DecidedBy::Local),
-                Some(conn) => match pooled(self.shared_decide(conn, &key, n)).await {
+                Some(conn) => match pooled_with(|| self.shared_decide(conn, &key, n)).await {
                     Ok(d) => d,
                     Err(e) => {
                         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);

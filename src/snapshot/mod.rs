@@ -22,7 +22,7 @@ use crate::error::{ConflictReason, Error, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
-use crate::pooled::pooled;
+use crate::pooled::pooled_with;
 use local::LocalSnapshotStore;
 use redis::RedisSnapshotStore;
 
@@ -185,7 +185,9 @@ impl Snapshots {
             let writer = new_owner();
             let (ttl, max) = (self.config.ttl, self.config.max_ids);
             match &self.store {
-                Store::Redis(r) => pooled(r.begin(&keys, fingerprint, &writer, ttl, max)).await?,
+                Store::Redis(r) => {
+                    pooled_with(|| r.begin(&keys, fingerprint, &writer, ttl, max)).await?
+                }
                 Store::Local(l) => l.begin(&keys, fingerprint, &writer, ttl, max),
             }
             Ok(SnapshotWriter {
@@ -212,7 +214,9 @@ impl Snapshots {
         let op = async {
             const OP: &str = "snapshot.append";
             let reply = match &self.store {
-                Store::Redis(r) => pooled(r.append(&w.run, &w.writer, w.next, ids, last)).await?,
+                Store::Redis(r) => {
+                    pooled_with(|| r.append(&w.run, &w.writer, w.next, ids, last)).await?
+                }
                 Store::Local(l) => l.append(&w.run, &w.writer, w.next, ids, last),
             };
             match reply {
@@ -316,7 +320,9 @@ impl Snapshots {
             let keys = self.keys(run)?;
             let keep = self.config.keep_alive.unwrap_or(Duration::ZERO);
             match &self.store {
-                Store::Redis(r) => pooled(r.page(&keys, offset, limit, expected, keep)).await,
+                Store::Redis(r) => {
+                    pooled_with(|| r.page(&keys, offset, limit, expected, keep)).await
+                }
                 Store::Local(l) => Ok(l.page(&keys, offset, limit, expected, keep)),
             }
         };
@@ -337,7 +343,7 @@ impl Snapshots {
         let op = async {
             let keys = self.keys(run)?;
             match &self.store {
-                Store::Redis(r) => pooled(r.meta(&keys)).await,
+                Store::Redis(r) => pooled_with(|| r.meta(&keys)).await,
                 Store::Local(l) => Ok(l.meta(&keys)),
             }
         };
@@ -358,7 +364,7 @@ impl Snapshots {
         let op = async {
             let keys = self.keys(run)?;
             match &self.store {
-                Store::Redis(r) => pooled(r.delete(&keys)).await,
+                Store::Redis(r) => pooled_with(|| r.delete(&keys)).await,
                 Store::Local(l) => Ok(l.delete(&keys)),
             }
         };
