@@ -8,6 +8,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use super::codec;
+use super::one_or_many::OneOrMany;
 use super::redis::Read;
 
 #[derive(Debug, Clone)]
@@ -29,7 +30,7 @@ impl LocalCacheStore {
     }
 
     /// Read `keys`; see [`RedisCacheStore::read`](super::redis::RedisCacheStore::read).
-    pub fn read(&self, keys: &[&str], slide: Option<Duration>) -> Vec<Read> {
+    pub fn read(&self, keys: &[&str], slide: Option<Duration>) -> OneOrMany<Read> {
         let now = Instant::now();
         keys.iter()
             .map(|key| {

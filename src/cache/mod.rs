@@ -24,6 +24,7 @@
 pub mod codec;
 pub mod l1;
 pub mod local;
+mod one_or_many;
 mod read_flight;
 pub mod redis;
 
@@ -49,7 +50,8 @@ use crate::striped::StripedCounter;
 use codec::Entry;
 use l1::{FlushReason, L1Stats, L1};
 use local::LocalCacheStore;
-use redis::{Read, RedisCacheStore};
+use one_or_many::OneOrMany;
+use redis::RedisCacheStore;
 
 /// The key of one cache entry: the caller's key and, for tenant-aware namespaces, the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -603,10 +605,10 @@ impl Cache {
             read_flight::Role::Leader(guard) => Some(guard),
             read_flight::Role::Alone => None,
         };
-        let mut out = vec![None];
-        let read = pooled_with(|| self.fetch(op, &mut out, vec![pending]))
+        let mut out = [None];
+        let read = pooled_with(|| self.fetch(op, &mut out, std::slice::from_ref(&pending)))
             .await
-            .map(|outcome| (out.pop().flatten(), outcome));
+            .map(|outcome| (out[0].take(), outcome));
         if let Some(guard) = leader {
             guard.publish(&read);
         }
@@ -648,7 +650,7 @@ impl Cache {
         if pending.is_empty() {
             cooperate().await;
         } else {
-            self.fetch(op, &mut out, pending).await?;
+            self.fetch(op, &mut out, &pending).await?;
         }
         Ok(out)
     }
@@ -668,20 +670,21 @@ impl Cache {
         &self,
         op: &'static str,
         out: &mut [Option<Entry>],
-        pending: Vec<Pending>,
+        pending: &[Pending],
     ) -> Result<&'static str> {
         self.counters.remote_reads.add(pending.len() as u64);
         let read = async {
             // Tickets are taken before the read is sent: a fill happens only if no
             // invalidation of its key arrived since (the L1's race rule).
-            let tickets: Vec<_> = pending
+            // One key (most reads) collects on the stack: nothing here allocates.
+            let mut tickets: OneOrMany<_> = pending
                 .iter()
                 .map(|p| {
                     let (l1, l1_key) = (self.l1.as_ref()?, p.l1_key.as_deref()?);
                     Some((l1.ticket(l1_key)?, l1_key))
                 })
                 .collect();
-            let names: Vec<&str> = pending.iter().map(|p| p.redis_key.as_str()).collect();
+            let names: OneOrMany<&str> = pending.iter().map(|p| p.redis_key.as_str()).collect();
             let reads = match self.store_for_keys(&names).await.as_deref() {
                 Ok(Store::Redis(r)) => {
                     r.read(op, &names, self.l1.is_some(), self.sliding_ttl)
@@ -690,7 +693,7 @@ impl Cache {
                 Ok(Store::Local(l)) => Ok(l.read(&names, self.sliding_ttl)),
                 Err(e) => Err(e.clone()),
             };
-            let reads = match reads {
+            let mut reads = match reads {
                 Ok(r) => r,
                 // Fail open: an unreachable Redis is a miss, never an error, for reads.
                 Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
@@ -703,8 +706,9 @@ impl Cache {
                 Err(e) => return self.fail(e),
             };
             let mut found = 0;
-            for ((p, ticket), Read { stored, pttl }) in pending.iter().zip(tickets).zip(reads) {
-                let Some(stored) = stored else {
+            for ((p, ticket), read) in pending.iter().zip(tickets.iter_mut()).zip(reads.iter_mut())
+            {
+                let (Some(stored), pttl) = (read.stored.take(), read.pttl) else {
                     self.counters.misses.add(1);
                     continue;
                 };
@@ -712,7 +716,7 @@ impl Cache {
                 let Some(entry) = self.decode_counted(stored) else {
                     continue;
                 };
-                if let (Some(l1), Some((ticket, l1_key))) = (&self.l1, ticket) {
+                if let (Some(l1), Some((ticket, l1_key))) = (&self.l1, ticket.take()) {
                     l1.fill(ticket, l1_key, entry.clone(), pttl);
                 }
                 self.counters.hits.add(1);

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::{Expiration, ExpireOptions, Value};
 
+use super::one_or_many::OneOrMany;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::pooled::pooled_with;
@@ -88,7 +89,7 @@ impl RedisCacheStore {
         keys: &[&str],
         with_pttl: bool,
         slide: Option<Duration>,
-    ) -> Result<Vec<Read>> {
+    ) -> Result<OneOrMany<Read>> {
         let client = self
             .conn
             .client(op)?
@@ -98,10 +99,10 @@ impl RedisCacheStore {
             // One key, nothing else asked: a plain GET, no pipeline to build. On the heap
             // where it is made: a driver command future is about 8 KiB, copied at every move.
             let v: Value = pooled_with(|| client.get(*key)).await.map_err(err)?;
-            return Ok(vec![Read {
+            return Ok(OneOrMany::one(Read {
                 stored: bytes_of(op, v)?,
                 pttl: None,
-            }]);
+            }));
         }
         let per_key = 1 + usize::from(with_pttl) + usize::from(slide.is_some());
         let pipeline = client.pipeline();
@@ -137,7 +138,7 @@ impl RedisCacheStore {
             }
             out.push(Read { stored, pttl });
         }
-        Ok(out)
+        Ok(OneOrMany::Many(out))
     }
 
     /// Write each `(key, stored)` with `ttl`, in one round trip.
