@@ -10,6 +10,7 @@ use forze_redis::error::Access;
 use forze_redis::idempotency::{Begin, IdemRequest};
 use forze_redis::scripts::{IDEM_BEGIN, IDEM_COMMIT};
 use fred::interfaces::{ClientLike, LuaInterface};
+use fred::types::Value;
 
 const PER_TASK: usize = 400;
 
@@ -55,16 +56,16 @@ async fn main() {
                 async move {
                     let key = format!("forze:idem:{{direct:_:bench:{t}-{i}-{}}}", nonce());
                     let owner = format!("owner-{t}-{i}");
-                    let r: Vec<fred::types::Value> = d
+                    let r: Vec<Value> = d
                         .next()
                         .evalsha(
                             IDEM_BEGIN.sha1(),
-                            vec![key.clone()],
-                            vec![
-                                "ph".to_string(),
-                                owner.clone(),
-                                "300000".to_string(),
-                                "86400000".to_string(),
+                            &[key.as_str()],
+                            &[
+                                Value::from("ph"),
+                                Value::from(owner.as_str()),
+                                Value::Integer(300_000),
+                                Value::Integer(86_400_000),
                             ],
                         )
                         .await
@@ -74,8 +75,12 @@ async fn main() {
                         .next()
                         .evalsha(
                             IDEM_COMMIT.sha1(),
-                            vec![key],
-                            vec![owner, "result".to_string(), "86400000".to_string()],
+                            &[key.as_str()],
+                            &[
+                                Value::from(owner),
+                                Value::from("result"),
+                                Value::Integer(86_400_000),
+                            ],
                         )
                         .await
                         .expect("commit");
@@ -91,17 +96,17 @@ async fn main() {
                 async move {
                     let key = format!("forze:idem:{{same:_:bench:{t}-{i}-{}}}", nonce());
                     let owner = format!("owner-{t}-{i}");
-                    let r: Vec<fred::types::Value> = sf
+                    let r: Vec<Value> = sf
                         .eval(
                             "bench",
                             Access::Write,
                             &IDEM_BEGIN,
-                            vec![key.clone()],
-                            vec![
-                                "ph".to_string(),
-                                owner.clone(),
-                                "300000".to_string(),
-                                "86400000".to_string(),
+                            &[key.as_str()],
+                            &[
+                                Value::from("ph"),
+                                Value::from(owner.as_str()),
+                                Value::Integer(300_000),
+                                Value::Integer(86_400_000),
                             ],
                         )
                         .await
@@ -112,8 +117,12 @@ async fn main() {
                             "bench",
                             Access::Write,
                             &IDEM_COMMIT,
-                            vec![key],
-                            vec![owner, "result".to_string(), "86400000".to_string()],
+                            &[key.as_str()],
+                            &[
+                                Value::from(owner),
+                                Value::from("result"),
+                                Value::Integer(86_400_000),
+                            ],
                         )
                         .await
                         .expect("commit");

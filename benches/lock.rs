@@ -18,6 +18,7 @@ use forze_redis::error::Access;
 use forze_redis::lock::LockId;
 use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
 use fred::interfaces::{ClientLike, LuaInterface};
+use fred::types::Value;
 
 const PER_TASK: usize = 400;
 
@@ -64,8 +65,8 @@ async fn main() {
                         .next()
                         .evalsha(
                             LOCK_ACQUIRE.sha1(),
-                            vec![key.clone(), format!("{key}:fence")],
-                            vec![owner.clone(), "30000".to_string()],
+                            &[key.as_str(), &format!("{key}:fence")],
+                            &[Value::from(owner.as_str()), Value::Integer(30_000)],
                         )
                         .await
                         .expect("acquire");
@@ -92,8 +93,8 @@ async fn main() {
                             "bench",
                             Access::Write,
                             &LOCK_ACQUIRE,
-                            vec![key.clone(), format!("{key}:fence")],
-                            vec![owner.clone(), "30000".to_string()],
+                            &[key.as_str(), &format!("{key}:fence")],
+                            &[Value::from(owner.as_str()), Value::Integer(30_000)],
                         )
                         .await
                         .expect("acquire");
@@ -103,8 +104,8 @@ async fn main() {
                             "bench",
                             Access::Write,
                             &LOCK_RELEASE,
-                            vec![key],
-                            vec![owner],
+                            &[key.as_str()],
+                            &[Value::from(owner)],
                         )
                         .await
                         .expect("release");

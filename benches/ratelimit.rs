@@ -82,8 +82,8 @@ async fn main() {
                             "bench",
                             Access::Write,
                             &RATELIMIT_ACQUIRE,
-                            vec![k[t].clone()],
-                            args(t, i),
+                            &[k[t].as_str()],
+                            &args(t, i).into_iter().map(Value::from).collect::<Vec<_>>(),
                         )
                         .await
                         .expect("decision");

@@ -85,8 +85,8 @@ async fn main() {
                             "bench",
                             Access::Write,
                             &SNAP_PAGE,
-                            vec![meta, list],
-                            args(t, i),
+                            &[meta, list],
+                            &args(t, i).into_iter().map(Value::from).collect::<Vec<_>>(),
                         )
                         .await
                         .expect("page");

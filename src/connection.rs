@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use fred::clients::{Client, Pool};
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::config::{Options, ReconnectPolicy, TcpConfig, UnresponsiveConfig};
-use fred::types::{ClusterHash, CustomCommand, FromValue, MultipleKeys, MultipleValues, Value};
+use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
 
 use crate::config::RedisConfig;
 use crate::connect_failure::{ConnectDiagnostics, ConnectFailure};
@@ -312,20 +312,19 @@ impl RedisConnection {
     }
 
     /// Run `script` on a connected client with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
-    pub async fn eval<R, K, V>(
+    ///
+    /// `keys` are borrowed (each is copied once, into the command) and `args` are values: an
+    /// integer goes as one without being formatted first, and a string or bytes argument
+    /// built once (per resource, not per call) is shared, so a call allocates its command and
+    /// its keys, not one `String` per argument.
+    pub async fn eval<R: FromValue>(
         &self,
         op: &'static str,
         access: Access,
         script: &Script,
-        keys: K,
-        args: V,
-    ) -> Result<R>
-    where
-        R: FromValue,
-        K: Into<MultipleKeys> + Send,
-        V: TryInto<MultipleValues> + Send,
-        V::Error: Into<fred::error::Error> + Send,
-    {
+        keys: &[&str],
+        args: &[Value],
+    ) -> Result<R> {
         self.eval_on(self.client(op)?, op, access, script, keys, args)
             .await
     }
@@ -346,8 +345,8 @@ impl RedisConnection {
                     "health.probe",
                     Access::Read,
                     &crate::scripts::SERVER_TIME,
-                    Vec::<String>::new(),
-                    Vec::<String>::new(),
+                    &[],
+                    &[],
                 )
                 .await;
             if time.is_ok() {
@@ -400,25 +399,19 @@ impl RedisConnection {
         }
     }
 
-    /// Run `script` on `client` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
-    pub async fn eval_on<R, K, V>(
+    /// Run `script` on `client` with `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`
+    /// (arguments as for [`RedisConnection::eval`]).
+    pub async fn eval_on<R: FromValue>(
         &self,
         client: &Client,
         op: &'static str,
         access: Access,
         script: &Script,
-        keys: K,
-        args: V,
-    ) -> Result<R>
-    where
-        R: FromValue,
-        K: Into<MultipleKeys> + Send,
-        V: TryInto<MultipleValues> + Send,
-        V::Error: Into<fred::error::Error> + Send,
-    {
+        keys: &[&str],
+        args: &[Value],
+    ) -> Result<R> {
         let client = client.with_options(self.options(access));
         let fail = |e| self.error(op, access, e);
-        let keys = keys.into().inner();
         // fred routes a custom command on a cluster by an explicit slot only (any other
         // `ClusterHash` falls back to hashing the first argument, the script's sha). Every
         // key of one script shares a hash tag, so the first key's slot is the script's; a
@@ -427,8 +420,6 @@ impl RedisConnection {
             Some(k) => redis_protocol::redis_keyslot(k.as_bytes()),
             None => rand::random::<u16>() % 16_384,
         });
-        let keys: Vec<Value> = keys.into_iter().map(Value::from).collect();
-        let args = flatten_values(args.try_into().map_err(|e| fail(e.into()))?);
         // Scripts go out as custom commands: fred 10.1 sends its own `EVALSHA`/`EVAL` again
         // after a lost connection whatever the attempt budget (a script that ran came back
         // `Ok` from its second run), while a custom command keeps the budget, so a write is
@@ -438,11 +429,11 @@ impl RedisConnection {
             let mut all = Vec::with_capacity(2 + keys.len() + args.len());
             all.push(head);
             all.push(Value::Integer(keys.len() as i64));
-            all.extend(keys.iter().cloned());
+            all.extend(keys.iter().map(|&k| Value::from(k)));
             all.extend(args.iter().cloned());
             (CustomCommand::new_static(name, hash.clone(), false), all)
         };
-        let (cmd, all) = command("EVALSHA", Value::from(script.sha1()));
+        let (cmd, all) = command("EVALSHA", script.sha1_value());
         match client.custom::<Value, Value>(cmd, all).await {
             Ok(v) => v.convert().map_err(fail),
             Err(e) if DriverErrorClass::of(&e) == DriverErrorClass::NoScript => {
@@ -554,21 +545,6 @@ fn apply_tls(
 ) -> Result<Option<TlsClient>> {
     crate::tls::refuse_unsupported(cfg.uses_tls(), false, "redis")?;
     Ok(None)
-}
-
-/// The arguments a `MultipleValues` stands for, in order (an array is its elements, a map its
-/// keys and values, null nothing).
-fn flatten_values(v: MultipleValues) -> Vec<Value> {
-    match v {
-        Value::Array(values) => values,
-        Value::Map(map) => map
-            .inner()
-            .into_iter()
-            .flat_map(|(k, v)| [Value::Bytes(k.into_bytes()), v])
-            .collect(),
-        Value::Null => Vec::new(),
-        other => vec![other],
-    }
 }
 
 fn tcp_config(cfg: &RedisConfig) -> TcpConfig {

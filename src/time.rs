@@ -13,6 +13,13 @@ pub fn ttl_millis(d: Duration) -> u64 {
     millis(d).max(1)
 }
 
+/// [`ttl_millis`] as a script argument: an integer, sent as its digits without a `String`
+/// formatted per call.
+pub fn ttl_arg(d: Duration) -> fred::types::Value {
+    // At most `i64::MAX` (see `millis`): the cast is exact.
+    fred::types::Value::Integer(ttl_millis(d) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

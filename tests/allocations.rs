@@ -1,6 +1,7 @@
 //! What our calls allocate, with metrics recorded (a Prometheus recorder installed, as a
 //! service would) and spans compiled in but not wanted by any subscriber: an L1 hit nothing,
-//! a remote call no more than the driver's own command for it plus the key we build. Counted
+//! a remote call no more than the driver's own command for it plus the key we build, a
+//! script call less than the same script sent with fred's `evalsha`. Counted
 //! by an allocator that counts the allocations of the calling thread only, around calls
 //! polled to completion on that thread.
 
@@ -48,6 +49,10 @@ ttl = "300s"
 [caches.remote]
 ttl = "600s"
 [counters.hits]
+coalesce = false
+[rate_limits.api]
+permits = 1000000000
+per = "1s"
 coalesce = false
 "#;
 
@@ -189,9 +194,43 @@ async fn a_remote_call_allocates_no_more_than_the_drivers_command_and_its_key() 
                 .unwrap();
         }
     });
+    // A script: a rate-limit decision against the same script by fred's own `EVALSHA`,
+    // its arguments written as a user would (strings).
+    let limiter = forze.rate_limit("api").unwrap();
+    let ours_decide = allocations_per_call(&runtime, move || {
+        let l = limiter.clone();
+        async move {
+            assert!(l.try_acquire("r1", 1).await.unwrap().allowed);
+        }
+    });
+    let f = fred.clone();
+    let fred_decide = allocations_per_call(&runtime, move || {
+        let f = f.clone();
+        async move {
+            use fred::interfaces::LuaInterface;
+            let client = f.client("test").unwrap();
+            let r: Vec<i64> = client
+                .with_options(f.options(Access::Write))
+                .evalsha(
+                    forze_redis::scripts::RATELIMIT_ACQUIRE.sha1(),
+                    vec!["alloc:r1".to_string()],
+                    vec![
+                        "1000000000/1000".to_string(),
+                        "1000000000".to_string(),
+                        "1".to_string(),
+                        "2000".to_string(),
+                        "0".to_string(),
+                    ],
+                )
+                .await
+                .unwrap();
+            assert_eq!(r[0], 1);
+        }
+    });
     println!(
         "allocations per call: cache get {ours_get} (fred GET {fred_get}), \
-         counter incr {ours_incr} (fred INCRBY {fred_incr})"
+         counter incr {ours_incr} (fred INCRBY {fred_incr}), \
+         rate-limit decision {ours_decide} (fred EVALSHA {fred_decide})"
     );
     // Ours builds the namespaced key (one `String`); everything else a call allocates is the
     // driver's. The small margin covers tables that grow now and then, never a whole
@@ -203,6 +242,12 @@ async fn a_remote_call_allocates_no_more_than_the_drivers_command_and_its_key() 
     assert!(
         ours_incr <= fred_incr + 1.1,
         "a counter increment allocates {ours_incr} times, fred's INCRBY {fred_incr}"
+    );
+    // Our script calls borrow their keys and send prebuilt or integer arguments: fewer
+    // allocations than the same call written with fred's `evalsha` and strings.
+    assert!(
+        ours_decide <= fred_decide,
+        "a rate-limit decision allocates {ours_decide} times, fred's EVALSHA {fred_decide}"
     );
     forze.shutdown().await.unwrap();
 }

@@ -214,12 +214,12 @@ async fn the_drivers_reports_on_a_lost_connection_are_classified_as_documented()
         // A script whose reply is lost: run once, reported unknown (never a silent second run).
         conn.wait_connected(Duration::from_secs(5)).await.unwrap();
         let run = || async {
-            conn.eval::<Value, _, _>(
+            conn.eval::<Value>(
                 "t",
                 Access::Write,
                 &scripts::IDEM_FAIL,
-                vec!["{scripted}"],
-                vec!["owner"],
+                &["{scripted}"],
+                &[Value::from("owner")],
             )
             .await
         };

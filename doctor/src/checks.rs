@@ -312,13 +312,7 @@ async fn scripts(
     timeout: Duration,
 ) -> Verdict {
     let time: forze_redis::Result<Vec<i64>> = conn
-        .eval(
-            "doctor.scripts",
-            Access::Read,
-            &SERVER_TIME,
-            Vec::<String>::new(),
-            Vec::<String>::new(),
-        )
+        .eval("doctor.scripts", Access::Read, &SERVER_TIME, &[], &[])
         .await;
     // EVALSHA alone can pass on a script another client loaded; forze falls back to EVAL
     // after the script cache is emptied (a restart, SCRIPT FLUSH), so EVAL must work too.
@@ -350,13 +344,7 @@ async fn scripts(
 
 async fn clock(conn: &RedisConnection) -> Verdict {
     let time: forze_redis::Result<Vec<i64>> = conn
-        .eval(
-            "doctor.clock",
-            Access::Read,
-            &SERVER_TIME,
-            Vec::<String>::new(),
-            Vec::<String>::new(),
-        )
+        .eval("doctor.clock", Access::Read, &SERVER_TIME, &[], &[])
         .await;
     let local = SystemTime::now()
         .duration_since(UNIX_EPOCH)

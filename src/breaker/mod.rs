@@ -187,7 +187,7 @@ pub struct BreakerState {
     local: DashMap<String, LocalState>,
     counters: Counters,
     events: broadcast::Sender<Transition>,
-    args: [String; 6],
+    args: [fred::types::Value; 6],
     /// The phase each route was last seen in by a decision or record of this process, and
     /// when (forgotten by [`Breaker::sweep`] once unused).
     last_phase: DashMap<String, (Phase, Instant)>,
@@ -204,7 +204,8 @@ impl Breaker {
         gate: Gate,
         telemetry: crate::telemetry::Telemetry,
     ) -> Self {
-        let ms = |d: Duration| crate::time::ttl_millis(d).to_string();
+        let ms = crate::time::ttl_arg;
+        let text = |s: String| fred::types::Value::from(s);
         let ttl = config
             .window
             .max(config.break_duration)
@@ -228,11 +229,11 @@ impl Breaker {
             tracked: AtomicBool::new(false),
             clock,
             args: [
-                format!("{:.6}", config.failure_ratio),
+                text(format!("{:.6}", config.failure_ratio)),
                 ms(config.window),
-                config.min_calls.to_string(),
+                text(config.min_calls.to_string()),
                 ms(config.break_duration),
-                config.half_open_max_calls.to_string(),
+                text(config.half_open_max_calls.to_string()),
                 ms(ttl),
             ],
             name: name.into(),
@@ -579,9 +580,10 @@ impl Breaker {
                 "breaker",
                 Access::Write,
                 &BREAKER,
-                vec![key.to_string(), counts],
-                vec![
-                    action.to_string(),
+                &[key, &counts],
+                &[
+                    // A static name: shared, not copied.
+                    fred::types::Value::Bytes(bytes::Bytes::from_static(action.as_bytes())),
                     a1.clone(),
                     a2.clone(),
                     a3.clone(),

@@ -18,7 +18,7 @@ use crate::error::{Access, Error, Result};
 use crate::pooled::pooled_with;
 use crate::scripts::CACHE_SET_VERSIONED;
 
-use crate::time::ttl_millis;
+use crate::time::{ttl_arg, ttl_millis};
 
 /// What one read of one key returned.
 #[derive(Debug, Clone, Default)]
@@ -186,12 +186,8 @@ impl RedisCacheStore {
                 op,
                 Access::Write,
                 &CACHE_SET_VERSIONED,
-                vec![key.to_string()],
-                vec![
-                    Value::Bytes(stored),
-                    Value::from(version),
-                    Value::Integer(ttl_millis(ttl) as i64),
-                ],
+                &[key],
+                &[Value::Bytes(stored), Value::from(version), ttl_arg(ttl)],
             )
             .await?;
         Ok(applied == 1)

@@ -14,7 +14,7 @@ use super::BeginReply;
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::{IDEM_BEGIN, IDEM_COMMIT, IDEM_FAIL};
-use crate::time::ttl_millis;
+use crate::time::ttl_arg;
 
 /// Idempotency records on Redis through the shared pool.
 #[derive(Debug, Clone)]
@@ -44,12 +44,12 @@ impl RedisIdempotencyStore {
                 OP,
                 Access::Write,
                 &IDEM_BEGIN,
-                vec![key.to_string()],
-                vec![
-                    payload_hash.to_string(),
-                    owner.to_string(),
-                    ttl_millis(lease).to_string(),
-                    ttl_millis(retention).to_string(),
+                &[key],
+                &[
+                    Value::from(payload_hash),
+                    Value::from(owner),
+                    ttl_arg(lease),
+                    ttl_arg(retention),
                 ],
             )
             .await?;
@@ -86,11 +86,11 @@ impl RedisIdempotencyStore {
                 "idempotency.commit",
                 Access::Write,
                 &IDEM_COMMIT,
-                vec![key.to_string()],
-                vec![
+                &[key],
+                &[
                     Value::from(owner),
                     Value::Bytes(Bytes::copy_from_slice(result)),
-                    Value::from(ttl_millis(retention).to_string()),
+                    ttl_arg(retention),
                 ],
             )
             .await?;
@@ -105,8 +105,8 @@ impl RedisIdempotencyStore {
                 "idempotency.fail",
                 Access::Write,
                 &IDEM_FAIL,
-                vec![key.to_string()],
-                vec![owner.to_string()],
+                &[key],
+                &[Value::from(owner)],
             )
             .await?;
         Ok(n == 1)

@@ -16,7 +16,7 @@ use super::{parse_holder, Attempt};
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::{LOCK_ACQUIRE, LOCK_EXTEND, LOCK_RELEASE};
-use crate::time::ttl_millis;
+use crate::time::ttl_arg;
 
 /// Most leases renewed by one script call: bounds how long one call keeps the server busy.
 pub const EXTEND_BATCH: usize = 10_000;
@@ -49,11 +49,11 @@ impl RedisLockStore {
                 OP,
                 Access::IdempotentWrite,
                 &LOCK_ACQUIRE,
-                vec![key.to_string(), format!("{key}:fence")],
-                vec![
-                    owner.to_string(),
-                    ttl_millis(lease).to_string(),
-                    fence_ttl.map_or(0, ttl_millis).to_string(),
+                &[key, &format!("{key}:fence")],
+                &[
+                    Value::from(owner),
+                    ttl_arg(lease),
+                    fence_ttl.map_or(Value::Integer(0), ttl_arg),
                 ],
             )
             .await?;
@@ -82,8 +82,8 @@ impl RedisLockStore {
                 "lock.release",
                 Access::Write,
                 &LOCK_RELEASE,
-                vec![key.to_string()],
-                vec![owner.to_string()],
+                &[key],
+                &[Value::from(owner)],
             )
             .await?;
         Ok(n == 1)
@@ -99,15 +99,15 @@ impl RedisLockStore {
         let mut calls = Vec::new();
         for indices in groups.values() {
             for chunk in indices.chunks(EXTEND_BATCH) {
-                let keys: Vec<String> = chunk.iter().map(|&i| leases[i].0.to_string()).collect();
-                let mut args: Vec<String> = Vec::with_capacity(chunk.len() + 1);
-                args.push(ttl_millis(lease).to_string());
-                args.extend(chunk.iter().map(|&i| leases[i].1.to_string()));
+                let keys: Vec<&str> = chunk.iter().map(|&i| leases[i].0).collect();
+                let mut args: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
+                args.push(ttl_arg(lease));
+                args.extend(chunk.iter().map(|&i| Value::from(leases[i].1)));
                 let chunk = chunk.to_vec();
                 calls.push(async move {
                     let flags: Vec<i64> = self
                         .conn
-                        .eval(OP, Access::IdempotentWrite, &LOCK_EXTEND, keys, args)
+                        .eval(OP, Access::IdempotentWrite, &LOCK_EXTEND, &keys, &args)
                         .await?;
                     if flags.len() != chunk.len() {
                         return Err(Error::internal(OP, "short script reply"));

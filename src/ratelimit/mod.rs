@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use fred::types::Value;
 
 use crate::clock::SharedClock;
 use crate::coalesce::{Coalescer, SendBatch, Waiter};
@@ -100,8 +101,9 @@ pub struct RateLimiterState {
     /// Permits granted by the fallback per route, not yet charged to the shared bucket.
     owed: DashMap<String, f64>,
     counters: Counters,
-    /// The script's fixed arguments (rate per ms, capacity, ttl), formatted once.
-    fixed_args: [String; 3],
+    /// The script's fixed arguments (rate per ms, capacity, ttl), formatted once and shared
+    /// by every call.
+    fixed_args: [Value; 3],
     /// Set for `coalesce = true` on Redis: concurrent decisions of one route share a call.
     coalescer: Option<Arc<Coalescer<u32, Decision>>>,
 }
@@ -128,9 +130,13 @@ impl RateLimiter {
             gate,
             // The rate as exact integers: a decimal would round slow limits (1 per day) away.
             fixed_args: [
-                format!("{}/{}", config.permits, crate::time::ttl_millis(config.per)),
-                cap.to_string(),
-                ttl_ms.to_string(),
+                Value::from(format!(
+                    "{}/{}",
+                    config.permits,
+                    crate::time::ttl_millis(config.per)
+                )),
+                Value::from(cap.to_string()),
+                Value::from(ttl_ms.to_string()),
             ],
             name: name.into(),
             space,
@@ -303,11 +309,11 @@ impl RateLimiter {
                 "ratelimit.try_acquire",
                 Access::Write,
                 &RATELIMIT_ACQUIRE,
-                vec![key.to_string()],
-                vec![
+                &[key],
+                &[
                     self.fixed_args[0].clone(),
                     self.fixed_args[1].clone(),
-                    n.to_string(),
+                    Value::Integer(n.into()),
                     self.fixed_args[2].clone(),
                     owed_arg(owed),
                 ],
@@ -372,11 +378,11 @@ impl RateLimiter {
     }
 }
 
-fn owed_arg(owed: f64) -> String {
+fn owed_arg(owed: f64) -> Value {
     if owed > 0.0 {
-        format!("{owed:.3}")
+        Value::from(format!("{owed:.3}"))
     } else {
-        "0".to_string()
+        Value::Integer(0)
     }
 }
 
@@ -415,14 +421,14 @@ impl SendBatch<u32, Decision> for RateLimiter {
             self.fixed_args[2].clone(),
             owed_arg(owed),
         ]);
-        args.extend(batch.iter().map(|w| w.item.to_string()));
+        args.extend(batch.iter().map(|w| Value::Integer(w.item.into())));
         let reply: Result<Vec<i64>> = conn
             .eval(
                 "ratelimit.try_acquire",
                 Access::Write,
                 &RATELIMIT_ACQUIRE_MANY,
-                vec![key.to_string()],
-                args,
+                &[key],
+                &args,
             )
             .await;
         match reply {

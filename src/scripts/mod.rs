@@ -14,6 +14,9 @@ pub struct Script {
     name: &'static str,
     source: &'static str,
     sha1: String,
+    /// The SHA-1 as a command argument, built once and shared by every call (a clone is a
+    /// reference count, not a copy).
+    sha1_value: fred::types::Value,
 }
 
 impl Script {
@@ -23,6 +26,7 @@ impl Script {
             name,
             source,
             sha1: fred::util::sha1_hash(source),
+            sha1_value: fred::types::Value::from(fred::util::sha1_hash(source)),
         }
     }
 
@@ -39,6 +43,11 @@ impl Script {
     /// The SHA-1 that `EVALSHA` takes.
     pub fn sha1(&self) -> &str {
         &self.sha1
+    }
+
+    /// The SHA-1 as a command argument, shared rather than copied.
+    pub(crate) fn sha1_value(&self) -> fred::types::Value {
+        self.sha1_value.clone()
     }
 }
 

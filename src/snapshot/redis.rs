@@ -14,7 +14,7 @@ use super::{AppendReply, RunKeys, SnapshotMeta};
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
 use crate::scripts::{SNAP_APPEND, SNAP_BEGIN, SNAP_PAGE};
-use crate::time::ttl_millis;
+use crate::time::ttl_arg;
 
 /// Snapshots on Redis through the shared pool.
 #[derive(Debug, Clone)]
@@ -47,12 +47,12 @@ impl RedisSnapshotStore {
                 "snapshot.begin",
                 Access::Write,
                 &SNAP_BEGIN,
-                vec![keys.meta.clone(), keys.ids.clone()],
-                vec![
-                    fp.to_string(),
-                    writer.to_string(),
-                    ttl_millis(ttl).to_string(),
-                    max.to_string(),
+                &[&keys.meta, &keys.ids],
+                &[
+                    Value::from(fp),
+                    Value::from(writer),
+                    ttl_arg(ttl),
+                    Value::from(max.to_string()),
                 ],
             )
             .await?;
@@ -70,18 +70,18 @@ impl RedisSnapshotStore {
     ) -> Result<AppendReply> {
         const OP: &str = "snapshot.append";
         let mut args = Vec::with_capacity(ids.len() + 3);
-        args.push(writer.to_string());
-        args.push(index.to_string());
-        args.push(if last { "1" } else { "0" }.to_string());
-        args.extend(ids.iter().cloned());
+        args.push(Value::from(writer));
+        args.push(Value::from(index.to_string()));
+        args.push(Value::Integer(i64::from(last)));
+        args.extend(ids.iter().map(|id| Value::from(id.as_str())));
         let reply: Vec<Value> = self
             .conn
             .eval(
                 OP,
                 Access::Write,
                 &SNAP_APPEND,
-                vec![keys.meta.clone(), keys.ids.clone()],
-                args,
+                &[&keys.meta, &keys.ids],
+                &args,
             )
             .await?;
         let mut it = reply.into_iter();
@@ -116,12 +116,12 @@ impl RedisSnapshotStore {
                 // script call: a lost reply is reported as for a write, never retried blind.
                 Access::Write,
                 &SNAP_PAGE,
-                vec![keys.meta.clone(), keys.ids.clone()],
-                vec![
-                    offset.to_string(),
-                    limit.to_string(),
-                    expected.unwrap_or("").to_string(),
-                    crate::time::millis(keep).to_string(),
+                &[&keys.meta, &keys.ids],
+                &[
+                    Value::from(offset.to_string()),
+                    Value::from(limit.to_string()),
+                    Value::from(expected.unwrap_or("")),
+                    Value::from(crate::time::millis(keep).to_string()),
                 ],
             )
             .await?;
