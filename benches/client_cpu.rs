@@ -9,7 +9,11 @@
 //! `ratio client_cpu_<contract>_c64_vs_fred_same_settings <fred CPU / our CPU per call>`
 //! (1.0: we cost no more than the driver; 0.8: each call costs us a quarter more).
 //!
-//! `cargo bench --bench client_cpu` (release build).
+//! `cargo bench --bench client_cpu` (release build). To profile one side alone (for
+//! `perf record`, comparing the two profiles' sample counts per symbol), set
+//! `PROFILE_SIDE=ours` or `fred` and `PROFILE_NAME` to a comparison's name or prefix
+//! (`cache`, `counter`, `ratelimit`): that side runs for three times the rounds and the
+//! process exits.
 
 mod common;
 
@@ -22,6 +26,7 @@ use forze_redis::counter::CounterId;
 use forze_redis::error::Access;
 use forze_redis_actors::CacheKey;
 use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::Value;
 
 /// Calls per round; under `cargo test` (no `--bench`), a quick pass that only checks it runs.
 fn calls_per_round() -> usize {
@@ -69,6 +74,21 @@ where
     F: Fn(usize) -> FF + Send + Sync + Clone + 'static,
     FF: Future<Output = ()> + Send,
 {
+    // For a profiler: one side of one comparison, three times as many rounds, then exit.
+    if let Ok(side) = std::env::var("PROFILE_SIDE") {
+        if !name.starts_with(&std::env::var("PROFILE_NAME").unwrap_or_default()) {
+            return;
+        }
+        for _ in 0..ROUNDS * 3 {
+            let v = if side == "ours" {
+                cpu_per_call(ours.clone()).await
+            } else {
+                cpu_per_call(fred.clone()).await
+            };
+            println!("{name} {side} {v:.0}");
+        }
+        std::process::exit(0);
+    }
     let (mut o, mut f, mut paired) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let (a, b) = if round % 2 == 0 {
@@ -103,7 +123,8 @@ async fn main() {
     common::install_metrics_recorder();
     let forze = common::spawn(
         &server.url(),
-        "[counters.bench]\n[caches.remote]\nttl = \"60s\"",
+        "[counters.bench]\n[caches.remote]\nttl = \"60s\"\n\
+         [rate_limits.bench]\npermits = 100000000\nper = \"1s\"",
     )
     .await;
     let safe = common::same_settings_pool(&server.url()).await;
@@ -183,6 +204,47 @@ async fn main() {
         }
     };
     compare("cache_get_remote_c64", ours, fred).await;
+
+    // Rate-limit decisions: the token-bucket script, each caller on its own route; fred with
+    // our settings sends the same script with the arguments the handle sends for this policy.
+    let limiter = forze.rate_limit("bench").expect("rate limit");
+    let routes: Arc<Vec<String>> = Arc::new((0..common::TASKS).map(|i| format!("r{i}")).collect());
+    let ours = move |t: usize| {
+        let (l, routes) = (limiter.clone(), routes.clone());
+        async move {
+            black_box(l.try_acquire(&routes[t], 1).await.expect("decision"));
+        }
+    };
+    let s = safe.clone();
+    let route_keys: Arc<Vec<String>> = Arc::new(
+        (0..common::TASKS)
+            .map(|i| format!("bench:fred:{{r{i}}}"))
+            .collect(),
+    );
+    let fred = move |t: usize| {
+        let (s, keys) = (s.clone(), route_keys.clone());
+        async move {
+            let key = keys[t].as_str();
+            let r: Vec<i64> = s
+                .eval(
+                    "bench",
+                    Access::Write,
+                    &forze_redis::scripts::RATELIMIT_ACQUIRE,
+                    &[key],
+                    &[
+                        Value::from("100000000/1000"),
+                        Value::from("100000000"),
+                        Value::Integer(1),
+                        Value::from("2000"),
+                        Value::Integer(0),
+                    ],
+                )
+                .await
+                .expect("decision");
+            black_box(r);
+        }
+    };
+    compare("ratelimit_try_acquire_c64", ours, fred).await;
 
     forze.shutdown().await.expect("shutdown");
 
