@@ -34,6 +34,7 @@ use crate::error::{ConflictReason, Error, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
+use crate::pooled::pooled_with;
 use local::LocalIdempotencyStore;
 use redis::RedisIdempotencyStore;
 
@@ -218,7 +219,7 @@ impl Idempotency {
         let (lease, retention) = (self.config.pending_lease, self.config.retention);
         match &self.store {
             Store::Redis(r) => {
-                Box::pin(r.begin(key, &req.payload_hash, owner, lease, retention)).await
+                pooled_with(|| r.begin(key, &req.payload_hash, owner, lease, retention)).await
             }
             Store::Local(l) => Ok(l.begin(key, &req.payload_hash, owner, lease, retention)),
         }
@@ -313,8 +314,8 @@ impl Idempotency {
         let op = async {
             let ok = match &self.store {
                 Store::Redis(r) => {
-                    Box::pin(r.commit(&claim.key, &claim.owner, result, self.config.retention))
-                        .await?
+                    let retention = self.config.retention;
+                    pooled_with(|| r.commit(&claim.key, &claim.owner, result, retention)).await?
                 }
                 Store::Local(l) => {
                     l.commit(&claim.key, &claim.owner, result, self.config.retention)
@@ -342,7 +343,7 @@ impl Idempotency {
     async fn release_claim(&self, claim: &Claim) -> Result<bool> {
         let op = async {
             match &self.store {
-                Store::Redis(r) => Box::pin(r.fail(&claim.key, &claim.owner)).await,
+                Store::Redis(r) => pooled_with(|| r.fail(&claim.key, &claim.owner)).await,
                 Store::Local(l) => Ok(l.fail(&claim.key, &claim.owner)),
             }
         };
