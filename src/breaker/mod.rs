@@ -205,7 +205,7 @@ impl Breaker {
         telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         let ms = crate::time::ttl_arg;
-        let text = |s: String| fred::types::Value::from(s);
+        let text = <fred::types::Value as From<String>>::from;
         let ttl = config
             .window
             .max(config.break_duration)

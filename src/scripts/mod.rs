@@ -13,10 +13,9 @@ use std::sync::LazyLock;
 pub struct Script {
     name: &'static str,
     source: &'static str,
-    sha1: String,
-    /// The SHA-1 as a command argument, built once and shared by every call (a clone is a
-    /// reference count, not a copy).
-    sha1_value: fred::types::Value,
+    /// Built once; as a command argument it is shared by every call (a clone is a reference
+    /// count, not a copy).
+    sha1: fred::bytes_utils::Str,
 }
 
 impl Script {
@@ -25,8 +24,7 @@ impl Script {
         Script {
             name,
             source,
-            sha1: fred::util::sha1_hash(source),
-            sha1_value: fred::types::Value::from(fred::util::sha1_hash(source)),
+            sha1: fred::util::sha1_hash(source).into(),
         }
     }
 
@@ -47,7 +45,7 @@ impl Script {
 
     /// The SHA-1 as a command argument, shared rather than copied.
     pub(crate) fn sha1_value(&self) -> fred::types::Value {
-        self.sha1_value.clone()
+        fred::types::Value::String(self.sha1.clone())
     }
 }
 
