@@ -15,6 +15,13 @@
 //! FIFOs grow past twice the bound. Expired entries are removed when reached, when read,
 //! and by the periodic sweep. Evictions are counted by cause (`expired`, `size`).
 //!
+//! # Keys
+//!
+//! Keys are `SmolStr`: up to 23 bytes are held inline in the map slot (and in the FIFO
+//! position), longer ones once on the heap and shared. A lookup compares the probed slot's
+//! key without following a pointer, one cache miss fewer per lookup on a large L1 (a
+//! `Arc<str>` key made that lookup read a line elsewhere in memory before it knew it hit).
+//!
 //! # Race-safe fills (the epoch technique)
 //!
 //! A read that misses takes a [`FillTicket`] *before* it sends `GET`: the epoch of the key's
@@ -42,10 +49,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use smol_str::SmolStr;
 
 use super::codec::Entry;
 
@@ -105,7 +113,7 @@ struct Slot {
 const MAX_FREQ: u8 = 3;
 
 /// One position in a FIFO: the key and the id of the insertion it stands for.
-type Position = (Arc<str>, u64);
+type Position = (SmolStr, u64);
 
 /// The S3-FIFO queues of one L1 (see the module docs).
 #[derive(Debug, Default)]
@@ -220,7 +228,7 @@ pub struct L1Stats {
 pub struct L1 {
     /// foldhash with a per-process random seed: several times faster than SipHash on short
     /// keys, and still seeded so callers cannot aim collisions at one shard.
-    map: DashMap<Arc<str>, Slot, foldhash::fast::RandomState>,
+    map: DashMap<SmolStr, Slot, foldhash::fast::RandomState>,
     /// The eviction order; taken on the fill path only, never by a hit.
     fifos: Mutex<Fifos>,
     /// Ids of insertions.
@@ -416,7 +424,7 @@ impl L1 {
             return false;
         }
         let deadline = now() + ttl;
-        let shared_key: Arc<str> = Arc::from(key);
+        let shared_key = SmolStr::new(key);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             // The shard lock orders this check against invalidate(): bump, then remove.
