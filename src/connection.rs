@@ -366,11 +366,7 @@ impl RedisConnection {
             return Ok(None);
         }
         let client = self.client(op)?.with_options(self.options(Access::Write));
-        let command = CustomCommand::new_static(
-            "DELIFEQ",
-            ClusterHash::Custom(redis_protocol::redis_keyslot(key.as_bytes())),
-            false,
-        );
+        let command = CustomCommand::new_static("DELIFEQ", script_slot(&client, &[key]), false);
         match client
             .custom::<i64, Value>(command, vec![Value::from(key), Value::from(value)])
             .await
@@ -412,14 +408,7 @@ impl RedisConnection {
     ) -> Result<R> {
         let client = client.with_options(self.options(access));
         let fail = |e| self.error(op, access, e);
-        // fred routes a custom command on a cluster by an explicit slot only (any other
-        // `ClusterHash` falls back to hashing the first argument, the script's sha). Every
-        // key of one script shares a hash tag, so the first key's slot is the script's; a
-        // keyless script goes to a random slot, as fred's own `EVALSHA` does.
-        let hash = ClusterHash::Custom(match keys.first() {
-            Some(k) => redis_protocol::redis_keyslot(k.as_bytes()),
-            None => rand::random::<u16>() % 16_384,
-        });
+        let hash = script_slot(&client, keys);
         // Scripts go out as custom commands: fred 10.1 sends its own `EVALSHA`/`EVAL` again
         // after a lost connection whatever the attempt budget (a script that ran came back
         // `Ok` from its second run), while a custom command keeps the budget, so a write is
@@ -655,4 +644,20 @@ impl Health {
             total: 0,
         }
     }
+}
+
+/// The slot a custom command with these keys is sent to. fred routes a custom command on a
+/// cluster by an explicit slot only (any other `ClusterHash` falls back to hashing the first
+/// argument, a script's sha). Every key of one call shares a hash tag, so the first key's
+/// slot is the call's; a keyless call goes to a random slot, as fred's own `EVALSHA` does.
+/// Off a cluster the slot routes nothing, so it is not computed (a CRC over the key on every
+/// call).
+fn script_slot(client: &impl ClientLike, keys: &[&str]) -> ClusterHash {
+    if !client.is_clustered() {
+        return ClusterHash::Random;
+    }
+    ClusterHash::Custom(match keys.first() {
+        Some(k) => redis_protocol::redis_keyslot(k.as_bytes()),
+        None => rand::random::<u16>() % 16_384,
+    })
 }
