@@ -84,9 +84,16 @@ pub struct Lease {
 
 /// A unique owner string: a random per-process prefix and a counter.
 pub fn new_owner() -> String {
-    static PROCESS: LazyLock<u64> = LazyLock::new(rand::random);
+    // The process part is formatted once; each owner appends its number (without the
+    // formatting machinery: this runs on every acquire, begin and snapshot write).
+    static PROCESS: LazyLock<String> = LazyLock::new(|| format!("{:016x}-", rand::random::<u64>()));
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{:016x}-{}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
+    let mut digits = itoa::Buffer::new();
+    let number = digits.format(NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut owner = String::with_capacity(PROCESS.len() + number.len());
+    owner.push_str(&PROCESS);
+    owner.push_str(number);
+    owner
 }
 
 #[derive(Debug)]
@@ -539,6 +546,13 @@ mod tests {
         let b = new_owner();
         assert_ne!(a, b);
         assert!(!a.contains(':'));
+        // `<16 hex digits of the process>-<number>`, numbered in order.
+        let (pa, na) = a.split_once('-').expect("dash");
+        let (pb, nb) = b.split_once('-').expect("dash");
+        assert_eq!(pa, pb);
+        assert_eq!(pa.len(), 16);
+        assert!(pa.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(nb.parse::<u64>().unwrap() > na.parse::<u64>().unwrap());
     }
 
     #[test]
