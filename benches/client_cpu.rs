@@ -24,7 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use forze_redis::counter::CounterId;
 use forze_redis::error::Access;
-use forze_redis_actors::CacheKey;
+use forze_redis_actors::{Begin, CacheKey, IdemRequest};
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::Value;
 
@@ -39,6 +39,13 @@ fn calls_per_round() -> usize {
 
 /// Rounds per comparison (ours and fred alternate, and which goes first alternates too).
 const ROUNDS: usize = 9;
+
+/// A number no other call of this run has had (fresh idempotency keys).
+fn next() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// CPU time this process has used so far, in nanoseconds, from `/proc/self/stat` (user and
 /// system time of every thread, in clock ticks of 10 ms: a round is long enough for that).
@@ -124,7 +131,7 @@ async fn main() {
     let forze = common::spawn(
         &server.url(),
         "[counters.bench]\n[caches.remote]\nttl = \"60s\"\n\
-         [rate_limits.bench]\npermits = 100000000\nper = \"1s\"",
+         [rate_limits.bench]\npermits = 100000000\nper = \"1s\"\n[idempotency.bench]",
     )
     .await;
     let safe = common::same_settings_pool(&server.url()).await;
@@ -245,6 +252,62 @@ async fn main() {
         }
     };
     compare("ratelimit_try_acquire_c64", ours, fred).await;
+
+    // Idempotency begin + commit on a fresh key per call; fred with our settings sends the same
+    // two scripts with the arguments the handle sends (its key is built the same way, less the
+    // digest of the caller's key, and its owner is the same shape).
+    let idem = forze.idempotency("bench").expect("idempotency");
+    let ours = move |t: usize| {
+        let h = idem.clone();
+        async move {
+            let req = IdemRequest::new("bench", format!("k-{t}-{}", next()), "ph");
+            let Begin::Proceed(claim) = h.begin(&req).await.expect("begin") else {
+                panic!("a fresh key replayed");
+            };
+            h.commit(&claim, b"result").await.expect("commit");
+        }
+    };
+    let s = safe.clone();
+    let fred = move |t: usize| {
+        let s = s.clone();
+        async move {
+            let n = next();
+            let key = format!("bench:fred:idem:{{bench:k-{t}-{n}}}");
+            let owner = format!("{:016x}-{n}", 0x5eed_u64);
+            let r: Vec<Value> = s
+                .eval(
+                    "bench",
+                    Access::Write,
+                    &forze_redis::scripts::IDEM_BEGIN,
+                    &[key.as_str()],
+                    &[
+                        Value::from("ph"),
+                        Value::from(owner.as_str()),
+                        Value::Integer(300_000),
+                        Value::Integer(86_400_000),
+                    ],
+                )
+                .await
+                .expect("begin");
+            assert_eq!(r[0].as_str().as_deref(), Some("proceed"));
+            let c: i64 = s
+                .eval(
+                    "bench",
+                    Access::Write,
+                    &forze_redis::scripts::IDEM_COMMIT,
+                    &[key.as_str()],
+                    &[
+                        Value::from(owner.as_str()),
+                        Value::Bytes(Bytes::from_static(b"result")),
+                        Value::Integer(86_400_000),
+                    ],
+                )
+                .await
+                .expect("commit");
+            assert_eq!(c, 1);
+        }
+    };
+    compare("idempotency_begin_commit_c64", ours, fred).await;
 
     forze.shutdown().await.expect("shutdown");
 
