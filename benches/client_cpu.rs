@@ -12,8 +12,8 @@
 //! `cargo bench --bench client_cpu` (release build). To profile one side alone (for
 //! `perf record`, comparing the two profiles' sample counts per symbol), set
 //! `PROFILE_SIDE=ours` or `fred` and `PROFILE_NAME` to a comparison's name or prefix
-//! (`cache`, `counter`, `ratelimit`, `idempotency`): that side runs for three times the rounds and the
-//! process exits.
+//! (`cache`, `counter`, `ratelimit`, `idempotency`): that side runs for three times the
+//! rounds and the process exits.
 
 mod common;
 
