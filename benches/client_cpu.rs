@@ -274,37 +274,7 @@ async fn main() {
             let n = next();
             let key = format!("bench:fred:idem:{{bench:k-{t}-{n}}}");
             let owner = format!("{:016x}-{n}", 0x5eed_u64);
-            let r: Vec<Value> = s
-                .eval(
-                    "bench",
-                    Access::Write,
-                    &forze_redis::scripts::IDEM_BEGIN,
-                    &[key.as_str()],
-                    &[
-                        Value::from("ph"),
-                        Value::from(owner.as_str()),
-                        Value::Integer(300_000),
-                        Value::Integer(86_400_000),
-                    ],
-                )
-                .await
-                .expect("begin");
-            assert_eq!(r[0].as_str().as_deref(), Some("proceed"));
-            let c: i64 = s
-                .eval(
-                    "bench",
-                    Access::Write,
-                    &forze_redis::scripts::IDEM_COMMIT,
-                    &[key.as_str()],
-                    &[
-                        Value::from(owner.as_str()),
-                        Value::Bytes(Bytes::from_static(b"result")),
-                        Value::Integer(86_400_000),
-                    ],
-                )
-                .await
-                .expect("commit");
-            assert_eq!(c, 1);
+            common::idempotency_pair_same_settings(&s, &key, &owner).await;
         }
     };
     compare("idempotency_begin_commit_c64", ours, fred).await;

@@ -6,7 +6,6 @@
 
 mod common;
 
-use forze_redis::error::Access;
 use forze_redis::idempotency::{Begin, IdemRequest};
 use forze_redis::scripts::{IDEM_BEGIN, IDEM_COMMIT};
 use fred::interfaces::{ClientLike, LuaInterface};
@@ -96,37 +95,7 @@ async fn main() {
                 async move {
                     let key = format!("forze:idem:{{same:_:bench:{t}-{i}-{}}}", nonce());
                     let owner = format!("owner-{t}-{i}");
-                    let r: Vec<Value> = sf
-                        .eval(
-                            "bench",
-                            Access::Write,
-                            &IDEM_BEGIN,
-                            &[key.as_str()],
-                            &[
-                                Value::from("ph"),
-                                Value::from(owner.as_str()),
-                                Value::Integer(300_000),
-                                Value::Integer(86_400_000),
-                            ],
-                        )
-                        .await
-                        .expect("begin");
-                    assert_eq!(r[0].as_str().as_deref(), Some("proceed"));
-                    let n: i64 = sf
-                        .eval(
-                            "bench",
-                            Access::Write,
-                            &IDEM_COMMIT,
-                            &[key.as_str()],
-                            &[
-                                Value::from(owner),
-                                Value::from("result"),
-                                Value::Integer(86_400_000),
-                            ],
-                        )
-                        .await
-                        .expect("commit");
-                    assert_eq!(n, 1);
+                    common::idempotency_pair_same_settings(&sf, &key, &owner).await;
                 }
             })
             .await,

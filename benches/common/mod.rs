@@ -118,6 +118,46 @@ pub async fn same_settings_pool(url: &str) -> Arc<RedisConnection> {
     conn
 }
 
+/// One idempotency begin + commit as our handle sends it (the same two scripts and
+/// arguments: a 300 s pending lease, a day's retention), through `conn`: the fred-with-our-
+/// settings side of the idempotency comparisons. `key` must be fresh.
+pub async fn idempotency_pair_same_settings(conn: &RedisConnection, key: &str, owner: &str) {
+    use forze_redis::error::Access;
+    use forze_redis::scripts::{IDEM_BEGIN, IDEM_COMMIT};
+    use fred::types::Value;
+    let r: Vec<Value> = conn
+        .eval(
+            "bench",
+            Access::Write,
+            &IDEM_BEGIN,
+            &[key],
+            &[
+                Value::from("ph"),
+                Value::from(owner),
+                Value::Integer(300_000),
+                Value::Integer(86_400_000),
+            ],
+        )
+        .await
+        .expect("begin");
+    assert_eq!(r[0].as_str().as_deref(), Some("proceed"));
+    let n: i64 = conn
+        .eval(
+            "bench",
+            Access::Write,
+            &IDEM_COMMIT,
+            &[key],
+            &[
+                Value::from(owner),
+                Value::from("result"),
+                Value::Integer(86_400_000),
+            ],
+        )
+        .await
+        .expect("commit");
+    assert_eq!(n, 1);
+}
+
 /// Print the three throughputs and the two ratio lines of one comparison.
 pub fn report(name: &str, unit: &str, ours: Vec<f64>, direct: Vec<f64>, same: Vec<f64>) {
     let (o, t, s) = (median(ours), median(direct), median(same));
