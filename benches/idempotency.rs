@@ -60,12 +60,7 @@ async fn main() {
                         .evalsha(
                             IDEM_BEGIN.sha1(),
                             &[key.as_str()],
-                            &[
-                                Value::from("ph"),
-                                Value::from(owner.as_str()),
-                                Value::Integer(300_000),
-                                Value::Integer(86_400_000),
-                            ],
+                            &common::idempotency_begin_args(&owner),
                         )
                         .await
                         .expect("begin");
@@ -75,11 +70,7 @@ async fn main() {
                         .evalsha(
                             IDEM_COMMIT.sha1(),
                             &[key.as_str()],
-                            &[
-                                Value::from(owner),
-                                Value::from("result"),
-                                Value::Integer(86_400_000),
-                            ],
+                            &common::idempotency_commit_args(&owner),
                         )
                         .await
                         .expect("commit");

@@ -118,6 +118,28 @@ pub async fn same_settings_pool(url: &str) -> Arc<RedisConnection> {
     conn
 }
 
+/// The arguments our handle sends to the idempotency begin script with the default policy
+/// (payload hash `ph`, a 300 s pending lease, a day's retention).
+pub fn idempotency_begin_args(owner: &str) -> [fred::types::Value; 4] {
+    use fred::types::Value;
+    [
+        Value::from("ph"),
+        Value::from(owner),
+        Value::Integer(300_000),
+        Value::Integer(86_400_000),
+    ]
+}
+
+/// The arguments our handle sends to the idempotency commit script (result `result`).
+pub fn idempotency_commit_args(owner: &str) -> [fred::types::Value; 3] {
+    use fred::types::Value;
+    [
+        Value::from(owner),
+        Value::from("result"),
+        Value::Integer(86_400_000),
+    ]
+}
+
 /// One idempotency begin + commit as our handle sends it (the same two scripts and
 /// arguments: a 300 s pending lease, a day's retention), through `conn`: the fred-with-our-
 /// settings side of the idempotency comparisons. `key` must be fresh.
@@ -131,12 +153,7 @@ pub async fn idempotency_pair_same_settings(conn: &RedisConnection, key: &str, o
             Access::Write,
             &IDEM_BEGIN,
             &[key],
-            &[
-                Value::from("ph"),
-                Value::from(owner),
-                Value::Integer(300_000),
-                Value::Integer(86_400_000),
-            ],
+            &idempotency_begin_args(owner),
         )
         .await
         .expect("begin");
@@ -147,11 +164,7 @@ pub async fn idempotency_pair_same_settings(conn: &RedisConnection, key: &str, o
             Access::Write,
             &IDEM_COMMIT,
             &[key],
-            &[
-                Value::from(owner),
-                Value::from("result"),
-                Value::Integer(86_400_000),
-            ],
+            &idempotency_commit_args(owner),
         )
         .await
         .expect("commit");
