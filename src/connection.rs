@@ -356,13 +356,19 @@ impl RedisConnection {
         (healthy, clients.len())
     }
 
+    /// Whether `DELIFEQ` may run: `false` once the server refused it, so a caller can skip
+    /// building its arguments.
+    pub(crate) fn may_have_del_if_eq(&self) -> bool {
+        self.delifeq.load(Ordering::Relaxed) != NATIVE_NO
+    }
+
     /// `DELIFEQ key value` (delete `key` if it holds exactly `value`) where the server has
     /// the command: `Some(deleted)`; `None` when it does not (nothing ran), so the caller
     /// runs its script instead. The server's answer to the first use decides for the life of
     /// this pool (Valkey reports a Redis-compatible version, so the version string cannot);
     /// a refusal later (a failover to an older server, an ACL change) switches to the script.
     pub async fn del_if_eq(&self, op: &'static str, key: &str, value: &str) -> Result<Option<i64>> {
-        if self.delifeq.load(Ordering::Relaxed) == NATIVE_NO {
+        if !self.may_have_del_if_eq() {
             return Ok(None);
         }
         let client = self.client(op)?.with_options(self.options(Access::Write));

@@ -428,6 +428,43 @@ async fn redis_down_while_held_fires_lost_and_refuses_acquire_then_tokens_keep_r
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_finds_another_owner_fires_lost_for_every_subscriber() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "lock-stolen", RESOURCES)).await;
+        let jobs = forze.lock("jobs").unwrap();
+        // `watched` has a subscriber before the loss; `unwatched` gets its first after it.
+        let watched = jobs.try_acquire(&id("watched")).await.unwrap().unwrap();
+        let unwatched = jobs.try_acquire(&id("unwatched")).await.unwrap().unwrap();
+        let mut before = watched.lost();
+        assert_eq!(before.get(), None, "{bin}: fired while held");
+        for (g, name) in [(&watched, "watched"), (&unwatched, "unwatched")] {
+            // Another owner takes the key behind the holder's back (an operator, a lost lease).
+            let key = format!("forze:lock:{{jobs:_:{name}}}");
+            server.cmd(&["SET", &key, "1:someone-else"]).unwrap();
+            assert!(!g.extend().await.unwrap(), "{bin}: renewed a stolen lease");
+            assert!(g.is_lost(), "{bin}: {name}");
+        }
+        let mut after = unwatched.lost();
+        assert_eq!(
+            after.get(),
+            Some(LostReason::Stolen),
+            "{bin}: taken after the loss"
+        );
+        for signal in [&mut before, &mut after] {
+            let why = tokio::time::timeout(Duration::from_secs(1), signal.wait())
+                .await
+                .expect("lost fired");
+            assert_eq!(why, LostReason::Stolen, "{bin}");
+        }
+        // A guard releases nothing that is not its own.
+        assert!(!watched.release().await.unwrap(), "{bin}");
+        assert!(!unwatched.release().await.unwrap(), "{bin}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
 async fn wait_for_lock(lock: &Lock, name: &str) -> forze_redis_actors::LockGuard {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -51,56 +51,90 @@ impl LostReason {
 pub(crate) struct HeldLease {
     pub(crate) lock: Lock,
     pub(crate) lease: Lease,
+    state: Mutex<LeaseState>,
+}
+
+/// What moves while a lease is held, under one lock.
+#[derive(Debug)]
+struct LeaseState {
     /// The local deadline; only ever moved forward.
-    deadline: Mutex<Instant>,
+    deadline: Instant,
     /// When the heartbeater should renew next.
-    pub(crate) next_renewal: Mutex<Instant>,
-    lost: watch::Sender<Option<LostReason>>,
+    next_renewal: Instant,
+    /// Why the lease was lost, once it was.
+    lost: Option<LostReason>,
+    /// The lost signal's channel, made for the first subscriber: most holders never ask for
+    /// it, and a channel costs an allocation and, when dropped, a wake-up of each of its
+    /// eight waiter lists.
+    signal: Option<watch::Sender<Option<LostReason>>>,
 }
 
 impl HeldLease {
+    fn state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+        self.state().deadline
+    }
+
+    /// When the heartbeater should renew next.
+    pub(crate) fn next_renewal(&self) -> Instant {
+        self.state().next_renewal
     }
 
     /// A renewal sent at `sent` was confirmed.
     pub(crate) fn confirmed(&self, sent: Instant) {
-        let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
         // A confirmation that arrives after the deadline passed does not resurrect the lease:
         // the holder has already been told it is lost.
-        if self.lost.borrow().is_none() {
-            *d = (*d).max(self.lock.deadline_from(sent));
+        if state.lost.is_none() {
+            state.deadline = state.deadline.max(self.lock.deadline_from(sent));
         }
-        *self.next_renewal.lock().unwrap_or_else(|p| p.into_inner()) =
-            sent + self.lock.config().extend_period();
+        state.next_renewal = sent + self.lock.config().extend_period();
     }
 
     /// Fire the lost signal (once).
     pub(crate) fn lose(&self, why: LostReason) {
-        self.lost.send_if_modified(|v| {
-            if v.is_none() {
-                *v = Some(why);
-                #[cfg(feature = "metrics")]
-                metrics::counter!(
-                    crate::telemetry::names::LEASES_LOST,
-                    "supervisor" => self.lock.telemetry.supervisor().to_string(),
-                    "name" => self.lock.telemetry.name().to_string(),
-                    "reason" => why.as_str(),
-                )
-                .increment(1);
-                true
-            } else {
-                false
-            }
-        });
+        let mut state = self.state();
+        if state.lost.is_some() {
+            return;
+        }
+        state.lost = Some(why);
+        if let Some(signal) = &state.signal {
+            signal.send_replace(Some(why));
+        }
+        drop(state);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::telemetry::names::LEASES_LOST,
+            "supervisor" => self.lock.telemetry.supervisor().to_string(),
+            "name" => self.lock.telemetry.name().to_string(),
+            "reason" => why.as_str(),
+        )
+        .increment(1);
+    }
+
+    /// A receiver of the lost signal, holding the current state.
+    fn subscribe(&self) -> watch::Receiver<Option<LostReason>> {
+        let mut state = self.state();
+        let lost = state.lost;
+        state
+            .signal
+            .get_or_insert_with(|| watch::channel(lost).0)
+            .subscribe()
     }
 
     /// Whether the lease is lost; fires the signal first if the deadline has passed.
     pub(crate) fn check_deadline(&self) -> bool {
-        if self.lost.borrow().is_some() {
-            return true;
-        }
-        if Instant::now() + TIMER_SLACK >= self.deadline() {
+        let deadline = {
+            let state = self.state();
+            if state.lost.is_some() {
+                return true;
+            }
+            state.deadline
+        };
+        if Instant::now() + TIMER_SLACK >= deadline {
             self.lose(LostReason::DeadlinePassed);
             return true;
         }
@@ -112,7 +146,7 @@ impl HeldLease {
 /// their renewals.
 #[derive(Debug, Default)]
 pub struct LeaseRegistry {
-    pub(crate) held: DashMap<u64, Arc<HeldLease>>,
+    pub(crate) held: DashMap<u64, Arc<HeldLease>, foldhash::fast::RandomState>,
     next_id: AtomicU64,
     pub(crate) counts: super::renewal::RenewalCounts,
     /// Renewals suspended (a drill of lost leases); see [`LeaseRegistry::stall`].
@@ -157,7 +191,6 @@ impl LostSignal {
 #[derive(Debug)]
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
-    leases: Arc<LeaseRegistry>,
     id: u64,
     held: Arc<HeldLease>,
     deadline_task: OnceLock<AbortOnDrop>,
@@ -166,21 +199,21 @@ pub struct LockGuard {
 
 impl LockGuard {
     pub(crate) fn new(lock: Lock, lease: Lease) -> Self {
-        let leases = lock.leases.clone();
-        let (lost, _) = watch::channel(None);
-        let deadline = lock.deadline_from(lease.started);
-        let next = lease.started + lock.config().extend_period();
+        let state = LeaseState {
+            deadline: lock.deadline_from(lease.started),
+            next_renewal: lease.started + lock.config().extend_period(),
+            lost: None,
+            signal: None,
+        };
         let held = Arc::new(HeldLease {
             lock,
             lease,
-            deadline: Mutex::new(deadline),
-            next_renewal: Mutex::new(next),
-            lost,
+            state: Mutex::new(state),
         });
+        let leases = &held.lock.leases;
         let id = leases.next_id.fetch_add(1, Ordering::Relaxed);
         leases.held.insert(id, held.clone());
         LockGuard {
-            leases,
             id,
             held,
             deadline_task: OnceLock::new(),
@@ -226,7 +259,7 @@ impl LockGuard {
     /// the first call), and at once when a renewal finds another owner.
     pub fn lost(&self) -> LostSignal {
         self.watch_deadline();
-        LostSignal(self.held.lost.subscribe())
+        LostSignal(self.held.subscribe())
     }
 
     /// Whether the lease is lost (signalled, or past its local deadline).
@@ -251,17 +284,18 @@ impl LockGuard {
     /// Release the lock; whether this acquisition still held it.
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
-        self.leases.held.remove(&self.id);
+        self.held.lock.leases.held.remove(&self.id);
         self.held.lock.release(&self.held.lease).await
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.leases.held.remove(&self.id);
         if self.released {
+            // `release` deregistered it already.
             return;
         }
+        self.held.lock.leases.held.remove(&self.id);
         // Best effort, never blocking: release in the background if a runtime is at hand.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let held = self.held.clone();

@@ -18,6 +18,9 @@ use crate::error::{Access, Error, Result};
 use crate::scripts::{LOCK_ACQUIRE, LOCK_EXTEND, LOCK_RELEASE};
 use crate::time::ttl_arg;
 
+/// The fence key of a lock is its key with this suffix.
+const FENCE_SUFFIX: &str = ":fence";
+
 /// Most leases renewed by one script call: bounds how long one call keeps the server busy.
 pub const EXTEND_BATCH: usize = 10_000;
 
@@ -43,13 +46,17 @@ impl RedisLockStore {
         fence_ttl: Option<Duration>,
     ) -> Result<Attempt> {
         const OP: &str = "lock.acquire";
+        // Sized exactly (`format!` guesses, then grows by reallocation).
+        let mut fence = String::with_capacity(key.len() + FENCE_SUFFIX.len());
+        fence.push_str(key);
+        fence.push_str(FENCE_SUFFIX);
         let reply: Vec<i64> = self
             .conn
             .eval(
                 OP,
                 Access::IdempotentWrite,
                 &LOCK_ACQUIRE,
-                &[key, &format!("{key}:fence")],
+                &[key, &fence],
                 &[
                     Value::from(owner),
                     ttl_arg(lease),
@@ -70,7 +77,7 @@ impl RedisLockStore {
     /// `DELIFEQ` where it has one (the stored value is exactly `<token>:<owner>`), else the
     /// script, which compares the owner alone.
     pub async fn release(&self, key: &str, owner: &str, token: Option<u64>) -> Result<bool> {
-        if let Some(token) = token {
+        if let Some(token) = token.filter(|_| self.conn.may_have_del_if_eq()) {
             let value = format!("{token}:{owner}");
             if let Some(deleted) = self.conn.del_if_eq("lock.release", key, &value).await? {
                 return Ok(deleted == 1);

@@ -79,7 +79,7 @@ impl LeaseRegistry {
             if held.check_deadline() {
                 continue;
             }
-            let next = *held.next_renewal.lock().unwrap_or_else(|p| p.into_inner());
+            let next = held.next_renewal();
             if next <= horizon {
                 due.entry(held.lock.name().to_string())
                     .or_default()
