@@ -12,8 +12,12 @@
 //! `cargo bench --bench client_cpu` (release build). To profile one side alone (for
 //! `perf record`, comparing the two profiles' sample counts per symbol), set
 //! `PROFILE_SIDE=ours` or `fred` and `PROFILE_NAME` to a comparison's name or prefix
-//! (`cache`, `counter`, `ratelimit`, `idempotency`): that side runs for three times the
-//! rounds and the process exits.
+//! (`cache`, `counter`, `ratelimit`, `lock`, `idempotency`): that side runs for three times
+//! the rounds and the process exits. `CLIENT_CPU_ONLY=<prefix>` runs only the measurements
+//! whose names start with it.
+//!
+//! Last, our layer without a driver (embedded mode, process-local state), in calls per
+//! second: `info counter_incr_embedded_c64` and `info lock_acquire_release_embedded_c64`.
 
 mod common;
 
@@ -24,6 +28,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use forze_redis::counter::CounterId;
 use forze_redis::error::Access;
+use forze_redis::lock::LockId;
+use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
 use forze_redis_actors::{Begin, CacheKey, IdemRequest};
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::Value;
@@ -73,6 +79,12 @@ where
     (process_cpu_ns() - before) / (per_task * common::TASKS) as f64
 }
 
+/// Whether the measurement `name` runs: all of them, or those whose name starts with
+/// `CLIENT_CPU_ONLY` when it is set (to measure one contract across builds quickly).
+fn wanted(name: &str) -> bool {
+    std::env::var("CLIENT_CPU_ONLY").map_or(true, |only| name.starts_with(&only))
+}
+
 /// Run both sides for [`ROUNDS`] rounds and print the comparison of `name`.
 async fn compare<O, OF, F, FF>(name: &str, ours: O, fred: F)
 where
@@ -95,6 +107,9 @@ where
             println!("{name} {side} {v:.0}");
         }
         std::process::exit(0);
+    }
+    if !wanted(name) {
+        return;
     }
     let (mut o, mut f, mut paired) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -131,7 +146,8 @@ async fn main() {
     let forze = common::spawn(
         &server.url(),
         "[counters.bench]\n[caches.remote]\nttl = \"60s\"\n\
-         [rate_limits.bench]\npermits = 100000000\nper = \"1s\"\n[idempotency.bench]",
+         [rate_limits.bench]\npermits = 100000000\nper = \"1s\"\n[idempotency.bench]\n\
+         [locks.bench]\nlease = \"30s\"",
     )
     .await;
     let safe = common::same_settings_pool(&server.url()).await;
@@ -253,6 +269,61 @@ async fn main() {
     };
     compare("ratelimit_try_acquire_c64", ours, fred).await;
 
+    // Lock acquire + release, each caller on its own lock; fred with our settings sends the
+    // same two scripts (acquire with the fence key, release compared on the owner).
+    let lock = forze.lock("bench").expect("lock");
+    let lock_ids: Arc<Vec<LockId>> = Arc::new(
+        (0..common::TASKS)
+            .map(|t| LockId::new(format!("l{t}")))
+            .collect(),
+    );
+    let ours = move |t: usize| {
+        let (l, ids) = (lock.clone(), lock_ids.clone());
+        async move {
+            let g = l
+                .try_acquire(&ids[t])
+                .await
+                .expect("acquire")
+                .expect("free");
+            assert!(g.release().await.expect("release"));
+        }
+    };
+    let s = safe.clone();
+    let fred = move |t: usize| {
+        let s = s.clone();
+        async move {
+            let key = format!("forze:lock:{{fred:_:l{t}}}");
+            let owner = format!("{:016x}-{}", 0x5eed_u64, next());
+            let r: Vec<i64> = s
+                .eval(
+                    "bench",
+                    Access::Write,
+                    &LOCK_ACQUIRE,
+                    &[key.as_str(), &format!("{key}:fence")],
+                    &[
+                        Value::from(owner.as_str()),
+                        Value::Integer(30_000),
+                        Value::Integer(0),
+                    ],
+                )
+                .await
+                .expect("acquire");
+            assert_eq!(r[0], 1);
+            let n: i64 = s
+                .eval(
+                    "bench",
+                    Access::Write,
+                    &LOCK_RELEASE,
+                    &[key.as_str()],
+                    &[Value::from(owner)],
+                )
+                .await
+                .expect("release");
+            assert_eq!(n, 1);
+        }
+    };
+    compare("lock_acquire_release_c64", ours, fred).await;
+
     // Idempotency begin + commit on a fresh key per call; fred with our settings sends the same
     // two scripts with the arguments the handle sends (its key is built the same way, less the
     // digest of the caller's key, and its owner is the same shape).
@@ -285,33 +356,66 @@ async fn main() {
     // driver), so what each call costs in our code is most of what is measured.
     let embedded = common::spawn_config(
         forze_redis::Config::from_toml_str(
-            "mode = \"embedded\"\n[counters.bench]\n[supervision]\nname_prefix = \"bench-local\"",
+            "mode = \"embedded\"\n[counters.bench]\n[locks.bench]\n[supervision]\nname_prefix = \"bench-local\"",
         )
         .expect("config"),
     )
     .await;
-    let counter = embedded.counter("bench").expect("counter");
-    let ids: Arc<Vec<CounterId>> = Arc::new(
-        (0..common::TASKS)
-            .map(|i| CounterId::suffix(format!("c{i}")))
-            .collect(),
-    );
-    let mut rates = Vec::new();
-    for _ in 0..ROUNDS {
-        let (c, ids) = (counter.clone(), ids.clone());
-        rates.push(
-            common::throughput(20 * calls_per_round() / common::TASKS, move |t, _| {
-                let (c, ids) = (c.clone(), ids.clone());
-                async move {
-                    black_box(c.incr(&ids[t], 1).await.expect("incr"));
-                }
-            })
-            .await,
+    if wanted("counter_incr_embedded") {
+        let counter = embedded.counter("bench").expect("counter");
+        let ids: Arc<Vec<CounterId>> = Arc::new(
+            (0..common::TASKS)
+                .map(|i| CounterId::suffix(format!("c{i}")))
+                .collect(),
+        );
+        let rate = embedded_rate(move |t| {
+            let (c, ids) = (counter.clone(), ids.clone());
+            async move {
+                black_box(c.incr(&ids[t], 1).await.expect("incr"));
+            }
+        })
+        .await;
+        println!("info counter_incr_embedded_c64 {rate:.0} ops/s (our layer without a driver)");
+    }
+    if wanted("lock_acquire_release_embedded") {
+        let lock = embedded.lock("bench").expect("lock");
+        let ids: Arc<Vec<LockId>> = Arc::new(
+            (0..common::TASKS)
+                .map(|t| LockId::new(format!("l{t}")))
+                .collect(),
+        );
+        let rate = embedded_rate(move |t| {
+            let (l, ids) = (lock.clone(), ids.clone());
+            async move {
+                let g = l
+                    .try_acquire(&ids[t])
+                    .await
+                    .expect("acquire")
+                    .expect("free");
+                assert!(g.release().await.expect("release"));
+            }
+        })
+        .await;
+        println!(
+            "info lock_acquire_release_embedded_c64 {rate:.0} pairs/s (our layer without a driver)"
         );
     }
-    println!(
-        "info counter_incr_embedded_c64 {:.0} ops/s (our layer without a driver)",
-        common::median(rates)
-    );
     embedded.shutdown().await.expect("shutdown");
+}
+
+/// The median over [`ROUNDS`] of `op`'s calls per second on [`common::TASKS`] tasks, with
+/// twenty times the calls of a remote round (a local call is that much cheaper).
+async fn embedded_rate<F, Fut>(op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let op = op.clone();
+        rates.push(
+            common::throughput(20 * calls_per_round() / common::TASKS, move |t, _| op(t)).await,
+        );
+    }
+    common::median(rates)
 }
