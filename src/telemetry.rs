@@ -224,13 +224,57 @@ impl std::fmt::Display for SpanName<'_> {
     }
 }
 
+/// `fut` inside a span: the future itself when no subscriber wants the span, else
+/// instrumented with it.
+pub type InSpan<F> = futures::future::Either<F, tracing::instrument::Instrumented<F>>;
+
 /// Run `fut` inside `span`; without the span's wrapper when no subscriber wants it (then
 /// entering and leaving it on every poll would do nothing but cost).
-pub async fn in_span<F: Future>(span: &tracing::Span, fut: F) -> F::Output {
+///
+/// A plain function, not an `async fn`: an async function stores its argument and then the
+/// future it awaits, so `fut` would be held twice in every future above it.
+pub fn in_span<F: Future>(span: &tracing::Span, fut: F) -> InSpan<F> {
     if span.is_disabled() {
-        fut.await
+        futures::future::Either::Left(fut)
     } else {
-        fut.instrument(span.clone()).await
+        futures::future::Either::Right(fut.instrument(span.clone()))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Telemetry::observe`]: `fut` in its span, then the outcome counted
+    /// and the latency recorded.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Observed<'a, F, O> {
+        #[pin]
+        fut: InSpan<F>,
+        telemetry: &'a Telemetry,
+        operation: &'static str,
+        started: Started,
+        span: tracing::Span,
+        // Taken when the operation ends.
+        outcome: Option<O>,
+    }
+}
+
+impl<T, F, O> Future for Observed<'_, F, O>
+where
+    F: Future<Output = Result<T>>,
+    O: FnOnce(&T) -> &'static str,
+{
+    type Output = Result<T>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T>> {
+        let this = self.project();
+        let result = std::task::ready!(this.fut.poll(cx));
+        if let Some(outcome) = this.outcome.take() {
+            this.telemetry
+                .close(this.span, this.operation, *this.started, &result, outcome);
+        }
+        std::task::Poll::Ready(result)
     }
 }
 
@@ -327,18 +371,29 @@ impl Telemetry {
     }
 
     /// Run `operation` in its span, then count it with its outcome (`outcome` of the value,
-    /// or the error's kind) and record its latency.
-    pub async fn observe<T>(
+    /// or the error's kind) and record its latency. The clock starts and the span opens
+    /// when this is called. (A hand-written future rather than an `async fn`, which would
+    /// hold `fut` twice: once as its argument, once as the future it awaits.)
+    pub fn observe<T, F, O>(
         &self,
         operation: &'static str,
-        fut: impl Future<Output = Result<T>>,
-        outcome: impl FnOnce(&T) -> &'static str,
-    ) -> Result<T> {
+        fut: F,
+        outcome: O,
+    ) -> Observed<'_, F, O>
+    where
+        F: Future<Output = Result<T>>,
+        O: FnOnce(&T) -> &'static str,
+    {
         let started = self.start();
         let span = self.span(operation);
-        let result = in_span(&span, fut).await;
-        self.close(&span, operation, started, &result, outcome);
-        result
+        Observed {
+            fut: in_span(&span, fut),
+            telemetry: self,
+            operation,
+            started,
+            span,
+            outcome: Some(outcome),
+        }
     }
 
     /// Count one `operation` that ended with `outcome`, and record its latency.

@@ -330,7 +330,8 @@ impl Counter {
         let operation = op.gate_name();
         let span = self.telemetry.span(operation);
         let started = self.telemetry.start();
-        let work = async {
+        // Built where it is awaited: a future bound to a variable first is held twice.
+        let (result, served) = crate::telemetry::in_span(&span, async {
             self.stats.ops.add(1);
             let routed = match (&target, &self.router) {
                 (Ok(_), Some(router)) => {
@@ -378,8 +379,8 @@ impl Counter {
                 }
             };
             (result, served)
-        };
-        let (result, served) = crate::telemetry::in_span(&span, work).await;
+        })
+        .await;
         span.record("forze.served", served);
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
