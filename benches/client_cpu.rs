@@ -17,7 +17,8 @@
 //! whose names start with it.
 //!
 //! Last, our layer without a driver (embedded mode, process-local state), in calls per
-//! second: `info counter_incr_embedded_c64` and `info lock_acquire_release_embedded_c64`.
+//! second: `info counter_incr_embedded_c64` and `info lock_acquire_release_embedded_c64`; and
+//! the bytes of a call's future (`info future_bytes`).
 
 mod common;
 
@@ -361,6 +362,20 @@ async fn main() {
         .expect("config"),
     )
     .await;
+    // What each call's future occupies in its caller's task (every await layer, with the
+    // driver's command future in a pooled block of its own): a poll touches it, and a call
+    // builds and moves it.
+    if wanted("future_bytes") {
+        let counter = embedded.counter("bench").expect("counter");
+        let lock = embedded.lock("bench").expect("lock");
+        let id = CounterId::suffix("c");
+        let lock_id = LockId::new("l");
+        println!(
+            "info future_bytes counter.incr {} lock.try_acquire {}",
+            std::mem::size_of_val(&counter.incr(&id, 1)),
+            std::mem::size_of_val(&lock.try_acquire(&lock_id)),
+        );
+    }
     if wanted("counter_incr_embedded") {
         let counter = embedded.counter("bench").expect("counter");
         let ids: Arc<Vec<CounterId>> = Arc::new(
