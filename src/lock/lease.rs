@@ -101,10 +101,13 @@ impl HeldLease {
             return;
         }
         state.lost = Some(why);
-        if let Some(signal) = &state.signal {
+        // Subscribers are woken after the lock is let go (a subscriber taken meanwhile
+        // shares this channel and sees the value sent).
+        let signal = state.signal.clone();
+        drop(state);
+        if let Some(signal) = signal {
             signal.send_replace(Some(why));
         }
-        drop(state);
         #[cfg(feature = "metrics")]
         metrics::counter!(
             crate::telemetry::names::LEASES_LOST,
