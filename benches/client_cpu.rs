@@ -30,7 +30,6 @@ use bytes::Bytes;
 use forze_redis::counter::CounterId;
 use forze_redis::error::Access;
 use forze_redis::lock::LockId;
-use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
 use forze_redis_actors::{Begin, CacheKey, IdemRequest};
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::Value;
@@ -280,14 +279,7 @@ async fn main() {
     );
     let ours = move |t: usize| {
         let (l, ids) = (lock.clone(), lock_ids.clone());
-        async move {
-            let g = l
-                .try_acquire(&ids[t])
-                .await
-                .expect("acquire")
-                .expect("free");
-            assert!(g.release().await.expect("release"));
-        }
+        async move { common::lock_pair(&l, &ids[t]).await }
     };
     let s = safe.clone();
     let fred = move |t: usize| {
@@ -295,32 +287,7 @@ async fn main() {
         async move {
             let key = format!("forze:lock:{{fred:_:l{t}}}");
             let owner = format!("{:016x}-{}", 0x5eed_u64, next());
-            let r: Vec<i64> = s
-                .eval(
-                    "bench",
-                    Access::Write,
-                    &LOCK_ACQUIRE,
-                    &[key.as_str(), &format!("{key}:fence")],
-                    &[
-                        Value::from(owner.as_str()),
-                        Value::Integer(30_000),
-                        Value::Integer(0),
-                    ],
-                )
-                .await
-                .expect("acquire");
-            assert_eq!(r[0], 1);
-            let n: i64 = s
-                .eval(
-                    "bench",
-                    Access::Write,
-                    &LOCK_RELEASE,
-                    &[key.as_str()],
-                    &[Value::from(owner)],
-                )
-                .await
-                .expect("release");
-            assert_eq!(n, 1);
+            common::lock_pair_same_settings(&s, &key, &owner).await;
         }
     };
     compare("lock_acquire_release_c64", ours, fred).await;
@@ -401,14 +368,7 @@ async fn main() {
         );
         let rate = embedded_rate(move |t| {
             let (l, ids) = (lock.clone(), ids.clone());
-            async move {
-                let g = l
-                    .try_acquire(&ids[t])
-                    .await
-                    .expect("acquire")
-                    .expect("free");
-                assert!(g.release().await.expect("release"));
-            }
+            async move { common::lock_pair(&l, &ids[t]).await }
         })
         .await;
         println!(

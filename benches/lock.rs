@@ -14,7 +14,6 @@ mod common;
 
 use std::sync::Arc;
 
-use forze_redis::error::Access;
 use forze_redis::lock::LockId;
 use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
 use fred::interfaces::{ClientLike, LuaInterface};
@@ -47,10 +46,7 @@ async fn main() {
         ours.push(
             common::throughput(PER_TASK, move |t, _| {
                 let (l, n) = (l.clone(), n.clone());
-                async move {
-                    let g = l.try_acquire(&n[t]).await.expect("acquire").expect("free");
-                    assert!(g.release().await.expect("release"));
-                }
+                async move { common::lock_pair(&l, &n[t]).await }
             })
             .await,
         );
@@ -88,28 +84,7 @@ async fn main() {
                 async move {
                     let key = format!("forze:lock:{{same:_:s{t}}}");
                     let owner = format!("owner-{t}-{i}");
-                    let r: Vec<i64> = sf
-                        .eval(
-                            "bench",
-                            Access::Write,
-                            &LOCK_ACQUIRE,
-                            &[key.as_str(), &format!("{key}:fence")],
-                            &[Value::from(owner.as_str()), Value::Integer(30_000)],
-                        )
-                        .await
-                        .expect("acquire");
-                    assert_eq!(r[0], 1);
-                    let n: i64 = sf
-                        .eval(
-                            "bench",
-                            Access::Write,
-                            &LOCK_RELEASE,
-                            &[key.as_str()],
-                            &[Value::from(owner)],
-                        )
-                        .await
-                        .expect("release");
-                    assert_eq!(n, 1);
+                    common::lock_pair_same_settings(&sf, &key, &owner).await;
                 }
             })
             .await,

@@ -116,14 +116,7 @@ fn contracts(forze: &ForzeHandle) -> Vec<(&'static str, Op)> {
         ("lock_acquire_release", {
             Arc::new(move |t| {
                 let (l, ids) = (lock.clone(), lock_ids.clone());
-                Box::pin(async move {
-                    let g = l
-                        .try_acquire(&ids[t])
-                        .await
-                        .expect("acquire")
-                        .expect("free");
-                    assert!(g.release().await.expect("release"));
-                })
+                Box::pin(async move { common::lock_pair(&l, &ids[t]).await })
             })
         }),
         ("idempotency_begin_commit", {

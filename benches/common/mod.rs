@@ -171,6 +171,49 @@ pub async fn idempotency_pair_same_settings(conn: &RedisConnection, key: &str, o
     assert_eq!(n, 1);
 }
 
+/// One lock acquire + release through `lock` on `id`, which must be free: our side of the
+/// lock comparisons.
+pub async fn lock_pair(lock: &forze_redis_actors::Lock, id: &forze_redis::lock::LockId) {
+    let g = lock.try_acquire(id).await.expect("acquire").expect("free");
+    assert!(g.release().await.expect("release"));
+}
+
+/// One lock acquire + release as our handle sends it (the same two scripts and arguments: a
+/// 30 s lease, a fence that never expires) through `conn`: the fred-with-our-settings side of
+/// the lock comparisons. `key` must be free.
+pub async fn lock_pair_same_settings(conn: &RedisConnection, key: &str, owner: &str) {
+    use forze_redis::error::Access;
+    use forze_redis::scripts::{LOCK_ACQUIRE, LOCK_RELEASE};
+    use fred::types::Value;
+    let fence = format!("{key}:fence");
+    let r: Vec<i64> = conn
+        .eval(
+            "bench",
+            Access::Write,
+            &LOCK_ACQUIRE,
+            &[key, &fence],
+            &[
+                Value::from(owner),
+                Value::Integer(30_000),
+                Value::Integer(0),
+            ],
+        )
+        .await
+        .expect("acquire");
+    assert_eq!(r[0], 1);
+    let n: i64 = conn
+        .eval(
+            "bench",
+            Access::Write,
+            &LOCK_RELEASE,
+            &[key],
+            &[Value::from(owner)],
+        )
+        .await
+        .expect("release");
+    assert_eq!(n, 1);
+}
+
 /// Print the three throughputs and the two ratio lines of one comparison.
 pub fn report(name: &str, unit: &str, ours: Vec<f64>, direct: Vec<f64>, same: Vec<f64>) {
     let (o, t, s) = (median(ours), median(direct), median(same));
