@@ -49,6 +49,12 @@ fn refused_command(e: &fred::error::Error) -> bool {
         || e.details().to_ascii_lowercase().contains("unknown command")
 }
 
+/// The server's refusal of a command's option before running it: a server without `SET …
+/// IFEQ` (Redis before 8.4, Valkey before 8.1) answers `ERR syntax error`.
+fn refused_option(e: &fred::error::Error) -> bool {
+    refused_command(e) || e.details().to_ascii_lowercase().contains("syntax error")
+}
+
 /// The shared connection pool and the options every command is sent with. Cheap to share
 /// behind an `Arc`; clones of the inner fred pool are handed to callers' tasks.
 #[derive(Debug)]
@@ -62,6 +68,8 @@ pub struct RedisConnection {
     /// Whether the server has `DELIFEQ` (Valkey 9 and later): [`NATIVE_UNKNOWN`] until a
     /// first use tells, then [`NATIVE_YES`] or [`NATIVE_NO`].
     delifeq: AtomicU8,
+    /// Whether the server has `SET … IFEQ` (Valkey 8.1, Redis 8.4 and later), as `delifeq`.
+    set_ifeq: AtomicU8,
     /// Set by `quit`: the connection tasks' watchdogs stop restarting them. A lock, not a
     /// flag: a watchdog checks it and starts a task under it, so none starts after `quit`.
     quitting: Arc<std::sync::Mutex<bool>>,
@@ -144,6 +152,7 @@ impl RedisConnection {
             idempotent_write_opts,
             script_reloads: AtomicU64::new(0),
             delifeq: AtomicU8::new(NATIVE_UNKNOWN),
+            set_ifeq: AtomicU8::new(NATIVE_UNKNOWN),
             quitting: Arc::new(std::sync::Mutex::new(false)),
             task_restarts: Arc::new(AtomicU64::new(0)),
             restart_delay: (
@@ -389,6 +398,98 @@ impl RedisConnection {
                 Ok(None)
             }
             Err(e) => Err(self.error(op, Access::Write, e)),
+        }
+    }
+
+    /// Whether `SET … IFEQ` may run: `false` once the server refused it.
+    pub(crate) fn may_have_set_if_eq(&self) -> bool {
+        self.set_ifeq.load(Ordering::Relaxed) != NATIVE_NO
+    }
+
+    /// `SET key value IFEQ value PX ttl` for each `(key, value)`: give each key that still
+    /// holds exactly `value` a new time to live, and nothing else (a missing key stays
+    /// missing). Sent as one pipeline; on a cluster each command goes to its key's node.
+    ///
+    /// One answer per pair: `Some(renewed)`, or `None` where the server refused the option
+    /// (nothing ran for that pair), so the caller runs its script for those. As with
+    /// [`RedisConnection::del_if_eq`], the first answer decides for this pool and a later
+    /// refusal switches back to the script. Each command is idempotent, so the pipeline
+    /// keeps the pool's replay budget; it is bounded by the pool's default command timeout.
+    pub async fn set_if_eq_many(
+        &self,
+        op: &'static str,
+        pairs: &[(&str, &str)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<bool>>> {
+        if pairs.is_empty() || !self.may_have_set_if_eq() {
+            return Ok(vec![None; pairs.len()]);
+        }
+        if pairs.len() > 1 && self.native_set_if_eq().is_none() {
+            // Not known yet: ask with one command first, so a server without the option
+            // refuses one command, not a whole batch.
+            let first = Box::pin(self.set_if_eq_many(op, &pairs[..1], ttl)).await?;
+            if first[0].is_none() {
+                return Ok(vec![None; pairs.len()]);
+            }
+            let mut rest = Box::pin(self.set_if_eq_many(op, &pairs[1..], ttl)).await?;
+            rest.insert(0, first[0]);
+            return Ok(rest);
+        }
+        let access = Access::IdempotentWrite;
+        let client = self.client(op)?;
+        let pipeline = client.pipeline();
+        let ttl = crate::time::ttl_arg(ttl);
+        for (key, value) in pairs {
+            let command = CustomCommand::new_static("SET", script_slot(client, &[key]), false);
+            let args = vec![
+                Value::from(*key),
+                Value::from(*value),
+                Value::from_static_str("IFEQ"),
+                Value::from(*value),
+                Value::from_static_str("PX"),
+                ttl.clone(),
+            ];
+            // Queued in memory; nothing is sent until `try_all`.
+            pipeline
+                .custom::<(), Value>(command, args)
+                .await
+                .map_err(|e| self.error(op, access, e))?;
+        }
+        let replies = pipeline.try_all::<Value>().await;
+        if replies.len() != pairs.len() {
+            // The pipeline as a whole failed (timeout, connection lost): one error for all.
+            let first = replies.into_iter().find_map(|r| r.err());
+            return Err(match first {
+                Some(e) => self.error(op, access, e),
+                None => Error::internal(op, "short pipeline reply"),
+            });
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for reply in replies {
+            out.push(match reply {
+                Ok(Value::Null) => Some(false),
+                Ok(_) => Some(true),
+                Err(e) if refused_option(&e) => None,
+                Err(e) => return Err(self.error(op, access, e)),
+            });
+        }
+        let refused = out.iter().any(Option::is_none);
+        if refused {
+            tracing::debug!("SET IFEQ refused by the server: lease renewals use the script");
+        }
+        self.set_ifeq.store(
+            if refused { NATIVE_NO } else { NATIVE_YES },
+            Ordering::Relaxed,
+        );
+        Ok(out)
+    }
+
+    /// Whether lease renewals use the server's `SET … IFEQ`: `None` until the first renewal.
+    pub fn native_set_if_eq(&self) -> Option<bool> {
+        match self.set_ifeq.load(Ordering::Relaxed) {
+            NATIVE_YES => Some(true),
+            NATIVE_NO => Some(false),
+            _ => None,
         }
     }
 

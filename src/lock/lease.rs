@@ -274,8 +274,7 @@ impl LockGuard {
     /// holds the lock; an error leaves the lease as it was (the deadline still applies).
     pub async fn extend(&self) -> Result<bool> {
         let sent = Instant::now();
-        let lease = &self.held.lease;
-        let ok = self.held.lock.extend_one(&lease.key, &lease.owner).await?;
+        let ok = self.held.lock.extend_one(&self.held.lease).await?;
         if ok {
             self.held.confirmed(sent);
         } else {

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`lease`] | [`LockGuard`], its lost signal, and the registry of held leases |
 //! | [`renewal`] | batched renewal of every held lease (what the heartbeater runs) |
-//! | [`redis`] | the scripts' callers: acquire, release, batched extend, queries |
+//! | [`redis`] | the Redis side: acquire, release, batched extend, queries |
 //! | [`local`] | embedded mode's in-process locks (same contract, process-wide only) |
 
 pub mod lease;
@@ -393,15 +393,16 @@ impl Lock {
             .await
     }
 
-    /// Renew leases (key, owner) for a full lease each; one flag per lease, `false` when it
-    /// is lost (another owner, or expired). On Redis: one script call per group.
-    pub(crate) async fn extend_many(&self, leases: &[(&str, &str)]) -> Result<Vec<bool>> {
+    /// Renew `leases` for a full lease each; one flag per lease, `false` when it is lost
+    /// (another owner, or expired). On Redis: one pipeline or script call per group, sent
+    /// together ([`RedisLockStore::extend_many`]).
+    pub(crate) async fn extend_many(&self, leases: &[&Lease]) -> Result<Vec<bool>> {
         let extend = async {
             match &self.store {
                 Store::Redis(r) => pooled_with(|| r.extend_many(leases, self.config.lease)).await,
                 Store::Local(l) => Ok(leases
                     .iter()
-                    .map(|(k, o)| l.extend(k, o, self.config.lease))
+                    .map(|held| l.extend(&held.key, &held.owner, self.config.lease))
                     .collect()),
             }
         };
@@ -418,7 +419,7 @@ impl Lock {
     }
 
     /// How many round-trip calls [`Lock::extend_many`] makes for `leases` (0 locally).
-    pub(crate) fn redis_groups(&self, leases: &[(&str, &str)]) -> usize {
+    pub(crate) fn redis_groups(&self, leases: &[&Lease]) -> usize {
         match &self.store {
             Store::Redis(r) => r.extend_calls(leases),
             Store::Local(_) => 0,
@@ -476,25 +477,30 @@ impl Lock {
     /// `Ok(false)` unless `owner` holds it).
     pub async fn release_as(&self, id: &LockId, owner: &str) -> Result<bool> {
         self.gate.check("lock.release")?;
-        let lease = Lease {
-            key: self.key(id)?,
-            owner: owner.to_string(),
-            token: 0,
-            started: Instant::now(),
-            lease: self.config.lease,
-        };
-        self.release(&lease).await
+        self.release(&self.lease_of(id, owner)?).await
     }
 
     /// Renew a lease by key and owner (owner-checked).
     pub async fn extend_as(&self, id: &LockId, owner: &str) -> Result<bool> {
         self.gate.check("lock.extend")?;
-        self.extend_one(&self.key(id)?, owner).await
+        self.extend_one(&self.lease_of(id, owner)?).await
     }
 
-    /// Renew one lease for a full lease; whether `owner` still held it.
-    pub(crate) async fn extend_one(&self, key: &str, owner: &str) -> Result<bool> {
-        let flags = self.extend_many(&[(key, owner)]).await?;
+    /// The lease of `owner` on `id` as a caller without its guard knows it: token 0
+    /// (unknown), so it is checked by owner alone.
+    fn lease_of(&self, id: &LockId, owner: &str) -> Result<Lease> {
+        Ok(Lease {
+            key: self.key(id)?,
+            owner: owner.to_string(),
+            token: 0,
+            started: Instant::now(),
+            lease: self.config.lease,
+        })
+    }
+
+    /// Renew one lease for a full lease; whether its owner still held it.
+    pub(crate) async fn extend_one(&self, lease: &Lease) -> Result<bool> {
+        let flags = self.extend_many(&[lease]).await?;
         Ok(flags.first().copied().unwrap_or(false))
     }
 

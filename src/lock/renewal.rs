@@ -1,8 +1,9 @@
 //! Lease renewal in batches: what the lease heartbeater runs on every tick.
 //!
 //! Each tick takes every lease due within half a tick, groups them by lock resource, and
-//! renews each group with one batched script call per slot group ([`Lock::extend_many`]); the
-//! calls of one tick go out together, so one tick costs one round trip. A confirmed renewal
+//! renews each group with one pipeline of `SET … IFEQ` where the server has it, else one
+//! batched script call per slot group ([`Lock::extend_many`]); the calls of one tick go out
+//! together, so one tick costs one round trip. A confirmed renewal
 //! moves the lease's local deadline forward; a renewal that finds another owner fires the
 //! guard's lost signal at once; a failed call changes nothing (the guard's own deadline task
 //! fires if no renewal is confirmed in time).
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::lease::{HeldLease, LeaseRegistry, LostReason};
-use super::Lock;
+use super::{Lease, Lock};
 
 /// Counts of the renewals; they live with the registry, so they survive the restarts of
 /// whatever drives the ticks.
@@ -36,7 +37,8 @@ pub(crate) struct RenewalCounts {
 pub struct HeartbeatStats {
     /// Ticks that renewed something.
     pub ticks: u64,
-    /// Batched renewal calls sent (one per lock resource and slot group per tick).
+    /// Batched renewal calls sent: per lock resource and tick, one pipeline of native
+    /// renewals, or one script call per slot group.
     pub calls: u64,
     /// Leases renewed.
     pub renewed: u64,
@@ -95,14 +97,11 @@ impl LeaseRegistry {
             let c = &registry.counts;
             let batches = due.into_values().map(|leases| async move {
                 let lock = leases[0].lock.clone();
-                let pairs: Vec<(&str, &str)> = leases
-                    .iter()
-                    .map(|h| (h.lease.key.as_str(), h.lease.owner.as_str()))
-                    .collect();
+                let held: Vec<&Lease> = leases.iter().map(|h| &h.lease).collect();
                 let sent = Instant::now();
-                let calls = lock.redis_groups(&pairs);
+                let calls = lock.redis_groups(&held);
                 c.calls.fetch_add(calls as u64, Ordering::Relaxed);
-                match lock.extend_many(&pairs).await {
+                match lock.extend_many(&held).await {
                     Ok(flags) => {
                         for (held, ok) in leases.iter().zip(flags) {
                             if ok {
