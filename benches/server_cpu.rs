@@ -20,6 +20,7 @@ use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
 use forze_redis::idempotency::{Begin, IdemRequest};
 use forze_redis::lock::LockId;
+use forze_redis::LockGuard;
 use forze_redis_actors::ForzeHandle;
 use forze_redis_testkit::TestServer;
 use fred::interfaces::KeysInterface;
@@ -29,6 +30,8 @@ const RESOURCES: &str = r#"
 ttl = "600s"
 [counters.cpu]
 [locks.cpu]
+lease = "30s"
+[locks.held]
 lease = "30s"
 [idempotency.cpu]
 [rate_limits.cpu]
@@ -59,13 +62,16 @@ fn server_cpu(server: &TestServer) -> f64 {
 type Op = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// The logical operations of each contract, as a user calls them (one caller per key).
-fn contracts(forze: &ForzeHandle) -> Vec<(&'static str, Op)> {
+/// `held`: one lease per caller, for the extension.
+fn contracts(forze: &ForzeHandle, held: Arc<Vec<LockGuard>>) -> Vec<(&'static str, Op)> {
     let cache = forze.cache("remote").expect("cache");
     let counter = forze.counter("cpu").expect("counter");
     let lock = forze.lock("cpu").expect("lock");
     let idem = forze.idempotency("cpu").expect("idempotency");
     let limit = forze.rate_limit("cpu").expect("rate limit");
     let breaker = forze.breaker("cpu").expect("breaker");
+    let held_lock = forze.lock("held").expect("lock");
+    let held_by_owner = held.clone();
     let cache_keys: Arc<Vec<CacheKey>> =
         Arc::new((0..64).map(|t| CacheKey::new(format!("r{t}"))).collect());
     let counter_ids: Arc<Vec<CounterId>> = Arc::new(
@@ -117,6 +123,28 @@ fn contracts(forze: &ForzeHandle) -> Vec<(&'static str, Op)> {
             Arc::new(move |t| {
                 let (l, ids) = (lock.clone(), lock_ids.clone());
                 Box::pin(async move { common::lock_pair(&l, &ids[t]).await })
+            })
+        }),
+        // One renewal of a held lease, as the heartbeater sends it for each lease on each
+        // tick (there batched per tick): `SET … IFEQ` where the server has it, else the script.
+        ("lock_extend", {
+            Arc::new(move |t| {
+                let held = held.clone();
+                Box::pin(async move {
+                    assert!(held[t].extend().await.expect("extend"), "still held");
+                })
+            })
+        }),
+        // The same by owner alone (a holder without its guard): always the script, so on a
+        // server with `SET … IFEQ` the two lines compare the command with the script.
+        ("lock_extend_by_owner", {
+            Arc::new(move |t| {
+                let (l, held) = (held_lock.clone(), held_by_owner.clone());
+                Box::pin(async move {
+                    let id = LockId::new(format!("h{t}"));
+                    let extended = l.extend_as(&id, held[t].owner()).await.expect("extend");
+                    assert!(extended, "still held");
+                })
             })
         }),
         ("idempotency_begin_commit", {
@@ -173,7 +201,19 @@ async fn main() {
             assert!(v.is_some());
         })
     });
-    let contracts = contracts(&forze);
+    let held_lock = forze.lock("held").expect("lock");
+    let mut held = Vec::new();
+    for t in 0..64 {
+        let id = LockId::new(format!("h{t}"));
+        held.push(
+            held_lock
+                .try_acquire(&id)
+                .await
+                .expect("acquire")
+                .expect("free"),
+        );
+    }
+    let contracts = contracts(&forze, Arc::new(held));
     let mut gets = Vec::new();
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); contracts.len()];
     let _ = server.cmd(&["CONFIG", "RESETSTAT"]);
