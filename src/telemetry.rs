@@ -10,9 +10,11 @@
 //! Metric handles are registered with the installed recorder the first time an
 //! (operation, outcome) pair is seen, then reused: the per-call cost is a scan of the few
 //! pairs seen so far (no lock, no shared write), an add to this thread's stripe of the pair's
-//! count, and the latency recorded. The recorder's operation counters are brought up to those
-//! counts by [`Telemetry::publish_counts`], which the runtime calls every second (a shared
-//! counter bumped by every call would move its cache line between cores on most calls).
+//! count, and the latency kept in this thread's stripe of the pair's samples. The recorder's
+//! operation counters are brought up to those counts, and the kept latencies recorded, by
+//! [`Telemetry::publish`], which the runtime calls every second (a shared counter bumped, or
+//! a shared histogram written, by every call would move cache lines between cores on most
+//! calls); a thread that keeps a full batch of latencies records it itself.
 //! Install the recorder (for instance `metrics-exporter-prometheus`) before
 //! spawning the runtime. Labels are the resource kind and name, the operation and the outcome,
 //! all bounded by the configuration: tenants never become label values.
@@ -33,6 +35,8 @@ use tracing::Instrument;
 use crate::config::RedisUrl;
 use crate::error::Result;
 use crate::striped::StripedCounter;
+#[cfg(feature = "metrics")]
+use crate::striped::StripedSamples;
 
 /// Whether this build records metrics (the `metrics` cargo feature of this crate).
 pub const METRICS_ENABLED: bool = cfg!(feature = "metrics");
@@ -209,6 +213,17 @@ struct Slot {
     counter: metrics::Counter,
     #[cfg(feature = "metrics")]
     duration: metrics::Histogram,
+    /// Latencies not yet handed to `duration`: in batches, or on the publishing tick.
+    #[cfg(feature = "metrics")]
+    latencies: StripedSamples,
+}
+
+/// Record a batch of latencies into the recorder's histogram.
+#[cfg(feature = "metrics")]
+fn record_all(histogram: &metrics::Histogram, batch: &[f64]) {
+    for &seconds in batch {
+        histogram.record(seconds);
+    }
 }
 
 /// When an operation started (only read with the `metrics` feature).
@@ -402,7 +417,10 @@ impl Telemetry {
         let record = |slot: &Slot| {
             slot.count.add(1);
             #[cfg(feature = "metrics")]
-            slot.duration.record(started.0.elapsed().as_secs_f64());
+            slot.latencies
+                .push(started.0.elapsed().as_secs_f64(), |batch| {
+                    record_all(&slot.duration, batch)
+                });
         };
         match self.0.slots.find(operation, outcome) {
             Some(slot) => record(slot),
@@ -412,9 +430,10 @@ impl Telemetry {
         let _ = started;
     }
 
-    /// Bring every operation counter of the metrics recorder up to this resource's own
-    /// counts: what [`OutcomeCounter`]s counted since the last call reaches the recorder.
-    pub fn publish_counts(&self) {
+    /// Hand the metrics recorder what this resource observed since the last call: operation
+    /// counters brought up to this resource's own counts ([`OutcomeCounter`]s included), and
+    /// the latencies each thread kept back.
+    pub fn publish(&self) {
         #[cfg(feature = "metrics")]
         for (_, _, slot) in self.0.slots.entries() {
             // What was counted since the last publish, added: an `absolute` would be taken
@@ -426,11 +445,13 @@ impl Telemetry {
             if now > before {
                 slot.counter.increment(now - before);
             }
+            slot.latencies
+                .drain(|batch| record_all(&slot.duration, batch));
         }
     }
 
     /// A handle that counts `operation` with `outcome` (no span, no latency, the metric
-    /// published later by [`Telemetry::publish_counts`]): for paths that must stay
+    /// published later by [`Telemetry::publish`]): for paths that must stay
     /// allocation-free and take a few nanoseconds, such as an L1 hit. Register it once and
     /// keep it.
     pub fn counter(&self, operation: &'static str, outcome: &'static str) -> OutcomeCounter {
@@ -461,6 +482,8 @@ impl Telemetry {
             counter: metrics::counter!(names::OPERATIONS, &labels),
             #[cfg(feature = "metrics")]
             duration: metrics::histogram!(names::DURATION, &labels),
+            #[cfg(feature = "metrics")]
+            latencies: StripedSamples::default(),
         }
     }
 
@@ -504,7 +527,7 @@ impl OutcomeCounter {
     }
 
     /// Count one. Only this thread's stripe of the count is touched (one atomic add): its metric is
-    /// brought up to that count by [`Telemetry::publish_counts`], which the runtime calls
+    /// brought up to that count by [`Telemetry::publish`], which the runtime calls
     /// every second, so a scrape sees these outcomes at most that late.
     #[inline]
     pub fn increment(&self) {
@@ -617,13 +640,51 @@ mod tests {
                 }
                 t
             });
-            t.publish_counts();
-            t.publish_counts();
+            t.publish();
+            t.publish();
         };
         // One snapshot at the end: the debugging recorder's snapshot drains its counters.
         run(3);
         run(2);
         assert_eq!(total(), Some(5));
+    }
+
+    /// Latencies reach the recorder's histogram once each: full batches as they fill, on
+    /// the thread that filled them, and the rest at the publish.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn latencies_reach_the_recorder_in_batches_and_at_the_publish() {
+        use crate::striped::SAMPLE_BATCH;
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // Samples recorded since the last snapshot (a snapshot drains them).
+        let recorded = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| match value {
+                    DebugValue::Histogram(v) if key.key().name() == names::DURATION => {
+                        Some(v.len())
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        // Handles are registered with the recorder at the first observation of a pair.
+        let t = metrics::with_local_recorder(&recorder, || {
+            let t = Telemetry::new("forze", "counter", "orders", "orders", None);
+            for _ in 0..2 * SAMPLE_BATCH + 10 {
+                t.finish("counter.incr", "ok", t.start());
+            }
+            t
+        });
+        assert_eq!(recorded(), 2 * SAMPLE_BATCH, "full batches, as they filled");
+        t.publish();
+        assert_eq!(recorded(), 10, "the rest at the publish");
+        t.publish();
+        assert_eq!(recorded(), 0, "each once");
     }
 
     #[test]

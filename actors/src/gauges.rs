@@ -27,9 +27,9 @@ pub(crate) fn spawn_publisher(handle: ForzeHandle) {
                 handle.supervisor().get_status(),
                 ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
             );
-            // Operations are counted off the recorder and reach it here (a last time too
+            // Operations are observed off the recorder and reach it here (a last time too
             // when the runtime is gone, so its final second is not lost).
-            handle.publish_counts();
+            handle.publish_metrics();
             if handle.is_shut_down() || gone {
                 return;
             }

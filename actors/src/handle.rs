@@ -176,11 +176,11 @@ impl ForzeHandle {
         self.shared.caches.names()
     }
 
-    /// Bring the metrics recorder's operation counters up to every resource's own counts
-    /// (operations are counted off the recorder, per thread; see the core's telemetry).
-    pub(crate) fn publish_counts(&self) {
+    /// Hand the metrics recorder every resource's operation counts and kept latencies
+    /// (operations are observed off the recorder, per thread; see the core's telemetry).
+    pub(crate) fn publish_metrics(&self) {
         for (_, _, telemetry) in self.shared.telemetries() {
-            telemetry.publish_counts();
+            telemetry.publish();
         }
     }
 
@@ -316,7 +316,7 @@ impl ForzeHandle {
             .await;
         // Operations that ended while the tree drained reach the recorder too.
         if forze_redis::telemetry::METRICS_ENABLED {
-            self.publish_counts();
+            self.publish_metrics();
         }
         match stopped {
             // Already stopped (shut down before, or failed): nothing left to do.
