@@ -712,8 +712,9 @@ extend_every = "1s"
         sets1 - sets0,
     );
     // Valkey (8.1 and later) renews each lease with one native SET, a pipeline per tick;
-    // a tick in flight at either reading may add up to one tick's worth. Redis 7 sends no
-    // SET in the window (the extension script only reads and expires).
+    // a tick in flight at either reading may add up to one tick's worth. On Redis 7 the
+    // only SET is the first renewal's single probe for the option, refused (when the first
+    // tick falls in the window); the extension script only reads and expires.
     if bin.kind == forze_redis_testkit::ServerKind::Valkey {
         assert!(
             renewed >= LEASES as u64 && (sets1 - sets0).abs_diff(renewed) <= LEASES as u64,
@@ -721,7 +722,11 @@ extend_every = "1s"
             sets1 - sets0
         );
     } else {
-        assert_eq!(sets1, sets0, "{bin}: renewals by the script");
+        assert!(
+            sets1 - sets0 <= 1,
+            "{bin}: renewals by the script, but {} SETs",
+            sets1 - sets0
+        );
     }
     assert!(ticks >= 3, "{bin}: {ticks} ticks");
     assert_eq!(
