@@ -31,5 +31,17 @@ cargo test -p forze-redis --no-default-features --lib -- tls config connect_fail
 # The crates users add must package and build from their packaged sources alone. Cargo
 # unpacks the core crate from a temporary registry into its registry cache and reuses an
 # earlier unpacking of the same version: remove both, so the sources verified are these.
-rm -rf "${CARGO_TARGET_DIR:-target}/package" "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/forze-redis-0.1.0
+target_dir="${CARGO_TARGET_DIR:-target}"
+rm -rf "$target_dir/package" "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/forze-redis-0.1.0
+# Cargo also takes a registry crate's sources as immutable and reuses its build from an
+# earlier run in a kept target directory: remove the core crate's builds from the registry,
+# or the actor crate would be verified against an old core.
+for dep_info in "$target_dir"/debug/deps/forze_redis-*.d; do
+  [ -e "$dep_info" ] || continue
+  if grep -q "registry/src/[^/]*/forze-redis-0.1.0/" "$dep_info"; then
+    hash="$(basename "$dep_info" .d)"
+    hash="${hash#forze_redis-}"
+    rm -rf "$target_dir"/debug/deps/*forze_redis-"$hash"* "$target_dir/debug/.fingerprint/forze-redis-$hash"
+  fi
+done
 cargo package -p forze-redis -p forze-redis-actors --quiet
