@@ -408,3 +408,68 @@ async fn renewals_on_a_cluster_reach_every_primary() {
         forze.shutdown().await.unwrap();
     }
 }
+
+/// A renewal sent to a server that stopped answering (paused, not closed) ends with an error
+/// within the command timeout, natively as by the script, counts as a failed heartbeat call,
+/// and leaves the lease to its deadline; once the server answers again, renewals go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_to_a_paused_server_fails_in_bounded_time_and_renewals_resume() {
+    const LONG: &str = r#"
+[locks.jobs]
+lease = "4s"
+extend_every = "300ms"
+"#;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "extend-paused", LONG)).await;
+        let lock = forze.lock("jobs").unwrap();
+        let guard = lock
+            .try_acquire(&LockId::new("p"))
+            .await
+            .unwrap()
+            .expect("free");
+        assert!(
+            guard.extend().await.unwrap(),
+            "{bin}: renewed before the pause"
+        );
+        let failed0 = forze.heartbeat_stats().await.unwrap().unwrap().failed_calls;
+
+        server.pause();
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(3), guard.extend())
+            .await
+            .expect("bounded by the command timeout");
+        let took = started.elapsed();
+        assert!(
+            answer.is_err(),
+            "{bin}: a paused server renews nothing: {answer:?}"
+        );
+        // Let a heartbeat tick meet the pause too.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        server.resume();
+        eprintln!("{bin}: the renewal failed after {took:?}");
+
+        let failed1 = forze.heartbeat_stats().await.unwrap().unwrap().failed_calls;
+        assert!(
+            failed1 > failed0,
+            "{bin}: the heartbeater's renewal failed too"
+        );
+        assert!(!guard.is_lost(), "{bin}: still within its deadline");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match guard.extend().await {
+                Ok(true) => break,
+                Ok(false) => panic!("{bin}: the lease was lost across the pause"),
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{bin}: no renewal: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert!(guard.release().await.unwrap(), "{bin}: still ours");
+        forze.shutdown().await.unwrap();
+    }
+}
