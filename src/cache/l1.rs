@@ -56,16 +56,10 @@ use dashmap::DashMap;
 use smol_str::SmolStr;
 
 use super::codec::Entry;
+use super::deadline::Deadline;
 
 const STRIPES: usize = 4096;
 
-/// Entry deadlines use the TSC clock (`quanta`): about 10 ns per read against 24 ns for
-/// `std::time::Instant` here, and every L1 hit reads it once.
-type Deadline = quanta::Instant;
-
-fn now() -> Deadline {
-    quanta::Instant::now()
-}
 /// Bookkeeping bytes charged per entry on top of key and value.
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -349,12 +343,11 @@ impl L1 {
     /// The entry for `key` if present and not past its deadline (already decoded: a hit
     /// does no parsing).
     pub fn get(&self, key: &str) -> Option<Entry> {
-        // Err(now): present but expired, removed below. The clock is read and a write lock
+        // Err: present but expired, removed below. The clock is read and a write lock
         // taken only for a key that is present: a plain miss costs one lookup.
         let found = self.map.get(key).map(|slot| {
-            let now = now();
-            if slot.deadline <= now {
-                return Err(now);
+            if slot.deadline.has_passed() {
+                return Err(());
             }
             // A plain load and store: a lost bump under a race costs nothing, and a hot
             // entry stops writing its cache line once at the cap.
@@ -368,16 +361,17 @@ impl L1 {
             // Not counted here: the cache counts its hits once, in its telemetry (one atomic
             // add per hit instead of two), and fills `L1Stats::hits` from that count.
             Some(Ok(entry)) => Some(entry),
-            Some(Err(now)) => {
-                self.remove_expired(key, now);
+            Some(Err(())) => {
+                self.remove_expired(key);
                 None
             }
             None => None,
         }
     }
 
-    fn remove_expired(&self, key: &str, now: Deadline) {
-        if let Some((_, slot)) = self.map.remove_if(key, |_, s| s.deadline <= now) {
+    fn remove_expired(&self, key: &str) {
+        // Checked again under the shard lock: a fill may have replaced the expired entry.
+        if let Some((_, slot)) = self.map.remove_if(key, |_, s| s.deadline.has_passed()) {
             self.bytes.fetch_sub(slot.charge as i64, Ordering::Relaxed);
             self.counters.expired.fetch_add(1, Ordering::Relaxed);
         }
@@ -423,7 +417,7 @@ impl L1 {
         if ttl.is_zero() || charge > self.max_bytes {
             return false;
         }
-        let deadline = now() + ttl;
+        let deadline = Deadline::after(ttl);
         let shared_key = SmolStr::new(key);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {
@@ -488,7 +482,7 @@ impl L1 {
             let fate = match self.map.get(&*key) {
                 Some(slot) if slot.id == id => {
                     let freq = slot.freq.load(Ordering::Relaxed);
-                    if slot.deadline <= now() {
+                    if slot.deadline.has_passed() {
                         Fate::Expired
                     } else if from_small && freq > 1 {
                         // Read again while in small: it has earned main, starting afresh.
@@ -597,7 +591,7 @@ impl L1 {
                 since: Instant::now(),
                 entries: Default::default(),
             });
-            let now = now();
+            let now = Deadline::now();
             for slot in self.map.iter() {
                 if slot.deadline > now {
                     set.entries
@@ -654,7 +648,7 @@ impl L1 {
                 *stale = None;
             }
         }
-        let now = now();
+        let now = Deadline::now();
         let mut evicted = 0u64;
         let mut freed = 0usize;
         self.map.retain(|_, slot| {
@@ -755,6 +749,27 @@ mod tests {
         assert!(l1.get("k").is_none());
         let t = l1.ticket("k").unwrap();
         assert!(!l1.fill(t, "k", b("v"), Some(Duration::ZERO)));
+    }
+
+    #[test]
+    fn an_entry_is_never_a_hit_once_its_deadline_has_passed() {
+        // Deadlines shorter than, about and longer than the coarse clock's tick (hits read
+        // the coarse clock first): the first read after the deadline must miss.
+        for ttl_ms in [1u64, 3, 6, 11] {
+            let ttl = Duration::from_millis(ttl_ms);
+            let l1 = L1::new(ttl, 16, 1 << 20);
+            l1.confirm();
+            let t = l1.ticket("k").unwrap();
+            assert!(l1.fill(t, "k", b("v"), None));
+            let filled = Instant::now();
+            let give_up = filled + Duration::from_secs(2);
+            while filled.elapsed() < ttl {
+                assert!(Instant::now() < give_up);
+                std::hint::spin_loop();
+            }
+            assert!(l1.get("k").is_none(), "{ttl_ms} ms entry served past its deadline");
+            assert_eq!(l1.stats().evictions_expired, 1);
+        }
     }
 
     #[test]

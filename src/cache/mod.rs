@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`codec`] | the stored form: marker, flags, version, payload in one string |
 //! | [`l1`] | the in-process L1: bounds, deadlines, race-safe fills, trust |
+//! | `deadline` | the L1's entry deadlines, checked on every hit by a coarse clock first |
 //! | [`redis`] | the Redis store: pipelined reads and writes, the versioned-write script |
 //! | [`local`] | the process-local store for embedded mode |
 //!
@@ -22,6 +23,7 @@
 //!   wait for that load and share its result.
 
 pub mod codec;
+mod deadline;
 pub mod l1;
 pub mod local;
 mod one_or_many;
