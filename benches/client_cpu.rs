@@ -13,8 +13,8 @@
 //! `perf record`, comparing the two profiles' sample counts per symbol), set
 //! `PROFILE_SIDE=ours` or `fred` and `PROFILE_NAME` to a comparison's name or prefix
 //! (`cache`, `counter`, `ratelimit`, `lock`, `idempotency`): that side runs for three times
-//! the rounds and the process exits. `CLIENT_CPU_ONLY=<prefix>` runs only the measurements
-//! whose names start with it.
+//! the rounds, nothing else runs, and the process ends (stopping its server).
+//! `CLIENT_CPU_ONLY=<prefix>` runs only the measurements whose names start with it.
 //!
 //! Last, our layer without a driver (embedded mode, process-local state), in calls per
 //! second: `info counter_incr_embedded_c64` and `info lock_acquire_release_embedded_c64`; and
@@ -80,8 +80,12 @@ where
 }
 
 /// Whether the measurement `name` runs: all of them, or those whose name starts with
-/// `CLIENT_CPU_ONLY` when it is set (to measure one contract across builds quickly).
+/// `CLIENT_CPU_ONLY` when it is set (to measure one contract across builds quickly); while
+/// profiling one side, only the comparisons named by `PROFILE_NAME`.
 fn wanted(name: &str) -> bool {
+    if std::env::var_os("PROFILE_SIDE").is_some() {
+        return name.starts_with(&std::env::var("PROFILE_NAME").unwrap_or_default());
+    }
     std::env::var("CLIENT_CPU_ONLY").map_or(true, |only| name.starts_with(&only))
 }
 
@@ -93,11 +97,12 @@ where
     F: Fn(usize) -> FF + Send + Sync + Clone + 'static,
     FF: Future<Output = ()> + Send,
 {
-    // For a profiler: one side of one comparison, three times as many rounds, then exit.
+    if !wanted(name) {
+        return;
+    }
+    // For a profiler: one side of one comparison, three times as many rounds. The process
+    // ends as usual afterwards (its server stopped with it), running nothing else.
     if let Ok(side) = std::env::var("PROFILE_SIDE") {
-        if !name.starts_with(&std::env::var("PROFILE_NAME").unwrap_or_default()) {
-            return;
-        }
         for _ in 0..ROUNDS * 3 {
             let v = if side == "ours" {
                 cpu_per_call(ours.clone()).await
@@ -106,9 +111,6 @@ where
             };
             println!("{name} {side} {v:.0}");
         }
-        std::process::exit(0);
-    }
-    if !wanted(name) {
         return;
     }
     let (mut o, mut f, mut paired) = (Vec::new(), Vec::new(), Vec::new());

@@ -767,7 +767,10 @@ mod tests {
                 assert!(Instant::now() < give_up);
                 std::hint::spin_loop();
             }
-            assert!(l1.get("k").is_none(), "{ttl_ms} ms entry served past its deadline");
+            assert!(
+                l1.get("k").is_none(),
+                "{ttl_ms} ms entry served past its deadline"
+            );
             assert_eq!(l1.stats().evictions_expired, 1);
         }
     }
