@@ -34,8 +34,8 @@ impl Deadline {
     /// Whether this deadline is past: decided by the coarse clock when it is far enough
     /// away, by the precise clock otherwise.
     pub(super) fn has_passed(self) -> bool {
-        if let Some(margin) = coarse_margin() {
-            if coarse_nanos().saturating_add(margin) < self.0 {
+        if let (Some(margin), Some(coarse)) = (coarse_margin(), coarse_nanos()) {
+            if coarse.saturating_add(margin) < self.0 {
                 return false;
             }
         }
@@ -82,10 +82,10 @@ fn precise_nanos() -> u64 {
     read(libc::CLOCK_MONOTONIC).unwrap_or_else(fallback_nanos)
 }
 
+/// The coarse clock; `None` if it cannot be read (the precise clock decides then).
 #[cfg(target_os = "linux")]
-fn coarse_nanos() -> u64 {
-    // Only called once `coarse_resolution` has read it successfully.
-    read(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0)
+fn coarse_nanos() -> Option<u64> {
+    read(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -99,8 +99,8 @@ fn precise_nanos() -> u64 {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn coarse_nanos() -> u64 {
-    0
+fn coarse_nanos() -> Option<u64> {
+    None
 }
 
 /// Nanoseconds since the first call, from the standard library's monotonic clock.
@@ -149,7 +149,7 @@ mod tests {
             return;
         }
         for _ in 0..100_000 {
-            let coarse = coarse_nanos();
+            let coarse = coarse_nanos().expect("readable");
             let precise = precise_nanos();
             assert!(
                 coarse <= precise,
