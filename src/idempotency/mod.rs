@@ -117,19 +117,28 @@ impl IdemRequest {
 
 /// `sha256:<hex>` of `bytes`: a payload hash for callers that have the payload's bytes.
 pub fn payload_hash(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+    format!("sha256:{}", HexDigest::of(bytes).as_str())
 }
 
-/// Lowercase hex, two digits a byte (by table: the formatting machinery cost more than the
-/// digest it prints, on every begin).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+/// The SHA-256 of some bytes in lowercase hex, on the stack: a record key takes it as a key
+/// part on every begin and commit, so it is neither formatted nor allocated.
+struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    fn of(bytes: &[u8]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(Sha256::digest(bytes)) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        HexDigest(out)
     }
-    s
+
+    fn as_str(&self) -> &str {
+        // Hex digits only: always valid UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
@@ -213,8 +222,11 @@ impl Idempotency {
             return Err(Error::validation("payload_hash", "must not be empty"));
         }
         let tenant = key_tenant(&self.name, self.tenant_aware, req.tenant.as_ref())?;
-        let digest = hex(&Sha256::digest(req.key.as_bytes()));
-        Ok(self.space.key(tenant, &[&req.op, &digest])?.into_string())
+        let digest = HexDigest::of(req.key.as_bytes());
+        Ok(self
+            .space
+            .key(tenant, &[&req.op, digest.as_str()])?
+            .into_string())
     }
 
     async fn begin_once(&self, key: &str, req: &IdemRequest, owner: &str) -> Result<BeginReply> {
@@ -498,11 +510,31 @@ mod tests {
         }
     }
 
+    /// The record key's layout is what replicas of different versions share: a change
+    /// would make a mixed fleet miss each other's records (and run a call twice).
+    #[test]
+    fn record_keys_keep_their_layout() {
+        let config = crate::Config::from_toml_str("mode = \"embedded\"\n[idempotency.orders]")
+            .expect("config");
+        let rt = crate::runtime::Runtime::build(config).expect("runtime");
+        let idem = rt.idempotency.get("orders").expect("orders");
+        let req = IdemRequest::new("charge:eu", "abc", "sha256:x");
+        assert_eq!(
+            idem.record_key(&req).unwrap(),
+            "forze:idem:{orders:_:charge%3Aeu:\
+             ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad}"
+        );
+    }
+
     #[test]
     fn payload_hashes_are_sha256_hex() {
         assert_eq!(
             payload_hash(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            payload_hash(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 }
