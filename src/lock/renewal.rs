@@ -91,7 +91,17 @@ impl LeaseRegistry {
         if due.is_empty() || c.in_flight.swap(true, Ordering::AcqRel) {
             return None;
         }
+        // The tick and its calls are counted together, when the tick is decided: a reader
+        // of the stats never sees a tick whose calls its task has not counted yet.
+        let calls: usize = due
+            .values()
+            .map(|leases| {
+                let held: Vec<&Lease> = leases.iter().map(|h| &h.lease).collect();
+                leases[0].lock.redis_groups(&held)
+            })
+            .sum();
         c.ticks.fetch_add(1, Ordering::Relaxed);
+        c.calls.fetch_add(calls as u64, Ordering::Relaxed);
         let registry = self.clone();
         Some(async move {
             let c = &registry.counts;
@@ -99,8 +109,6 @@ impl LeaseRegistry {
                 let lock = leases[0].lock.clone();
                 let held: Vec<&Lease> = leases.iter().map(|h| &h.lease).collect();
                 let sent = Instant::now();
-                let calls = lock.redis_groups(&held);
-                c.calls.fetch_add(calls as u64, Ordering::Relaxed);
                 match lock.extend_many(&held).await {
                     Ok(flags) => {
                         for (held, ok) in leases.iter().zip(flags) {
