@@ -751,3 +751,44 @@ extend_every = "1s"
     drop(guards);
     forze.shutdown().await.unwrap();
 }
+
+/// The heartbeat stats count a tick's calls with the tick: read between the decision of a
+/// tick and the first run of its task, they already show both. Driven on the core runtime
+/// alone, so no heartbeater ticks behind the test's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decided_tick_shows_its_calls_before_its_task_runs() {
+    let server = TestServer::start(&server_binaries().remove(0));
+    let rt = forze_redis::runtime::Runtime::build(config(
+        Some(&server.url()),
+        "tick-calls",
+        "[locks.jobs]\nlease = \"30s\"",
+    ))
+    .unwrap();
+    let conn = rt.connection.clone().expect("redis mode");
+    fred::interfaces::ClientLike::init(conn.pool())
+        .await
+        .unwrap();
+    let jobs = rt.locks.get("jobs").unwrap();
+    let guards = [
+        jobs.try_acquire(&id("a")).await.unwrap().expect("free"),
+        jobs.try_acquire(&id("b")).await.unwrap().expect("free"),
+    ];
+    let before = rt.leases.stats();
+    // A tick long enough that both leases are due within half of it.
+    let renewals = rt
+        .leases
+        .renew_due(Duration::from_secs(60))
+        .expect("leases due");
+    let decided = rt.leases.stats();
+    assert_eq!(decided.ticks, before.ticks + 1);
+    assert!(
+        decided.calls > before.calls,
+        "a decided tick without its calls: {decided:?}"
+    );
+    renewals.await;
+    let after = rt.leases.stats();
+    assert_eq!(after.calls, decided.calls, "calls counted twice");
+    assert_eq!(after.renewed, before.renewed + 2);
+    drop(guards);
+    let _ = conn.quit(Duration::from_secs(1)).await;
+}
