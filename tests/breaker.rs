@@ -539,3 +539,99 @@ per = "1s"
         }
     }
 }
+
+/// A closed breaker, forced closed or never tripped, is admitted by one `HMGET` of its phase
+/// and no script; an open, half-open or forced-open one still goes to the script, which alone
+/// moves phases and counts trials. A state the read cannot take (a key of the wrong type)
+/// falls back locally, as a failed script did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_breaker_is_admitted_by_a_read_and_every_other_phase_by_the_script() {
+    const UNCACHED: &str = r#"
+[breakers.downstream]
+failure_ratio = 0.5
+window = "10s"
+min_calls = 4
+break_duration = "300ms"
+half_open_max_calls = 1
+closed_cache_ttl = "0s"
+"#;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "brk-read", UNCACHED)).await;
+        let b = forze.breaker("downstream").unwrap();
+        let calls = || {
+            (
+                server.command_calls("hmget"),
+                server.command_calls("evalsha") + server.command_calls("eval"),
+            )
+        };
+        // What one admission cost the server: (HMGET, scripts). The server counts the HMGET a
+        // script runs as well, so an admission by the script alone would show (1, 1), a read
+        // followed by the script (2, 1).
+        let admit = |route: &'static str| {
+            let b = b.clone();
+            async move {
+                let before = calls();
+                let a = b.admit(route).await.unwrap();
+                let (reads, scripts) = calls();
+                (a, reads - before.0, scripts - before.1)
+            }
+        };
+
+        for route in ["fresh", "fresh", "other"] {
+            let (a, reads, scripts) = admit(route).await;
+            assert!(a.allowed && a.phase == Phase::Closed, "{bin}: {a:?}");
+            assert_eq!(a.decided_by, DecidedBy::Redis, "{bin}");
+            assert_eq!((reads, scripts), (1, 0), "{bin}: a closed {route}");
+        }
+        b.force_close("forced").await.unwrap();
+        trip(&b, "forced").await;
+        let (a, reads, scripts) = admit("forced").await;
+        assert!(a.allowed && a.phase == Phase::Closed, "{bin}: {a:?}");
+        assert_eq!((reads, scripts), (1, 0), "{bin}: forced closed");
+
+        trip(&b, "tripped").await;
+        let (a, reads, scripts) = admit("tripped").await;
+        assert!(!a.allowed && a.phase == Phase::Open, "{bin}: {a:?}");
+        if a.decided_by == DecidedBy::Redis {
+            assert_eq!((reads, scripts), (2, 1), "{bin}: open, from the script");
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let (trial, reads, scripts) = admit("tripped").await;
+        assert!(
+            trial.allowed && trial.phase == Phase::HalfOpen,
+            "{bin}: {trial:?}"
+        );
+        assert_eq!(
+            (reads, scripts),
+            (2, 1),
+            "{bin}: the trial, counted by the script"
+        );
+        let (a, _, scripts) = admit("tripped").await;
+        assert!(!a.allowed && a.phase == Phase::HalfOpen, "{bin}: {a:?}");
+        assert_eq!(scripts, 1, "{bin}: the second trial refused fleet-wide");
+
+        b.force_open("off").await.unwrap();
+        let (a, reads, scripts) = admit("off").await;
+        assert!(!a.allowed && a.phase == Phase::Open, "{bin}: {a:?}");
+        assert_eq!((reads, scripts), (2, 1), "{bin}: forced open");
+
+        // A closed admission writes nothing: no key for a route only ever admitted.
+        let keys = |pattern: &str| -> Vec<String> {
+            let reply = server.cmd(&["KEYS", pattern]).unwrap();
+            let listed = reply.as_array().expect("KEYS array");
+            listed.iter().filter_map(|k| k.as_str()).collect()
+        };
+        assert!(keys("*fresh*").is_empty(), "{bin}: {:?}", keys("*fresh*"));
+        // A state the read cannot take: decided locally, no error, as a failed script was.
+        b.force_open("wrong").await.unwrap();
+        let state = keys("*wrong*");
+        assert_eq!(state.len(), 1, "{bin}: {state:?}");
+        server.cmd(&["SET", &state[0], "not a hash"]).unwrap();
+        let fallbacks = b.stats().fallbacks;
+        let a = b.admit("wrong").await.unwrap();
+        assert_eq!(a.decided_by, DecidedBy::Fallback, "{bin}: {a:?}");
+        assert_eq!(b.stats().fallbacks, fallbacks + 1, "{bin}");
+        forze.shutdown().await.unwrap();
+    }
+}
