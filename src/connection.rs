@@ -22,9 +22,12 @@
 //! with `Unavailable` before anything is sent, carrying the reason connections fail when one is
 //! known (a refused certificate, refused credentials…).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use futures::future::Either;
 
 use fred::clients::{Client, Pool};
 use fred::interfaces::{ClientLike, EventInterface};
@@ -33,7 +36,9 @@ use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
 
 use crate::config::RedisConfig;
 use crate::connect_failure::{ConnectDiagnostics, ConnectFailure};
+use crate::deadline::Deadline;
 use crate::error::{Access, DriverErrorClass, Error, Result};
+use crate::read_watch::{ReadWatch, Watched};
 use crate::scripts::Script;
 use crate::tls::TlsClient;
 
@@ -62,6 +67,10 @@ pub struct RedisConnection {
     pool: Pool,
     command_timeout: Duration,
     read_opts: Options,
+    /// `read_opts` without the driver's timer, for reads the read watch bounds.
+    watched_read_opts: Options,
+    /// Bounds reads without a timer per read (`None` outside a runtime).
+    read_watch: Option<ReadWatch>,
     write_opts: Options,
     idempotent_write_opts: Options,
     script_reloads: AtomicU64,
@@ -81,6 +90,30 @@ pub struct RedisConnection {
     tls: Option<TlsClient>,
     /// Why connections fail, for the `Unavailable` errors of refused calls.
     diagnostics: Arc<ConnectDiagnostics>,
+}
+
+/// How one read is bounded (see [`RedisConnection::read_bound`]).
+pub(crate) struct ReadBound<'a> {
+    options: &'a Options,
+    watch: Option<(&'a ReadWatch, Deadline)>,
+}
+
+impl<'a> ReadBound<'a> {
+    /// The options to send the read with.
+    pub(crate) fn options(&self) -> &'a Options {
+        self.options
+    }
+
+    /// Await `read` (sent with [`ReadBound::options`]) within the command timeout.
+    pub(crate) fn run<T, F>(&self, read: F) -> Either<Watched<'a, F>, F>
+    where
+        F: Future<Output = Result<T, fred::error::Error>> + Unpin,
+    {
+        match self.watch {
+            Some((watch, deadline)) => Either::Left(watch.watch(deadline, read)),
+            None => Either::Right(read),
+        }
+    }
 }
 
 fn millis_u32(d: Duration) -> u32 {
@@ -144,9 +177,16 @@ impl RedisConnection {
             max_attempts: Some(2),
             ..read_opts.clone()
         };
+        // No timer of the driver's own: the read watch bounds these (zero is "none").
+        let watched_read_opts = Options {
+            timeout: Some(Duration::ZERO),
+            ..read_opts.clone()
+        };
         Ok(RedisConnection {
             pool,
             command_timeout: cfg.command_timeout,
+            read_watch: ReadWatch::start(cfg.command_timeout),
+            watched_read_opts,
             read_opts,
             write_opts,
             idempotent_write_opts,
@@ -315,8 +355,39 @@ impl RedisConnection {
         }
     }
 
+    /// How the next read is bounded: by the read watch (no timer of the driver's own), or,
+    /// while reads have been timing out or the watch is not running, by the driver's timer.
+    /// Send the read with [`ReadBound::options`] and await it through [`ReadBound::run`].
+    pub(crate) fn read_bound(&self) -> ReadBound<'_> {
+        match self
+            .read_watch
+            .as_ref()
+            .and_then(|w| Some((w, w.deadline()?)))
+        {
+            Some(watch) => ReadBound {
+                options: &self.watched_read_opts,
+                watch: Some(watch),
+            },
+            None => ReadBound {
+                options: &self.read_opts,
+                watch: None,
+            },
+        }
+    }
+
+    /// Reads the read watch ended with a timeout (not counting those the driver's timer
+    /// ended).
+    pub fn watched_read_timeouts(&self) -> u64 {
+        self.read_watch.as_ref().map_or(0, ReadWatch::expired)
+    }
+
     /// Map a fred error of `op` to our error.
     pub fn error(&self, op: &'static str, access: Access, err: fred::error::Error) -> Error {
+        if access == Access::Read && *err.kind() == fred::error::ErrorKind::Timeout {
+            if let Some(watch) = &self.read_watch {
+                watch.saw_timeout();
+            }
+        }
         Error::from_driver(op, access, self.command_timeout, err)
     }
 

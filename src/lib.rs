@@ -51,6 +51,7 @@ pub mod connect_failure;
 pub mod connection;
 #[doc(hidden)]
 pub mod counter;
+mod deadline;
 #[doc(hidden)]
 pub mod decided_by;
 #[doc(hidden)]
@@ -69,6 +70,7 @@ pub mod lock;
 mod pooled;
 #[doc(hidden)]
 pub mod ratelimit;
+mod read_watch;
 #[doc(hidden)]
 pub mod routing;
 #[doc(hidden)]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Stripes per counter: threads beyond this share stripes (still correct, only slower).
-const STRIPES: usize = 8;
+pub(crate) const STRIPES: usize = 8;
 
 /// One stripe, alone on its cache line.
 #[derive(Debug, Default)]
@@ -37,9 +37,9 @@ thread_local! {
     };
 }
 
-/// This thread's stripe.
+/// This thread's stripe (also the shard a thread keeps to in other per-thread structures).
 #[inline]
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     STRIPE.try_with(|s| *s).unwrap_or(0)
 }
 

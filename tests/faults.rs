@@ -269,3 +269,80 @@ async fn redis_down_gives_unavailable_or_local_fallback_and_recovers() {
         forze.shutdown().await.unwrap();
     }
 }
+
+/// Reads are bounded by the pool's read watch, not by a timer of the driver's per read: a read
+/// sent into a black hole ends with `Timeout`, never before the command timeout. After it,
+/// reads take the driver's own timer (which drops a timed-out command it has not sent yet),
+/// so the watch ends no other read while the fault lasts; the pool recovers as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_into_a_black_hole_ends_by_the_read_watch_then_reads_take_the_drivers_timer() {
+    use fred::interfaces::ClientLike;
+    use std::time::Instant;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.addr()).await;
+        let rt = forze_redis::runtime::Runtime::build(config(
+            Some(&proxy.url()),
+            "read-watch",
+            RESOURCES,
+        ))
+        .unwrap();
+        let conn = rt.connection.clone().expect("redis mode");
+        conn.pool().init().await.unwrap();
+        let c = rt.counters.get("strict").unwrap();
+        let id = CounterId::main();
+        assert_eq!(c.incr(&id, 5).await.unwrap(), 5);
+        for _ in 0..200 {
+            assert_eq!(c.get(&id).await.unwrap(), 5, "{bin}");
+        }
+        assert_eq!(conn.watched_read_timeouts(), 0, "{bin}: a read timed out");
+
+        proxy.set_mode(ProxyMode::BlackHole);
+        let started = Instant::now();
+        let read = tokio::time::timeout(NEVER_HANG, c.get(&id))
+            .await
+            .expect("read must not hang");
+        let took = started.elapsed();
+        let e = read.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{bin}: {e}");
+        assert!(
+            took >= conn.command_timeout(),
+            "{bin}: ended early, {took:?}"
+        );
+        assert_eq!(
+            conn.watched_read_timeouts(),
+            1,
+            "{bin}: not ended by the watch"
+        );
+        for _ in 0..3 {
+            let read = tokio::time::timeout(NEVER_HANG, c.get(&id))
+                .await
+                .expect("read must not hang");
+            let e = read.unwrap_err();
+            assert!(
+                matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+                "{bin}: {e}"
+            );
+        }
+        assert_eq!(
+            conn.watched_read_timeouts(),
+            1,
+            "{bin}: reads after a timeout were watched"
+        );
+
+        proxy.set_mode(ProxyMode::Pass);
+        proxy.cut_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.get(&id).await {
+                Ok(v) => {
+                    assert_eq!(v, 5, "{bin}");
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "{bin}: not back: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        conn.quit(Duration::from_secs(1)).await;
+    }
+}

@@ -62,6 +62,9 @@ pub struct PoolStats {
     /// fred connection tasks that ended on their own and were started again (see
     /// `RedisConnection::connect_in_background`).
     pub task_restarts: u64,
+    /// Reads the pool's read watch ended at the command timeout (those fred's own timer
+    /// ended are not counted: every read takes it for a while after a timeout).
+    pub read_watch_timeouts: u64,
 }
 
 /// The pool actor.
@@ -253,5 +256,6 @@ fn stats(shared: &Shared, conn: &RedisConnection) -> PoolStats {
         state_changes: c.state_changes.load(Ordering::Relaxed),
         script_reloads: conn.script_reloads(),
         task_restarts: conn.task_restarts(),
+        read_watch_timeouts: conn.watched_read_timeouts(),
     }
 }

@@ -594,8 +594,10 @@ impl Breaker {
         self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
         let sent = self.clock.now();
         let epoch = self.epoch.load(Ordering::Acquire);
-        let client = conn.client(OP)?.with_options(conn.options(Access::Read));
-        let read: Vec<fred::types::Value> = pooled_with(|| client.hmget(key, ("ph", "fo")))
+        let bound = conn.read_bound();
+        let client = conn.client(OP)?.with_options(bound.options());
+        let read: Vec<fred::types::Value> = bound
+            .run(pooled_with(|| client.hmget(key, ("ph", "fo"))))
             .await
             .map_err(|e| conn.error(OP, Access::Read, e))?;
         // Absent (never tripped, or expired) or `closed`, and not forced open: what the

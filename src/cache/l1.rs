@@ -56,7 +56,7 @@ use dashmap::DashMap;
 use smol_str::SmolStr;
 
 use super::codec::Entry;
-use super::deadline::Deadline;
+use crate::deadline::Deadline;
 
 const STRIPES: usize = 4096;
 

@@ -23,7 +23,6 @@
 //!   wait for that load and share its result.
 
 pub mod codec;
-mod deadline;
 pub mod l1;
 pub mod local;
 mod one_or_many;

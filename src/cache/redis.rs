@@ -90,21 +90,26 @@ impl RedisCacheStore {
         with_pttl: bool,
         slide: Option<Duration>,
     ) -> Result<OneOrMany<Read>> {
-        let client = self
-            .conn
-            .client(op)?
-            .with_options(self.conn.options(Access::Read));
         let err = |e| self.conn.error(op, Access::Read, e);
         if let ([key], false, None) = (keys, with_pttl, slide) {
             // One key, nothing else asked: a plain GET, no pipeline to build. On the heap
             // where it is made: a driver command future is about 8 KiB, copied at every move.
-            let v: Value = pooled_with(|| client.get(*key)).await.map_err(err)?;
+            let bound = self.conn.read_bound();
+            let client = self.conn.client(op)?.with_options(bound.options());
+            let v: Value = bound
+                .run(pooled_with(|| client.get(*key)))
+                .await
+                .map_err(err)?;
             return Ok(OneOrMany::one(Read {
                 stored: bytes_of(op, v)?,
                 pttl: None,
             }));
         }
         let per_key = 1 + usize::from(with_pttl) + usize::from(slide.is_some());
+        let client = self
+            .conn
+            .client(op)?
+            .with_options(self.conn.options(Access::Read));
         let pipeline = client.pipeline();
         for key in keys {
             queue(op, pipeline.get::<(), _>(*key)).map_err(err)?;

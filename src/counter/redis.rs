@@ -84,11 +84,10 @@ impl RedisCounterStore {
 
     pub(crate) async fn get(&self, key: &str) -> Result<i64> {
         const OP: &str = "counter.get";
-        let client = self
-            .conn
-            .client(OP)?
-            .with_options(self.conn.options(Access::Read));
-        let v: Value = pooled_with(|| client.get(key))
+        let bound = self.conn.read_bound();
+        let client = self.conn.client(OP)?.with_options(bound.options());
+        let v: Value = bound
+            .run(pooled_with(|| client.get(key)))
             .await
             .map_err(|e| self.conn.error(OP, Access::Read, e))?;
         parse_i64(OP, &v)

@@ -16,6 +16,7 @@ use fred::types::Value;
 use super::{parse_holder, Attempt, Lease};
 use crate::connection::RedisConnection;
 use crate::error::{Access, Error, Result};
+use crate::pooled::pooled_with;
 use crate::scripts::{LOCK_ACQUIRE, LOCK_EXTEND, LOCK_RELEASE};
 use crate::time::ttl_arg;
 
@@ -218,12 +219,10 @@ impl RedisLockStore {
     /// The holder of `key` and its token.
     pub async fn holder(&self, key: &str) -> Result<Option<(String, u64)>> {
         const OP: &str = "lock.owner";
-        let client = self
-            .conn
-            .client(OP)?
-            .with_options(self.conn.options(Access::Read));
-        let v: Option<String> = client
-            .get(key)
+        let bound = self.conn.read_bound();
+        let client = self.conn.client(OP)?.with_options(bound.options());
+        let v: Option<String> = bound
+            .run(pooled_with(|| client.get(key)))
             .await
             .map_err(|e| self.conn.error(OP, Access::Read, e))?;
         Ok(v.as_deref().and_then(parse_holder))
@@ -232,12 +231,10 @@ impl RedisLockStore {
     /// The remaining lease of `key`.
     pub async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
         const OP: &str = "lock.ttl";
-        let client = self
-            .conn
-            .client(OP)?
-            .with_options(self.conn.options(Access::Read));
-        let ms: Value = client
-            .pttl(key)
+        let bound = self.conn.read_bound();
+        let client = self.conn.client(OP)?.with_options(bound.options());
+        let ms: Value = bound
+            .run(pooled_with(|| client.pttl(key)))
             .await
             .map_err(|e| self.conn.error(OP, Access::Read, e))?;
         Ok(match ms {

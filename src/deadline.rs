@@ -1,4 +1,6 @@
-//! Deadlines of L1 entries: checked on every hit, so cheap to check, and never late.
+//! Deadlines checked or set on hot paths, so cheap, and never early or late: the L1's entry
+//! deadlines (checked on every hit) and the deadlines of reads in flight (set on every read,
+//! see `read_watch.rs`).
 //!
 //! Every L1 hit asks whether its entry is past its deadline. A precise monotonic clock read
 //! costs 20–45 ns on a virtual machine (reading the TSC is itself slow there), about as much
@@ -18,25 +20,43 @@ use std::time::Duration;
 
 /// A point in time, in nanoseconds of the monotonic clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Deadline(u64);
+pub(crate) struct Deadline(u64);
 
 impl Deadline {
     /// `ttl` from now (precise), saturating far in the future.
-    pub(super) fn after(ttl: Duration) -> Self {
+    pub(crate) fn after(ttl: Duration) -> Self {
         let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         // Unreadable (never seen on Linux): already passed, so the entry is never served.
         Deadline(precise_nanos().map_or(0, |now| now.saturating_add(ttl)))
     }
 
+    /// At least `ttl` from now, read from the coarse clock where it is usable (the precise
+    /// one otherwise): never earlier than [`Deadline::after`], at most two coarse ticks
+    /// later, and about a third of the cost to take on a virtual machine.
+    pub(crate) fn at_least_after(ttl: Duration) -> Self {
+        if let (Some(margin), Some(coarse)) = (coarse_margin(), coarse_nanos()) {
+            // The coarse clock is at most one tick behind the precise one (normally): half
+            // the margin brings it level, the other half covers a late tick.
+            let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+            return Deadline(coarse.saturating_add(margin).saturating_add(ttl));
+        }
+        Self::after(ttl)
+    }
+
+    /// Nanoseconds of the monotonic clock, for keeping a deadline in an atomic.
+    pub(crate) fn as_nanos(self) -> u64 {
+        self.0
+    }
+
     /// The precise time now, for comparing many deadlines against one reading (a sweep).
-    pub(super) fn now() -> Self {
+    pub(crate) fn now() -> Self {
         // Unreadable: every deadline counts as passed.
         Deadline(precise_nanos().unwrap_or(u64::MAX))
     }
 
     /// Whether this deadline is past: decided by the coarse clock when it is far enough
     /// away, by the precise clock otherwise.
-    pub(super) fn has_passed(self) -> bool {
+    pub(crate) fn has_passed(self) -> bool {
         if let (Some(margin), Some(coarse)) = (coarse_margin(), coarse_nanos()) {
             if coarse.saturating_add(margin) < self.0 {
                 return false;
@@ -135,6 +155,31 @@ mod tests {
                 std::hint::spin_loop();
             }
             assert!(deadline.has_passed(), "{ttl_us} µs deadline reported live");
+        }
+    }
+
+    #[test]
+    fn a_coarse_deadline_is_never_earlier_and_at_most_the_margin_later() {
+        for ttl in [
+            Duration::ZERO,
+            Duration::from_micros(300),
+            Duration::from_millis(5),
+            Duration::from_secs(1),
+        ] {
+            for _ in 0..10_000 {
+                let earliest = Deadline::after(ttl);
+                let coarse = Deadline::at_least_after(ttl);
+                let latest = Deadline::after(ttl);
+                assert!(
+                    coarse >= earliest,
+                    "{ttl:?}: {coarse:?} before {earliest:?}"
+                );
+                let margin = coarse_margin().unwrap_or(0);
+                assert!(
+                    coarse.0 <= latest.0 + margin,
+                    "{ttl:?}: {coarse:?} more than {margin} ns after {latest:?}"
+                );
+            }
         }
     }
 
