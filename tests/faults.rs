@@ -309,6 +309,11 @@ async fn a_read_into_a_black_hole_ends_by_the_read_watch_then_reads_take_the_dri
             took >= conn.command_timeout(),
             "{bin}: ended early, {took:?}"
         );
+        // 500 ms and one tick (62 ms) at most, and before fred's cut at 1 s unresponsive.
+        assert!(
+            took < Duration::from_millis(950),
+            "{bin}: ended late, {took:?}"
+        );
         assert_eq!(
             conn.watched_read_timeouts(),
             1,
