@@ -106,10 +106,16 @@ impl RedisCacheStore {
             }));
         }
         let per_key = 1 + usize::from(with_pttl) + usize::from(slide.is_some());
-        let client = self
-            .conn
-            .client(op)?
-            .with_options(self.conn.options(Access::Read));
+        // Reads only are watched: a sliding TTL's `PEXPIRE` keeps the driver's timer, which
+        // never sends it once timed out.
+        let bound = match slide {
+            None => Some(self.conn.read_bound()),
+            Some(_) => None,
+        };
+        let options = bound
+            .as_ref()
+            .map_or_else(|| self.conn.options(Access::Read), |b| b.options());
+        let client = self.conn.client(op)?.with_options(options);
         let pipeline = client.pipeline();
         for key in keys {
             queue(op, pipeline.get::<(), _>(*key)).map_err(err)?;
@@ -125,7 +131,12 @@ impl RedisCacheStore {
                 .map_err(err)?;
             }
         }
-        let replies: Vec<Value> = pooled_with(|| pipeline.all()).await.map_err(err)?;
+        let sent = pooled_with(|| pipeline.all());
+        let replies: Vec<Value> = match &bound {
+            Some(bound) => bound.run(sent).await,
+            None => sent.await,
+        }
+        .map_err(err)?;
         if replies.len() != keys.len() * per_key {
             return Err(Error::internal(op, "short pipeline reply"));
         }
@@ -222,12 +233,10 @@ impl RedisCacheStore {
 
     /// Whether `key` exists.
     pub async fn exists(&self, op: &'static str, key: &str) -> Result<bool> {
-        let client = self
-            .conn
-            .client(op)?
-            .with_options(self.conn.options(Access::Read));
-        let n: i64 = client
-            .exists(key)
+        let bound = self.conn.read_bound();
+        let client = self.conn.client(op)?.with_options(bound.options());
+        let n: i64 = bound
+            .run(pooled_with(|| client.exists(key)))
             .await
             .map_err(|e| self.conn.error(op, Access::Read, e))?;
         Ok(n > 0)
