@@ -21,6 +21,23 @@ fallback = "local"
 /// Any call must finish well within this, whatever the fault.
 const NEVER_HANG: Duration = Duration::from_secs(5);
 
+/// A read while the connection is black-holed ends, typed: `Timeout` (the command timeout)
+/// or `Unavailable` (once fred has dropped the connection).
+async fn black_holed_read_fails(
+    c: &forze_redis::counter::Counter,
+    id: &CounterId,
+    bin: &impl std::fmt::Display,
+) {
+    let read = tokio::time::timeout(NEVER_HANG, c.get(id))
+        .await
+        .expect("read must not hang");
+    let e = read.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{bin}: {e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_spawned_before_the_server_starts_falls_back_then_switches_over() {
     for bin in server_binaries() {
@@ -130,14 +147,7 @@ async fn black_holed_connection_is_detected_and_callers_get_typed_errors() {
             matches!(e.kind(), ErrorKind::OutcomeUnknown | ErrorKind::Unavailable),
             "{bin}: {e}"
         );
-        let read = tokio::time::timeout(NEVER_HANG, c.get(&id))
-            .await
-            .expect("read must not hang");
-        let e = read.unwrap_err();
-        assert!(
-            matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
-            "{bin}: {e}"
-        );
+        black_holed_read_fails(&c, &id, &bin).await;
         // Detected within the unresponsive timeout (1 s here) plus probe slack.
         let h = forze.clone();
         wait_until(Duration::from_secs(3), "health leaves Up", move || {
@@ -320,14 +330,7 @@ async fn a_read_into_a_black_hole_ends_by_the_read_watch_then_reads_take_the_dri
             "{bin}: not ended by the watch"
         );
         for _ in 0..3 {
-            let read = tokio::time::timeout(NEVER_HANG, c.get(&id))
-                .await
-                .expect("read must not hang");
-            let e = read.unwrap_err();
-            assert!(
-                matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
-                "{bin}: {e}"
-            );
+            black_holed_read_fails(&c, &id, &bin).await;
         }
         assert_eq!(
             conn.watched_read_timeouts(),
