@@ -328,11 +328,17 @@ where
         }
         let Some((shard, index)) = this.slot else {
             let shard = crate::striped::stripe();
-            let index = this
-                .shared
-                .lock(shard)
-                .enter(this.deadline, cx.waker().clone());
+            let mut slots = this.shared.lock(shard);
+            let index = slots.enter(this.deadline, cx.waker().clone());
             this.slot = Some((shard, index));
+            // Entered after the stopped ticker's last look at this shard (the flag is set
+            // before it looks, and this lock orders the two): nobody would wake it, so it
+            // takes a timer of its own at once, on the next poll.
+            if this.shared.stopped.load(Ordering::Relaxed) {
+                slots.slots[index] = Slot::Orphaned;
+                drop(slots);
+                cx.waker().wake_by_ref();
+            }
             return Poll::Pending;
         };
         let mut slots = this.shared.lock(shard);
@@ -586,6 +592,26 @@ mod tests {
         assert!(out.is_err(), "{out:?}");
         assert!(took >= Duration::from_millis(300), "ended early: {took:?}");
         assert!(took < Duration::from_secs(5), "ended late: {took:?}");
+        assert_eq!(w.expired(), 1);
+        assert_eq!(slots_in_use(&w), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_starts_waiting_after_its_ticker_stopped_ends_on_a_timer_of_its_own() {
+        let w = watch(400, 60_000);
+        // Its deadline taken while the ticker ran; it first waits once the ticker is gone.
+        let deadline = Deadline::at_least_after(Duration::from_millis(200));
+        w._ticker.0.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            w.watch(deadline, futures::future::pending::<Reply>()),
+        )
+        .await
+        .expect("a read left waiting on a stopped ticker");
+        assert!(out.is_err(), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(w.expired(), 1);
         assert_eq!(slots_in_use(&w), 0);
     }
