@@ -368,10 +368,16 @@ impl RedisConnection {
                 options: &self.watched_read_opts,
                 watch: Some(watch),
             },
-            None => ReadBound {
-                options: &self.read_opts,
-                watch: None,
-            },
+            None => self.driver_timed_read(),
+        }
+    }
+
+    /// A read bounded by the driver's own timer, never by the read watch: for a read that
+    /// sends a write too (a sliding TTL's `PEXPIRE`), which must not be sent once timed out.
+    pub(crate) fn driver_timed_read(&self) -> ReadBound<'_> {
+        ReadBound {
+            options: &self.read_opts,
+            watch: None,
         }
     }
 

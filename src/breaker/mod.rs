@@ -602,11 +602,10 @@ impl Breaker {
             .map_err(|e| conn.error(OP, Access::Read, e))?;
         // Absent (never tripped, or expired) or `closed`, and not forced open: what the
         // script's admission treats as closed without writing.
-        let closed = |v: Option<&fred::types::Value>| match v {
-            None | Some(fred::types::Value::Null) => true,
-            Some(v) => v.as_str().is_some_and(|s| s == "closed"),
+        let closed = |v: &fred::types::Value| {
+            matches!(v, fred::types::Value::Null) || v.as_str().is_some_and(|s| s == "closed")
         };
-        if read.len() != 2 || !read.iter().all(|v| closed(Some(v))) {
+        if read.len() != 2 || !read.iter().all(closed) {
             return pooled_with(|| self.script(conn, key, route, "admit")).await;
         }
         Ok(self.apply(

@@ -109,13 +109,10 @@ impl RedisCacheStore {
         // Reads only are watched: a sliding TTL's `PEXPIRE` keeps the driver's timer, which
         // never sends it once timed out.
         let bound = match slide {
-            None => Some(self.conn.read_bound()),
-            Some(_) => None,
+            None => self.conn.read_bound(),
+            Some(_) => self.conn.driver_timed_read(),
         };
-        let options = bound
-            .as_ref()
-            .map_or_else(|| self.conn.options(Access::Read), |b| b.options());
-        let client = self.conn.client(op)?.with_options(options);
+        let client = self.conn.client(op)?.with_options(bound.options());
         let pipeline = client.pipeline();
         for key in keys {
             queue(op, pipeline.get::<(), _>(*key)).map_err(err)?;
@@ -131,12 +128,10 @@ impl RedisCacheStore {
                 .map_err(err)?;
             }
         }
-        let sent = pooled_with(|| pipeline.all());
-        let replies: Vec<Value> = match &bound {
-            Some(bound) => bound.run(sent).await,
-            None => sent.await,
-        }
-        .map_err(err)?;
+        let replies: Vec<Value> = bound
+            .run(pooled_with(|| pipeline.all()))
+            .await
+            .map_err(err)?;
         if replies.len() != keys.len() * per_key {
             return Err(Error::internal(op, "short pipeline reply"));
         }
