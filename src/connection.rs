@@ -12,7 +12,7 @@
 //! | per-command `timeout` | `command_timeout` | fred has no default timeout |
 //! | per-command `fail_fast` | true | a call while disconnected errors at once |
 //! | writes: `max_attempts` | 1 | a lost reply is `OutcomeUnknown`, never a silent replay |
-//! | `unresponsive.max_timeout` | `unresponsive_timeout` | detects black-holed connections |
+//! | `unresponsive.max_timeout` | off | black-holed connections are found by [`crate::unresponsive`] instead: a timeout makes every client `PING`ed, and one unanswered for `unresponsive_timeout` is reconnected |
 //! | `internal_command_timeout`, `connection_timeout` | `connect_timeout` | the handshake waits on them |
 //! | TCP keepalive, `TCP_USER_TIMEOUT` | configured | dead peers found by the kernel too |
 //! | `TCP_NODELAY` | configured, off by default | Nagle coalesces concurrent flushes (see the config) |
@@ -31,7 +31,7 @@ use futures::future::Either;
 
 use fred::clients::{Client, Pool};
 use fred::interfaces::{ClientLike, EventInterface};
-use fred::types::config::{Options, ReconnectPolicy, TcpConfig, UnresponsiveConfig};
+use fred::types::config::{Options, ReconnectPolicy, TcpConfig};
 use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
 
 use crate::config::RedisConfig;
@@ -41,6 +41,7 @@ use crate::error::{Access, DriverErrorClass, Error, Result};
 use crate::read_watch::{ReadWatch, Watched};
 use crate::scripts::Script;
 use crate::tls::TlsClient;
+use crate::unresponsive::UnresponsiveCheck;
 
 /// States of a native command's availability (see `RedisConnection::del_if_eq`).
 const NATIVE_UNKNOWN: u8 = 0;
@@ -71,6 +72,8 @@ pub struct RedisConnection {
     watched_read_opts: Options,
     /// Bounds reads without a timer per read (`None` outside a runtime).
     read_watch: Option<ReadWatch>,
+    /// Finds black-holed connections after a timeout and reconnects them.
+    unresponsive: UnresponsiveCheck,
     write_opts: Options,
     idempotent_write_opts: Options,
     script_reloads: AtomicU64,
@@ -144,10 +147,9 @@ impl RedisConnection {
             .with_connection_config(|c| {
                 c.connection_timeout = cfg.connect_timeout;
                 c.internal_command_timeout = cfg.connect_timeout;
-                c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(cfg.unresponsive_timeout),
-                    interval: (cfg.unresponsive_timeout / 4).max(Duration::from_millis(50)),
-                };
+                // fred's own black-hole detector stays off (its default): it re-arms a timer
+                // on every turn of the connection task and never fires under steady traffic.
+                // `UnresponsiveCheck` replaces it.
                 // Writes are sent once; reads may be retried within their timeout.
                 c.max_command_attempts = 2;
                 c.tcp = tcp_config(cfg);
@@ -182,10 +184,16 @@ impl RedisConnection {
             timeout: Some(Duration::ZERO),
             ..read_opts.clone()
         };
+        let unresponsive = UnresponsiveCheck::new(
+            pool.clients(),
+            cfg.unresponsive_timeout,
+            cfg.connect_timeout,
+        );
         Ok(RedisConnection {
             pool,
             command_timeout: cfg.command_timeout,
             read_watch: ReadWatch::start(cfg.command_timeout),
+            unresponsive,
             watched_read_opts,
             read_opts,
             write_opts,
@@ -387,12 +395,21 @@ impl RedisConnection {
         self.read_watch.as_ref().map_or(0, ReadWatch::expired)
     }
 
-    /// Map a fred error of `op` to our error.
+    /// Clients reconnected because a connection of theirs left a `PING` unanswered for
+    /// `unresponsive_timeout` after a command timed out.
+    pub fn unresponsive_reconnects(&self) -> u64 {
+        self.unresponsive.reconnects()
+    }
+
+    /// Map a fred error of `op` to our error (a timeout also starts the unresponsive check).
     pub fn error(&self, op: &'static str, access: Access, err: fred::error::Error) -> Error {
-        if access == Access::Read && *err.kind() == fred::error::ErrorKind::Timeout {
-            if let Some(watch) = &self.read_watch {
-                watch.saw_timeout();
+        if *err.kind() == fred::error::ErrorKind::Timeout {
+            if access == Access::Read {
+                if let Some(watch) = &self.read_watch {
+                    watch.saw_timeout();
+                }
             }
+            self.unresponsive.suspect();
         }
         Error::from_driver(op, access, self.command_timeout, err)
     }

@@ -90,6 +90,7 @@ pub mod time;
 pub mod tls;
 #[doc(hidden)]
 pub mod tracking;
+mod unresponsive;
 
 pub use breaker::{Admission, Breaker, BreakerStats, CallError, Phase, Transition};
 pub use cache::{Cache, CacheKey, CacheRead, CacheStats, Freshness};

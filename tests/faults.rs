@@ -22,7 +22,7 @@ fallback = "local"
 const NEVER_HANG: Duration = Duration::from_secs(5);
 
 /// A read while the connection is black-holed ends, typed: `Timeout` (the command timeout)
-/// or `Unavailable` (once fred has dropped the connection).
+/// or `Unavailable` (once the unresponsive check has reconnected the client).
 async fn black_holed_read_fails(
     c: &forze_redis::counter::Counter,
     id: &CounterId,
@@ -156,9 +156,6 @@ async fn black_holed_connection_is_detected_and_callers_get_typed_errors() {
         .await;
 
         // The black hole ends with the connections reset (as a middlebox timeout would).
-        // Known gap (docs/operations.md, "Safe fred settings"): fred's detector measures from
-        // the latest write, so without the reset a black hole that resumes forwarding under
-        // steady traffic is not recovered from.
         proxy.set_mode(ProxyMode::Pass);
         proxy.cut_all();
         let h = forze.clone();
@@ -168,6 +165,115 @@ async fn black_holed_connection_is_detected_and_callers_get_typed_errors() {
         .await;
         let v = c.get(&id).await.unwrap();
         assert!((1..=2).contains(&v), "{bin}: {v}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+/// fred's own detector measures from a connection's latest write, so under steady traffic it
+/// never finds a black hole. The pool's unresponsive check does: a call that times out makes
+/// every client `PING`ed, and a client whose `PING` goes unanswered for `unresponsive_timeout`
+/// is reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = FaultProxy::start(server.addr()).await;
+        // No periodic health probe: the callers' own timeouts must start the check.
+        let mut cfg = config(Some(&proxy.url()), "steadyhole", RESOURCES);
+        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let forze = spawn_ready(cfg).await;
+        let c = forze.counter("strict").unwrap();
+        let id = CounterId::main();
+        assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
+        let pool = |f: forze_redis_actors::ForzeHandle| async move {
+            f.stats().await.unwrap().pool.unwrap()
+        };
+        assert_eq!(pool(forze.clone()).await.unresponsive_reconnects, 0);
+
+        proxy.set_mode(ProxyMode::BlackHole);
+        // A read sent every 20 ms, each on its own task: no connection goes a moment without
+        // a fresh write.
+        let traffic = {
+            let (c, id) = (c.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut reads = Vec::new();
+                for _ in 0..300 {
+                    let (c, id) = (c.clone(), id.clone());
+                    reads.push(tokio::spawn(async move {
+                        tokio::time::timeout(NEVER_HANG, c.get(&id))
+                            .await
+                            .expect("read must not hang")
+                    }));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                reads
+            })
+        };
+        // A read times out at 500 ms and the PING may go unanswered for 1 s.
+        let f = forze.clone();
+        let mut found = false;
+        for _ in 0..50 {
+            if pool(f.clone()).await.unresponsive_reconnects >= 1 {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!traffic.is_finished(), "{bin}: the traffic ran throughout");
+        assert!(found, "{bin}: no client reconnected under steady traffic");
+        for read in traffic.await.unwrap() {
+            if let Err(e) = read.await.unwrap() {
+                assert!(
+                    matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+                    "{bin}: {e}"
+                );
+            }
+        }
+
+        proxy.set_mode(ProxyMode::Pass);
+        proxy.cut_all();
+        // Without periodic probes, only the probes run on each reconnect can publish `Up`:
+        // they must wait for fred to count the client connected (it announces the reconnect
+        // first), or the health stays `Degraded`.
+        let h = forze.clone();
+        wait_until(Duration::from_secs(10), "health Up again", move || {
+            h.health().state == HealthState::Up
+        })
+        .await;
+        assert_eq!(c.get(&id).await.unwrap(), 1, "{bin}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+/// A reply later than the command timeout but within `unresponsive_timeout` times the call
+/// out and reconnects nothing: the check's `PING` is answered once the server is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_times_calls_out_without_reconnecting_clients_that_still_answer() {
+    for bin in server_binaries() {
+        let server = std::sync::Arc::new(TestServer::start(&bin));
+        let mut cfg = config(Some(&server.url()), "slowserver", RESOURCES);
+        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let forze = spawn_ready(cfg).await;
+        let c = forze.counter("strict").unwrap();
+        let id = CounterId::main();
+        assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
+        let before = forze.stats().await.unwrap().pool.unwrap();
+
+        let busy = {
+            let server = server.clone();
+            // Holds the server for 700 ms (command timeout 500 ms, unresponsive timeout 1 s).
+            tokio::task::spawn_blocking(move || server.cmd(&["DEBUG", "SLEEP", "0.7"]))
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let e = c.get(&id).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{bin}: {e}");
+        busy.await.unwrap().expect("the server slept");
+        // Long enough for a check to have reconnected, had its PING gone unanswered.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = forze.stats().await.unwrap().pool.unwrap();
+        assert_eq!(after.unresponsive_reconnects, 0, "{bin}");
+        assert_eq!(after.reconnects, before.reconnects, "{bin}");
+        assert_eq!(c.get(&id).await.unwrap(), 1, "{bin}");
         forze.shutdown().await.unwrap();
     }
 }
@@ -319,7 +425,8 @@ async fn a_read_into_a_black_hole_ends_by_the_read_watch_then_reads_take_the_dri
             took >= conn.command_timeout(),
             "{bin}: ended early, {took:?}"
         );
-        // 500 ms and one tick (62 ms) at most, and before fred's cut at 1 s unresponsive.
+        // 500 ms and one tick (62 ms) at most, well before the unresponsive check could cut
+        // the connection (1 s after the first timeout).
         assert!(
             took < Duration::from_millis(950),
             "{bin}: ended late, {took:?}"

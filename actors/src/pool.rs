@@ -5,8 +5,8 @@
 //! - listens to every client's reconnect and error events (fred's receivers, consumed here so
 //!   a lagging channel is noticed instead of ending a listener silently);
 //! - probes every client with the `server_time` script (`TIME`) bounded by the command timeout, every
-//!   `health_interval`, so a black-holed connection shows as down before fred's unresponsive
-//!   check closes it;
+//!   `health_interval`, so a black-holed connection shows as down at once, and is found and
+//!   reconnected by the pool's unresponsive check even while no caller uses it;
 //! - publishes [`Health`] (up / degraded / down, with since-when) on a watch channel that the
 //!   other actors and the handles read, and logs every change;
 //! - names each connection (`CLIENT SETNAME`) when it (re)connects.
@@ -15,6 +15,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use forze_redis::connection::{Health, HealthState, RedisConnection};
 use forze_redis::error::Access;
@@ -65,6 +66,9 @@ pub struct PoolStats {
     /// Reads the pool's read watch ended at the command timeout (those fred's own timer
     /// ended are not counted: every read takes it for a while after a timeout).
     pub read_watch_timeouts: u64,
+    /// Clients reconnected because, after a command timed out, a `PING` on one of their
+    /// connections went unanswered for `unresponsive_timeout` (a black-holed connection).
+    pub unresponsive_reconnects: u64,
 }
 
 /// The pool actor.
@@ -179,6 +183,7 @@ impl Actor for PoolActor {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(client = index, "redis connection up");
                 if let Some(client) = state.conn.pool().clients().get(index) {
+                    connected_soon(&state.shared, client).await;
                     set_name(&state.shared, client).await;
                 }
                 probe(state).await;
@@ -196,6 +201,22 @@ impl Actor for PoolActor {
             PoolMsg::Panic => panic!("fault injection: pool actor panic"),
         }
         Ok(())
+    }
+}
+
+/// Wait (at most the connect timeout) until `client` counts as connected. fred announces a
+/// reconnect before it marks the client connected (it first re-sends what was in flight), so
+/// a probe run at once could count the client down and leave that published until the next
+/// probe.
+async fn connected_soon(shared: &Shared, client: &fred::clients::Client) {
+    let within = shared
+        .config
+        .redis
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.connect_timeout);
+    let deadline = tokio::time::Instant::now() + within;
+    while !client.is_connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -257,5 +278,6 @@ fn stats(shared: &Shared, conn: &RedisConnection) -> PoolStats {
         script_reloads: conn.script_reloads(),
         task_restarts: conn.task_restarts(),
         read_watch_timeouts: conn.watched_read_timeouts(),
+        unresponsive_reconnects: conn.unresponsive_reconnects(),
     }
 }

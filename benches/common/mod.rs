@@ -105,9 +105,9 @@ pub async fn direct_pool(url: &str) -> fred::clients::Pool {
     pool
 }
 
-/// fred on a pool built with our connection settings (per-command timeout, unresponsive
-/// detection, one attempt per write): the cost of those settings, which bare fred lacks,
-/// apart from the cost of our code.
+/// fred on a pool built with our connection settings (per-command timeout, reconnect policy,
+/// one attempt per write, our unresponsive check): the cost of those settings, which bare
+/// fred lacks, apart from the cost of our code.
 pub async fn same_settings_pool(url: &str) -> Arc<RedisConnection> {
     let redis = Config::from_toml_str(&format!("[redis]\nurl = \"{url}\"\npool_size = 4"))
         .expect("config")
