@@ -184,11 +184,9 @@ impl RedisConnection {
             timeout: Some(Duration::ZERO),
             ..read_opts.clone()
         };
-        let unresponsive = UnresponsiveCheck::new(
-            pool.clients(),
-            cfg.unresponsive_timeout,
-            cfg.connect_timeout,
-        );
+        let quitting = Arc::new(std::sync::Mutex::new(false));
+        let unresponsive =
+            UnresponsiveCheck::new(pool.clients(), cfg.unresponsive_timeout, quitting.clone());
         Ok(RedisConnection {
             pool,
             command_timeout: cfg.command_timeout,
@@ -201,7 +199,7 @@ impl RedisConnection {
             script_reloads: AtomicU64::new(0),
             delifeq: AtomicU8::new(NATIVE_UNKNOWN),
             set_ifeq: AtomicU8::new(NATIVE_UNKNOWN),
-            quitting: Arc::new(std::sync::Mutex::new(false)),
+            quitting,
             task_restarts: Arc::new(AtomicU64::new(0)),
             restart_delay: (
                 cfg.reconnect.min_delay.max(Duration::from_millis(10)),
@@ -395,7 +393,12 @@ impl RedisConnection {
         self.read_watch.as_ref().map_or(0, ReadWatch::expired)
     }
 
-    /// Clients reconnected because a connection of theirs left a `PING` unanswered for
+    /// Clients checked (sent a `PING` per connection) after a command timed out.
+    pub fn unresponsive_checks(&self) -> u64 {
+        self.unresponsive.checks()
+    }
+
+    /// Reconnects requested because a client's connection left a `PING` unanswered for
     /// `unresponsive_timeout` after a command timed out.
     pub fn unresponsive_reconnects(&self) -> u64 {
         self.unresponsive.reconnects()

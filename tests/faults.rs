@@ -271,6 +271,10 @@ async fn a_slow_server_times_calls_out_without_reconnecting_clients_that_still_a
         // Long enough for a check to have reconnected, had its PING gone unanswered.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let after = forze.stats().await.unwrap().pool.unwrap();
+        assert!(
+            after.unresponsive_checks > before.unresponsive_checks,
+            "{bin}: the timeout started a check"
+        );
         assert_eq!(after.unresponsive_reconnects, 0, "{bin}");
         assert_eq!(after.reconnects, before.reconnects, "{bin}");
         assert_eq!(c.get(&id).await.unwrap(), 1, "{bin}");

@@ -310,12 +310,19 @@ async fn shutdown_leaves_no_task_actor_or_connection_behind() {
             }));
         }
         if let Backend::Server(server) = &backend {
-            let named = server
-                .client_list()
-                .iter()
-                .filter(|c| c.get("name") == Some(&client_name))
-                .count();
-            assert!(named > 0, "{label}: the pool's connections carry the name");
+            // Named by the pool actor once it has handled the connect, which may come after
+            // the first probe published `Up`.
+            wait_until(
+                Duration::from_secs(5),
+                "the pool's connections carry the name",
+                || {
+                    server
+                        .client_list()
+                        .iter()
+                        .any(|c| c.get("name") == Some(&client_name))
+                },
+            )
+            .await;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
         forze.shutdown().await.unwrap();

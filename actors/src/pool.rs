@@ -66,8 +66,11 @@ pub struct PoolStats {
     /// Reads the pool's read watch ended at the command timeout (those fred's own timer
     /// ended are not counted: every read takes it for a while after a timeout).
     pub read_watch_timeouts: u64,
-    /// Clients reconnected because, after a command timed out, a `PING` on one of their
-    /// connections went unanswered for `unresponsive_timeout` (a black-holed connection).
+    /// Clients of the `[redis]` pool checked after a command timed out (a `PING` on each of
+    /// their connections).
+    pub unresponsive_checks: u64,
+    /// Reconnects of `[redis]` pool clients requested because a `PING` of such a check went
+    /// unanswered for `unresponsive_timeout` (a black-holed connection).
     pub unresponsive_reconnects: u64,
 }
 
@@ -278,6 +281,7 @@ fn stats(shared: &Shared, conn: &RedisConnection) -> PoolStats {
         script_reloads: conn.script_reloads(),
         task_restarts: conn.task_restarts(),
         read_watch_timeouts: conn.watched_read_timeouts(),
+        unresponsive_checks: conn.unresponsive_checks(),
         unresponsive_reconnects: conn.unresponsive_reconnects(),
     }
 }

@@ -24,8 +24,9 @@ pub struct RedisConfig {
     /// Per-command time limit (default 1 s). A write that exceeds it is `OutcomeUnknown`.
     #[serde(default = "defaults::command_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// A connection with a request unanswered this long is closed and reconnected
-    /// (default 2 s). This is what detects a black-holed peer.
+    /// After a command times out, each connection is sent a `PING`; a client with one
+    /// unanswered this long is reconnected (default 2 s). This is what detects a black-holed
+    /// peer; keep it above the slowest legitimate command.
     #[serde(default = "defaults::unresponsive_timeout", with = "humantime_serde")]
     pub unresponsive_timeout: Duration,
     /// How often the pool actor probes connection health with `PING` (default 500 ms).
