@@ -38,6 +38,14 @@ async fn black_holed_read_fails(
     );
 }
 
+/// A configuration on `url` whose pool actor probes only on connection events, never
+/// periodically: a drill's timeouts and lost replies are then the callers' own.
+fn without_periodic_probes(url: &str, test: &str) -> forze_redis::Config {
+    let mut cfg = config(Some(url), test, RESOURCES);
+    cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_spawned_before_the_server_starts_falls_back_then_switches_over() {
     for bin in server_binaries() {
@@ -179,8 +187,7 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
         let server = TestServer::start(&bin);
         let proxy = FaultProxy::start(server.addr()).await;
         // No periodic health probe: the callers' own timeouts must start the check.
-        let mut cfg = config(Some(&proxy.url()), "steadyhole", RESOURCES);
-        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let cfg = without_periodic_probes(&proxy.url(), "steadyhole");
         let forze = spawn_ready(cfg).await;
         let c = forze.counter("strict").unwrap();
         let id = CounterId::main();
@@ -251,8 +258,7 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
 async fn a_slow_server_times_calls_out_without_reconnecting_clients_that_still_answer() {
     for bin in server_binaries() {
         let server = std::sync::Arc::new(TestServer::start(&bin));
-        let mut cfg = config(Some(&server.url()), "slowserver", RESOURCES);
-        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let cfg = without_periodic_probes(&server.url(), "slowserver");
         let forze = spawn_ready(cfg).await;
         let c = forze.counter("strict").unwrap();
         let id = CounterId::main();
@@ -288,8 +294,7 @@ async fn lost_reply_to_an_incr_is_outcome_unknown_and_applied_exactly_once() {
         let server = TestServer::start(&bin);
         let proxy = FaultProxy::start(server.addr()).await;
         // No periodic health probe during the drill: the lost reply must be the INCR's.
-        let mut cfg = config(Some(&proxy.url()), "lostreply", RESOURCES);
-        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let cfg = without_periodic_probes(&proxy.url(), "lostreply");
         let forze = spawn_ready(cfg).await;
         let c = forze.counter("strict").unwrap();
         let id = CounterId::suffix("once");
