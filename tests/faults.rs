@@ -21,8 +21,7 @@ fallback = "local"
 /// Any call must finish well within this, whatever the fault.
 const NEVER_HANG: Duration = Duration::from_secs(5);
 
-/// A read while the connection is black-holed ends, typed: `Timeout` (the command timeout)
-/// or `Unavailable` (once the unresponsive check has reconnected the client).
+/// A read while the connection is black-holed ends, typed, and in bounded time.
 async fn black_holed_read_fails(
     c: &forze_redis::counter::Counter,
     id: &CounterId,
@@ -31,11 +30,28 @@ async fn black_holed_read_fails(
     let read = tokio::time::timeout(NEVER_HANG, c.get(id))
         .await
         .expect("read must not hang");
-    let e = read.unwrap_err();
+    assert_black_holed_read_error(&read.unwrap_err(), bin);
+}
+
+/// How a read into a black hole ends: `Timeout` (the command timeout) or `Unavailable` (once
+/// the unresponsive check has reconnected the client).
+fn assert_black_holed_read_error(e: &forze_redis::Error, bin: &impl std::fmt::Display) {
     assert!(
         matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
         "{bin}: {e}"
     );
+}
+
+/// End a black hole as a middlebox timeout would (forwarding again, the connections reset)
+/// and wait until the pool is `Up` again.
+async fn end_black_hole(proxy: &FaultProxy, forze: &forze_redis_actors::ForzeHandle) {
+    proxy.set_mode(ProxyMode::Pass);
+    proxy.cut_all();
+    let h = forze.clone();
+    wait_until(Duration::from_secs(10), "health Up again", move || {
+        h.health().state == HealthState::Up
+    })
+    .await;
 }
 
 /// A configuration on `url` whose pool actor probes only on connection events, never
@@ -163,14 +179,7 @@ async fn black_holed_connection_is_detected_and_callers_get_typed_errors() {
         })
         .await;
 
-        // The black hole ends with the connections reset (as a middlebox timeout would).
-        proxy.set_mode(ProxyMode::Pass);
-        proxy.cut_all();
-        let h = forze.clone();
-        wait_until(Duration::from_secs(10), "health Up again", move || {
-            h.health().state == HealthState::Up
-        })
-        .await;
+        end_black_hole(&proxy, &forze).await;
         let v = c.get(&id).await.unwrap();
         assert!((1..=2).contains(&v), "{bin}: {v}");
         forze.shutdown().await.unwrap();
@@ -230,23 +239,14 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
         assert!(found, "{bin}: no client reconnected under steady traffic");
         for read in traffic.await.unwrap() {
             if let Err(e) = read.await.unwrap() {
-                assert!(
-                    matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
-                    "{bin}: {e}"
-                );
+                assert_black_holed_read_error(&e, &bin);
             }
         }
 
-        proxy.set_mode(ProxyMode::Pass);
-        proxy.cut_all();
         // Without periodic probes, only the probes run on each reconnect can publish `Up`:
         // they must wait for fred to count the client connected (it announces the reconnect
         // first), or the health stays `Degraded`.
-        let h = forze.clone();
-        wait_until(Duration::from_secs(10), "health Up again", move || {
-            h.health().state == HealthState::Up
-        })
-        .await;
+        end_black_hole(&proxy, &forze).await;
         assert_eq!(c.get(&id).await.unwrap(), 1, "{bin}");
         forze.shutdown().await.unwrap();
     }
