@@ -15,14 +15,27 @@
 //! timeouts meanwhile queue no second one. Nothing here runs on a call's path: a call that
 //! timed out only spawns the checks. The `[redis]` pool's idle connections are covered by the
 //! health probe, which times out like any command.
+//!
+//! A reconnect does not always cure: new connections to a frozen process or a busy server open
+//! (the kernel completes the handshake) and stay as silent as the old ones. Each such client
+//! would be reconnected again once per `command_timeout + unresponsive_timeout`, and on a
+//! cluster a reconnect re-opens every node's connection, so a single silent node would keep
+//! interrupting the healthy ones. After a forced reconnect a client is not checked again for a
+//! pause, `unresponsive_timeout` at first, doubled after each further forced reconnect, up to
+//! [`MAX_PAUSE`]; the pauses start over once the client has gone a whole longest pause without
+//! one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::types::config::{Options, Server};
+
+/// The longest pause between two forced reconnects of one client (or `unresponsive_timeout`,
+/// if longer).
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// Checks the pool's clients after a timeout and reconnects the unresponsive ones.
 #[derive(Debug)]
@@ -35,6 +48,10 @@ struct Shared {
     clients: Vec<Client>,
     /// One flag per client: a check of it (or its forced reconnect) is running.
     checking: Box<[AtomicBool]>,
+    /// One per client: when it may be checked again after a forced reconnect.
+    pauses: Box<[Mutex<Pause>]>,
+    /// The longest pause.
+    max_pause: Duration,
     /// How long a `PING` may go unanswered.
     timeout: Duration,
     /// The pool's `quit` flag: no reconnect is forced once it is set.
@@ -51,6 +68,8 @@ impl UnresponsiveCheck {
             shared: Arc::new(Shared {
                 clients: clients.to_vec(),
                 checking: clients.iter().map(|_| AtomicBool::new(false)).collect(),
+                pauses: clients.iter().map(|_| Mutex::default()).collect(),
+                max_pause: MAX_PAUSE.max(timeout),
                 timeout,
                 quitting,
                 checks: AtomicU64::new(0),
@@ -59,14 +78,19 @@ impl UnresponsiveCheck {
         }
     }
 
-    /// A command timed out: check every connected client not already being checked, in the
-    /// background. Does nothing outside a tokio runtime.
+    /// A command timed out: check every connected client not already being checked nor
+    /// pausing after a forced reconnect, in the background. Does nothing outside a tokio
+    /// runtime.
     pub(crate) fn suspect(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let now = Instant::now();
         for (index, client) in self.shared.clients.iter().enumerate() {
-            if !client.is_connected() || self.shared.checking[index].swap(true, Ordering::AcqRel) {
+            if !client.is_connected()
+                || self.shared.pause(index).pausing(now)
+                || self.shared.checking[index].swap(true, Ordering::AcqRel)
+            {
                 continue;
             }
             self.shared.checks.fetch_add(1, Ordering::Relaxed);
@@ -107,6 +131,10 @@ impl Drop for Running {
 }
 
 impl Shared {
+    fn pause(&self, index: usize) -> std::sync::MutexGuard<'_, Pause> {
+        self.pauses[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn check(&self, index: usize) {
         let client = &self.clients[index];
         let Some(server) = self.unanswered(client).await else {
@@ -128,6 +156,9 @@ impl Shared {
         if let Err(e) = client.force_reconnection().await {
             tracing::debug!(error = %e, "forced reconnect failed");
         }
+        // The pause counts from the end of the reconnect, however long it took.
+        self.pause(index)
+            .after_reconnect(Instant::now(), self.timeout, self.max_pause);
     }
 
     /// The first of `client`'s connections whose `PING` went unanswered for the timeout
@@ -154,6 +185,35 @@ impl Shared {
     }
 }
 
+/// When a client may be checked again after its latest forced reconnect.
+#[derive(Debug, Default)]
+struct Pause {
+    /// The end of the current pause (`None`: never reconnected by the check).
+    until: Option<Instant>,
+    /// The current pause's length.
+    length: Duration,
+}
+
+impl Pause {
+    fn pausing(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// A forced reconnect ended at `now`: the first pause is `first`; one that follows the
+    /// previous pause by less than `max` is twice that pause (at most `max`).
+    fn after_reconnect(&mut self, now: Instant, first: Duration, max: Duration) {
+        let in_a_row = self
+            .until
+            .is_some_and(|until| now.saturating_duration_since(until) < max);
+        self.length = if in_a_row {
+            self.length.saturating_mul(2).min(max)
+        } else {
+            first.min(max)
+        };
+        self.until = Some(now + self.length);
+    }
+}
+
 /// Where to send the `PING`s: off a cluster, the client's one connection (`None`: no
 /// routing); on a cluster, each primary it routes to. The cluster's list comes from the
 /// cached slot map, not fred's list of open connections, which leaves out a connection whose
@@ -173,4 +233,48 @@ fn ping_targets(client: &Client) -> Vec<Option<Server>> {
         return vec![None];
     }
     nodes.into_iter().map(Some).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn pauses_double_while_reconnects_come_in_a_row_and_start_over_after_a_quiet_spell() {
+        let start = Instant::now();
+        let mut pause = Pause::default();
+        assert!(!pause.pausing(start), "never reconnected: no pause");
+
+        pause.after_reconnect(start, FIRST, MAX);
+        assert!(pause.pausing(start + FIRST - Duration::from_millis(1)));
+        assert!(!pause.pausing(start + FIRST));
+
+        // Each reconnect right after the previous pause ended doubles the pause, up to MAX.
+        let mut now = start;
+        let mut lengths = Vec::new();
+        for _ in 0..6 {
+            now = pause.until.unwrap() + Duration::from_millis(100);
+            pause.after_reconnect(now, FIRST, MAX);
+            lengths.push(pause.length.as_secs());
+        }
+        assert_eq!(lengths, [4, 8, 16, 30, 30, 30]);
+
+        // A whole longest pause without a forced reconnect: the next pause is the first again.
+        let later = pause.until.unwrap() + MAX;
+        assert!(!pause.pausing(later));
+        pause.after_reconnect(later, FIRST, MAX);
+        assert_eq!(pause.length, FIRST);
+        assert!(now < later);
+    }
+
+    #[test]
+    fn a_first_pause_longer_than_the_longest_is_cut_to_it() {
+        let now = Instant::now();
+        let mut pause = Pause::default();
+        pause.after_reconnect(now, Duration::from_secs(60), MAX);
+        assert_eq!(pause.until, Some(now + MAX));
+    }
 }

@@ -1,6 +1,6 @@
 //! Beyond one server: L1 coherence on a 3-primary cluster (every primary tracked, a resharded
-//! slot flushes and re-tracks) and a Sentinel failover followed without a restart, on every
-//! server binary found.
+//! slot flushes and re-tracks), a frozen primary found by the unresponsive check, and a
+//! Sentinel failover followed without a restart, on every server binary found.
 
 mod common;
 
@@ -29,6 +29,9 @@ lease = "5s"
 "#;
 
 const KEYS: usize = 60;
+
+/// Longer than any bounded call here may take.
+const NEVER_HANG: Duration = Duration::from_secs(5);
 
 /// The Redis key of cache entry `k<i>` of `hot` (docs/keys.md).
 fn redis_key(i: usize) -> String {
@@ -473,4 +476,122 @@ async fn converge_one(cache: &Cache, i: usize, want: u64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("k{i} never read {want}");
+}
+
+/// Counter `c<i>` of `orders` and its Redis key.
+fn order_counter(i: usize) -> (CounterId, String) {
+    (
+        CounterId::suffix(format!("c{i}")),
+        format!("forze:counter:{{orders:_:c{i}}}"),
+    )
+}
+
+/// One primary stops answering while its connections stay open (frozen with `SIGSTOP`), under
+/// steady reads of its keys and of another primary's. The unresponsive check reconnects the
+/// pool's clients, the other primary's keys are still served while the node is frozen, the
+/// clients are not reconnected again at every timeout (a reconnect does not cure a frozen
+/// node, and on a cluster it re-opens every node's connection), and every key reads back once
+/// the node answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_cluster_primary_is_found_and_its_clients_reconnected_with_pauses() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let mut cfg = config(Some(&cluster.url()), "cl-frozen", RESOURCES);
+        let redis = cfg.redis.as_mut().unwrap();
+        redis.command_timeout = Duration::from_millis(300);
+        redis.unresponsive_timeout = Duration::from_millis(400);
+        // No periodic probe: the reads' own timeouts start the checks.
+        redis.health_interval = Duration::from_secs(600);
+        let clients = redis.pool_size as u64;
+        let forze = spawn_ready(cfg).await;
+        let orders = forze.counter("orders").unwrap();
+        for i in 0..KEYS {
+            assert_eq!(orders.incr(&order_counter(i).0, 1).await.unwrap(), 1);
+        }
+        let frozen = cluster.owner_of(&order_counter(0).1);
+        let alive = (0..KEYS)
+            .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
+            .unwrap();
+        let reconnects = |f: ForzeHandle| async move {
+            f.stats()
+                .await
+                .unwrap()
+                .pool
+                .unwrap()
+                .unresponsive_reconnects
+        };
+        let before = reconnects(forze.clone()).await;
+
+        // The node stays frozen for 2.2 s, below the cluster's node timeout (3 s): the
+        // cluster itself never fails it over nor goes down.
+        cluster.nodes()[frozen].pause();
+        let started = Instant::now();
+        let frozen_for = Duration::from_millis(2200);
+        let mut reads = Vec::new();
+        let mut found = None;
+        while started.elapsed() < frozen_for {
+            for key in [0, alive] {
+                let orders = orders.clone();
+                reads.push(tokio::spawn(async move {
+                    let sent = started.elapsed();
+                    let read = tokio::time::timeout(NEVER_HANG, orders.get(&order_counter(key).0))
+                        .await
+                        .expect("a read must not hang");
+                    (key, sent, started.elapsed(), read)
+                }));
+            }
+            if found.is_none() && reconnects(forze.clone()).await > before {
+                found = Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let during = reconnects(forze.clone()).await - before;
+        cluster.nodes()[frozen].resume();
+        let resumed = started.elapsed();
+
+        let found = found.unwrap_or_else(|| panic!("{bin}: the frozen node was never found"));
+        // Without pauses each client was reconnected about every 0.4 s here (8 in all); with
+        // them, at most twice each (after 0.4 s, then 0.4 s of pause plus a check later).
+        assert!(
+            during <= 2 * clients,
+            "{bin}: {during} forced reconnects of {clients} clients in {frozen_for:?}"
+        );
+        let mut served_after_reconnect = 0;
+        for read in reads {
+            let (key, sent, ended, read) = read.await.unwrap();
+            match read {
+                Ok(v) => {
+                    assert_eq!(v, 1, "{bin}");
+                    if key == alive && sent > found && ended < resumed {
+                        served_after_reconnect += 1;
+                    }
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        forze_redis::ErrorKind::Timeout | forze_redis::ErrorKind::Unavailable
+                    ),
+                    "{bin}: key {key} sent at {sent:?}: {e}"
+                ),
+            }
+        }
+        assert!(
+            served_after_reconnect > 0,
+            "{bin}: the live primary's key was never read between the forced reconnect at \
+             {found:?} and the end of the freeze at {resumed:?}"
+        );
+
+        for i in 0..KEYS {
+            let mut ok = false;
+            for _ in 0..100 {
+                if orders.get(&order_counter(i).0).await.ok() == Some(1) {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(ok, "{bin}: key {i} after the node answers again");
+        }
+        forze.shutdown().await.unwrap();
+    }
 }
