@@ -16,26 +16,27 @@
 //! timed out only spawns the checks. The `[redis]` pool's idle connections are covered by the
 //! health probe, which times out like any command.
 //!
-//! A reconnect does not always cure: new connections to a frozen process or a busy server open
-//! (the kernel completes the handshake) and stay as silent as the old ones. Each such client
-//! would be reconnected again once per `command_timeout + unresponsive_timeout`, and on a
-//! cluster a reconnect re-opens every node's connection, so a single silent node would keep
-//! interrupting the healthy ones. After a forced reconnect a client is not checked again for a
-//! pause, `unresponsive_timeout` at first, doubled after each further forced reconnect, up to
-//! [`MAX_PAUSE`]; the pauses start over once the client has gone a whole longest pause without
-//! one.
+//! A cluster client is not reconnected. fred's reconnect of a cluster client only refreshes
+//! its slot map: it keeps every connection that has not failed, the silent one included, and
+//! marks the whole client as connecting meanwhile. Any refresh of fred 10.1 also blocks the
+//! client's command loop while it opens a connection to the first node in address order
+//! (to read `CLUSTER SLOTS`), up to `connect_timeout` when that node is the silent one: every
+//! call on every node waits. What a refresh can cure on a cluster is a slot map that changed:
+//! a silent primary failed over to its replica, whose slots then route to the new primary
+//! (fred closes the old connection). So the check asks a node that answered for its
+//! `CLUSTER SLOTS` and refreshes fred's map only when the owners differ; while the silent
+//! primary still owns its slots there is nothing to re-route, and a dead flow is ended by the
+//! kernel (`TCP_USER_TIMEOUT`: unacknowledged data), after which fred re-opens it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, ClusterInterface};
+use fred::types::cluster::{ClusterRouting, SlotRange};
 use fred::types::config::{Options, Server};
-
-/// The longest pause between two forced reconnects of one client (or `unresponsive_timeout`,
-/// if longer).
-pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(30);
+use fred::types::Value;
 
 /// Checks the pool's clients after a timeout and reconnects the unresponsive ones.
 #[derive(Debug)]
@@ -48,10 +49,6 @@ struct Shared {
     clients: Vec<Client>,
     /// One flag per client: a check of it (or its forced reconnect) is running.
     checking: Box<[AtomicBool]>,
-    /// One per client: when it may be checked again after a forced reconnect.
-    pauses: Box<[Mutex<Pause>]>,
-    /// The longest pause.
-    max_pause: Duration,
     /// How long a `PING` may go unanswered.
     timeout: Duration,
     /// The pool's `quit` flag: no reconnect is forced once it is set.
@@ -68,8 +65,6 @@ impl UnresponsiveCheck {
             shared: Arc::new(Shared {
                 clients: clients.to_vec(),
                 checking: clients.iter().map(|_| AtomicBool::new(false)).collect(),
-                pauses: clients.iter().map(|_| Mutex::default()).collect(),
-                max_pause: MAX_PAUSE.max(timeout),
                 timeout,
                 quitting,
                 checks: AtomicU64::new(0),
@@ -78,19 +73,14 @@ impl UnresponsiveCheck {
         }
     }
 
-    /// A command timed out: check every connected client not already being checked nor
-    /// pausing after a forced reconnect, in the background. Does nothing outside a tokio
-    /// runtime.
+    /// A command timed out: check every connected client not already being checked, in the
+    /// background. Does nothing outside a tokio runtime.
     pub(crate) fn suspect(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let now = Instant::now();
         for (index, client) in self.shared.clients.iter().enumerate() {
-            if !client.is_connected()
-                || self.shared.pause(index).pausing(now)
-                || self.shared.checking[index].swap(true, Ordering::AcqRel)
-            {
+            if !client.is_connected() || self.shared.checking[index].swap(true, Ordering::AcqRel) {
                 continue;
             }
             self.shared.checks.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +102,8 @@ impl UnresponsiveCheck {
         self.shared.checks.load(Ordering::Relaxed)
     }
 
-    /// Reconnects requested because a `PING` went unanswered for the timeout.
+    /// Reconnects requested because a `PING` went unanswered for the timeout (on a cluster,
+    /// slot-map refreshes: a silent node's slots had moved).
     pub(crate) fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
     }
@@ -131,87 +122,131 @@ impl Drop for Running {
 }
 
 impl Shared {
-    fn pause(&self, index: usize) -> std::sync::MutexGuard<'_, Pause> {
-        self.pauses[index].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     async fn check(&self, index: usize) {
         let client = &self.clients[index];
-        let Some(server) = self.unanswered(client).await else {
+        let pinged = self.ping(client).await;
+        let Some(silent) = pinged.silent else {
             return;
         };
-        if *self.quitting.lock().unwrap_or_else(|p| p.into_inner()) {
+        let quitting = || *self.quitting.lock().unwrap_or_else(|p| p.into_inner());
+        if quitting() {
+            return;
+        }
+        let Some(silent) = silent else {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                client = index,
+                timeout = ?self.timeout,
+                "redis connection unresponsive; reconnecting"
+            );
+            // Awaited to the end (fred answers once the client is connected again, or fails
+            // when its connection task ends): the client stays checked meanwhile, so no second
+            // forced reconnect is queued behind this one to cut the new connection.
+            if let Err(e) = client.force_reconnection().await {
+                tracing::debug!(error = %e, "forced reconnect failed");
+            }
+            return;
+        };
+        // A cluster node: a refresh helps only if the slots moved (see the module's docs).
+        let Some(answering) = pinged.answering.first() else {
+            tracing::warn!(
+                client = index,
+                server = %silent,
+                "no redis cluster node answered a PING; nothing to re-route"
+            );
+            return;
+        };
+        let moved = self.slots_moved(client, answering).await;
+        if quitting() {
+            return;
+        }
+        if !moved {
+            tracing::warn!(
+                client = index,
+                server = %silent,
+                timeout = ?self.timeout,
+                "redis cluster node unresponsive; it still owns its slots"
+            );
             return;
         }
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             client = index,
-            server = server.as_ref().map(ToString::to_string),
-            timeout = ?self.timeout,
-            "redis connection unresponsive; reconnecting"
+            server = %silent,
+            "redis cluster node unresponsive and its slots moved; refreshing the slot map"
         );
-        // Awaited to the end (fred answers once the client is connected again, or fails
-        // when its connection task ends): the client stays checked meanwhile, so no second
-        // forced reconnect is queued behind this one to cut the new connection.
-        if let Err(e) = client.force_reconnection().await {
-            tracing::debug!(error = %e, "forced reconnect failed");
+        if let Err(e) = client.sync_cluster().await {
+            tracing::debug!(error = %e, "slot map refresh failed");
         }
-        // The pause counts from the end of the reconnect, however long it took.
-        self.pause(index)
-            .after_reconnect(Instant::now(), self.timeout, self.max_pause);
     }
 
-    /// The first of `client`'s connections whose `PING` went unanswered for the timeout
-    /// (`Some(None)`: the client's only connection).
-    async fn unanswered(&self, client: &Client) -> Option<Option<Server>> {
+    /// Options for one of the check's commands: one attempt, bounded by the timeout, sent to
+    /// `node` (a cluster node; `None`: unrouted).
+    fn options(&self, node: Option<Server>) -> Options {
+        Options {
+            timeout: Some(self.timeout),
+            max_attempts: Some(1),
+            fail_fast: true,
+            cluster_node: node,
+            ..Default::default()
+        }
+    }
+
+    /// `PING` each of `client`'s connections.
+    async fn ping(&self, client: &Client) -> Pinged {
         let targets = ping_targets(client);
         let pings = targets.iter().map(|server| {
-            let options = Options {
-                timeout: Some(self.timeout),
-                max_attempts: Some(1),
-                fail_fast: true,
-                cluster_node: server.clone(),
-                ..Default::default()
-            };
-            let client = client.with_options(&options);
-            async move { client.ping::<fred::types::Value>(None).await }
+            let client = client.with_options(&self.options(server.clone()));
+            async move { client.ping::<Value>(None).await }
         });
         let results = futures::future::join_all(pings).await;
-        targets
-            .into_iter()
-            .zip(results)
-            .find(|(_, r)| matches!(r, Err(e) if *e.kind() == fred::error::ErrorKind::Timeout))
-            .map(|(server, _)| server)
-    }
-}
-
-/// When a client may be checked again after its latest forced reconnect.
-#[derive(Debug, Default)]
-struct Pause {
-    /// The end of the current pause (`None`: never reconnected by the check).
-    until: Option<Instant>,
-    /// The current pause's length.
-    length: Duration,
-}
-
-impl Pause {
-    fn pausing(&self, now: Instant) -> bool {
-        self.until.is_some_and(|until| now < until)
+        let mut pinged = Pinged::default();
+        for (server, result) in targets.into_iter().zip(results) {
+            match result {
+                Err(e) if *e.kind() == fred::error::ErrorKind::Timeout => {
+                    pinged.silent.get_or_insert(server);
+                }
+                Ok(_) => pinged.answering.extend(server),
+                Err(_) => {}
+            }
+        }
+        pinged
     }
 
-    /// A forced reconnect ended at `now`: the first pause is `first`; one that follows the
-    /// previous pause by less than `max` is twice that pause (at most `max`).
-    fn after_reconnect(&mut self, now: Instant, first: Duration, max: Duration) {
-        let in_a_row = self
-            .until
-            .is_some_and(|until| now.saturating_duration_since(until) < max);
-        self.length = if in_a_row {
-            self.length.saturating_mul(2).min(max)
-        } else {
-            first.min(max)
+    /// Whether `node`'s `CLUSTER SLOTS` names other owners than `client`'s slot map.
+    async fn slots_moved(&self, client: &Client, node: &Server) -> bool {
+        let asked = client.with_options(&self.options(Some(node.clone())));
+        let Ok(reply) = asked.cluster_slots::<Value>().await else {
+            return false;
         };
-        self.until = Some(now + self.length);
+        let Ok(fresh) = ClusterRouting::from_cluster_slots(reply, node.host.clone()) else {
+            return false;
+        };
+        client
+            .cached_cluster_state()
+            .is_none_or(|cached| owners(cached.slots()) != owners(fresh.slots()))
     }
+}
+
+/// What the `PING`s of one check found.
+#[derive(Debug, Default)]
+struct Pinged {
+    /// The first connection that left its `PING` unanswered for the timeout (`Some(None)`:
+    /// the client's only connection, off a cluster).
+    silent: Option<Option<Server>>,
+    /// The cluster nodes that answered.
+    answering: Vec<Server>,
+}
+
+/// Each slot range with its owner's address, in slot order (the TLS name left out: fred
+/// may set it on its own map).
+fn owners(slots: &[SlotRange]) -> Vec<(u16, u16, &str, u16)> {
+    let mut owners: Vec<_> = slots
+        .iter()
+        .map(|r| (r.start, r.end, &*r.primary.host, r.primary.port))
+        .collect();
+    owners.sort_unstable();
+    owners
 }
 
 /// Where to send the `PING`s: off a cluster, the client's one connection (`None`: no
@@ -233,48 +268,4 @@ fn ping_targets(client: &Client) -> Vec<Option<Server>> {
         return vec![None];
     }
     nodes.into_iter().map(Some).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FIRST: Duration = Duration::from_secs(2);
-    const MAX: Duration = Duration::from_secs(30);
-
-    #[test]
-    fn pauses_double_while_reconnects_come_in_a_row_and_start_over_after_a_quiet_spell() {
-        let start = Instant::now();
-        let mut pause = Pause::default();
-        assert!(!pause.pausing(start), "never reconnected: no pause");
-
-        pause.after_reconnect(start, FIRST, MAX);
-        assert!(pause.pausing(start + FIRST - Duration::from_millis(1)));
-        assert!(!pause.pausing(start + FIRST));
-
-        // Each reconnect right after the previous pause ended doubles the pause, up to MAX.
-        let mut now = start;
-        let mut lengths = Vec::new();
-        for _ in 0..6 {
-            now = pause.until.unwrap() + Duration::from_millis(100);
-            pause.after_reconnect(now, FIRST, MAX);
-            lengths.push(pause.length.as_secs());
-        }
-        assert_eq!(lengths, [4, 8, 16, 30, 30, 30]);
-
-        // A whole longest pause without a forced reconnect: the next pause is the first again.
-        let later = pause.until.unwrap() + MAX;
-        assert!(!pause.pausing(later));
-        pause.after_reconnect(later, FIRST, MAX);
-        assert_eq!(pause.length, FIRST);
-        assert!(now < later);
-    }
-
-    #[test]
-    fn a_first_pause_longer_than_the_longest_is_cut_to_it() {
-        let now = Instant::now();
-        let mut pause = Pause::default();
-        pause.after_reconnect(now, Duration::from_secs(60), MAX);
-        assert_eq!(pause.until, Some(now + MAX));
-    }
 }

@@ -11,7 +11,8 @@ use common::{config, k, spawn_ready, tracked_on};
 use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
 use forze_redis::lock::LockId;
-use forze_redis_actors::{Cache, ForzeHandle};
+use forze_redis::ErrorKind;
+use forze_redis_actors::{Cache, Counter, ForzeHandle};
 use forze_redis_testkit::{
     key_slot, server_binaries, wait_until_async, TestCluster, TestSentinels,
 };
@@ -486,14 +487,46 @@ fn order_counter(i: usize) -> (CounterId, String) {
     )
 }
 
+/// Reads of key `0` (on the primary to be frozen) and of key `alive` (on another), one pair
+/// every 50 ms for `span`, each on its own task; their results once every read has ended.
+async fn steady_reads(
+    orders: &Counter,
+    alive: usize,
+    span: Duration,
+) -> Vec<(usize, forze_redis::Result<i64>)> {
+    let started = Instant::now();
+    let mut reads = Vec::new();
+    while started.elapsed() < span {
+        for key in [0, alive] {
+            let orders = orders.clone();
+            reads.push(tokio::spawn(async move {
+                let read = tokio::time::timeout(NEVER_HANG, orders.get(&order_counter(key).0))
+                    .await
+                    .expect("a read must not hang");
+                (key, read)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut results = Vec::new();
+    for read in reads {
+        results.push(read.await.unwrap());
+    }
+    results
+}
+
 /// One primary stops answering while its connections stay open (frozen with `SIGSTOP`), under
-/// steady reads of its keys and of another primary's. The unresponsive check reconnects the
-/// pool's clients, the other primary's keys are still served while the node is frozen, the
-/// clients are not reconnected again at every timeout (a reconnect does not cure a frozen
-/// node, and on a cluster it re-opens every node's connection), and every key reads back once
-/// the node answers.
+/// steady reads of its keys and of another primary's, twice.
+///
+/// First with the slot map unchanged: the unresponsive check finds the node and re-opens or
+/// refreshes nothing (a refresh would block every node's calls while fred tries the silent
+/// node, and re-route nothing), so the other primary's keys are served throughout.
+///
+/// Then with the frozen node's slot of key `0` given to another primary meanwhile, as a
+/// failover does: the check sees the moved slot and refreshes the slot map, and key `0` is
+/// served by its new owner while the old one is still frozen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_cluster_primary_is_found_and_its_clients_reconnected_with_pauses() {
+async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
     for bin in server_binaries() {
         let cluster = TestCluster::start(&bin, 3);
         let mut cfg = config(Some(&cluster.url()), "cl-frozen", RESOURCES);
@@ -502,7 +535,6 @@ async fn a_frozen_cluster_primary_is_found_and_its_clients_reconnected_with_paus
         redis.unresponsive_timeout = Duration::from_millis(400);
         // No periodic probe: the reads' own timeouts start the checks.
         redis.health_interval = Duration::from_secs(600);
-        let clients = redis.pool_size as u64;
         let forze = spawn_ready(cfg).await;
         let orders = forze.counter("orders").unwrap();
         for i in 0..KEYS {
@@ -512,86 +544,100 @@ async fn a_frozen_cluster_primary_is_found_and_its_clients_reconnected_with_paus
         let alive = (0..KEYS)
             .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
             .unwrap();
-        let reconnects = |f: ForzeHandle| async move {
-            f.stats()
-                .await
-                .unwrap()
-                .pool
-                .unwrap()
-                .unresponsive_reconnects
-        };
-        let before = reconnects(forze.clone()).await;
+        let heir = cluster.owner_of(&order_counter(alive).1);
+        let pool = |f: ForzeHandle| async move { f.stats().await.unwrap().pool.unwrap() };
 
-        // The node stays frozen for 2.2 s, below the cluster's node timeout (3 s): the
-        // cluster itself never fails it over nor goes down.
+        // 1. Frozen for 2.2 s, below the cluster's node timeout (3 s): the cluster itself
+        // never fails the node over nor goes down.
+        let before = pool(forze.clone()).await;
         cluster.nodes()[frozen].pause();
-        let started = Instant::now();
-        let frozen_for = Duration::from_millis(2200);
-        let mut reads = Vec::new();
-        let mut found = None;
-        while started.elapsed() < frozen_for {
-            for key in [0, alive] {
-                let orders = orders.clone();
-                reads.push(tokio::spawn(async move {
-                    let sent = started.elapsed();
-                    let read = tokio::time::timeout(NEVER_HANG, orders.get(&order_counter(key).0))
-                        .await
-                        .expect("a read must not hang");
-                    (key, sent, started.elapsed(), read)
-                }));
+        let reads = steady_reads(&orders, alive, Duration::from_millis(2200)).await;
+        let during = pool(forze.clone()).await;
+        cluster.nodes()[frozen].resume();
+        assert!(
+            during.unresponsive_checks > before.unresponsive_checks,
+            "{bin}: no check ran: {during:?}"
+        );
+        assert_eq!(
+            (during.unresponsive_reconnects, during.reconnects),
+            (before.unresponsive_reconnects, before.reconnects),
+            "{bin}: nothing moved, yet a client was reconnected or refreshed: {during:?}"
+        );
+        for (key, read) in reads {
+            match read {
+                Ok(v) => assert_eq!(v, 1, "{bin}"),
+                Err(e) => {
+                    assert_eq!(key, 0, "{bin}: the live primary's key failed: {e}");
+                    assert!(
+                        matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+                        "{bin}: {e}"
+                    );
+                }
             }
-            if found.is_none() && reconnects(forze.clone()).await > before {
-                found = Some(started.elapsed());
+        }
+        for i in 0..KEYS {
+            converge_counter(&orders, i, 1, &bin).await;
+        }
+
+        // 2. Frozen again; meanwhile the slot of key `0` goes to the live primary (its owner
+        // on both live nodes, with a config epoch above the frozen node's).
+        let before = pool(forze.clone()).await;
+        cluster.nodes()[frozen].pause();
+        let slot = key_slot(order_counter(0).1.as_bytes()).to_string();
+        let heir_id = cluster.nodes()[heir]
+            .cmd(&["CLUSTER", "MYID"])
+            .unwrap()
+            .as_str()
+            .expect("a node id");
+        cluster.nodes()[heir]
+            .cmd(&["CLUSTER", "BUMPEPOCH"])
+            .unwrap();
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            if i != frozen {
+                node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &heir_id])
+                    .unwrap();
+            }
+        }
+        let started = Instant::now();
+        let mut served = None;
+        while served.is_none() && started.elapsed() < Duration::from_millis(2400) {
+            // The key is new on its new owner.
+            if let Ok(Ok(v)) =
+                tokio::time::timeout(NEVER_HANG, orders.get(&order_counter(0).0)).await
+            {
+                served = Some((v, started.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let during = reconnects(forze.clone()).await - before;
+        let during = pool(forze.clone()).await;
         cluster.nodes()[frozen].resume();
-        let resumed = started.elapsed();
-
-        let found = found.unwrap_or_else(|| panic!("{bin}: the frozen node was never found"));
-        // Without pauses each client was reconnected about every 0.4 s here (8 in all); with
-        // them, at most twice each (after 0.4 s, then 0.4 s of pause plus a check later).
-        assert!(
-            during <= 2 * clients,
-            "{bin}: {during} forced reconnects of {clients} clients in {frozen_for:?}"
+        assert_eq!(
+            served.map(|(v, _)| v),
+            Some(0),
+            "{bin}: the moved slot was not followed while its old owner was frozen: {during:?}"
         );
-        let mut served_after_reconnect = 0;
-        for read in reads {
-            let (key, sent, ended, read) = read.await.unwrap();
-            match read {
-                Ok(v) => {
-                    assert_eq!(v, 1, "{bin}");
-                    if key == alive && sent > found && ended < resumed {
-                        served_after_reconnect += 1;
-                    }
-                }
-                Err(e) => assert!(
-                    matches!(
-                        e.kind(),
-                        forze_redis::ErrorKind::Timeout | forze_redis::ErrorKind::Unavailable
-                    ),
-                    "{bin}: key {key} sent at {sent:?}: {e}"
-                ),
-            }
-        }
         assert!(
-            served_after_reconnect > 0,
-            "{bin}: the live primary's key was never read between the forced reconnect at \
-             {found:?} and the end of the freeze at {resumed:?}"
+            during.unresponsive_reconnects > before.unresponsive_reconnects,
+            "{bin}: {during:?}"
         );
-
-        for i in 0..KEYS {
-            let mut ok = false;
-            for _ in 0..100 {
-                if orders.get(&order_counter(i).0).await.ok() == Some(1) {
-                    ok = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            assert!(ok, "{bin}: key {i} after the node answers again");
+        eprintln!(
+            "{bin}: the moved slot was served {:?} after the freeze",
+            served.unwrap().1
+        );
+        for i in 1..KEYS {
+            converge_counter(&orders, i, 1, &bin).await;
         }
         forze.shutdown().await.unwrap();
     }
+}
+
+/// Wait (bounded) until counter `c<i>` reads `want`.
+async fn converge_counter(orders: &Counter, i: usize, want: i64, bin: &impl std::fmt::Display) {
+    for _ in 0..100 {
+        if orders.get(&order_counter(i).0).await.ok() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{bin}: counter c{i} never read {want}");
 }

@@ -26,9 +26,7 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// After a command times out, each connection is sent a `PING`; a client with one
     /// unanswered this long is reconnected (default 2 s). This is what detects a black-holed
-    /// peer; keep it above the slowest legitimate command. A client so reconnected is not
-    /// checked again for this long, twice that after a second forced reconnect in a row, and
-    /// so on up to 30 s.
+    /// peer; keep it above the slowest legitimate command.
     #[serde(default = "defaults::unresponsive_timeout", with = "humantime_serde")]
     pub unresponsive_timeout: Duration,
     /// How often the pool actor probes connection health with `PING` (default 500 ms).
