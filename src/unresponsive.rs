@@ -20,13 +20,16 @@
 //! its slot map: it keeps every connection that has not failed, the silent one included, and
 //! marks the whole client as connecting meanwhile. Any refresh of fred 10.1 also blocks the
 //! client's command loop while it opens a connection to the first node in address order
-//! (to read `CLUSTER SLOTS`), up to `connect_timeout` when that node is the silent one: every
-//! call on every node waits. What a refresh can cure on a cluster is a slot map that changed:
-//! a silent primary failed over to its replica, whose slots then route to the new primary
-//! (fred closes the old connection). So the check asks a node that answered for its
-//! `CLUSTER SLOTS` and refreshes fred's map only when the owners differ; while the silent
-//! primary still owns its slots there is nothing to re-route, and a dead flow is ended by the
-//! kernel (`TCP_USER_TIMEOUT`: unacknowledged data), after which fred re-opens it.
+//! (to read `CLUSTER SLOTS`), up to `connect_timeout` for each silent node it tries first:
+//! every call on every node waits. What a refresh can cure on a cluster is a silent primary
+//! whose slots moved: failed over to its replica, whose slots then route to the new primary
+//! (fred closes the old connection). So the check asks the nodes that answered for their
+//! `CLUSTER SLOTS` and refreshes fred's map only when one of them gives a slot the cached map
+//! gives the silent primary to another node (another id or address); while the silent primary
+//! still owns its slots there is nothing to re-route, and a dead flow is ended by the kernel
+//! (`TCP_USER_TIMEOUT`: unacknowledged data), after which fred re-opens it (with
+//! `tcp_user_timeout = "0s"`, only when the kernel's retransmissions give up, many minutes
+//! later).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,7 +50,8 @@ pub(crate) struct UnresponsiveCheck {
 #[derive(Debug)]
 struct Shared {
     clients: Vec<Client>,
-    /// One flag per client: a check of it (or its forced reconnect) is running.
+    /// One flag per client: a check of it (or its forced reconnect or slot-map refresh) is
+    /// running.
     checking: Box<[AtomicBool]>,
     /// How long a `PING` may go unanswered.
     timeout: Duration,
@@ -132,7 +136,16 @@ impl Shared {
         if quitting() {
             return;
         }
+        let clustered = client.is_clustered();
         let Some(silent) = silent else {
+            if clustered {
+                // No slot map to route the PINGs by: nothing to compare either.
+                tracing::warn!(
+                    client = index,
+                    "redis cluster client unresponsive; no slot map"
+                );
+                return;
+            }
             self.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 client = index,
@@ -147,36 +160,45 @@ impl Shared {
             }
             return;
         };
-        // A cluster node: a refresh helps only if the slots moved (see the module's docs).
-        let Some(answering) = pinged.answering.first() else {
-            tracing::warn!(
-                client = index,
-                server = %silent,
-                "no redis cluster node answered a PING; nothing to re-route"
-            );
-            return;
-        };
-        let moved = self.slots_moved(client, answering).await;
+        // A cluster node: a refresh helps only if its slots moved (see the module's docs).
+        let moved = self.slots_moved(client, &silent, &pinged.answering).await;
         if quitting() {
             return;
         }
-        if !moved {
-            tracing::warn!(
+        match moved {
+            Moved::Unknown => tracing::warn!(
+                client = index,
+                server = %silent,
+                timeout = ?self.timeout,
+                "redis cluster node unresponsive; no other node told where its slots are"
+            ),
+            Moved::No => tracing::warn!(
                 client = index,
                 server = %silent,
                 timeout = ?self.timeout,
                 "redis cluster node unresponsive; it still owns its slots"
-            );
-            return;
-        }
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            client = index,
-            server = %silent,
-            "redis cluster node unresponsive and its slots moved; refreshing the slot map"
-        );
-        if let Err(e) = client.sync_cluster().await {
-            tracing::debug!(error = %e, "slot map refresh failed");
+            ),
+            Moved::Yes => {
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    client = index,
+                    server = %silent,
+                    "redis cluster node unresponsive and its slots moved; refreshing the slot map"
+                );
+                // fred retries a refresh that fails (a new owner it cannot reach) with the
+                // reconnect policy, for ever by default: the client is released for later
+                // checks after a while, though fred's refresh goes on.
+                let wait = self.timeout.saturating_mul(10);
+                match tokio::time::timeout(wait, client.sync_cluster()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "slot map refresh failed"),
+                    Err(_) => tracing::warn!(
+                        client = index,
+                        after = ?wait,
+                        "redis cluster slot map refresh still running"
+                    ),
+                }
+            }
         }
     }
 
@@ -213,19 +235,59 @@ impl Shared {
         pinged
     }
 
-    /// Whether `node`'s `CLUSTER SLOTS` names other owners than `client`'s slot map.
-    async fn slots_moved(&self, client: &Client, node: &Server) -> bool {
-        let asked = client.with_options(&self.options(Some(node.clone())));
-        let Ok(reply) = asked.cluster_slots::<Value>().await else {
-            return false;
+    /// Whether a slot that `client`'s map gives to `silent` has another owner in the
+    /// `CLUSTER SLOTS` of any of the `answering` nodes (asked together: one whose view is
+    /// behind must not hide a failover).
+    async fn slots_moved(&self, client: &Client, silent: &Server, answering: &[Server]) -> Moved {
+        let Some(cached) = client.cached_cluster_state() else {
+            return Moved::Yes;
         };
-        let Ok(fresh) = ClusterRouting::from_cluster_slots(reply, node.host.clone()) else {
-            return false;
-        };
-        client
-            .cached_cluster_state()
-            .is_none_or(|cached| owners(cached.slots()) != owners(fresh.slots()))
+        let held: Vec<&SlotRange> = cached
+            .slots()
+            .iter()
+            .filter(|r| same_address(&r.primary, silent))
+            .collect();
+        let asks = answering.iter().map(|node| {
+            let asked = client.with_options(&self.options(Some(node.clone())));
+            async move {
+                let reply = asked.cluster_slots::<Value>().await.ok()?;
+                ClusterRouting::from_cluster_slots(reply, node.host.clone()).ok()
+            }
+        });
+        let views = futures::future::join_all(asks).await;
+        let mut moved = Moved::Unknown;
+        for view in views.iter().flatten() {
+            if held.iter().any(|r| moved_away(r, view.slots())) {
+                return Moved::Yes;
+            }
+            moved = Moved::No;
+        }
+        moved
     }
+}
+
+/// What the nodes that answered say of a silent primary's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// One of them gives one of its slots to another node.
+    Yes,
+    /// Every one that answered gives it all of them.
+    No,
+    /// None answered `CLUSTER SLOTS`.
+    Unknown,
+}
+
+/// Whether `fresh` gives any slot of `held` to another node (another id or address).
+fn moved_away(held: &SlotRange, fresh: &[SlotRange]) -> bool {
+    fresh
+        .iter()
+        .filter(|r| r.start <= held.end && held.start <= r.end)
+        .any(|r| r.id != held.id || !same_address(&r.primary, &held.primary))
+}
+
+/// The same host and port (the TLS name left out: fred may set it on its own map only).
+fn same_address(a: &Server, b: &Server) -> bool {
+    a.host == b.host && a.port == b.port
 }
 
 /// What the `PING`s of one check found.
@@ -234,19 +296,8 @@ struct Pinged {
     /// The first connection that left its `PING` unanswered for the timeout (`Some(None)`:
     /// the client's only connection, off a cluster).
     silent: Option<Option<Server>>,
-    /// The cluster nodes that answered.
+    /// The cluster nodes that answered their `PING`.
     answering: Vec<Server>,
-}
-
-/// Each slot range with its owner's address, in slot order (the TLS name left out: fred
-/// may set it on its own map).
-fn owners(slots: &[SlotRange]) -> Vec<(u16, u16, &str, u16)> {
-    let mut owners: Vec<_> = slots
-        .iter()
-        .map(|r| (r.start, r.end, &*r.primary.host, r.primary.port))
-        .collect();
-    owners.sort_unstable();
-    owners
 }
 
 /// Where to send the `PING`s: off a cluster, the client's one connection (`None`: no
@@ -268,4 +319,47 @@ fn ping_targets(client: &Client) -> Vec<Option<Server>> {
         return vec![None];
     }
     nodes.into_iter().map(Some).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: u16, end: u16, id: &str, port: u16) -> SlotRange {
+        SlotRange {
+            start,
+            end,
+            primary: Server::new("127.0.0.1", port),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn a_silent_primarys_slots_count_as_moved_only_when_another_node_owns_one() {
+        let held = range(0, 5460, "a", 7000);
+        let same = [range(0, 5460, "a", 7000), range(5461, 16383, "b", 7001)];
+        assert!(!moved_away(&held, &same), "unchanged");
+        let split = [range(0, 100, "a", 7000), range(101, 5460, "a", 7000)];
+        assert!(
+            !moved_away(&held, &split),
+            "split the same way or not, still its"
+        );
+        let elsewhere = [range(0, 5460, "a", 7000), range(5461, 16383, "c", 7002)];
+        assert!(
+            !moved_away(&held, &elsewhere),
+            "other slots changing is not ours"
+        );
+        let one_slot = [range(0, 99, "a", 7000), range(100, 100, "b", 7001)];
+        assert!(
+            moved_away(&held, &one_slot),
+            "one slot given to another node"
+        );
+        let failed_over = [range(0, 5460, "r", 7003)];
+        assert!(moved_away(&held, &failed_over), "its replica promoted");
+        let new_address = [range(0, 5460, "a", 7100)];
+        assert!(
+            moved_away(&held, &new_address),
+            "the same node at another address"
+        );
+    }
 }

@@ -5,8 +5,8 @@
 //! - listens to every client's reconnect and error events (fred's receivers, consumed here so
 //!   a lagging channel is noticed instead of ending a listener silently);
 //! - probes every client with the `server_time` script (`TIME`) bounded by the command timeout, every
-//!   `health_interval`, so a black-holed connection shows as down at once, and is found and
-//!   reconnected by the pool's unresponsive check even while no caller uses it;
+//!   `health_interval`, so a black-holed connection shows as down at once, and is found by
+//!   the pool's unresponsive check even while no caller uses it;
 //! - publishes [`Health`] (up / degraded / down, with since-when) on a watch channel that the
 //!   other actors and the handles read, and logs every change;
 //! - names each connection (`CLIENT SETNAME`) when it (re)connects.
@@ -70,7 +70,8 @@ pub struct PoolStats {
     /// their connections).
     pub unresponsive_checks: u64,
     /// Reconnects of `[redis]` pool clients requested because a `PING` of such a check went
-    /// unanswered for `unresponsive_timeout` (a black-holed connection).
+    /// unanswered for `unresponsive_timeout` (a black-holed connection); on a cluster,
+    /// slot-map refreshes requested because the silent primary's slots had moved.
     pub unresponsive_reconnects: u64,
 }
 
