@@ -265,6 +265,18 @@ async fn a_killed_sentinel_primary_is_replaced_and_followed() {
     }
 }
 
+/// A frozen primary (`SIGSTOP`: no connection error ever reaches the clients) is failed over
+/// by the sentinels; the pool's unresponsive check reconnects the clients whose calls time
+/// out, and fred's reconnect asks the sentinels for the primary again until they name the new
+/// one. Without the check the clients would wait on the frozen primary until it resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_sentinel_primary_is_replaced_and_followed() {
+    for bin in server_binaries() {
+        let group = TestSentinels::start(&bin);
+        failover_is_followed(&bin.to_string(), group, |g| g.freeze_primary()).await;
+    }
+}
+
 /// Two replicas on `group`: warm an L1, take a lock token and count, fail over with
 /// `fail_over`, then check that the same supervisors work on the new primary, the L1 was
 /// flushed and is coherent again, and lock tokens still increase.

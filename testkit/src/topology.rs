@@ -611,6 +611,25 @@ impl TestSentinels {
         self.await_new_primary(old)
     }
 
+    /// Freeze the primary (`SIGSTOP`: its connections stay open, nothing is answered), then
+    /// wait until the sentinels announce the replica as primary and it says `role:master`.
+    /// Returns the new primary's port. The old primary stays frozen until the group is
+    /// dropped (a frozen server is resumed before it is stopped).
+    ///
+    /// # Panics
+    ///
+    /// When no failover completes within 20 s.
+    pub fn freeze_primary(&mut self) -> u16 {
+        let old = self.primary_port();
+        let i = self
+            .data
+            .iter()
+            .position(|s| s.port() == old)
+            .expect("one of ours");
+        self.data[i].pause();
+        self.await_new_primary(old)
+    }
+
     /// Wait until the sentinels name a primary other than `old` and it says `role:master`.
     fn await_new_primary(&self, old: u16) -> u16 {
         let new = poll("the sentinels to name a new primary", SETUP_TIMEOUT, || {
