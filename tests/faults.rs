@@ -1,4 +1,5 @@
-//! Connection faults against real servers: late start, restart, black hole, lost reply.
+//! Connection faults against real servers: late start, restart, black hole, frozen server,
+//! lost reply.
 //! Every scenario runs on every server binary found.
 
 mod common;
@@ -247,6 +248,63 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
         // they must wait for fred to count the client connected (it announces the reconnect
         // first), or the health stays `Degraded`.
         end_black_hole(&proxy, &forze).await;
+        assert_eq!(c.get(&id).await.unwrap(), 1, "{bin}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+/// A server that stops answering while its connections stay open (frozen with `SIGSTOP`), then
+/// answers again, with nothing reset in between. Calls during the freeze end typed and
+/// bounded; each client is force-reconnected once, its reconnect waiting for the server (a
+/// new connection to a frozen server opens, but its handshake is not answered), not once per
+/// timeout; and the pool is `Up` again by itself once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_reconnected_once_per_client_and_recovers_when_it_answers() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let cfg = config(Some(&server.url()), "frozen", RESOURCES);
+        let clients = cfg.redis.as_ref().unwrap().pool_size as u64;
+        let forze = spawn_ready(cfg).await;
+        let c = forze.counter("strict").unwrap();
+        let id = CounterId::main();
+        assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
+        let pool = |f: forze_redis_actors::ForzeHandle| async move {
+            f.stats().await.unwrap().pool.unwrap()
+        };
+        let before = pool(forze.clone()).await;
+
+        server.pause();
+        let started = std::time::Instant::now();
+        let mut reads = Vec::new();
+        while started.elapsed() < Duration::from_secs(3) {
+            let (c, id) = (c.clone(), id.clone());
+            reads.push(tokio::spawn(async move {
+                tokio::time::timeout(NEVER_HANG, c.get(&id))
+                    .await
+                    .expect("read must not hang")
+            }));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let during = pool(forze.clone()).await;
+        server.resume();
+
+        let forced = during.unresponsive_reconnects - before.unresponsive_reconnects;
+        assert!(
+            (1..=clients).contains(&forced),
+            "{bin}: {forced} forced reconnects of {clients} clients: {during:?}"
+        );
+        for read in reads {
+            // The last reads may be answered once the server is back.
+            match read.await.unwrap() {
+                Ok(v) => assert_eq!(v, 1, "{bin}"),
+                Err(e) => assert_black_holed_read_error(&e, &bin),
+            }
+        }
+        let h = forze.clone();
+        wait_until(Duration::from_secs(10), "health Up again", move || {
+            h.health().state == HealthState::Up
+        })
+        .await;
         assert_eq!(c.get(&id).await.unwrap(), 1, "{bin}");
         forze.shutdown().await.unwrap();
     }
