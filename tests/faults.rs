@@ -34,6 +34,24 @@ async fn black_holed_read_fails(
     assert_black_holed_read_error(&read.unwrap_err(), bin);
 }
 
+/// The `[redis]` pool's stats.
+async fn pool_stats(forze: &forze_redis_actors::ForzeHandle) -> forze_redis_actors::PoolStats {
+    forze.stats().await.unwrap().pool.unwrap()
+}
+
+/// A read of `id` on a task of its own, bounded by [`NEVER_HANG`].
+fn spawn_bounded_read(
+    c: &forze_redis::counter::Counter,
+    id: &CounterId,
+) -> tokio::task::JoinHandle<forze_redis::Result<i64>> {
+    let (c, id) = (c.clone(), id.clone());
+    tokio::spawn(async move {
+        tokio::time::timeout(NEVER_HANG, c.get(&id))
+            .await
+            .expect("read must not hang")
+    })
+}
+
 /// How a read into a black hole ends: `Timeout` (the command timeout) or `Unavailable` (once
 /// the unresponsive check has reconnected the client).
 fn assert_black_holed_read_error(e: &forze_redis::Error, bin: &impl std::fmt::Display) {
@@ -202,10 +220,7 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
         let c = forze.counter("strict").unwrap();
         let id = CounterId::main();
         assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
-        let pool = |f: forze_redis_actors::ForzeHandle| async move {
-            f.stats().await.unwrap().pool.unwrap()
-        };
-        assert_eq!(pool(forze.clone()).await.unresponsive_reconnects, 0);
+        assert_eq!(pool_stats(&forze).await.unresponsive_reconnects, 0);
 
         proxy.set_mode(ProxyMode::BlackHole);
         // A read sent every 20 ms, each on its own task: no connection goes a moment without
@@ -215,12 +230,7 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
             tokio::spawn(async move {
                 let mut reads = Vec::new();
                 for _ in 0..300 {
-                    let (c, id) = (c.clone(), id.clone());
-                    reads.push(tokio::spawn(async move {
-                        tokio::time::timeout(NEVER_HANG, c.get(&id))
-                            .await
-                            .expect("read must not hang")
-                    }));
+                    reads.push(spawn_bounded_read(&c, &id));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 reads
@@ -230,7 +240,7 @@ async fn a_black_hole_under_steady_traffic_is_found_and_its_clients_reconnected(
         let f = forze.clone();
         let mut found = false;
         for _ in 0..50 {
-            if pool(f.clone()).await.unresponsive_reconnects >= 1 {
+            if pool_stats(&f).await.unresponsive_reconnects >= 1 {
                 found = true;
                 break;
             }
@@ -268,24 +278,16 @@ async fn a_frozen_server_is_reconnected_once_per_client_and_recovers_when_it_ans
         let c = forze.counter("strict").unwrap();
         let id = CounterId::main();
         assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
-        let pool = |f: forze_redis_actors::ForzeHandle| async move {
-            f.stats().await.unwrap().pool.unwrap()
-        };
-        let before = pool(forze.clone()).await;
+        let before = pool_stats(&forze).await;
 
         server.pause();
         let started = std::time::Instant::now();
         let mut reads = Vec::new();
         while started.elapsed() < Duration::from_secs(3) {
-            let (c, id) = (c.clone(), id.clone());
-            reads.push(tokio::spawn(async move {
-                tokio::time::timeout(NEVER_HANG, c.get(&id))
-                    .await
-                    .expect("read must not hang")
-            }));
+            reads.push(spawn_bounded_read(&c, &id));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let during = pool(forze.clone()).await;
+        let during = pool_stats(&forze).await;
         server.resume();
 
         let forced = during.unresponsive_reconnects - before.unresponsive_reconnects;
@@ -321,7 +323,7 @@ async fn a_slow_server_times_calls_out_without_reconnecting_clients_that_still_a
         let c = forze.counter("strict").unwrap();
         let id = CounterId::main();
         assert_eq!(c.incr(&id, 1).await.unwrap(), 1);
-        let before = forze.stats().await.unwrap().pool.unwrap();
+        let before = pool_stats(&forze).await;
 
         let busy = {
             let server = server.clone();
@@ -334,7 +336,7 @@ async fn a_slow_server_times_calls_out_without_reconnecting_clients_that_still_a
         busy.await.unwrap().expect("the server slept");
         // Long enough for a check to have reconnected, had its PING gone unanswered.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let after = forze.stats().await.unwrap().pool.unwrap();
+        let after = pool_stats(&forze).await;
         assert!(
             after.unresponsive_checks > before.unresponsive_checks,
             "{bin}: the timeout started a check"

@@ -601,12 +601,7 @@ impl TestSentinels {
     ///
     /// When no failover completes within 20 s.
     pub fn kill_primary(&mut self) -> u16 {
-        let old = self.primary_port();
-        let i = self
-            .data
-            .iter()
-            .position(|s| s.port() == old)
-            .expect("one of ours");
+        let (old, i) = self.primary_index();
         self.data[i].stop();
         self.await_new_primary(old)
     }
@@ -620,14 +615,20 @@ impl TestSentinels {
     ///
     /// When no failover completes within 20 s.
     pub fn freeze_primary(&mut self) -> u16 {
-        let old = self.primary_port();
+        let (old, i) = self.primary_index();
+        self.data[i].pause();
+        self.await_new_primary(old)
+    }
+
+    /// The port of the primary the sentinels announce, and its index in the data servers.
+    fn primary_index(&self) -> (u16, usize) {
+        let port = self.primary_port();
         let i = self
             .data
             .iter()
-            .position(|s| s.port() == old)
+            .position(|s| s.port() == port)
             .expect("one of ours");
-        self.data[i].pause();
-        self.await_new_primary(old)
+        (port, i)
     }
 
     /// Wait until the sentinels name a primary other than `old` and it says `role:master`.
