@@ -26,6 +26,9 @@ fi
 # (so only the example is compiled): keep the two in step.
 cargo test --workspace --all-targets --features forze-redis-actors/fault-injection
 cargo test --workspace --doc
+# The user-facing crates' documentation builds without a warning (a link to a private item
+# renders as a dead link in the published docs).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p forze-redis -p forze-redis-actors --quiet
 # A build without the `tls` feature must refuse every TLS request (never connect in clear).
 cargo test -p forze-redis --no-default-features --lib -- tls config connect_failure
 # The crates users add must package and build from their packaged sources alone. Cargo

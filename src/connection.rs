@@ -12,7 +12,7 @@
 //! | per-command `timeout` | `command_timeout` | fred has no default timeout |
 //! | per-command `fail_fast` | true | a call while disconnected errors at once |
 //! | writes: `max_attempts` | 1 | a lost reply is `OutcomeUnknown`, never a silent replay |
-//! | `unresponsive.max_timeout` | off | black-holed connections are found by [`crate::unresponsive`] instead: a timeout makes every client `PING`ed, and one unanswered for `unresponsive_timeout` is reconnected (on a cluster, its slot map refreshed if the silent node's slots moved) |
+//! | `unresponsive.max_timeout` | off | black-holed connections are found by the pool's unresponsive check (`src/unresponsive.rs`) instead: a timeout makes every client `PING`ed, and one unanswered for `unresponsive_timeout` is reconnected (on a cluster, its slot map refreshed if the silent node's slots moved) |
 //! | `internal_command_timeout`, `connection_timeout` | `connect_timeout` | the handshake waits on them |
 //! | TCP keepalive, `TCP_USER_TIMEOUT` | configured | dead peers found by the kernel too |
 //! | `TCP_NODELAY` | configured, off by default | Nagle coalesces concurrent flushes (see the config) |

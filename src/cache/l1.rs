@@ -27,7 +27,7 @@
 //! A read that misses takes a [`FillTicket`] *before* it sends `GET`: the epoch of the key's
 //! stripe, the namespace's global epoch, and whether tracking is confirmed. An invalidation
 //! bumps the key's stripe epoch and then removes the key; a flush bumps the global epoch and
-//! then clears the map. [`L1::fill`] re-checks the ticket under the map's shard lock and inserts
+//! then clears the map. `L1::fill` re-checks the ticket under the map's shard lock and inserts
 //! only if nothing moved, so a reply that raced an invalidation (arriving before or after it)
 //! or a flush is never inserted. Stripes (4096 per namespace) keep one hot key's invalidations
 //! from refusing every other key's fills.
@@ -40,9 +40,9 @@
 //!
 //! # Stale while down
 //!
-//! With `serve_stale_for`, the flush of a loss moves the entries aside ([`L1::stale`])
+//! With `serve_stale_for`, the flush of a loss moves the entries aside (`L1::stale`)
 //! instead of dropping them. They are never hits: only a caller that asks for freshness
-//! ([`L1::get_stale`]) gets one, marked stale, for at most `serve_stale_for` after the loss.
+//! (`L1::get_stale`) gets one, marked stale, for at most `serve_stale_for` after the loss.
 //! An invalidation (a local write) removes its key from them too; a server flush or a manual
 //! flush drops them, and so does the next confirmation of tracking, before any fill.
 
@@ -162,7 +162,7 @@ enum Fate {
     Evict,
 }
 
-/// Taken before a read is sent; presented to [`L1::fill`] with the reply.
+/// Taken before a read is sent; presented to the L1's `fill` with the reply.
 #[derive(Debug, Clone, Copy)]
 pub struct FillTicket {
     stripe: usize,

@@ -2,7 +2,7 @@
 //!
 //! Each tick takes every lease due within half a tick, groups them by lock resource, and
 //! renews each group with one pipeline of `SET … IFEQ` where the server has it, else one
-//! batched script call per slot group ([`Lock::extend_many`]); the calls of one tick go out
+//! batched script call per slot group (`Lock::extend_many`); the calls of one tick go out
 //! together, so one tick costs one round trip. A confirmed renewal
 //! moves the lease's local deadline forward; a renewal that finds another owner fires the
 //! guard's lost signal at once; a failed call changes nothing (the guard's own deadline task

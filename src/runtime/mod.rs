@@ -1,7 +1,7 @@
 //! The runtime: every resource of one [`Config`], built once, and the state their background
 //! loops share.
 //!
-//! [`table`] holds the resources of one kind, looked up by name. The shutdown gate every
+//! `table` holds the resources of one kind, looked up by name. The shutdown gate every
 //! handle checks is [`crate::gate`].
 //!
 //! The actor crate builds one [`Runtime`] per supervisor and hosts its loops (connection
