@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, server_binaries, spawn_ready, wait_until, TestServer};
+use common::{
+    config, pool_stats, server_binaries, spawn_bounded_read, spawn_ready, wait_until, TestServer,
+};
 use forze_redis::connection::HealthState;
 use forze_redis::counter::CounterId;
 use forze_redis::ErrorKind;
@@ -32,24 +34,6 @@ async fn black_holed_read_fails(
         .await
         .expect("read must not hang");
     assert_black_holed_read_error(&read.unwrap_err(), bin);
-}
-
-/// The `[redis]` pool's stats.
-async fn pool_stats(forze: &forze_redis_actors::ForzeHandle) -> forze_redis_actors::PoolStats {
-    forze.stats().await.unwrap().pool.unwrap()
-}
-
-/// A read of `id` on a task of its own, bounded by [`NEVER_HANG`].
-fn spawn_bounded_read(
-    c: &forze_redis::counter::Counter,
-    id: &CounterId,
-) -> tokio::task::JoinHandle<forze_redis::Result<i64>> {
-    let (c, id) = (c.clone(), id.clone());
-    tokio::spawn(async move {
-        tokio::time::timeout(NEVER_HANG, c.get(&id))
-            .await
-            .expect("read must not hang")
-    })
 }
 
 /// How a read into a black hole ends: `Timeout` (the command timeout) or `Unavailable` (once

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{config, k, spawn_ready, tracked_on};
+use common::{config, k, pool_stats, spawn_bounded_read, spawn_ready, tracked_on};
 use forze_redis::cache::CacheKey;
 use forze_redis::counter::CounterId;
 use forze_redis::lock::LockId;
@@ -232,7 +232,7 @@ async fn calls_during_a_slot_migration_end_typed_and_bounded_then_resume() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(ok, "{bin}: calls resume after the migration");
-        let pool = forze.stats().await.unwrap().pool.unwrap();
+        let pool = pool_stats(&forze).await;
         eprintln!(
             "{bin}: fred connection tasks restarted: {}",
             pool.task_restarts
@@ -510,19 +510,13 @@ async fn steady_reads(
     let mut reads = Vec::new();
     while started.elapsed() < span {
         for key in [0, alive] {
-            let orders = orders.clone();
-            reads.push(tokio::spawn(async move {
-                let read = tokio::time::timeout(NEVER_HANG, orders.get(&order_counter(key).0))
-                    .await
-                    .expect("a read must not hang");
-                (key, read)
-            }));
+            reads.push((key, spawn_bounded_read(orders, &order_counter(key).0)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut results = Vec::new();
-    for read in reads {
-        results.push(read.await.unwrap());
+    for (key, read) in reads {
+        results.push((key, read.await.unwrap()));
     }
     results
 }
@@ -557,15 +551,14 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
             .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
             .unwrap();
         let heir = cluster.owner_of(&order_counter(alive).1);
-        let pool = |f: ForzeHandle| async move { f.stats().await.unwrap().pool.unwrap() };
 
         // 1. Frozen for about 2 s (1.6 s of reads, then the last ones end), below the
         // cluster's node timeout (3 s): the cluster itself never fails the node over nor goes
         // down.
-        let before = pool(forze.clone()).await;
+        let before = pool_stats(&forze).await;
         cluster.nodes()[frozen].pause();
         let reads = steady_reads(&orders, alive, Duration::from_millis(1600)).await;
-        let during = pool(forze.clone()).await;
+        let during = pool_stats(&forze).await;
         cluster.nodes()[frozen].resume();
         assert!(
             during.unresponsive_checks > before.unresponsive_checks,
@@ -592,7 +585,7 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
             converge_counter(&orders, i, 1, &bin).await;
         }
         // Checks still running at the resume did not refresh either.
-        let after = pool(forze.clone()).await;
+        let after = pool_stats(&forze).await;
         assert_eq!(
             after.unresponsive_reconnects, before.unresponsive_reconnects,
             "{bin}: {after:?}"
@@ -600,7 +593,7 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
 
         // 2. Frozen again; meanwhile the slot of key `0` goes to the live primary (its owner
         // on both live nodes, with a config epoch above the frozen node's).
-        let before = pool(forze.clone()).await;
+        let before = pool_stats(&forze).await;
         cluster.nodes()[frozen].pause();
         let slot = key_slot(order_counter(0).1.as_bytes()).to_string();
         let heir_id = cluster.nodes()[heir]
@@ -628,7 +621,7 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let during = pool(forze.clone()).await;
+        let during = pool_stats(&forze).await;
         cluster.nodes()[frozen].resume();
         assert_eq!(
             served.map(|(v, _)| v),

@@ -96,6 +96,25 @@ shutdown_timeout = "3s"
     Config::from_toml_str(&text).expect("test configuration is valid")
 }
 
+/// A counter read of `id` on a task of its own, bounded (5 s: far beyond any command timeout
+/// the tests set); panics if it hangs.
+pub fn spawn_bounded_read(
+    c: &forze_redis::counter::Counter,
+    id: &forze_redis::counter::CounterId,
+) -> tokio::task::JoinHandle<forze_redis::Result<i64>> {
+    let (c, id) = (c.clone(), id.clone());
+    tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(5), c.get(&id))
+            .await
+            .expect("read must not hang")
+    })
+}
+
+/// The `[redis]` pool's stats (a supervisor with Redis).
+pub async fn pool_stats(forze: &ForzeHandle) -> forze_redis_actors::PoolStats {
+    forze.stats().await.unwrap().pool.unwrap()
+}
+
 /// Spawn a supervisor and wait until it is connected (when it has Redis).
 pub async fn spawn_ready(config: Config) -> ForzeHandle {
     let (handle, _join) = Forze::spawn(config).await.expect("supervisor spawns");
