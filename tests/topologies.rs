@@ -643,6 +643,132 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
     }
 }
 
+/// The unresponsive check when it cannot learn where a silent primary's slots went: it must
+/// leave the client alone (a refresh then re-routes nothing and may block every node's
+/// calls while fred tries the silent one), and the client recovers by itself.
+///
+/// First the whole cluster is frozen, so no node answers the check's `PING`. Then only one
+/// primary is frozen and its slot of key `0` is given to another, but the live nodes refuse
+/// `CLUSTER SLOTS` (an ACL rule), so no answer says the slot moved: the check does not
+/// refresh, the other primary's keys are served throughout, and once the old owner answers
+/// (with `MOVED`) fred follows the slot on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_check_that_learns_nothing_leaves_the_client_alone() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let mut cfg = config(Some(&cluster.url()), "cl-unknown", RESOURCES);
+        let redis = cfg.redis.as_mut().unwrap();
+        redis.command_timeout = Duration::from_millis(300);
+        redis.unresponsive_timeout = Duration::from_millis(400);
+        redis.health_interval = Duration::from_secs(600);
+        let forze = spawn_ready(cfg).await;
+        let orders = forze.counter("orders").unwrap();
+        for i in 0..KEYS {
+            assert_eq!(orders.incr(&order_counter(i).0, 1).await.unwrap(), 1);
+        }
+        let frozen = cluster.owner_of(&order_counter(0).1);
+        let alive = (0..KEYS)
+            .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
+            .unwrap();
+        let heir = cluster.owner_of(&order_counter(alive).1);
+
+        // 1. Every node frozen, for less than the cluster's node timeout.
+        let before = pool_stats(&forze).await;
+        for node in cluster.nodes() {
+            node.pause();
+        }
+        let reads = steady_reads(&orders, alive, Duration::from_millis(1600)).await;
+        let during = pool_stats(&forze).await;
+        for node in cluster.nodes() {
+            node.resume();
+        }
+        assert!(
+            during.unresponsive_checks > before.unresponsive_checks,
+            "{bin}: no check ran: {during:?}"
+        );
+        assert_eq!(
+            (during.unresponsive_reconnects, during.reconnects),
+            (before.unresponsive_reconnects, before.reconnects),
+            "{bin}: no node answered, yet a client was reconnected or refreshed: {during:?}"
+        );
+        for (_, read) in reads {
+            match read {
+                Ok(v) => assert_eq!(v, 1, "{bin}"),
+                Err(e) => assert!(
+                    matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+                    "{bin}: {e}"
+                ),
+            }
+        }
+        for i in 0..KEYS {
+            converge_counter(&orders, i, 1, &bin).await;
+        }
+
+        // 2. One primary frozen and its slot of key `0` moved, while the live nodes refuse
+        // `CLUSTER SLOTS` to every client.
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            if i != frozen {
+                node.cmd(&["ACL", "SETUSER", "default", "-cluster|slots"])
+                    .unwrap();
+            }
+        }
+        let before = pool_stats(&forze).await;
+        cluster.nodes()[frozen].pause();
+        let slot = key_slot(order_counter(0).1.as_bytes()).to_string();
+        let heir_id = cluster.nodes()[heir]
+            .cmd(&["CLUSTER", "MYID"])
+            .unwrap()
+            .as_str()
+            .expect("a node id")
+            .to_string();
+        cluster.nodes()[heir]
+            .cmd(&["CLUSTER", "BUMPEPOCH"])
+            .unwrap();
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            if i != frozen {
+                node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &heir_id])
+                    .unwrap();
+            }
+        }
+        let reads = steady_reads(&orders, alive, Duration::from_millis(1600)).await;
+        let during = pool_stats(&forze).await;
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            if i != frozen {
+                node.cmd(&["ACL", "SETUSER", "default", "+cluster|slots"])
+                    .unwrap();
+            }
+        }
+        cluster.nodes()[frozen].resume();
+        assert!(
+            during.unresponsive_checks > before.unresponsive_checks,
+            "{bin}: no check ran: {during:?}"
+        );
+        assert_eq!(
+            during.unresponsive_reconnects, before.unresponsive_reconnects,
+            "{bin}: no node told where the slots went, yet the slot map was refreshed: {during:?}"
+        );
+        for (key, read) in reads {
+            match read {
+                Ok(v) => assert_eq!(v, 1, "{bin}"),
+                Err(e) => {
+                    assert_eq!(key, 0, "{bin}: the live primary's key failed: {e}");
+                    assert!(
+                        matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+                        "{bin}: {e}"
+                    );
+                }
+            }
+        }
+        // The old owner answers `MOVED` now, and fred follows it: the key is new on its
+        // new owner.
+        converge_counter(&orders, 0, 0, &bin).await;
+        for i in 1..KEYS {
+            converge_counter(&orders, i, 1, &bin).await;
+        }
+        forze.shutdown().await.unwrap();
+    }
+}
+
 /// Wait (bounded) until counter `c<i>` reads `want`.
 async fn converge_counter(orders: &Counter, i: usize, want: i64, bin: &impl std::fmt::Display) {
     for _ in 0..100 {
