@@ -97,8 +97,134 @@ async fn lock_battery_on_every_backend() {
         expiry_and_steal_raise_the_token_and_fire_lost(&forze, &label).await;
         the_heartbeater_keeps_a_lease_alive_past_its_lease(&forze, &label).await;
         tenants_are_isolated_and_required(&forze, &label).await;
+        a_wait_too_long_for_the_clock_waits_for_ever(&jobs, &label).await;
+        a_lost_guard_is_not_extended(&forze, &label).await;
+        the_lost_signal_fires_for_a_guard_on_a_thread_without_a_runtime(&forze, &label).await;
         forze.shutdown().await.unwrap();
     }
+}
+
+async fn a_wait_too_long_for_the_clock_waits_for_ever(jobs: &Lock, label: &str) {
+    // `Duration::MAX` as "for ever": no deadline, and no panic computing one.
+    let g = jobs.acquire(&id("for-ever"), Duration::MAX).await.unwrap();
+    let waiter = tokio::spawn({
+        let jobs = jobs.clone();
+        async move { jobs.acquire(&id("for-ever"), Duration::MAX).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "{label}: the waiter did not wait");
+    let token = g.token();
+    assert!(g.release().await.unwrap(), "{label}");
+    let next = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter takes the released lock")
+        .unwrap()
+        .unwrap();
+    assert!(next.token() > token, "{label}");
+    next.release().await.unwrap();
+}
+
+async fn a_lost_guard_is_not_extended(forze: &ForzeHandle, label: &str) {
+    let short = forze.lock("short").unwrap();
+    forze.stall_heartbeats(true);
+    let g = short
+        .try_acquire(&id("lost-extend"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut lost = g.lost();
+    let why = tokio::time::timeout(Duration::from_secs(3), lost.wait())
+        .await
+        .expect("lost fires");
+    assert_eq!(why, LostReason::DeadlinePassed, "{label}");
+    // The server lease outlives the local deadline by the drift margin (200 ms), so the key
+    // is still this guard's; yet a lost lease stays lost, and is not renewed on the server.
+    assert!(
+        !g.extend().await.unwrap(),
+        "{label}: a lost guard was extended"
+    );
+    assert!(g.is_lost(), "{label}");
+    let left = short.ttl(&id("lost-extend")).await.unwrap();
+    assert!(
+        left.is_none_or(|t| t <= Duration::from_millis(250)),
+        "{label}: the lost lease was renewed on the server: {left:?}"
+    );
+    forze.stall_heartbeats(false);
+    drop(g);
+}
+
+async fn the_lost_signal_fires_for_a_guard_on_a_thread_without_a_runtime(
+    forze: &ForzeHandle,
+    label: &str,
+) {
+    let short = forze.lock("short").unwrap();
+    forze.stall_heartbeats(true);
+    let g = short
+        .try_acquire(&id("on-a-thread"))
+        .await
+        .unwrap()
+        .unwrap();
+    // The guard moves to a plain thread, which asks for its lost signal there: the deadline
+    // is still watched (on the runtime the guard was acquired on).
+    let thread = std::thread::spawn(move || {
+        let signal = g.lost();
+        std::thread::sleep(Duration::from_millis(1500));
+        signal.get()
+    });
+    let seen = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .unwrap();
+    forze.stall_heartbeats(false);
+    assert!(
+        matches!(seen, Ok(Some(LostReason::DeadlinePassed))),
+        "{label}: {seen:?}"
+    );
+}
+
+/// A renewal period close to the deadline (`extend_every` 1.5 s against `lease − drift_margin`
+/// 1.8 s, the heartbeater's tick 1.5 s): every lease is renewed in time, whatever the tick's
+/// phase at its acquire. (Renewing what fell due within half a tick let a lease's first
+/// renewal come up to half a tick late, after its deadline for about one lease in three here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_period_close_to_the_deadline_still_renews_in_time() {
+    const SLOW: &str = r#"
+[locks.slow]
+lease = "2s"
+drift_margin = "200ms"
+extend_every = "1500ms"
+"#;
+    let forze = spawn_ready(config(None, "lock-phase", SLOW)).await;
+    let slow = forze.lock("slow").unwrap();
+    // Ten acquires spread over one tick, so that every phase of the tick is taken.
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let g = slow
+            .try_acquire(&id(&format!("p{i}")))
+            .await
+            .unwrap()
+            .unwrap();
+        let lost = g.lost();
+        held.push((g, lost));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Held past two renewals of the last one.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let lost: Vec<_> = held
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, signal))| signal.get().map(|why| (i, why)))
+        .collect();
+    assert!(lost.is_empty(), "leases lost while renewed: {lost:?}");
+    let stats = forze
+        .heartbeat_stats()
+        .await
+        .unwrap()
+        .expect("locks configured");
+    assert!(stats.renewed >= 10, "{stats:?}");
+    for (g, _) in held {
+        assert!(g.release().await.unwrap());
+    }
+    forze.shutdown().await.unwrap();
 }
 
 async fn exclusive_and_tokens_rise_across_release(jobs: &Lock, label: &str) {

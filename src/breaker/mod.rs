@@ -33,6 +33,7 @@ use crate::gate::Gate;
 use crate::keys::KeySpace;
 use crate::pooled::pooled_with;
 use crate::scripts::BREAKER;
+use crate::time::after;
 
 /// A breaker's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -751,7 +752,7 @@ impl Breaker {
     fn seed_fallback(&self, key: &str, phase: Phase, forced: bool, sent: Instant, wait: Duration) {
         let seeded = match phase {
             Phase::Open if !forced => {
-                let ends = sent + wait;
+                let ends = after(sent, wait);
                 let opened_at = ends.checked_sub(self.config.break_duration).unwrap_or(sent);
                 LocalState {
                     phase: Phase::Open,

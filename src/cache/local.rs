@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use super::codec;
 use super::one_or_many::OneOrMany;
 use super::redis::Read;
+use crate::time::after;
 
 #[derive(Debug, Clone)]
 struct Stored {
@@ -38,7 +39,7 @@ impl LocalCacheStore {
                 let expired = match self.map.get_mut(*key) {
                     Some(mut s) if s.deadline > now => {
                         if let Some(slide) = slide {
-                            s.deadline = s.deadline.max(now + slide);
+                            s.deadline = s.deadline.max(after(now, slide));
                         }
                         read.stored = Some(s.bytes.clone());
                         read.pttl = Some(s.deadline - now);
@@ -57,7 +58,7 @@ impl LocalCacheStore {
 
     /// Write each entry with `ttl`.
     pub fn write(&self, entries: &[(&str, Bytes)], ttl: Duration) {
-        let deadline = Instant::now() + ttl;
+        let deadline = after(Instant::now(), ttl);
         for (key, bytes) in entries {
             self.map.insert(
                 key.to_string(),
@@ -84,7 +85,7 @@ impl LocalCacheStore {
         }
         *entry = Stored {
             bytes: stored,
-            deadline: now + ttl,
+            deadline: after(now, ttl),
         };
         true
     }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use super::BeginReply;
+use crate::time::after;
 
 #[derive(Debug, Clone)]
 enum State {
@@ -48,9 +49,9 @@ impl LocalIdempotencyStore {
             payload_hash: payload_hash.to_string(),
             owner: owner.to_string(),
             state: State::Pending {
-                lease_end: now + lease,
+                lease_end: after(now, lease),
             },
-            expires: now + retention,
+            expires: after(now, retention),
         };
         let mut entry = self.records.entry(key.to_string()).or_insert_with(claim);
         let rec = entry.value_mut();

@@ -52,6 +52,9 @@ pub(crate) struct HeldLease {
     pub(crate) lock: Lock,
     pub(crate) lease: Lease,
     state: Mutex<LeaseState>,
+    /// The runtime the lease was acquired on: its deadline task and a dropped guard's
+    /// background release run there, also when the guard is used from a thread of its own.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What moves while a lease is held, under one lock.
@@ -63,6 +66,8 @@ struct LeaseState {
     next_renewal: Instant,
     /// Why the lease was lost, once it was.
     lost: Option<LostReason>,
+    /// Released or dropped: a renewal answered after that is no loss.
+    ended: bool,
     /// The lost signal's channel, made for the first subscriber: most holders never ask for
     /// it, and a channel costs an allocation and, when dropped, a wake-up of each of its
     /// eight waiter lists.
@@ -94,11 +99,17 @@ impl HeldLease {
         state.next_renewal = sent + self.lock.config().extend_period();
     }
 
-    /// Fire the lost signal (once).
-    pub(crate) fn lose(&self, why: LostReason) {
+    /// The guard was released or dropped.
+    fn end(&self) {
+        self.state().ended = true;
+    }
+
+    /// Fire the lost signal (once, and never after the guard was released or dropped: a
+    /// renewal in flight at the release finds the key gone). Whether it fired now.
+    pub(crate) fn lose(&self, why: LostReason) -> bool {
         let mut state = self.state();
-        if state.lost.is_some() {
-            return;
+        if state.lost.is_some() || state.ended {
+            return false;
         }
         state.lost = Some(why);
         // Subscribers are woken after the lock is let go (a subscriber taken meanwhile
@@ -116,6 +127,7 @@ impl HeldLease {
             "reason" => why.as_str(),
         )
         .increment(1);
+        true
     }
 
     /// A receiver of the lost signal, holding the current state.
@@ -206,12 +218,14 @@ impl LockGuard {
             deadline: lock.deadline_from(lease.started),
             next_renewal: lease.started + lock.config().extend_period(),
             lost: None,
+            ended: false,
             signal: None,
         };
         let held = Arc::new(HeldLease {
             lock,
             lease,
             state: Mutex::new(state),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         });
         let leases = &held.lock.leases;
         let id = leases.next_id.fetch_add(1, Ordering::Relaxed);
@@ -227,9 +241,14 @@ impl LockGuard {
     /// Start the task that fires the lost signal at the deadline (once, on first demand:
     /// holders that never ask for the signal do not pay for a task and a timer).
     fn watch_deadline(&self) {
+        // A guard is made by an acquire, on a runtime; without one the signal still fires
+        // when a renewal finds another owner, and `is_lost` still checks the deadline.
+        let Some(runtime) = &self.held.runtime else {
+            return;
+        };
         self.deadline_task.get_or_init(|| {
             let watched = self.held.clone();
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDrop(runtime.spawn(async move {
                 // Sleep to the deadline; renewals move it, so look again on waking. Wake early
                 // by the timer's resolution, so the signal is never later than the deadline.
                 loop {
@@ -271,8 +290,13 @@ impl LockGuard {
     }
 
     /// Renew now (besides the heartbeater). `Ok(false)` and the lost signal when another owner
-    /// holds the lock; an error leaves the lease as it was (the deadline still applies).
+    /// holds the lock; `Ok(false)` without a call once the lease is lost (a lost lease stays
+    /// lost, even if its key is still on the server); an error leaves the lease as it was
+    /// (the deadline still applies).
     pub async fn extend(&self) -> Result<bool> {
+        if self.held.check_deadline() {
+            return Ok(false);
+        }
         let sent = Instant::now();
         let ok = self.held.lock.extend_one(&self.held.lease).await?;
         if ok {
@@ -283,11 +307,14 @@ impl LockGuard {
         Ok(ok)
     }
 
-    /// Release the lock; whether this acquisition still held it.
+    /// Release the lock; whether this acquisition still held it. If this future is dropped
+    /// before it ends, the release goes on in the background as for a dropped guard.
     pub async fn release(mut self) -> Result<bool> {
-        self.released = true;
         self.held.lock.leases.held.remove(&self.id);
-        self.held.lock.release(&self.held.lease).await
+        self.held.end();
+        let released = self.held.lock.release(&self.held.lease).await;
+        self.released = true;
+        released
     }
 }
 
@@ -298,8 +325,12 @@ impl Drop for LockGuard {
             return;
         }
         self.held.lock.leases.held.remove(&self.id);
+        self.held.end();
         // Best effort, never blocking: release in the background if a runtime is at hand.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.held.runtime.clone());
+        if let Some(rt) = runtime {
             let held = self.held.clone();
             rt.spawn(async move {
                 if let Err(e) = held.lock.release(&held.lease).await {
@@ -307,5 +338,35 @@ impl Drop for LockGuard {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockId;
+
+    /// A renewal in flight when its guard is released finds the key gone (the release got
+    /// there first): that answer is no loss, neither signalled nor counted.
+    #[tokio::test]
+    async fn a_renewal_answered_after_the_release_is_no_loss() {
+        let config =
+            crate::Config::from_toml_str("mode = \"embedded\"\n[locks.jobs]").expect("config");
+        let rt = crate::runtime::Runtime::build(config).expect("runtime");
+        let jobs = rt.locks.get("jobs").expect("jobs");
+        let guard = jobs.try_acquire(&LockId::new("j")).await.unwrap().unwrap();
+        let held = guard.held.clone();
+        let signal = guard.lost();
+        assert!(guard.release().await.unwrap());
+        // What the renewal task does with a "not renewed" answer.
+        assert!(!held.lose(LostReason::Stolen));
+        assert_eq!(signal.get(), None);
+
+        // A guard still held is lost by the same answer, once.
+        let guard = jobs.try_acquire(&LockId::new("k")).await.unwrap().unwrap();
+        let signal = guard.lost();
+        assert!(guard.held.lose(LostReason::Stolen));
+        assert!(!guard.held.lose(LostReason::Stolen));
+        assert_eq!(signal.get(), Some(LostReason::Stolen));
     }
 }

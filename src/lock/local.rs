@@ -1,12 +1,14 @@
 //! Embedded mode's locks: the same contract within one process. Tokens follow the same rule
 //! as on Redis, `max(last + 1, wall clock in µs)`, with the process's clock.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
 use super::Attempt;
+use crate::time::after;
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -20,7 +22,13 @@ struct Held {
 pub struct LocalLockStore {
     held: Arc<DashMap<String, Held>>,
     fences: Arc<DashMap<String, u64>>,
+    /// The size of `held` at which expired leases are swept out (a lease nobody releases
+    /// expires, as its key does on Redis, and must not stay in memory).
+    sweep_at: Arc<AtomicUsize>,
 }
+
+/// `held` is never swept below this size.
+const MIN_SWEEP: usize = 1024;
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -38,6 +46,7 @@ impl LocalLockStore {
     /// Take `key` for `owner` if free (or already `owner`'s).
     pub fn acquire(&self, key: &str, owner: &str, lease: Duration) -> Attempt {
         let now = Instant::now();
+        self.sweep_expired(now);
         let mut entry = self.held.entry(key.to_string()).or_insert(Held {
             owner: String::new(),
             token: 0,
@@ -56,9 +65,21 @@ impl LocalLockStore {
         *entry = Held {
             owner: owner.to_string(),
             token,
-            expires: now + lease,
+            expires: after(now, lease),
         };
         Attempt::Taken(token)
+    }
+
+    /// Drop expired leases once `held` has doubled since the last sweep: amortised O(1) per
+    /// acquire, and at most twice the live leases (or [`MIN_SWEEP`]) kept.
+    fn sweep_expired(&self, now: Instant) {
+        let at = self.sweep_at.load(Ordering::Relaxed).max(MIN_SWEEP);
+        if self.held.len() < at {
+            return;
+        }
+        self.held.retain(|_, h| h.expires > now);
+        self.sweep_at
+            .store((2 * self.held.len()).max(MIN_SWEEP), Ordering::Relaxed);
     }
 
     /// Release `key` if `owner` holds it.
@@ -74,7 +95,7 @@ impl LocalLockStore {
         let now = Instant::now();
         match self.held.get_mut(key) {
             Some(mut h) if h.owner == owner && h.expires > now => {
-                h.expires = now + lease;
+                h.expires = after(now, lease);
                 true
             }
             _ => false,
@@ -97,5 +118,37 @@ impl LocalLockStore {
             .get(key)
             .filter(|h| h.expires > now)
             .map(|h| h.expires - now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_nobody_releases_do_not_stay_in_memory() {
+        let store = LocalLockStore::new();
+        for round in 0..20 {
+            for i in 0..1000 {
+                let key = format!("k{round}-{i}");
+                assert!(matches!(
+                    store.acquire(&key, "o", Duration::from_millis(1)),
+                    Attempt::Taken(_)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // 20 000 leases taken, each expired within a round: at most the live ones since the
+        // last sweep are left, never all of them.
+        assert!(store.held.len() <= 2 * MIN_SWEEP, "{}", store.held.len());
+        // A live lease survives a sweep.
+        assert!(matches!(
+            store.acquire("kept", "o", Duration::from_secs(60)),
+            Attempt::Taken(_)
+        ));
+        for i in 0..3 * MIN_SWEEP {
+            store.acquire(&format!("x{i}"), "o", Duration::from_millis(1));
+        }
+        assert_eq!(store.holder("kept").map(|(o, _)| o).as_deref(), Some("o"));
     }
 }

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::pooled::pooled_with;
+use crate::time::after;
 pub use lease::{LeaseRegistry, LockGuard, LostReason, LostSignal};
 use local::LocalLockStore;
 use redis::RedisLockStore;
@@ -196,7 +197,7 @@ impl Lock {
 
     /// The local deadline of a lease confirmed at `from`: `from + lease − drift margin`.
     pub(crate) fn deadline_from(&self, from: Instant) -> Instant {
-        from + self.config.lease - self.config.drift()
+        after(from, self.config.lease.saturating_sub(self.config.drift()))
     }
 
     /// Try once. `Ok(None)` when another owner holds it.
@@ -290,7 +291,8 @@ impl Lock {
     async fn lease(&self, id: &LockId, wait: Duration) -> Result<Lease> {
         let key = self.key(id)?;
         let owner = new_owner();
-        let deadline = Instant::now() + wait;
+        // A wait too long for the clock (`Duration::MAX` as "for ever") has no deadline.
+        let deadline = Instant::now().checked_add(wait);
         let mut pause = self.config.retry_min;
         let waiter = self
             .config
@@ -314,18 +316,18 @@ impl Lock {
                 });
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout {
                     op: "lock.acquire".into(),
                     after: wait,
                 });
             }
             // Jitter (50–100 % of the pause): contenders that lost together do not retry together.
-            let sleep = tokio::time::sleep(
-                pause
-                    .mul_f64(rand::random_range(0.5..=1.0))
-                    .min(deadline - now),
-            );
+            let jittered = pause.mul_f64(rand::random_range(0.5..=1.0));
+            let sleep = tokio::time::sleep(match deadline {
+                Some(d) => jittered.min(d - now),
+                None => jittered,
+            });
             let pushed = match woken {
                 Some(n) => tokio::select! {
                     _ = n => true,

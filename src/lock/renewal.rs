@@ -1,6 +1,7 @@
 //! Lease renewal in batches: what the lease heartbeater runs on every tick.
 //!
-//! Each tick takes every lease due within half a tick, groups them by lock resource, and
+//! Each tick takes every lease due before the next tick (so no renewal is ever late, only up
+//! to a tick early: ticks are not aligned with acquires), groups them by lock resource, and
 //! renews each group with one pipeline of `SET … IFEQ` where the server has it, else one
 //! batched script call per slot group (`Lock::extend_many`); the calls of one tick go out
 //! together, so one tick costs one round trip. A confirmed renewal
@@ -74,7 +75,9 @@ impl LeaseRegistry {
         if self.stalled.load(Ordering::Acquire) {
             return None;
         }
-        let horizon = Instant::now() + tick / 2;
+        // Due before the next tick: left for it, a renewal would go out after its time,
+        // possibly after the deadline when `extend_every` is close to `lease − drift_margin`.
+        let horizon = Instant::now() + tick;
         let mut due: HashMap<String, Vec<Arc<HeldLease>>> = HashMap::new();
         for entry in self.held.iter() {
             let held = entry.value();
@@ -116,8 +119,9 @@ impl LeaseRegistry {
                                 held.confirmed(sent);
                                 c.renewed.fetch_add(1, Ordering::Relaxed);
                             } else {
-                                held.lose(LostReason::Stolen);
-                                c.lost.fetch_add(1, Ordering::Relaxed);
+                                if held.lose(LostReason::Stolen) {
+                                    c.lost.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                     }

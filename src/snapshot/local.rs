@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::{AppendReply, RunKeys, SnapshotMeta};
+use crate::time::after;
 
 #[derive(Debug, Clone)]
 struct Run {
@@ -47,7 +48,7 @@ impl LocalSnapshotStore {
                 ids: Vec::new(),
                 next: 0,
                 complete: false,
-                expires: Instant::now() + ttl,
+                expires: after(Instant::now(), ttl),
                 max,
                 last_chunk: None,
             },
@@ -102,7 +103,7 @@ impl LocalSnapshotStore {
             return None;
         }
         if !keep.is_zero() {
-            run.expires = run.expires.max(Instant::now() + keep);
+            run.expires = run.expires.max(after(Instant::now(), keep));
         }
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
