@@ -43,6 +43,14 @@ impl Deadline {
         Self::after(ttl)
     }
 
+    /// `d` after this point, saturating far in the future.
+    pub(crate) fn plus(self, d: Duration) -> Self {
+        Deadline(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
     /// Nanoseconds of the monotonic clock, for keeping a deadline in an atomic.
     pub(crate) fn as_nanos(self) -> u64 {
         self.0

@@ -204,6 +204,17 @@ async fn per_call_ttl_expires(cache: &Cache, label: &str) {
         async move { c.get::<u64>(&k("short")).await.unwrap().is_none() }
     })
     .await;
+    // A TTL too long for any clock (`Duration::MAX` as "for ever") is kept a century: no
+    // panic in embedded mode, no expiry Redis refuses as an overflow.
+    cache
+        .set(&k("for-ever"), &2, Some(Duration::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get::<u64>(&k("for-ever")).await.unwrap(),
+        Some(2),
+        "{label}"
+    );
 }
 
 async fn server_pttl(

@@ -52,6 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use smol_str::SmolStr;
 
@@ -168,6 +169,9 @@ pub struct FillTicket {
     stripe: usize,
     stripe_epoch: u64,
     global_epoch: u64,
+    /// When the ticket was taken, before the read was sent: the key's PTTL, measured by the
+    /// server later, is counted from here.
+    taken: Deadline,
 }
 
 /// Counters of one L1.
@@ -385,6 +389,7 @@ impl L1 {
             stripe,
             stripe_epoch: self.stripes[stripe].load(Ordering::Acquire),
             global_epoch: self.global.load(Ordering::Acquire),
+            taken: Deadline::now(),
         };
         self.trusted.load(Ordering::Acquire).then_some(ticket)
     }
@@ -398,26 +403,36 @@ impl L1 {
     }
 
     /// Insert `entry` for `key` if nothing invalidated it since `ticket` was taken. The entry
-    /// lives for the L1 TTL, capped by `server_ttl` (the key's PTTL read with the value) minus
-    /// a margin, so it never outlives the Redis entry. Returns whether it was inserted.
+    /// lives for the L1 TTL, capped by `server_ttl` (the key's PTTL read with the value,
+    /// counted from when the ticket was taken, before the read was sent) minus a margin, so it
+    /// never outlives the Redis entry; a zero `server_ttl` (a key in its last millisecond, or
+    /// gone by the time its PTTL was read) is not kept. Returns whether it was inserted.
+    ///
+    /// The payload is copied into a buffer of its own: a reply's bytes share the driver's read
+    /// buffer (kilobytes, with other replies), which a kept entry would hold alive, so the
+    /// L1's byte bound would not bound its memory.
     pub(crate) fn fill(
         &self,
         ticket: FillTicket,
         key: &str,
-        entry: Entry,
+        mut entry: Entry,
         server_ttl: Option<Duration>,
     ) -> bool {
-        let mut ttl = self.ttl;
+        let mut deadline = Deadline::after(self.ttl);
         if let Some(server) = server_ttl {
             // Keep clear of the server's expiry by a tenth (at least 1 ms).
             let margin = (server / 10).max(Duration::from_millis(1));
-            ttl = ttl.min(server.saturating_sub(margin));
+            let capped = server.saturating_sub(margin);
+            if capped.is_zero() {
+                return false;
+            }
+            deadline = deadline.min(ticket.taken.plus(capped));
         }
         let charge = key.len() + entry.payload.len() + ENTRY_OVERHEAD;
-        if ttl.is_zero() || charge > self.max_bytes {
+        if self.ttl.is_zero() || charge > self.max_bytes || deadline <= Deadline::now() {
             return false;
         }
-        let deadline = Deadline::after(ttl);
+        entry.payload = Bytes::copy_from_slice(&entry.payload);
         let shared_key = SmolStr::new(key);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {
@@ -749,6 +764,41 @@ mod tests {
         assert!(l1.get("k").is_none());
         let t = l1.ticket("k").unwrap();
         assert!(!l1.fill(t, "k", b("v"), Some(Duration::ZERO)));
+    }
+
+    #[test]
+    fn the_server_ttl_counts_from_the_ticket_not_the_fill() {
+        // The PTTL was measured by the server after the ticket was taken; a fill that comes
+        // 30 ms later must not give the entry the whole 40 ms (less the margin) again.
+        let l1 = l1();
+        let t = l1.ticket("k").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(l1.fill(t, "k", b("v"), Some(Duration::from_millis(40))));
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(l1.get("k").is_none(), "served past ticket + PTTL − margin");
+        // A cap already past when the reply comes is not kept at all.
+        let t = l1.ticket("k").unwrap();
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(!l1.fill(t, "k", b("v"), Some(Duration::from_millis(20))));
+    }
+
+    #[test]
+    fn a_kept_entry_does_not_share_the_reply_buffer() {
+        // A reply's payload is a slice of the driver's read buffer: kept as is, it would keep
+        // the whole buffer alive.
+        let l1 = l1();
+        let buffer =
+            bytes::Bytes::from(super::super::codec::encode_raw(None, &[7u8; 4096]).to_vec());
+        let entry = super::super::codec::decode(buffer.clone()).unwrap();
+        let t = l1.ticket("k").unwrap();
+        assert!(l1.fill(t, "k", entry.clone(), None));
+        let kept = l1.get("k").unwrap();
+        assert_eq!(kept, entry);
+        let range = buffer.as_ptr_range();
+        assert!(
+            !range.contains(&kept.payload.as_ptr()),
+            "the kept payload points into the reply's buffer"
+        );
     }
 
     #[test]

@@ -67,10 +67,14 @@ fn queue(
         })
 }
 
+/// A `PTTL` reply as the cap of an L1 entry: `None` for a key without expiry (`-1`), zero
+/// (not kept) for a key in its last millisecond (`0`), one gone since its `GET` (`-2`), or a
+/// reply we cannot read.
 fn pttl_of(v: &Value) -> Option<Duration> {
     match v {
-        Value::Integer(ms) if *ms > 0 => Some(Duration::from_millis(*ms as u64)),
-        _ => None,
+        Value::Integer(-1) => None,
+        Value::Integer(ms) => Some(Duration::from_millis(u64::try_from(*ms).unwrap_or(0))),
+        _ => Some(Duration::ZERO),
     }
 }
 
@@ -235,5 +239,23 @@ impl RedisCacheStore {
             .await
             .map_err(|e| self.conn.error(op, Access::Read, e))?;
         Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pttl_caps_an_entry_unless_the_key_has_no_expiry() {
+        assert_eq!(
+            pttl_of(&Value::Integer(1500)),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(pttl_of(&Value::Integer(-1)), None);
+        // The key's last millisecond, or gone since its GET: nothing to keep.
+        assert_eq!(pttl_of(&Value::Integer(0)), Some(Duration::ZERO));
+        assert_eq!(pttl_of(&Value::Integer(-2)), Some(Duration::ZERO));
+        assert_eq!(pttl_of(&Value::Null), Some(Duration::ZERO));
     }
 }
