@@ -383,6 +383,44 @@ async fn get_or_load_runs_the_loader_once_for_100_callers(forze: &ForzeHandle, l
     assert_eq!(v, 9);
 }
 
+/// A server reached by its IPv6 address (`redis://[::1]:<port>`): the tracking connection
+/// connects too, so the L1 is confirmed and kept coherent by pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_server_gets_a_tracked_l1() {
+    for bin in server_binaries() {
+        let server = TestServer::start_with(&bin, None, &["--bind", "127.0.0.1", "::1"]);
+        let url = format!("redis://[::1]:{}", server.port());
+        let reps = replicas(Some(&url), "ipv6", 2).await;
+        for r in &reps {
+            tracking_confirmed(r).await;
+        }
+        let (a, b) = (reps[0].cache("hot").unwrap(), reps[1].cache("hot").unwrap());
+        a.set(&k("v6"), "v1", None).await.unwrap();
+        let b2 = b.clone();
+        wait_until_async(Duration::from_secs(2), "the L1 serves v1", || {
+            let b = b2.clone();
+            async move {
+                assert_eq!(
+                    b.get::<String>(&k("v6")).await.unwrap().as_deref(),
+                    Some("v1")
+                );
+                b.stats().l1.unwrap().hits >= 1
+            }
+        })
+        .await;
+        a.set(&k("v6"), "v2", None).await.unwrap();
+        wait_until_async(Duration::from_secs(2), "the push evicts v1", || {
+            let b = b.clone();
+            async move { b.get::<String>(&k("v6")).await.unwrap().as_deref() == Some("v2") }
+        })
+        .await;
+        assert!(b.stats().l1.unwrap().invalidations >= 1, "{bin}");
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_replica_evicts_the_key_from_every_other_l1() {
     for bin in server_binaries() {

@@ -14,7 +14,7 @@ use forze_redis::lock::LockId;
 use forze_redis::ErrorKind;
 use forze_redis_actors::{Cache, Counter, ForzeHandle};
 use forze_redis_testkit::{
-    key_slot, server_binaries, wait_until_async, TestCluster, TestSentinels,
+    key_slot, server_binaries, wait_until_async, TestCluster, TestSentinels, TestServer,
 };
 
 const RESOURCES: &str = r#"
@@ -360,6 +360,95 @@ async fn failover_is_followed(
         for r in reps {
             r.shutdown().await.unwrap();
         }
+    }
+}
+
+/// One tracking reader (one primary's connection) panics while the others run: that
+/// primary's writes would no longer be pushed, so the session counts it a loss (the L1 is
+/// flushed and untrusted), then tracks all three primaries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_tracking_reader_is_a_loss_and_tracking_comes_back() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let (reps, writer, reader) = writer_and_reader(&cluster.url(), "cl-reader", 3).await;
+        let before = reps[1].tracking_stats().await.unwrap().unwrap();
+        reps[1].inject_tracking_reader_panic();
+        let r1 = reps[1].clone();
+        wait_until_async(
+            Duration::from_secs(10),
+            "the panic counted as a loss",
+            || {
+                let r = r1.clone();
+                async move {
+                    matches!(r.tracking_stats().await, Ok(Some(s))
+                    if s.losses > before.losses
+                        && s.confirmations > before.confirmations
+                        && s.confirmed
+                        && s.primaries == 3)
+                }
+            },
+        )
+        .await;
+        // Coherent again on every primary: every key's update reaches the reader by push.
+        for i in 0..KEYS {
+            writer.set(&k(i), &2u64, None).await.unwrap();
+        }
+        converge(&reader, 2, &format!("{bin}: after the reader's panic")).await;
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// The ids of the connections named `name` on `node` whose `CLIENT LIST` line has `field`.
+fn clients_with(node: &TestServer, name: &str, field: &str) -> Vec<String> {
+    let list = node.cmd(&["CLIENT", "LIST"]).unwrap();
+    let list = list.as_str().expect("a client list").to_string();
+    list.lines()
+        .filter(|l| l.contains(&format!(" name={name} ")) && l.contains(field))
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next().map(str::to_string))
+        .collect()
+}
+
+/// A tracking connection lost while the topology poll waits on a silent node: the loss is
+/// acted on at once (L1 untrusted), not after the poll's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_loss_is_not_held_back_by_a_slow_topology_poll() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let mut cfg = config(Some(&cluster.url()), "cl-poll", RESOURCES);
+        // The poll's bound: long, so that a loss waiting for it would show.
+        cfg.redis.as_mut().unwrap().command_timeout = Duration::from_secs(3);
+        let forze = spawn_ready(cfg).await;
+        tracked_on(&forze, 3).await;
+        let name = "forze-test-tracking";
+        // The node the poll asks (`CLUSTER NODES` on a connection without tracking).
+        let watched = (0..3)
+            .find(|&i| !clients_with(&cluster.nodes()[i], name, "cmd=cluster|nodes").is_empty())
+            .expect("the topology watch connection");
+        let other = (watched + 1) % 3;
+        cluster.nodes()[watched].pause();
+        // A poll (every 100 ms) is now waiting on the frozen node, for up to 3 s.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tracking = clients_with(&cluster.nodes()[other], name, "flags=t");
+        assert_eq!(tracking.len(), 1, "{bin}: {tracking:?}");
+        cluster.nodes()[other]
+            .cmd(&["CLIENT", "KILL", "ID", &tracking[0]])
+            .unwrap();
+        let killed = Instant::now();
+        let hot = forze.cache("hot").unwrap();
+        while hot.stats().l1.unwrap().trusted && killed.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = killed.elapsed();
+        cluster.nodes()[watched].resume();
+        assert!(
+            took < Duration::from_millis(1200),
+            "{bin}: the L1 stayed trusted {took:?} after its tracking connection closed"
+        );
+        eprintln!("{bin}: untrusted {took:?} after the close");
+        tracked_on(&forze, 3).await;
+        forze.shutdown().await.unwrap();
     }
 }
 

@@ -348,6 +348,16 @@ impl ForzeHandle {
         .await
     }
 
+    /// Make one tracking reader (the task that reads one primary's tracking connection)
+    /// panic at its next tick (fault drills and tests): the session must count it a loss.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_tracking_reader_panic(&self) {
+        self.shared
+            .tracking_stats
+            .panic_a_reader
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Ask the actor registered as `name`, within `call_timeout` (across its restarts).
     async fn ask<M, T>(&self, name: String, build: impl Fn(RpcReplyPort<T>) -> M) -> Result<T>
     where

@@ -55,6 +55,9 @@ pub(crate) struct TrackingCounters {
     pub(crate) confirmed: AtomicBool,
     /// Set by the first incarnation.
     pub(crate) started: AtomicBool,
+    /// Fault drills: the next tracking reader to tick panics.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) panic_a_reader: AtomicBool,
 }
 
 impl Shared {

@@ -290,6 +290,9 @@ async fn read_connection(
     ping_every: Duration,
     pong_within: Duration,
 ) {
+    // Whatever ends this reader, its end is a loss: also a panic, which would otherwise drop
+    // its sender unheard while the other primaries' readers keep the session serving.
+    let report = ReportLoss(Some(tx));
     let mut ticker = tokio::time::interval(ping_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping_sent: Option<Instant> = None;
@@ -314,6 +317,10 @@ async fn read_connection(
                 Err(e) => break e,
             },
             _ = ticker.tick() => {
+                #[cfg(feature = "fault-injection")]
+                if shared.tracking_stats.panic_a_reader.swap(false, Ordering::AcqRel) {
+                    panic!("fault injection: tracking reader panic");
+                }
                 match ping_sent {
                     Some(at) if at.elapsed() > pong_within => {
                         break Error::Timeout { op: "cache.tracking.ping".into(), after: pong_within };
@@ -329,7 +336,35 @@ async fn read_connection(
             }
         }
     };
-    let _ = tx.send(lost);
+    report.send(lost);
+}
+
+/// The loss of one tracking connection, sent once when its reader ends: with the error it
+/// ended on, or, if it ended any other way (a panic), as the reader's own end.
+struct ReportLoss(Option<mpsc::UnboundedSender<Error>>);
+
+impl ReportLoss {
+    fn send(mut self, lost: Error) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(lost);
+        }
+    }
+}
+
+impl Drop for ReportLoss {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Error::internal(
+                "cache.tracking",
+                "a tracking reader ended without a reason",
+            ));
+        }
+    }
+}
+
+/// What a reader reported (`None`: every reader is gone).
+fn heard_loss(heard: Option<Error>) -> Lost {
+    Lost::Connection(heard.unwrap_or_else(|| Error::unavailable("cache.tracking")))
 }
 
 /// Serve confirmed connections until one is lost or the topology changes; returns why.
@@ -361,13 +396,16 @@ async fn serve(
     poll.tick().await;
     loop {
         tokio::select! {
-            heard = rx.recv() => match heard {
-                Some(e) => return Lost::Connection(e),
-                None => return Lost::Connection(Error::unavailable("cache.tracking")),
-            },
+            heard = rx.recv() => return heard_loss(heard),
             _ = poll.tick(), if watch.is_some() => {
                 let Some((source, w, topology)) = watch.as_mut() else { continue };
-                match source.poll(w, redis.command_timeout).await {
+                // A loss heard while the poll waits on its node ends serving at once, as it
+                // would between polls: the L1 must not stay trusted for a poll's timeout.
+                let polled = tokio::select! {
+                    heard = rx.recv() => return heard_loss(heard),
+                    polled = source.poll(w, redis.command_timeout) => polled,
+                };
+                match polled {
                     Ok(now) if now.fingerprint != topology.fingerprint => {
                         return Lost::TopologyChanged;
                     }

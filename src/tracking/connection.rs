@@ -31,8 +31,13 @@ pub struct TrackingTarget {
 }
 
 impl TrackingTarget {
-    /// The server at `host:port`, reached with `access`.
+    /// The server at `host:port`, reached with `access`. An IPv6 address may come with or
+    /// without its brackets (`[::1]` from a URL, `::1` from `CLUSTER NODES`).
     pub fn new(host: &str, port: u16, access: NodeAccess) -> Self {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         TrackingTarget {
             host: host.to_string(),
             port,
@@ -50,9 +55,13 @@ impl TrackingTarget {
         Error::unavailable_because("cache.tracking", Some(cause))
     }
 
-    /// `host:port`.
+    /// `host:port`, an IPv6 address in brackets (`[::1]:6379`).
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -150,7 +159,7 @@ impl TrackingConnection {
 
     async fn handshake(target: &TrackingTarget, client_name: &str) -> Result<Self> {
         {
-            let tcp = TcpStream::connect(target.addr())
+            let tcp = TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| target.failed(ConnectFailure::of_io_kind(e.kind())))?;
             tcp.set_nodelay(true).map_err(lost)?;
@@ -383,5 +392,10 @@ mod tests {
         );
         assert!(!format!("{t:?}").contains("hunter2"));
         assert_eq!(t.addr(), "127.0.0.1:7000");
+        for host in ["::1", "[::1]"] {
+            let t = TrackingTarget::new(host, 7000, NodeAccess::default());
+            assert_eq!(t.addr(), "[::1]:7000");
+            assert_eq!(t.host, "::1");
+        }
     }
 }
