@@ -80,6 +80,7 @@ pub mod scripts;
 #[doc(hidden)]
 pub mod snapshot;
 mod striped;
+mod sweep;
 #[doc(hidden)]
 pub mod task;
 #[doc(hidden)]

@@ -12,7 +12,7 @@ use forze_redis::idempotency::{payload_hash, Begin, IdemRequest, RunError};
 use forze_redis::keys::TenantId;
 use forze_redis::{ConflictReason, ErrorKind};
 use forze_redis_actors::{ForzeHandle, Idempotency};
-use forze_redis_testkit::{server_binaries, FaultProxy, TestServer};
+use forze_redis_testkit::{server_binaries, FaultProxy, ProxyMode, TestServer};
 
 const RESOURCES: &str = r#"
 [idempotency.orders]
@@ -131,11 +131,15 @@ async fn begin_wait_replays_a_finished_duplicate(forze: &ForzeHandle, label: &st
     let c = claim(&quick, &r).await;
     let waiter = {
         let (quick, r) = (quick.clone(), r.clone());
-        tokio::spawn(async move { quick.begin_wait(&r, Duration::from_secs(2)).await })
+        // `Duration::MAX` as "for ever": no deadline, and no panic computing one.
+        tokio::spawn(async move { quick.begin_wait(&r, Duration::MAX).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     quick.commit(&c, b"done").await.unwrap();
-    match waiter.await.unwrap().unwrap() {
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter sees the commit");
+    match waited.unwrap().unwrap() {
         Begin::Replay(b) => assert_eq!(&b[..], b"done", "{label}"),
         other => panic!("{label}: {other:?}"),
     }
@@ -294,6 +298,58 @@ async fn redis_down_is_unavailable_and_never_a_second_execution() {
     }
 }
 
+/// `run`'s commit, after the operation succeeded, is lost on its way (the connection hangs
+/// for 300 ms and drops what was sent): `run` sends the commit again, so the result is stored
+/// and a duplicate replays it instead of waiting for the claim's lease and running again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sends_a_lost_commit_again() {
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let proxy = Arc::new(FaultProxy::start(server.addr()).await);
+        let mut cfg = config(Some(&proxy.url()), "idem-recommit", RESOURCES);
+        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let forze = spawn_ready(cfg).await;
+        let h = forze.idempotency("quick").unwrap();
+        let warm = claim(&h, &req("warm", "p")).await;
+        h.commit(&warm, b"w").await.unwrap();
+
+        let r = req("recommit", "p");
+        let p = proxy.clone();
+        let value = h
+            .run(&r, || async move {
+                // The operation is done; what it sends next (the commit) hangs and is lost.
+                p.set_mode(ProxyMode::BlackHole);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    p.set_mode(ProxyMode::Pass);
+                });
+                Ok::<_, String>(7u64)
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, 7);
+        // The hung connection lost bytes, so its replies are out of step until the
+        // unresponsive check has re-opened it: a call on it meanwhile may time out.
+        let mut begun = None;
+        for _ in 0..50 {
+            match h.begin(&r).await {
+                Err(e) if matches!(e.kind(), ErrorKind::OutcomeUnknown | ErrorKind::Timeout) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => {
+                    begun = Some(other);
+                    break;
+                }
+            }
+        }
+        match begun {
+            Some(Ok(Begin::Replay(b))) => assert_eq!(&b[..], b"7", "{bin}"),
+            other => panic!("{bin}: the result was not stored: {other:?}"),
+        }
+        forze.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_on_begin_or_commit_is_outcome_unknown() {
     for bin in server_binaries() {
@@ -350,6 +406,61 @@ async fn wait_up(forze: &ForzeHandle) {
         f.health().state == forze_redis::connection::HealthState::Up
     })
     .await;
+}
+
+/// A `Begin` message whose caller gave up (its call timed out) before the claim was made:
+/// nobody will run the operation, so the claim is released and a retry claims at once
+/// instead of waiting for the pending lease (5 minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_its_caller_never_received_is_released() {
+    use forze_redis_actors::IdempotencyMsg;
+    use ractor::{call_t, ActorRef};
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let forze = spawn_ready(config(Some(&server.url()), "idem-undelivered", RESOURCES)).await;
+        let h = forze.idempotency("orders").unwrap();
+        let actor = ActorRef::<IdempotencyMsg>::where_is(forze.names().idempotency("orders"))
+            .expect("registered");
+        // Scripts loaded first: the message's begin is then one call, sent while paused.
+        let warm = claim(&h, &req("warm", "p")).await;
+        h.commit(&warm, b"w").await.unwrap();
+        let r = req("undelivered", "p");
+        // The server answers 300 ms late (within the command timeout); the caller waits 100.
+        server.pause();
+        let resume = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.resume();
+            server
+        });
+        let call = call_t!(
+            actor,
+            |reply| IdempotencyMsg::Begin {
+                req: r.clone(),
+                reply
+            },
+            100
+        );
+        assert!(call.is_err(), "{bin}: the call did not time out: {call:?}");
+        let _server = resume.await.unwrap();
+        let mut begun = None;
+        for _ in 0..40 {
+            match h.begin(&r).await {
+                Ok(b) => {
+                    begun = Some(b);
+                    break;
+                }
+                Err(e) if reason(&e) == Some(ConflictReason::InProgress) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{bin}: {e}"),
+            }
+        }
+        match begun {
+            Some(Begin::Proceed(c)) => assert!(!c.took_over, "{bin}"),
+            other => panic!("{bin}: the undelivered claim still blocks the key: {other:?}"),
+        }
+        forze.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,33 @@ async fn incomplete_mismatched_and_past_the_end(s: &Snapshots, label: &str) {
         s.page(&run("empty"), 0, 5, None).await.unwrap(),
         Some(vec![])
     );
+    // An empty expected fingerprint is checked like any other (it is not "any").
+    assert_eq!(
+        s.page(&run("partial"), 0, 2, Some("")).await.unwrap(),
+        None,
+        "{label}: an empty fingerprint matched a run with another"
+    );
+    s.put(&run("unprinted"), "", &ids(0..3)).await.unwrap();
+    assert_eq!(
+        s.page(&run("unprinted"), 0, 5, Some("")).await.unwrap(),
+        Some(ids(0..3)),
+        "{label}"
+    );
+    // "The rest", whatever the numbers: no error from a bound too large for the server.
+    assert_eq!(
+        s.page(&run("partial"), 3, u64::MAX, Some("fp"))
+            .await
+            .unwrap(),
+        Some(ids(3..10)),
+        "{label}"
+    );
+    assert_eq!(
+        s.page(&run("partial"), u64::MAX, u64::MAX, None)
+            .await
+            .unwrap(),
+        Some(vec![]),
+        "{label}"
+    );
 }
 
 async fn writers_are_checked(s: &Snapshots, label: &str) {

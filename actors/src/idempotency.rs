@@ -71,7 +71,19 @@ impl Actor for IdempotencyActor {
         let shared: &Arc<Shared> = &state.shared;
         match msg {
             IdempotencyMsg::Begin { req, reply } => {
-                reply_later(shared, reply, async move { idem.begin(&req).await })
+                shared.tasks.spawn(async move {
+                    let begun = idem.begin(&req).await;
+                    if let Err(ractor::MessagingErr::SendErr(Ok(Begin::Proceed(claim)))) =
+                        reply.send(begun)
+                    {
+                        // The caller gave up (its call timed out) before it learnt of the
+                        // claim: nobody runs the operation, so a retry may claim at once
+                        // rather than wait for the lease.
+                        if let Err(e) = idem.fail(&claim).await {
+                            tracing::debug!(error = %e, "release of an undelivered claim failed");
+                        }
+                    }
+                });
             }
             IdempotencyMsg::Commit {
                 claim,

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use super::BeginReply;
+use crate::sweep::Sweeper;
 use crate::time::after;
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ struct Record {
 #[derive(Debug, Clone, Default)]
 pub struct LocalIdempotencyStore {
     records: Arc<DashMap<String, Record>>,
+    /// Sweeps out expired records (on Redis they expire after their retention).
+    sweeper: Arc<Sweeper>,
 }
 
 impl LocalIdempotencyStore {
@@ -45,6 +48,7 @@ impl LocalIdempotencyStore {
         retention: Duration,
     ) -> BeginReply {
         let now = Instant::now();
+        self.sweeper.sweep(&self.records, |_, r| r.expires > now);
         let claim = || Record {
             payload_hash: payload_hash.to_string(),
             owner: owner.to_string(),
@@ -82,7 +86,7 @@ impl LocalIdempotencyStore {
                     rec.state = State::Done {
                         result: Bytes::copy_from_slice(result),
                     };
-                    rec.expires = now + retention;
+                    rec.expires = after(now, retention);
                 }
                 true
             }
@@ -98,5 +102,40 @@ impl LocalIdempotencyStore {
                 r.owner == owner && r.expires > now && matches!(r.state, State::Pending { .. })
             })
             .is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::MIN_SWEEP;
+
+    #[test]
+    fn expired_records_do_not_stay_in_memory() {
+        let store = LocalIdempotencyStore::new();
+        let short = Duration::from_millis(1);
+        for round in 0..10 {
+            for i in 0..1000 {
+                let key = format!("k{round}-{i}");
+                store.begin(&key, "ph", "o", short, short);
+                assert!(store.commit(&key, "o", b"r", short));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            store.records.len() <= 2 * MIN_SWEEP,
+            "{}",
+            store.records.len()
+        );
+        // A huge retention is "for ever", not a panic.
+        store.begin("kept", "ph", "o", Duration::from_secs(60), Duration::MAX);
+        assert!(store.commit("kept", "o", b"r", Duration::MAX));
+        for i in 0..3 * MIN_SWEEP {
+            store.begin(&format!("x{i}"), "ph", "o", short, short);
+        }
+        assert!(matches!(
+            store.begin("kept", "ph", "p", short, short),
+            BeginReply::Replay(_)
+        ));
     }
 }

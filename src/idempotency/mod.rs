@@ -30,7 +30,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::IdempotencyConfig;
-use crate::error::{ConflictReason, Error, Result};
+use crate::error::{ConflictReason, Error, ErrorKind, Result};
 use crate::gate::Gate;
 use crate::keys::{key_tenant, KeySpace, TenantId};
 use crate::lock::new_owner;
@@ -290,7 +290,7 @@ impl Idempotency {
         let op = async {
             let key = self.record_key(req)?;
             let owner = new_owner();
-            let deadline = Instant::now() + max_wait;
+            let deadline = crate::time::after(Instant::now(), max_wait);
             loop {
                 let reply = self.begin_once(&key, req, &owner).await?;
                 match Self::settle(reply, key.clone(), owner.clone())? {
@@ -344,6 +344,33 @@ impl Idempotency {
         self.telemetry
             .observe("idempotency.commit", op, |_| "committed")
             .await
+    }
+
+    /// [`Idempotency::store_result`] for `run`, whose operation already ran: a commit that
+    /// may not have been applied (`OutcomeUnknown`, `Timeout`) or was not sent
+    /// (`Unavailable`) is sent again, up to three times in all, since a commit by the same
+    /// owner is safe to repeat; a claim left pending would block duplicates until its lease
+    /// and then let one run the operation again.
+    async fn store_result_retried(&self, claim: &Claim, result: &[u8]) -> Result<()> {
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match self.store_result(claim, result).await {
+                Err(e)
+                    if attempt < 3
+                        && matches!(
+                            e.kind(),
+                            ErrorKind::OutcomeUnknown | ErrorKind::Timeout | ErrorKind::Unavailable
+                        ) =>
+                {
+                    tracing::debug!(error = %e, attempt, "idempotency commit retried");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Give the claim up so a retry can run; whether it was still the caller's (another
@@ -436,7 +463,7 @@ impl Idempotency {
             Ok(value) => {
                 match serde_json::to_vec(&value) {
                     Ok(bytes) => {
-                        if let Err(e) = self.store_result(&claim, &bytes).await {
+                        if let Err(e) = self.store_result_retried(&claim, &bytes).await {
                             tracing::error!(resource = %self.name, error = %e, "idempotency commit failed after the operation succeeded");
                         }
                     }

@@ -1,13 +1,13 @@
 //! Embedded mode's locks: the same contract within one process. Tokens follow the same rule
 //! as on Redis, `max(last + 1, wall clock in µs)`, with the process's clock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
 use super::Attempt;
+use crate::sweep::Sweeper;
 use crate::time::after;
 
 #[derive(Debug, Clone)]
@@ -22,13 +22,10 @@ struct Held {
 pub struct LocalLockStore {
     held: Arc<DashMap<String, Held>>,
     fences: Arc<DashMap<String, u64>>,
-    /// The size of `held` at which expired leases are swept out (a lease nobody releases
-    /// expires, as its key does on Redis, and must not stay in memory).
-    sweep_at: Arc<AtomicUsize>,
+    /// Sweeps out expired leases (a lease nobody releases expires, as its key does on Redis,
+    /// and must not stay in memory).
+    sweeper: Arc<Sweeper>,
 }
-
-/// `held` is never swept below this size.
-const MIN_SWEEP: usize = 1024;
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -46,7 +43,7 @@ impl LocalLockStore {
     /// Take `key` for `owner` if free (or already `owner`'s).
     pub fn acquire(&self, key: &str, owner: &str, lease: Duration) -> Attempt {
         let now = Instant::now();
-        self.sweep_expired(now);
+        self.sweeper.sweep(&self.held, |_, h| h.expires > now);
         let mut entry = self.held.entry(key.to_string()).or_insert(Held {
             owner: String::new(),
             token: 0,
@@ -68,18 +65,6 @@ impl LocalLockStore {
             expires: after(now, lease),
         };
         Attempt::Taken(token)
-    }
-
-    /// Drop expired leases once `held` has doubled since the last sweep: amortised O(1) per
-    /// acquire, and at most twice the live leases (or [`MIN_SWEEP`]) kept.
-    fn sweep_expired(&self, now: Instant) {
-        let at = self.sweep_at.load(Ordering::Relaxed).max(MIN_SWEEP);
-        if self.held.len() < at {
-            return;
-        }
-        self.held.retain(|_, h| h.expires > now);
-        self.sweep_at
-            .store((2 * self.held.len()).max(MIN_SWEEP), Ordering::Relaxed);
     }
 
     /// Release `key` if `owner` holds it.
@@ -124,6 +109,7 @@ impl LocalLockStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sweep::MIN_SWEEP;
 
     #[test]
     fn leases_nobody_releases_do_not_stay_in_memory() {

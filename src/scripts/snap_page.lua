@@ -4,7 +4,7 @@
 -- KEYS[2]  the id list
 -- ARGV[1]  offset (0-based)
 -- ARGV[2]  limit (at least 1)
--- ARGV[3]  the expected fingerprint, or '' to accept any
+-- ARGV[3]  '=' followed by the expected fingerprint (which may be empty), or '' to accept any
 -- ARGV[4]  keep-alive in milliseconds: push the run's expiry to at least now + this (0: off)
 --
 -- Returns  {'none'} when the run is missing, incomplete or has another fingerprint;
@@ -13,7 +13,7 @@ local m = redis.call('HMGET', KEYS[1], 'st', 'n', 'fp', 'exp')
 if m[1] ~= 'done' then
   return {'none'}
 end
-if ARGV[3] ~= '' and m[3] ~= ARGV[3] then
+if ARGV[3] ~= '' and m[3] ~= string.sub(ARGV[3], 2) then
   return {'none'}
 end
 local keep = tonumber(ARGV[4])

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::{AppendReply, RunKeys, SnapshotMeta};
+use crate::sweep::Sweeper;
 use crate::time::after;
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ struct Run {
 #[derive(Debug, Clone, Default)]
 pub struct LocalSnapshotStore {
     runs: Arc<DashMap<String, Run>>,
+    /// Sweeps out expired runs (on Redis their keys expire).
+    sweeper: Arc<Sweeper>,
 }
 
 impl LocalSnapshotStore {
@@ -40,6 +43,8 @@ impl LocalSnapshotStore {
 
     /// See `snap_begin.lua`.
     pub fn begin(&self, keys: &RunKeys, fp: &str, writer: &str, ttl: Duration, max: u64) {
+        let now = Instant::now();
+        self.sweeper.sweep(&self.runs, |_, r| r.expires > now);
         self.runs.insert(
             keys.meta.clone(),
             Run {
@@ -48,7 +53,7 @@ impl LocalSnapshotStore {
                 ids: Vec::new(),
                 next: 0,
                 complete: false,
-                expires: after(Instant::now(), ttl),
+                expires: after(now, ttl),
                 max,
                 last_chunk: None,
             },
@@ -130,5 +135,36 @@ impl LocalSnapshotStore {
         let live = self.live(&keys.meta).is_some();
         self.runs.remove(&keys.meta);
         live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::MIN_SWEEP;
+
+    fn keys(id: &str) -> RunKeys {
+        RunKeys {
+            meta: format!("m:{id}"),
+            ids: format!("m:{id}:ids"),
+        }
+    }
+
+    #[test]
+    fn expired_runs_do_not_stay_in_memory() {
+        let store = LocalSnapshotStore::new();
+        let short = Duration::from_millis(1);
+        for round in 0..10 {
+            for i in 0..1000 {
+                store.begin(&keys(&format!("r{round}-{i}")), "fp", "w", short, 10);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(store.runs.len() <= 2 * MIN_SWEEP, "{}", store.runs.len());
+        store.begin(&keys("kept"), "fp", "w", Duration::from_secs(60), 10);
+        for i in 0..3 * MIN_SWEEP {
+            store.begin(&keys(&format!("x{i}")), "fp", "w", short, 10);
+        }
+        assert!(store.runs.contains_key("m:kept"));
     }
 }

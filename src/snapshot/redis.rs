@@ -16,6 +16,10 @@ use crate::error::{Access, Error, Result};
 use crate::scripts::{SNAP_APPEND, SNAP_BEGIN, SNAP_PAGE};
 use crate::time::ttl_arg;
 
+/// The largest offset or limit sent to the page script: 2^40, exact in a Lua number and
+/// written without an exponent, as is their sum.
+const PAGE_BOUND: u64 = 1 << 40;
+
 /// Snapshots on Redis through the shared pool.
 #[derive(Debug, Clone)]
 pub struct RedisSnapshotStore {
@@ -98,7 +102,8 @@ impl RedisSnapshotStore {
         })
     }
 
-    /// Run the page script: one round trip.
+    /// Run the page script: one round trip. `offset` and `limit` beyond [`PAGE_BOUND`] are
+    /// taken as that bound (a run holds far fewer ids).
     pub async fn page(
         &self,
         keys: &RunKeys,
@@ -118,10 +123,20 @@ impl RedisSnapshotStore {
                 &SNAP_PAGE,
                 &[&keys.meta, &keys.ids],
                 &[
-                    Value::from(offset.to_string()),
-                    Value::from(limit.to_string()),
-                    Value::from(expected.unwrap_or("")),
-                    Value::from(crate::time::millis(keep).to_string()),
+                    // Lua numbers are doubles, and Redis reads a number written in exponent
+                    // form as no integer: bounds far above any run's length keep them exact.
+                    Value::from(offset.min(PAGE_BOUND).to_string()),
+                    Value::from(limit.min(PAGE_BOUND).to_string()),
+                    // "=" and the fingerprint, so that an empty one is still checked.
+                    Value::from(expected.map_or(String::new(), |fp| format!("={fp}"))),
+                    Value::from(
+                        if keep.is_zero() {
+                            0
+                        } else {
+                            crate::time::ttl_millis(keep)
+                        }
+                        .to_string(),
+                    ),
                 ],
             )
             .await?;
