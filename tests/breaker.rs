@@ -64,6 +64,12 @@ async fn breaker_battery_on_every_backend() {
             "{label}: {t1:?} {t2:?} {t3:?}"
         );
         assert_eq!(t1.phase, Phase::HalfOpen);
+        // The refused one is told when the round's slots free up, as on every backend: a
+        // zero would have its caller retry in a loop for the whole round.
+        assert!(
+            t3.retry_after > Duration::ZERO && t3.retry_after <= Duration::from_millis(300),
+            "{label}: {t3:?}"
+        );
         // Trials that never report back free their slots after another break duration.
         tokio::time::sleep(Duration::from_millis(320)).await;
         assert!(
@@ -101,6 +107,35 @@ async fn breaker_battery_on_every_backend() {
             seen.push((ev.route, ev.to));
         }
         assert_eq!(seen, [("h".to_string(), Phase::Open)], "{label}");
+        forze.shutdown().await.unwrap();
+    }
+}
+
+/// A failure ratio with more digits than six decimals decides on Redis as it does locally:
+/// 2 failures in 3 calls (0.666…67) reach 0.6666666.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_precise_failure_ratio_is_the_same_on_every_backend() {
+    const PRECISE: &str = r#"
+[breakers.precise]
+failure_ratio = 0.6666666
+window = "10s"
+min_calls = 3
+break_duration = "10s"
+"#;
+    for backend in Backend::batteries() {
+        let label = backend.label();
+        let forze = spawn_ready(config(backend.url().as_deref(), "brk-ratio", PRECISE)).await;
+        let b = forze.breaker("precise").unwrap();
+        let mut last = Phase::Closed;
+        for ok in [true, false, false] {
+            assert!(b.admit("r").await.unwrap().allowed, "{label}");
+            last = b.record("r", ok).await.unwrap();
+        }
+        assert_eq!(
+            last,
+            Phase::Open,
+            "{label}: 2 of 3 failures did not open it"
+        );
         forze.shutdown().await.unwrap();
     }
 }
@@ -590,10 +625,11 @@ closed_cache_ttl = "0s"
         assert!(a.allowed && a.phase == Phase::Closed, "{bin}: {a:?}");
         assert_eq!((reads, scripts), (1, 0), "{bin}: forced closed");
 
-        trip(&b, "tripped").await;
         // Asked by a replica with nothing cached (the one that tripped it may serve the open
-        // phase from its cache).
+        // phase from its cache), started first: started between the trip and the admit, on
+        // a loaded machine it could take longer than the break.
         let other = spawn_ready(config(Some(&server.url()), "brk-read-2", UNCACHED)).await;
+        trip(&b, "tripped").await;
         let before = calls();
         let a = other
             .breaker("downstream")

@@ -205,6 +205,7 @@ pub struct BreakerState {
     cache: DashMap<String, Cached>,
     /// Local breakers by route: embedded mode's only state, the fallback in Redis mode.
     local: DashMap<String, LocalState>,
+    local_sweeper: crate::sweep::Sweeper,
     counters: Counters,
     events: broadcast::Sender<Transition>,
     args: [fred::types::Value; 6],
@@ -249,7 +250,9 @@ impl Breaker {
             tracked: AtomicBool::new(false),
             clock,
             args: [
-                text(format!("{:.6}", config.failure_ratio)),
+                // Shortest exact form: rounded, a ratio just above a reachable one (2 of 3)
+                // would open on Redis and not locally, or the other way round.
+                text(config.failure_ratio.to_string()),
                 ms(config.window),
                 text(config.min_calls.to_string()),
                 ms(config.break_duration),
@@ -262,6 +265,7 @@ impl Breaker {
             conn,
             cache: DashMap::new(),
             local: DashMap::new(),
+            local_sweeper: Default::default(),
             counters: Counters::default(),
             events: broadcast::channel(256).0,
         }))
@@ -785,8 +789,20 @@ impl Breaker {
         }
     }
 
+    /// Drop local states that are as good as fresh (closed, not forced, their window over),
+    /// so routes no longer used do not hold memory.
+    fn sweep_local(&self, now: Instant) {
+        let window = self.config.window;
+        self.local_sweeper.sweep(&self.local, |_, s| {
+            s.forced.is_some()
+                || s.phase != Phase::Closed
+                || now.saturating_duration_since(s.window_start) < window
+        });
+    }
+
     fn local_admit(&self, key: &str, route: &str, decided_by: DecidedBy) -> Admission {
         let now = self.clock.now();
+        self.sweep_local(now);
         let mut s = self
             .local
             .entry(key.to_string())
@@ -824,10 +840,16 @@ impl Breaker {
             }
             _ => false,
         };
-        let retry_after = if s.phase == Phase::Open {
-            (s.opened_at + self.config.break_duration).saturating_duration_since(now)
-        } else {
-            Duration::ZERO
+        // As the script: open, the break's end; refused while half-open, the end of this
+        // round of trials, when the slots free up.
+        let retry_after = match s.phase {
+            Phase::Open => {
+                (s.opened_at + self.config.break_duration).saturating_duration_since(now)
+            }
+            Phase::HalfOpen if !allowed => {
+                (s.opened_at + self.config.break_duration).saturating_duration_since(now)
+            }
+            _ => Duration::ZERO,
         };
         let phase = s.phase;
         drop(s);
@@ -905,4 +927,34 @@ pub enum CallError<E> {
     /// The call ran and failed (recorded as a failure).
     #[error("the call failed")]
     Call(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sweep::MIN_SWEEP;
+
+    /// Closed breakers whose window is over are as good as new: they leave memory, and an
+    /// open one stays.
+    #[tokio::test]
+    async fn settled_local_breakers_do_not_stay_in_memory() {
+        let config = crate::Config::from_toml_str(
+            "mode = \"embedded\"\n[breakers.down]\nwindow = \"5ms\"\nmin_calls = 1\nfailure_ratio = 1.0\nbreak_duration = \"60s\"",
+        )
+        .expect("config");
+        let rt = crate::runtime::Runtime::build(config).expect("runtime");
+        let down = rt.breakers.get("down").expect("down");
+        assert!(down.admit("tripped").await.unwrap().allowed);
+        down.record("tripped", false).await.unwrap();
+        for round in 0..10 {
+            for i in 0..1000 {
+                assert!(down.admit(&format!("r{round}-{i}")).await.unwrap().allowed);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(down.local.len() <= 2 * MIN_SWEEP, "{}", down.local.len());
+        assert!(
+            !down.admit("tripped").await.unwrap().allowed,
+            "the open one was swept"
+        );
+    }
 }

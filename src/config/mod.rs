@@ -393,6 +393,11 @@ mod tests {
                 "[supervision]\nname_prefix = \"\"",
                 "supervision.name_prefix",
             ),
+            // The script's rate is permits per whole milliseconds.
+            (
+                "[rate_limits.api]\npermits = 3\nper = \"1ms 500us\"",
+                "rate_limits.api.per",
+            ),
         ];
         for (doc, field) in cases {
             let err = Config::from_toml_str(doc).unwrap_err();

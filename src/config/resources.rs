@@ -468,6 +468,14 @@ impl ResourceConfig for RateLimitConfig {
                 "must be between 1ms and 366 days",
             ));
         }
+        if !self.per.subsec_nanos().is_multiple_of(1_000_000) {
+            // The script takes the rate as permits per whole milliseconds: a fraction would
+            // be cut off there, and the fleet would grant more than the local bucket.
+            return Err(Error::config(
+                field("per"),
+                "must be a whole number of milliseconds",
+            ));
+        }
         if self.burst == Some(0) {
             return Err(Error::config(field("burst"), "must be at least 1"));
         }

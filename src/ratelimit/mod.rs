@@ -22,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::coalesce::{Coalescer, SendBatch, Waiter};
 use crate::config::RateLimitConfig;
 use crate::connection::RedisConnection;
-use crate::error::{Access, Error, ErrorKind, Result};
+use crate::error::{Access, Error, Result};
 use crate::gate::Gate;
 use crate::keys::KeySpace;
 use crate::pooled::pooled_with;
@@ -98,6 +98,8 @@ pub struct RateLimiterState {
     /// Local buckets by route: embedded mode's only state, the fallback in Redis mode. In
     /// Shared state, so they survive actor restarts.
     local: DashMap<String, LocalBucket>,
+    /// Sweeps out local buckets idle long enough to be full again (as good as absent).
+    local_sweeper: crate::sweep::Sweeper,
     /// Permits granted by the fallback per route, not yet charged to the shared bucket.
     owed: DashMap<String, f64>,
     counters: Counters,
@@ -144,6 +146,7 @@ impl RateLimiter {
             conn,
             clock,
             local: DashMap::new(),
+            local_sweeper: Default::default(),
             owed: DashMap::new(),
             counters: Counters::default(),
             coalescer,
@@ -303,7 +306,11 @@ impl RateLimiter {
     }
 
     async fn redis_decide(&self, conn: &RedisConnection, key: &str, n: u32) -> Result<Decision> {
-        let owed = self.take_owed(key);
+        let owed = OwedCharge {
+            limiter: self,
+            key,
+            owed: self.take_owed(key),
+        };
         let reply: Result<Vec<i64>> = conn
             .eval(
                 "ratelimit.try_acquire",
@@ -315,11 +322,13 @@ impl RateLimiter {
                     self.fixed_args[1].clone(),
                     Value::Integer(n.into()),
                     self.fixed_args[2].clone(),
-                    owed_arg(owed),
+                    owed_arg(owed.owed),
                 ],
             )
             .await;
-        let reply = reply.inspect_err(|e| self.owe_again(key, owed, e))?;
+        // Charged only by a call that answered; an error or a dropped call owes it again.
+        let reply = reply?;
+        owed.charged();
         decision_of(&reply).ok_or_else(unexpected_reply)
     }
 
@@ -333,11 +342,11 @@ impl RateLimiter {
             .unwrap_or(0.0)
     }
 
-    /// A call that failed with `e` charged `owed`: not charged after all if it cannot have
-    /// run, so owe it again. A call whose outcome is unknown may charge twice; it never
-    /// grants twice.
-    fn owe_again(&self, key: &str, owed: f64, e: &Error) {
-        if owed > 0.0 && e.kind() == ErrorKind::Unavailable {
+    /// `owed` was not charged by a call that answered: owe it again, to be charged with the
+    /// next call. A call that failed after it ran (its outcome unknown) or was dropped after
+    /// it was sent may then charge twice; the way back never grants twice.
+    fn owe_again(&self, key: &str, owed: f64) {
+        if owed > 0.0 {
             *self.owed.entry(key.to_string()).or_insert(0.0) += owed;
         }
     }
@@ -346,6 +355,11 @@ impl RateLimiter {
         let cap = f64::from(self.config.capacity()) * share;
         let rate = self.config.rate_per_ms() * share;
         let now = self.clock.now();
+        // Idle this long, a bucket has refilled: dropping it changes nothing.
+        let refill = Duration::from_secs_f64(cap / rate / 1000.0);
+        self.local_sweeper.sweep(&self.local, |_, b| {
+            now.saturating_duration_since(b.updated) < refill
+        });
         let mut b = self.local.entry(key.to_string()).or_insert(LocalBucket {
             tokens: cap,
             updated: now,
@@ -375,6 +389,28 @@ impl RateLimiter {
                 decided_by,
             }
         }
+    }
+}
+
+/// The outage spend taken off the books for one call: back on them when it is dropped
+/// without [`OwedCharge::charged`] (the call failed, or was itself dropped, before it could
+/// be known to have charged it).
+struct OwedCharge<'a> {
+    limiter: &'a RateLimiter,
+    key: &'a str,
+    owed: f64,
+}
+
+impl OwedCharge<'_> {
+    /// The call answered: the script charged it.
+    fn charged(mut self) {
+        self.owed = 0.0;
+    }
+}
+
+impl Drop for OwedCharge<'_> {
+    fn drop(&mut self) {
+        self.limiter.owe_again(self.key, self.owed);
     }
 }
 
@@ -413,13 +449,17 @@ impl SendBatch<u32, Decision> for RateLimiter {
             }
             return;
         };
-        let owed = self.take_owed(key);
+        let owed = OwedCharge {
+            limiter: self,
+            key,
+            owed: self.take_owed(key),
+        };
         let mut args = Vec::with_capacity(4 + batch.len());
         args.extend([
             self.fixed_args[0].clone(),
             self.fixed_args[1].clone(),
             self.fixed_args[2].clone(),
-            owed_arg(owed),
+            owed_arg(owed.owed),
         ]);
         args.extend(batch.iter().map(|w| Value::Integer(w.item.into())));
         let reply: Result<Vec<i64>> = conn
@@ -431,6 +471,9 @@ impl SendBatch<u32, Decision> for RateLimiter {
                 &args,
             )
             .await;
+        if reply.is_ok() {
+            owed.charged();
+        }
         match reply {
             Ok(reply) if reply.len() == 3 * batch.len() => {
                 for (w, d) in batch.into_iter().zip(reply.chunks_exact(3)) {
@@ -443,11 +486,39 @@ impl SendBatch<u32, Decision> for RateLimiter {
                 }
             }
             Err(e) => {
-                self.owe_again(key, owed, &e);
                 for w in batch {
                     w.answer(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sweep::MIN_SWEEP;
+
+    /// Buckets of routes no longer used leave memory once they would be full again.
+    #[tokio::test]
+    async fn idle_local_buckets_do_not_stay_in_memory() {
+        let config = crate::Config::from_toml_str(
+            "mode = \"embedded\"\n[rate_limits.api]\npermits = 1000\nper = \"1ms\"",
+        )
+        .expect("config");
+        let rt = crate::runtime::Runtime::build(config).expect("runtime");
+        let api = rt.rate_limits.get("api").expect("api");
+        for round in 0..10 {
+            for i in 0..1000 {
+                assert!(
+                    api.try_acquire(&format!("r{round}-{i}"), 1)
+                        .await
+                        .unwrap()
+                        .allowed
+                );
+            }
+            // A full refill takes 1 ms.
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        assert!(api.local.len() <= 2 * MIN_SWEEP, "{}", api.local.len());
     }
 }
