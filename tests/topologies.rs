@@ -588,6 +588,67 @@ fn order_counter(i: usize) -> (CounterId, String) {
     )
 }
 
+/// A 3-primary cluster for freeze tests, a supervisor on it (command timeout 300 ms,
+/// unresponsive timeout 400 ms, no periodic probe: the reads' own timeouts start the checks),
+/// counters `c0..` at 1, and three indexes: the owner of `c0` (the one to freeze), a counter
+/// on another primary, and that primary.
+struct FreezeSetup {
+    cluster: TestCluster,
+    forze: ForzeHandle,
+    orders: Counter,
+    frozen: usize,
+    alive: usize,
+    heir: usize,
+}
+
+async fn freeze_setup(bin: &forze_redis_testkit::ServerBinary, test: &str) -> FreezeSetup {
+    let cluster = TestCluster::start(bin, 3);
+    let mut cfg = config(Some(&cluster.url()), test, RESOURCES);
+    let redis = cfg.redis.as_mut().unwrap();
+    redis.command_timeout = Duration::from_millis(300);
+    redis.unresponsive_timeout = Duration::from_millis(400);
+    redis.health_interval = Duration::from_secs(600);
+    let forze = spawn_ready(cfg).await;
+    let orders = forze.counter("orders").unwrap();
+    for i in 0..KEYS {
+        assert_eq!(orders.incr(&order_counter(i).0, 1).await.unwrap(), 1);
+    }
+    let frozen = cluster.owner_of(&order_counter(0).1);
+    let alive = (0..KEYS)
+        .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
+        .unwrap();
+    let heir = cluster.owner_of(&order_counter(alive).1);
+    FreezeSetup {
+        cluster,
+        forze,
+        orders,
+        frozen,
+        alive,
+        heir,
+    }
+}
+
+/// Give the slot of counter `c0` to `heir`, as a failover does: its owner on every node but
+/// `frozen`, with a config epoch above the frozen node's.
+fn give_slot_of_key0(cluster: &TestCluster, frozen: usize, heir: usize) {
+    let slot = key_slot(order_counter(0).1.as_bytes()).to_string();
+    let heir_id = cluster.nodes()[heir]
+        .cmd(&["CLUSTER", "MYID"])
+        .unwrap()
+        .as_str()
+        .expect("a node id")
+        .to_string();
+    cluster.nodes()[heir]
+        .cmd(&["CLUSTER", "BUMPEPOCH"])
+        .unwrap();
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        if i != frozen {
+            node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &heir_id])
+                .unwrap();
+        }
+    }
+}
+
 /// Reads of key `0` (on the primary to be frozen) and of key `alive` (on another), one pair
 /// every 50 ms for `span`, each on its own task; their results once every read has ended.
 async fn steady_reads(
@@ -623,23 +684,14 @@ async fn steady_reads(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
     for bin in server_binaries() {
-        let cluster = TestCluster::start(&bin, 3);
-        let mut cfg = config(Some(&cluster.url()), "cl-frozen", RESOURCES);
-        let redis = cfg.redis.as_mut().unwrap();
-        redis.command_timeout = Duration::from_millis(300);
-        redis.unresponsive_timeout = Duration::from_millis(400);
-        // No periodic probe: the reads' own timeouts start the checks.
-        redis.health_interval = Duration::from_secs(600);
-        let forze = spawn_ready(cfg).await;
-        let orders = forze.counter("orders").unwrap();
-        for i in 0..KEYS {
-            assert_eq!(orders.incr(&order_counter(i).0, 1).await.unwrap(), 1);
-        }
-        let frozen = cluster.owner_of(&order_counter(0).1);
-        let alive = (0..KEYS)
-            .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
-            .unwrap();
-        let heir = cluster.owner_of(&order_counter(alive).1);
+        let FreezeSetup {
+            cluster,
+            forze,
+            orders,
+            frozen,
+            alive,
+            heir,
+        } = freeze_setup(&bin, "cl-frozen").await;
 
         // 1. Frozen for about 2 s (1.6 s of reads, then the last ones end), below the
         // cluster's node timeout (3 s): the cluster itself never fails the node over nor goes
@@ -684,21 +736,7 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
         // on both live nodes, with a config epoch above the frozen node's).
         let before = pool_stats(&forze).await;
         cluster.nodes()[frozen].pause();
-        let slot = key_slot(order_counter(0).1.as_bytes()).to_string();
-        let heir_id = cluster.nodes()[heir]
-            .cmd(&["CLUSTER", "MYID"])
-            .unwrap()
-            .as_str()
-            .expect("a node id");
-        cluster.nodes()[heir]
-            .cmd(&["CLUSTER", "BUMPEPOCH"])
-            .unwrap();
-        for (i, node) in cluster.nodes().iter().enumerate() {
-            if i != frozen {
-                node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &heir_id])
-                    .unwrap();
-            }
-        }
+        give_slot_of_key0(&cluster, frozen, heir);
         let started = Instant::now();
         let mut served = None;
         while served.is_none() && started.elapsed() < Duration::from_millis(2000) {
@@ -744,22 +782,14 @@ async fn a_frozen_cluster_primary_is_found_and_its_moved_slots_are_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_check_that_learns_nothing_leaves_the_client_alone() {
     for bin in server_binaries() {
-        let cluster = TestCluster::start(&bin, 3);
-        let mut cfg = config(Some(&cluster.url()), "cl-unknown", RESOURCES);
-        let redis = cfg.redis.as_mut().unwrap();
-        redis.command_timeout = Duration::from_millis(300);
-        redis.unresponsive_timeout = Duration::from_millis(400);
-        redis.health_interval = Duration::from_secs(600);
-        let forze = spawn_ready(cfg).await;
-        let orders = forze.counter("orders").unwrap();
-        for i in 0..KEYS {
-            assert_eq!(orders.incr(&order_counter(i).0, 1).await.unwrap(), 1);
-        }
-        let frozen = cluster.owner_of(&order_counter(0).1);
-        let alive = (0..KEYS)
-            .find(|&i| cluster.owner_of(&order_counter(i).1) != frozen)
-            .unwrap();
-        let heir = cluster.owner_of(&order_counter(alive).1);
+        let FreezeSetup {
+            cluster,
+            forze,
+            orders,
+            frozen,
+            alive,
+            heir,
+        } = freeze_setup(&bin, "cl-unknown").await;
 
         // 1. Every node frozen, for less than the cluster's node timeout.
         let before = pool_stats(&forze).await;
@@ -803,22 +833,7 @@ async fn a_cluster_check_that_learns_nothing_leaves_the_client_alone() {
         }
         let before = pool_stats(&forze).await;
         cluster.nodes()[frozen].pause();
-        let slot = key_slot(order_counter(0).1.as_bytes()).to_string();
-        let heir_id = cluster.nodes()[heir]
-            .cmd(&["CLUSTER", "MYID"])
-            .unwrap()
-            .as_str()
-            .expect("a node id")
-            .to_string();
-        cluster.nodes()[heir]
-            .cmd(&["CLUSTER", "BUMPEPOCH"])
-            .unwrap();
-        for (i, node) in cluster.nodes().iter().enumerate() {
-            if i != frozen {
-                node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &heir_id])
-                    .unwrap();
-            }
-        }
+        give_slot_of_key0(&cluster, frozen, heir);
         let reads = steady_reads(&orders, alive, Duration::from_millis(1600)).await;
         let during = pool_stats(&forze).await;
         for (i, node) in cluster.nodes().iter().enumerate() {
