@@ -315,7 +315,8 @@ impl RedisConnection {
         if self.pool.next_connected().is_connected() {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline =
+            tokio::time::Instant::from_std(crate::time::after(std::time::Instant::now(), timeout));
         let mut pause = Duration::from_millis(1);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(pause).await;
@@ -712,6 +713,27 @@ fn apply_tls(
             _ => {}
         }
         hostnames = TlsHostMapping::Custom(Arc::new(FixedName(name.to_string())));
+    } else {
+        // An IPv6 address from a URL keeps its brackets (`[fd00::5]`), which no server name
+        // parses as: verify the address itself, as for an IPv4 one.
+        let unbracket = |host: &str| {
+            host.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .map(str::to_string)
+        };
+        let servers: Vec<&mut fred::types::config::Server> = match &mut fred_cfg.server {
+            ServerConfig::Centralized { server } => vec![server],
+            ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+                hosts.iter_mut().collect()
+            }
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        };
+        for server in servers {
+            if let Some(ip) = unbracket(&server.host) {
+                server.tls_server_name = Some(ip.into());
+            }
+        }
     }
     fred_cfg.tls = Some(FredTls {
         connector: fred::types::config::TlsConnector::from(tokio_rustls::TlsConnector::from(
@@ -864,4 +886,27 @@ fn script_slot(client: &impl ClientLike, keys: &[&str]) -> ClusterHash {
         Some(k) => redis_protocol::redis_keyslot(k.as_bytes()),
         None => rand::random::<u16>() % 16_384,
     })
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    use super::*;
+    use fred::interfaces::ClientLike;
+    use fred::types::config::ServerConfig;
+
+    /// An IPv6 address in a TLS URL is verified as that address: fred keeps the URL's
+    /// brackets, which no server name parses as.
+    #[test]
+    fn an_ipv6_tls_server_is_verified_by_its_address() {
+        let cfg = crate::Config::from_toml_str("[redis]\nurl = \"rediss://[fd00::5]:6380\"")
+            .unwrap()
+            .redis
+            .unwrap();
+        let conn = RedisConnection::build(&cfg).unwrap();
+        let fred_cfg = conn.pool().next().client_config();
+        let ServerConfig::Centralized { server } = &fred_cfg.server else {
+            panic!("{:?}", fred_cfg.server)
+        };
+        assert_eq!(server.tls_server_name.as_deref(), Some("fd00::5"));
+    }
 }

@@ -132,7 +132,16 @@ impl TlsConfig {
             ));
         }
         if let Some(name) = &self.server_name {
-            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // What the handshake will check: a DNS name or an IP address, nothing else (no
+            // port, no brackets), refused now rather than at every handshake.
+            #[cfg(feature = "tls")]
+            let unusable = rustls::pki_types::ServerName::try_from(name.as_str()).is_err();
+            #[cfg(not(feature = "tls"))]
+            let unusable = false;
+            if unusable
+                || name.is_empty()
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(Error::config(
                     format!("{field}.server_name"),
                     "must be a host name or an IP address",
@@ -180,6 +189,7 @@ impl TlsClient {
     pub async fn connect(
         &self,
         _host: &str,
+        _announced: Option<&str>,
         _tcp: tokio::net::TcpStream,
     ) -> std::result::Result<tokio::net::TcpStream, ConnectFailure> {
         match self.never {}
@@ -293,15 +303,17 @@ mod imp {
             self.server_name.as_deref()
         }
 
-        /// Run the handshake on `tcp`, verifying the server as `host` (or the override).
+        /// Run the handshake on `tcp`, verifying the server as the host name it `announced`
+        /// (a cluster node's), else the configured override, else `host`.
         /// A failure is classified, recorded in the diagnostics the client was built with by
         /// its verifier where it concerns the certificate, and returned.
         pub async fn connect(
             &self,
             host: &str,
+            announced: Option<&str>,
             tcp: TcpStream,
         ) -> std::result::Result<TlsStream<TcpStream>, ConnectFailure> {
-            let name = self.server_name.as_deref().unwrap_or(host);
+            let name = announced.or(self.server_name.as_deref()).unwrap_or(host);
             let server_name = ServerName::try_from(name.to_string())
                 .map_err(|_| ConnectFailure::TlsServerName)?;
             TlsConnector::from(self.config.clone())
@@ -592,6 +604,29 @@ mod tests {
         }
         let w: W = toml::from_str("v = \"1.3\"").unwrap();
         assert_eq!(w.v, TlsVersion::V1_3);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_server_name_is_a_host_name_or_an_ip_address() {
+        for bad in ["redis.internal:6380", "[::1]", "", "a b"] {
+            let cfg = TlsConfig {
+                server_name: Some(bad.into()),
+                ..TlsConfig::default()
+            };
+            let e = cfg.validate("redis.tls").unwrap_err();
+            assert!(
+                e.to_string().contains("redis.tls.server_name"),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["redis.internal", "10.0.0.7", "::1"] {
+            let cfg = TlsConfig {
+                server_name: Some(good.into()),
+                ..TlsConfig::default()
+            };
+            cfg.validate("redis.tls").unwrap();
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ where
     K: AsRef<str>,
     V: AsRef<str>,
 {
+    let encrypted_before = encrypted_connections(table);
     let mut overrides: Vec<(Vec<String>, String)> = Vec::new();
     let mut redis_url = None;
     for (name, value) in vars {
@@ -82,7 +83,53 @@ where
         }
         _ => {}
     }
+    // The environment may change a connection, never strip its encryption: a plaintext
+    // `REDIS_URL` injected by a platform, or a tenant's table replaced by a bare URL (losing
+    // its `tls`), would otherwise connect in clear where the file asks for TLS.
+    let encrypted_after = encrypted_connections(table);
+    if let Some(lost) = encrypted_before
+        .iter()
+        .find(|c| !encrypted_after.contains(*c))
+    {
+        return Err(Error::config(
+            lost.clone(),
+            "an environment override would connect in plaintext where the configuration asks \
+             for TLS: give a TLS URL (rediss://, valkeys://), or override the `url` field alone",
+        ));
+    }
     Ok(())
+}
+
+/// The connections of `table` that are encrypted, by config path: `redis` when its URL has a
+/// TLS scheme or `[redis.tls]` is set, and each routed tenant whose own URL or `tls` asks for
+/// it. (A tenant also inherits `[redis]`'s TLS; that is covered by `redis` itself.)
+fn encrypted_connections(table: &toml::Table) -> Vec<String> {
+    let tls_url = |v: Option<&toml::Value>| {
+        v.and_then(toml::Value::as_str).is_some_and(|url| {
+            let scheme = url.split_once("://").map_or("", |(s, _)| s);
+            scheme.starts_with("rediss") || scheme.starts_with("valkeys")
+        })
+    };
+    let endpoint = |v: &toml::Value| match v {
+        toml::Value::Table(t) => tls_url(t.get("url")) || t.contains_key("tls"),
+        other => tls_url(Some(other)),
+    };
+    let mut out = Vec::new();
+    if let Some(redis) = table.get("redis") {
+        if endpoint(redis) {
+            out.push("redis".to_string());
+        }
+    }
+    let tenants = table
+        .get("routing")
+        .and_then(|r| r.get("tenants"))
+        .and_then(toml::Value::as_table);
+    for (name, route) in tenants.into_iter().flatten() {
+        if endpoint(route) {
+            out.push(format!("routing.tenants.{name}"));
+        }
+    }
+    out
 }
 
 /// Refuse an override of `path` that would add an entry to a table of named entries.
@@ -148,6 +195,55 @@ fn set(table: &mut toml::Table, path: &[String], value: toml::Value, var: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_override_never_strips_encryption() {
+        let file = r#"
+[redis]
+url = "rediss://main:6380"
+[routing.tenants]
+acme = { url = "redis://10.0.0.7", tls = { server_name = "acme.internal" } }
+beta = "rediss://10.0.0.8"
+"#;
+        let refused = [
+            ("REDIS_URL", "redis://main:6380", "redis"),
+            ("FORZE__REDIS__URL", "redis://main:6380", "redis"),
+            (
+                "FORZE__ROUTING__TENANTS__ACME",
+                "redis://:new@10.0.0.7",
+                "routing.tenants.acme",
+            ),
+            (
+                "FORZE__ROUTING__TENANTS__BETA",
+                "redis://10.0.0.8",
+                "routing.tenants.beta",
+            ),
+        ];
+        for (var, value, field) in refused {
+            let err = applied(file, &[(var, value)]).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { field: f, .. } if f == field),
+                "{var}: {err}"
+            );
+        }
+        // Changing a URL keeps the encryption: allowed.
+        for (var, value) in [
+            ("REDIS_URL", "rediss://other:6380"),
+            (
+                "FORZE__ROUTING__TENANTS__ACME__URL",
+                "redis://:new@10.0.0.7",
+            ),
+            ("FORZE__ROUTING__TENANTS__BETA", "rediss://:new@10.0.0.8"),
+        ] {
+            applied(file, &[(var, value)]).unwrap_or_else(|e| panic!("{var}: {e}"));
+        }
+        // A plaintext file may stay plaintext.
+        applied(
+            "[redis]\nurl = \"redis://a\"",
+            &[("REDIS_URL", "redis://b")],
+        )
+        .unwrap();
+    }
 
     fn applied(text: &str, vars: &[(&str, &str)]) -> Result<toml::Table> {
         let mut t: toml::Table = text.parse().unwrap();

@@ -39,14 +39,15 @@ impl RouteEndpoint {
         self.url.expose() == other.url.expose() && self.tls == other.tls
     }
 
-    /// The connection settings of this endpoint: `template` with its URL and TLS.
+    /// The connection settings of this endpoint: `template` with its URL and TLS. Without
+    /// its own `tls`, the endpoint is encrypted as `[redis]` is, also when `[redis]` asks for
+    /// TLS by its URL's scheme alone: no routed tenant connects in clear beside an encrypted
+    /// main server.
     #[doc(hidden)]
     pub fn redis_config(&self, template: &RedisConfig) -> RedisConfig {
         let mut cfg = template.clone();
         cfg.url = self.url.clone();
-        if self.tls.is_some() {
-            cfg.tls = self.tls.clone();
-        }
+        cfg.tls = self.tls.clone().or_else(|| template.tls_settings());
         cfg
     }
 }
@@ -101,5 +102,29 @@ impl Default for RoutingConfig {
             max_pools: 16,
             tenants: BTreeMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_routed_endpoint_is_encrypted_when_the_main_server_is() {
+        // TLS by the main URL's scheme alone (no `[redis.tls]`): a bare tenant URL is
+        // encrypted too, with the default settings.
+        let cfg = crate::Config::from_toml_str(
+            "[redis]\nurl = \"rediss://main:6380\"\n[routing.tenants]\nacme = \"redis://10.0.0.7\"",
+        )
+        .unwrap();
+        let main = cfg.redis.as_ref().unwrap();
+        let acme = cfg.routing.tenants["acme"].redis_config(main);
+        assert!(acme.uses_tls());
+        assert_eq!(acme.tls_settings(), Some(crate::tls::TlsConfig::default()));
+        // A plaintext main server leaves a plaintext tenant in clear, as configured.
+        let cfg = crate::Config::from_toml_str(
+            "[redis]\nurl = \"redis://main\"\n[routing.tenants]\nacme = \"redis://10.0.0.7\"",
+        )
+        .unwrap();
+        let acme = cfg.routing.tenants["acme"].redis_config(cfg.redis.as_ref().unwrap());
+        assert!(!acme.uses_tls());
     }
 }

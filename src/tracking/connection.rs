@@ -26,6 +26,10 @@ use crate::tracking::topology::NodeAccess;
 pub struct TrackingTarget {
     host: String,
     port: u16,
+    /// The host name a cluster node announces beside its address: its TLS name, in place of
+    /// the address and of a configured `server_name` (which names nodes announced by
+    /// address only), as fred verifies the same node.
+    announced: Option<String>,
     /// Credentials, TLS and diagnostics (`Debug` hides the password).
     access: NodeAccess,
 }
@@ -41,8 +45,21 @@ impl TrackingTarget {
         TrackingTarget {
             host: host.to_string(),
             port,
+            announced: None,
             access,
         }
+    }
+
+    /// This target, verified by TLS as the host name `announced` when there is one.
+    pub fn announced_as(mut self, announced: Option<String>) -> Self {
+        self.announced = announced;
+        self
+    }
+
+    /// The name a TLS handshake verifies, when it is not the configured override or the
+    /// address itself.
+    pub(crate) fn announced_name(&self) -> Option<&str> {
+        self.announced.as_deref()
     }
 
     /// A failure to open a connection to this target: reported to the deployment's
@@ -167,7 +184,7 @@ impl TrackingConnection {
             // by a plaintext attempt.
             let stream: Box<dyn Stream> = match &target.access.tls {
                 Some(tls) => Box::new(
-                    tls.connect(&target.host, tcp)
+                    tls.connect(&target.host, target.announced_name(), tcp)
                         .await
                         .map_err(|cause| target.failed(cause))?,
                 ),

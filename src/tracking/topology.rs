@@ -302,7 +302,7 @@ pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &NodeAccess) -> 
         OwnedFrame::VerbatimString { data, .. } => String::from_utf8_lossy(data).into_owned(),
         other => self::text(other).ok_or_else(|| bad("CLUSTER NODES"))?,
     };
-    let mut primaries: Vec<(String, u16, String)> = Vec::new();
+    let mut primaries: Vec<(String, u16, String, Option<String>)> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
@@ -318,6 +318,13 @@ pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &NodeAccess) -> 
         }
         // `host:port@bus[,hostname]`; the host may be empty (a node that does not know it).
         let hostport = addr.split('@').next().unwrap_or("");
+        // A node that announces a host name is verified as that name (its certificate is
+        // made for it), as the pool verifies it.
+        let announced = addr
+            .split_once(',')
+            .map(|(_, name)| name)
+            .filter(|name| !name.is_empty())
+            .map(str::to_string);
         let (host, port) = hostport
             .rsplit_once(':')
             .ok_or_else(|| bad("CLUSTER NODES"))?;
@@ -339,7 +346,7 @@ pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &NodeAccess) -> 
             .copied()
             .filter(|f| !f.starts_with('['))
             .collect();
-        primaries.push((host.to_string(), port, slots.join(" ")));
+        primaries.push((host.to_string(), port, slots.join(" "), announced));
     }
     if primaries.is_empty() {
         return Err(Error::unavailable("cache.tracking.topology"));
@@ -348,13 +355,15 @@ pub fn parse_cluster_nodes(reply: &OwnedFrame, via: &str, auth: &NodeAccess) -> 
     primaries.dedup();
     let fingerprint = primaries
         .iter()
-        .map(|(h, p, slots)| format!("{h}:{p}={slots}"))
+        .map(|(h, p, slots, _)| format!("{h}:{p}={slots}"))
         .collect::<Vec<_>>()
         .join(";");
     Ok(Topology {
         primaries: primaries
             .into_iter()
-            .map(|(h, p, _)| TrackingTarget::new(&h, p, auth.clone()))
+            .map(|(h, p, _, announced)| {
+                TrackingTarget::new(&h, p, auth.clone()).announced_as(announced)
+            })
             .collect(),
         fingerprint,
     })
@@ -409,6 +418,27 @@ mod tests {
             data: v,
             attributes: None,
         }
+    }
+
+    #[test]
+    fn a_node_announcing_a_host_name_is_verified_as_it() {
+        let reply = blob(
+            "a1 10.0.0.1:7000@17000,redis-a.internal myself,master - 0 0 1 connected 0-8000\n\
+             b2 10.0.0.2:7001@17001 master - 0 0 2 connected 8001-16383",
+        );
+        let t = parse_cluster_nodes(&reply, "10.0.0.9", &NodeAccess::default()).unwrap();
+        let named: Vec<(String, Option<&str>)> = t
+            .primaries
+            .iter()
+            .map(|p| (p.addr(), p.announced_name()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("10.0.0.1:7000".to_string(), Some("redis-a.internal")),
+                ("10.0.0.2:7001".to_string(), None)
+            ]
+        );
     }
 
     #[test]
