@@ -429,3 +429,32 @@ async fn after_shutdown_every_handle_refuses_every_operation() {
     }
     drop(guard);
 }
+
+/// A supervisor whose start fails after its connections began coming up (a child's name is
+/// taken by another supervisor of the process) closes them: `spawn` fails and nothing keeps
+/// connecting to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_leaves_no_connection_behind() {
+    let bin = &forze_redis_testkit::server_binaries()[0];
+    let server = forze_redis_testkit::TestServer::start(bin);
+    let prefix = common::prefix("failed-start");
+    // Another supervisor, whose actors are named `<prefix>.counter.…`: its own supervisor
+    // takes the name of a counter named `supervisor` below.
+    let taken = forze_redis::Config::from_toml_str(&format!(
+        "mode = \"embedded\"\n[supervision]\nname_prefix = \"{prefix}.counter\""
+    ))
+    .unwrap();
+    let (taken, _join) = Forze::spawn(taken).await.unwrap();
+    let mut cfg = config(Some(&server.url()), "unused", "[counters.supervisor]");
+    cfg.supervision.name_prefix = prefix;
+    assert!(Forze::spawn(cfg).await.is_err(), "the start should fail");
+    wait_until(Duration::from_secs(5), "no connection left", || {
+        server.client_list().len() <= 1
+    })
+    .await;
+    // And none comes back (a pool left running reconnects).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = server.client_list();
+    assert!(left.len() <= 1, "clients left: {left:?}");
+    taken.shutdown().await.unwrap();
+}

@@ -206,6 +206,42 @@ impl ForzeSupervisor {
 
     /// Stop the tree in order: refuse callers, stop resource actors, drain request tasks,
     /// stop the pool actor, close the connections.
+    /// Start every child the configuration asks for, in order.
+    async fn spawn_children(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.shared.connection.is_some() {
+            Self::spawn_child(myself, state, ChildKind::Pool).await?;
+        }
+        let names: Vec<String> = state.shared.counters.names();
+        for name in names {
+            Self::spawn_child(myself, state, ChildKind::Counter(name)).await?;
+        }
+        let caches: Vec<String> = state.shared.caches.names();
+        for name in caches {
+            Self::spawn_child(myself, state, ChildKind::Cache(name)).await?;
+        }
+        if state.shared.tracking.is_some() {
+            Self::spawn_child(myself, state, ChildKind::Tracking).await?;
+        }
+        if !state.shared.locks.is_empty() {
+            Self::spawn_child(myself, state, ChildKind::Heartbeat).await?;
+        }
+        let idem: Vec<String> = state.shared.idempotency.names();
+        for name in idem {
+            Self::spawn_child(myself, state, ChildKind::Idempotency(name)).await?;
+        }
+        let snaps: Vec<String> = state.shared.snapshots.names();
+        for name in snaps {
+            Self::spawn_child(myself, state, ChildKind::Snapshots(name)).await?;
+        }
+        if !state.shared.breakers.is_empty() || !state.shared.rate_limits.is_empty() {
+            Self::spawn_child(myself, state, ChildKind::Resilience).await?;
+        }
+        Ok(())
+    }
+
     async fn shut_down_tree(state: &mut SupervisorState) {
         let shared = &state.shared;
         shared.gate.close();
@@ -271,33 +307,11 @@ impl Actor for ForzeSupervisor {
             children: HashMap::new(),
             restarting: 0,
         };
-        if state.shared.connection.is_some() {
-            Self::spawn_child(&myself, &mut state, ChildKind::Pool).await?;
-        }
-        let names: Vec<String> = state.shared.counters.names();
-        for name in names {
-            Self::spawn_child(&myself, &mut state, ChildKind::Counter(name)).await?;
-        }
-        let caches: Vec<String> = state.shared.caches.names();
-        for name in caches {
-            Self::spawn_child(&myself, &mut state, ChildKind::Cache(name)).await?;
-        }
-        if state.shared.tracking.is_some() {
-            Self::spawn_child(&myself, &mut state, ChildKind::Tracking).await?;
-        }
-        if !state.shared.locks.is_empty() {
-            Self::spawn_child(&myself, &mut state, ChildKind::Heartbeat).await?;
-        }
-        let idem: Vec<String> = state.shared.idempotency.names();
-        for name in idem {
-            Self::spawn_child(&myself, &mut state, ChildKind::Idempotency(name)).await?;
-        }
-        let snaps: Vec<String> = state.shared.snapshots.names();
-        for name in snaps {
-            Self::spawn_child(&myself, &mut state, ChildKind::Snapshots(name)).await?;
-        }
-        if !state.shared.breakers.is_empty() || !state.shared.rate_limits.is_empty() {
-            Self::spawn_child(&myself, &mut state, ChildKind::Resilience).await?;
+        if let Err(e) = Self::spawn_children(&myself, &mut state).await {
+            // ractor runs no `post_stop` after a failed `pre_start`: stop what did start
+            // (children, the connections coming up in the background) before failing.
+            Self::shut_down_tree(&mut state).await;
+            return Err(e);
         }
         tracing::info!(
             prefix = state.shared.names.prefix(),
