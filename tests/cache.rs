@@ -383,6 +383,55 @@ async fn get_or_load_runs_the_loader_once_for_100_callers(forze: &ForzeHandle, l
     assert_eq!(v, 9);
 }
 
+/// A value loaded by `get_or_load` never replaces a write made while it loaded: not a write
+/// or delete through the same handle (the loaded value may be older than it), not a value
+/// another replica stored meanwhile (`SET … NX`: a stored value is newer than the load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_never_overwrites_a_write_made_while_it_ran() {
+    for backend in Backend::batteries() {
+        let label = backend.label();
+        let url = backend.url();
+        let reps = replicas(url.as_deref(), "load-race", 2).await;
+        for name in ["plain", "hot"] {
+            let (a, b) = (reps[0].cache(name).unwrap(), reps[1].cache(name).unwrap());
+            // (writer, delete instead of set); another replica only on a server (embedded
+            // replicas do not share their state).
+            let mut cases = vec![(a.clone(), false), (a.clone(), true)];
+            if url.is_some() {
+                cases.push((b.clone(), false));
+            }
+            for (i, (writer, delete)) in cases.into_iter().enumerate() {
+                let key = k(&format!("loading-{i}"));
+                a.set(&key, "before", None).await.unwrap();
+                a.unlink(&key).await.unwrap();
+                let key2 = key.clone();
+                let loaded = a
+                    .get_or_load(&key, None, || async move {
+                        // The database said "old"; meanwhile a writer changes the key.
+                        if delete {
+                            writer.unlink(&key2).await.unwrap();
+                        } else {
+                            writer.set(&key2, "new", None).await.unwrap();
+                        }
+                        Ok::<_, String>("old".to_string())
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(loaded, "old", "{label}");
+                let want = (!delete).then(|| "new".to_string());
+                assert_eq!(
+                    a.get::<String>(&key).await.unwrap(),
+                    want,
+                    "{label}: {name}: the load's older value replaced a write (case {i})"
+                );
+            }
+        }
+        for r in reps {
+            r.shutdown().await.unwrap();
+        }
+    }
+}
+
 /// A server reached by its IPv6 address (`redis://[::1]:<port>`): the tracking connection
 /// connects too, so the L1 is confirmed and kept coherent by pushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

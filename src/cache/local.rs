@@ -9,7 +9,7 @@ use dashmap::DashMap;
 
 use super::codec;
 use super::one_or_many::OneOrMany;
-use super::redis::Read;
+use super::redis::{Read, WriteMode};
 use crate::time::after;
 
 #[derive(Debug, Clone)]
@@ -57,16 +57,24 @@ impl LocalCacheStore {
     }
 
     /// Write each entry with `ttl`.
-    pub fn write(&self, entries: &[(&str, Bytes)], ttl: Duration) {
-        let deadline = after(Instant::now(), ttl);
+    pub fn write(&self, entries: &[(&str, Bytes)], ttl: Duration, mode: WriteMode) {
+        let now = Instant::now();
+        let deadline = after(now, ttl);
         for (key, bytes) in entries {
-            self.map.insert(
-                key.to_string(),
-                Stored {
-                    bytes: bytes.clone(),
-                    deadline,
-                },
-            );
+            let stored = Stored {
+                bytes: bytes.clone(),
+                deadline,
+            };
+            match self.map.entry(key.to_string()) {
+                dashmap::Entry::Occupied(o)
+                    if mode == WriteMode::IfAbsent && o.get().deadline > now => {}
+                dashmap::Entry::Occupied(mut o) => {
+                    o.insert(stored);
+                }
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(stored);
+                }
+            }
         }
     }
 

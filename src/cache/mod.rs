@@ -31,6 +31,7 @@ pub mod redis;
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +53,7 @@ use codec::Entry;
 use l1::{FlushReason, L1Stats, L1};
 use local::LocalCacheStore;
 use one_or_many::OneOrMany;
-use redis::RedisCacheStore;
+use redis::{RedisCacheStore, WriteMode};
 
 /// The key of one cache entry: the caller's key and, for tenant-aware namespaces, the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -241,6 +242,10 @@ pub struct CacheState {
     router: Option<Arc<Router>>,
     counters: Counters,
     inflight: DashMap<String, watch::Receiver<LoadResult>>,
+    /// Writes and deletes through this handle, counted per stripe of keys: a `get_or_load`
+    /// that sees its key's stripe move while it loads does not store its (older) value.
+    written: Box<[AtomicU64]>,
+    written_hasher: foldhash::fast::RandomState,
     /// Set with an L1 and `coalesce_misses`: single-key reads in flight, which concurrent
     /// misses of the same key join.
     read_flights: Option<read_flight::ReadFlights>,
@@ -351,6 +356,8 @@ impl Cache {
             router,
             counters: Counters::default(),
             inflight: DashMap::new(),
+            written: (0..WRITTEN_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            written_hasher: Default::default(),
         }))
     }
 
@@ -858,8 +865,14 @@ impl Cache {
     /// Evict the keys (Redis keys) from this process's L1.
     fn evict_local(&self, keys: &[String]) {
         for k in keys {
+            self.written[self.written_stripe(k)].fetch_add(1, Ordering::AcqRel);
             self.apply_invalidation(k);
         }
+    }
+
+    /// The stripe of [`CacheState::written`] that counts the writes of `redis_key`.
+    fn written_stripe(&self, redis_key: &str) -> usize {
+        (self.written_hasher.hash_one(redis_key) as usize) % WRITTEN_STRIPES
     }
 
     async fn write_stored(
@@ -867,6 +880,7 @@ impl Cache {
         op: &'static str,
         entries: Vec<(String, Bytes)>,
         ttl: Option<Duration>,
+        mode: WriteMode,
     ) -> Result<()> {
         let ttl = ttl.unwrap_or(self.ttl);
         if ttl.is_zero() {
@@ -888,9 +902,9 @@ impl Cache {
                 .collect();
             let names: Vec<&str> = keys.iter().map(String::as_str).collect();
             let result = match self.store_for_keys(&names).await.as_deref() {
-                Ok(Store::Redis(r)) => pooled_with(|| r.write(op, &refs, ttl)).await,
+                Ok(Store::Redis(r)) => pooled_with(|| r.write(op, &refs, ttl, mode)).await,
                 Ok(Store::Local(l)) => {
-                    l.write(&refs, ttl);
+                    l.write(&refs, ttl, mode);
                     Ok(())
                 }
                 Err(e) => Err(e.clone()),
@@ -913,8 +927,13 @@ impl Cache {
     ) -> Result<()> {
         self.gate.check("cache.set")?;
         let stored = codec::encode_json(None, value)?;
-        self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
-            .await
+        self.write_stored(
+            "cache.set",
+            vec![(self.redis_key(key)?, stored)],
+            ttl,
+            WriteMode::Always,
+        )
+        .await
     }
 
     /// Store raw bytes under `key`; [`Cache::get_bytes`] returns them exactly.
@@ -926,8 +945,13 @@ impl Cache {
     ) -> Result<()> {
         self.gate.check("cache.set")?;
         let stored = codec::encode_raw(None, bytes);
-        self.write_stored("cache.set", vec![(self.redis_key(key)?, stored)], ttl)
-            .await
+        self.write_stored(
+            "cache.set",
+            vec![(self.redis_key(key)?, stored)],
+            ttl,
+            WriteMode::Always,
+        )
+        .await
     }
 
     /// Store several serde values in one round trip.
@@ -941,7 +965,8 @@ impl Cache {
         for (key, value) in entries {
             stored.push((self.redis_key(key)?, codec::encode_json(None, value)?));
         }
-        self.write_stored("cache.set_many", stored, ttl).await
+        self.write_stored("cache.set_many", stored, ttl, WriteMode::Always)
+            .await
     }
 
     /// Store `value` as `version` of `key`, unless a newer version is stored. Returns whether
@@ -1180,6 +1205,8 @@ impl Cache {
                 return Err(Error::internal("cache.get_or_load", "loader already used"));
             };
             self.counters.loads.fetch_add(1, Ordering::Relaxed);
+            let stripe = self.written_stripe(&_guard.key);
+            let written_before = self.written[stripe].load(Ordering::Acquire);
             match load().await {
                 Ok(value) => {
                     let bytes =
@@ -1189,10 +1216,18 @@ impl Cache {
                                 message: format!("cannot encode the loaded value: {e}"),
                             })?;
                     let _ = tx.send(Some(Ok(bytes)));
+                    // Stored only if nothing was written meanwhile: not by this handle (a
+                    // write or delete here since the load began: the loaded value may be
+                    // older), and not by anyone (`SET … NX`: a stored value is newer).
                     let write = async {
+                        if self.written[stripe].load(Ordering::Acquire) != written_before {
+                            tracing::debug!(resource = %self.name, "key written during its load; the loaded value is not stored");
+                            return Ok(());
+                        }
                         let stored = codec::encode_json(None, &value)?;
                         let entries = vec![(self.redis_key(key)?, stored)];
-                        self.write_stored("cache.set", entries, ttl).await
+                        self.write_stored("cache.set", entries, ttl, WriteMode::IfAbsent)
+                            .await
                     };
                     if let Err(e) = write.await {
                         tracing::warn!(resource = %self.name, error = %e, "loaded value not cached");
@@ -1233,6 +1268,9 @@ async fn cooperate() {
         tokio::task::consume_budget().await;
     }
 }
+
+/// Stripes of [`CacheState::written`].
+const WRITTEN_STRIPES: usize = 64;
 
 struct InflightGuard<'a> {
     map: &'a DashMap<String, watch::Receiver<LoadResult>>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::{Expiration, ExpireOptions, Value};
+use fred::types::{Expiration, ExpireOptions, SetOptions, Value};
 
 use super::one_or_many::OneOrMany;
 use crate::connection::RedisConnection;
@@ -27,6 +27,16 @@ pub struct Read {
     pub stored: Option<Bytes>,
     /// The key's remaining time to live, when asked for and the key has one.
     pub pttl: Option<Duration>,
+}
+
+/// Whether a write replaces what the key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Always (`SET`).
+    Always,
+    /// Only a key that holds nothing (`SET … NX`): a loaded value never replaces one a writer
+    /// stored meanwhile.
+    IfAbsent,
 }
 
 /// Cache entries on Redis through the shared pool.
@@ -162,6 +172,7 @@ impl RedisCacheStore {
         op: &'static str,
         entries: &[(&str, Bytes)],
         ttl: Duration,
+        mode: WriteMode,
     ) -> Result<()> {
         let client = self
             .conn
@@ -169,16 +180,19 @@ impl RedisCacheStore {
             .with_options(self.conn.options(Access::IdempotentWrite));
         let err = |e| self.conn.error(op, Access::IdempotentWrite, e);
         let px = Some(Expiration::PX(ttl_millis(ttl) as i64));
+        let nx = (mode == WriteMode::IfAbsent).then_some(SetOptions::NX);
         if let [(key, stored)] = entries {
+            // `Value`: a `SET … NX` that finds the key answers nil.
             return client
-                .set::<(), _, _>(*key, stored.clone(), px, None, false)
+                .set::<Value, _, _>(*key, stored.clone(), px, nx, false)
                 .await
+                .map(drop)
                 .map_err(err);
         }
         let pipeline = client.pipeline();
         for (key, stored) in entries {
             pipeline
-                .set::<(), _, _>(*key, stored.clone(), px.clone(), None, false)
+                .set::<(), _, _>(*key, stored.clone(), px.clone(), nx.clone(), false)
                 .await
                 .map_err(err)?;
         }

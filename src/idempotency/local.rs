@@ -118,7 +118,8 @@ mod tests {
             for i in 0..1000 {
                 let key = format!("k{round}-{i}");
                 store.begin(&key, "ph", "o", short, short);
-                assert!(store.commit(&key, "o", b"r", short));
+                // Committed or expired already (1 ms): either way gone soon.
+                store.commit(&key, "o", b"r", short);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
