@@ -38,7 +38,8 @@ async fn main() {
         vec![
             offset(t, i).to_string(),
             "100".to_string(),
-            "fp".to_string(),
+            // The expected fingerprint, after the "=" that marks one as given.
+            "=fp".to_string(),
             "0".to_string(),
         ]
     };
