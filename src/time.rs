@@ -20,7 +20,7 @@ pub fn millis(d: Duration) -> u64 {
 
 /// Milliseconds for an expiry (`PX`, `PEXPIRE`, a script's TTL argument): at least 1, since
 /// Redis refuses a zero expiry and a sub-millisecond one must not become "never"; at most a
-/// century, as [`after`] counts locally, since Redis refuses an expiry that overflows its
+/// century, as `after` counts locally, since Redis refuses an expiry that overflows its
 /// clock (`Duration::MAX` as "for ever" would be an error there).
 pub fn ttl_millis(d: Duration) -> u64 {
     millis(d.min(CENTURY)).max(1)

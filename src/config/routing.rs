@@ -107,6 +107,8 @@ impl Default for RoutingConfig {
 
 #[cfg(test)]
 mod tests {
+    // A build without TLS refuses a `rediss://` configuration outright.
+    #[cfg(feature = "tls")]
     #[test]
     fn a_routed_endpoint_is_encrypted_when_the_main_server_is() {
         // TLS by the main URL's scheme alone (no `[redis.tls]`): a bare tenant URL is
