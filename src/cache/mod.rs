@@ -918,6 +918,13 @@ impl Cache {
         self.telemetry.observe(op, write, |_| "ok").await
     }
 
+    /// Store one entry in its stored form (`set` and `set_bytes` differ only in encoding).
+    async fn write_one(&self, key: &CacheKey, stored: Bytes, ttl: Option<Duration>) -> Result<()> {
+        let entries = vec![(self.redis_key(key)?, stored)];
+        self.write_stored("cache.set", entries, ttl, WriteMode::Always)
+            .await
+    }
+
     /// Store a serde value under `key` for `ttl` (the namespace default when `None`).
     pub async fn set<T: Serialize + ?Sized>(
         &self,
@@ -927,13 +934,7 @@ impl Cache {
     ) -> Result<()> {
         self.gate.check("cache.set")?;
         let stored = codec::encode_json(None, value)?;
-        self.write_stored(
-            "cache.set",
-            vec![(self.redis_key(key)?, stored)],
-            ttl,
-            WriteMode::Always,
-        )
-        .await
+        self.write_one(key, stored, ttl).await
     }
 
     /// Store raw bytes under `key`; [`Cache::get_bytes`] returns them exactly.
@@ -945,13 +946,7 @@ impl Cache {
     ) -> Result<()> {
         self.gate.check("cache.set")?;
         let stored = codec::encode_raw(None, bytes);
-        self.write_stored(
-            "cache.set",
-            vec![(self.redis_key(key)?, stored)],
-            ttl,
-            WriteMode::Always,
-        )
-        .await
+        self.write_one(key, stored, ttl).await
     }
 
     /// Store several serde values in one round trip.
