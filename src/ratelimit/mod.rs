@@ -101,7 +101,12 @@ pub struct RateLimiterState {
     /// Sweeps out local buckets idle long enough to be full again (as good as absent).
     local_sweeper: crate::sweep::Sweeper,
     /// Permits granted by the fallback per route, not yet charged to the shared bucket.
-    owed: DashMap<String, f64>,
+    owed: DashMap<String, Owed>,
+    /// Sweeps out debts older than [`RateLimiterState::debt_lifetime`].
+    owed_sweeper: crate::sweep::Sweeper,
+    /// How long a debt counts: the shared bucket's time to live, long enough for it to refill
+    /// completely, so a bucket left alone that long is full whatever was spent before.
+    debt_lifetime: Duration,
     counters: Counters,
     /// The script's fixed arguments (rate per ms, capacity, ttl), formatted once and shared
     /// by every call.
@@ -148,6 +153,8 @@ impl RateLimiter {
             local: DashMap::new(),
             local_sweeper: Default::default(),
             owed: DashMap::new(),
+            owed_sweeper: Default::default(),
+            debt_lifetime: Duration::from_millis(ttl_ms),
             counters: Counters::default(),
             coalescer,
         }))
@@ -213,7 +220,7 @@ impl RateLimiter {
                             DecidedBy::Fallback,
                         );
                         if d.allowed {
-                            *self.owed.entry(key).or_insert(0.0) += f64::from(n);
+                            self.owe(&key, f64::from(n), self.clock.now());
                         }
                         d
                     }
@@ -333,22 +340,43 @@ impl RateLimiter {
     }
 
     /// The local spend of an outage, charged once with the first call that gets through
-    /// (capped at the capacity).
-    fn take_owed(&self, key: &str) -> f64 {
-        let cap = self.config.capacity();
-        self.owed
-            .remove(key)
-            .map(|(_, v)| v.min(f64::from(cap)))
-            .unwrap_or(0.0)
+    /// (capped at the capacity); nothing once the debt has outlived
+    /// [`RateLimiterState::debt_lifetime`].
+    fn take_owed(&self, key: &str) -> Option<Owed> {
+        let cap = f64::from(self.config.capacity());
+        let (_, owed) = self.owed.remove(key)?;
+        self.debt_is_live(&owed, self.clock.now()).then(|| Owed {
+            permits: owed.permits.min(cap),
+            last: owed.last,
+        })
+    }
+
+    fn debt_is_live(&self, owed: &Owed, now: Instant) -> bool {
+        now.saturating_duration_since(owed.last) < self.debt_lifetime
+    }
+
+    /// Owe `permits` for `key`, the last of them granted at `at`. Debts past their lifetime
+    /// are swept out first, so the routes that never reach Redis again leave memory.
+    fn owe(&self, key: &str, permits: f64, at: Instant) {
+        let now = self.clock.now();
+        self.owed_sweeper
+            .sweep(&self.owed, |_, o| self.debt_is_live(o, now));
+        let mut owed = self.owed.entry(key.to_string()).or_insert(Owed {
+            permits: 0.0,
+            last: at,
+        });
+        if !self.debt_is_live(&owed, now) {
+            owed.permits = 0.0;
+        }
+        owed.permits += permits;
+        owed.last = owed.last.max(at);
     }
 
     /// `owed` was not charged by a call that answered: owe it again, to be charged with the
     /// next call. A call that failed after it ran (its outcome unknown) or was dropped after
     /// it was sent may then charge twice; the way back never grants twice.
-    fn owe_again(&self, key: &str, owed: f64) {
-        if owed > 0.0 {
-            *self.owed.entry(key.to_string()).or_insert(0.0) += owed;
-        }
+    fn owe_again(&self, key: &str, owed: Owed) {
+        self.owe(key, owed.permits, owed.last);
     }
 
     fn local_decide(&self, key: &str, n: u32, share: f64, decided_by: DecidedBy) -> Decision {
@@ -398,23 +426,35 @@ impl RateLimiter {
 struct OwedCharge<'a> {
     limiter: &'a RateLimiter,
     key: &'a str,
-    owed: f64,
+    owed: Option<Owed>,
 }
 
 impl OwedCharge<'_> {
     /// The call answered: the script charged it.
     fn charged(mut self) {
-        self.owed = 0.0;
+        self.owed = None;
     }
 }
 
 impl Drop for OwedCharge<'_> {
     fn drop(&mut self) {
-        self.limiter.owe_again(self.key, self.owed);
+        if let Some(owed) = self.owed.take() {
+            self.limiter.owe_again(self.key, owed);
+        }
     }
 }
 
-fn owed_arg(owed: f64) -> Value {
+/// What one route's fallback granted while Redis was unreachable, not yet charged.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    permits: f64,
+    /// When the last of them was granted: the debt counts for
+    /// [`RateLimiterState::debt_lifetime`] after it.
+    last: Instant,
+}
+
+fn owed_arg(owed: Option<Owed>) -> Value {
+    let owed = owed.map_or(0.0, |o| o.permits);
     if owed > 0.0 {
         Value::from(format!("{owed:.3}"))
     } else {
@@ -496,6 +536,10 @@ impl SendBatch<u32, Decision> for RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::clock::Clock;
     use crate::sweep::MIN_SWEEP;
 
     /// Buckets of routes no longer used leave memory once they would be full again.
@@ -520,5 +564,71 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         }
         assert!(api.local.len() <= 2 * MIN_SWEEP, "{}", api.local.len());
+    }
+
+    /// A monotonic clock that moves only when told to.
+    #[derive(Debug, Clone)]
+    struct ManualClock(Arc<std::sync::Mutex<Instant>>);
+
+    impl crate::clock::Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+        fn wall(&self) -> std::time::SystemTime {
+            std::time::SystemTime::now()
+        }
+    }
+
+    /// An outage's debt is charged on the way back while the shared bucket could still hold
+    /// the permits it stands for; past the bucket's refill time it is worth nothing, is not
+    /// charged, and leaves memory even for routes that never reach Redis again.
+    #[tokio::test]
+    async fn outage_debt_lasts_one_refill_time_and_is_swept() {
+        let clock = ManualClock(Arc::new(std::sync::Mutex::new(Instant::now())));
+        let config = crate::Config::from_toml_str(
+            "mode = \"embedded\"\n[rate_limits.api]\npermits = 10\nper = \"1s\"",
+        )
+        .expect("config")
+        .with_clock(clock.clone());
+        let rt = crate::runtime::Runtime::build(config).expect("runtime");
+        let api = rt.rate_limits.get("api").expect("api");
+        let lifetime = api.debt_lifetime;
+        assert_eq!(
+            lifetime,
+            Duration::from_secs(2),
+            "twice the refill time of 10 per second"
+        );
+        let advance = |by: Duration| *clock.0.lock().unwrap() += by;
+
+        // Charged while young, capped at the capacity, and taken once.
+        api.owe("a", 4.0, clock.now());
+        api.owe("a", 9.0, clock.now());
+        assert_eq!(api.take_owed("a").map(|o| o.permits), Some(10.0));
+        assert!(api.take_owed("a").is_none());
+
+        // A debt's age counts from its last permit.
+        api.owe("b", 3.0, clock.now());
+        advance(lifetime / 2);
+        api.owe("b", 1.0, clock.now());
+        advance(lifetime * 3 / 4);
+        assert_eq!(api.take_owed("b").map(|o| o.permits), Some(4.0));
+
+        // Old debt is not charged, nor added to a new one.
+        api.owe("c", 5.0, clock.now());
+        advance(lifetime);
+        assert!(api.take_owed("c").is_none());
+        api.owe("d", 5.0, clock.now());
+        advance(lifetime);
+        api.owe("d", 1.0, clock.now());
+        assert_eq!(api.take_owed("d").map(|o| o.permits), Some(1.0));
+
+        // Routes that never come back are swept as the map grows.
+        for round in 0..10 {
+            for i in 0..MIN_SWEEP {
+                api.owe(&format!("r{round}-{i}"), 1.0, clock.now());
+            }
+            advance(lifetime);
+        }
+        assert!(api.owed.len() <= 2 * MIN_SWEEP, "{}", api.owed.len());
     }
 }
