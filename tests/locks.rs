@@ -96,6 +96,7 @@ async fn lock_battery_on_every_backend() {
         acquire_waits_then_times_out(&jobs, &label).await;
         expiry_and_steal_raise_the_token_and_fire_lost(&forze, &label).await;
         the_heartbeater_keeps_a_lease_alive_past_its_lease(&forze, &label).await;
+        a_panicking_renewal_does_not_stop_the_next(&forze, &label).await;
         tenants_are_isolated_and_required(&forze, &label).await;
         a_wait_too_long_for_the_clock_waits_for_ever(&jobs, &label).await;
         a_lost_guard_is_not_extended(&forze, &label).await;
@@ -378,6 +379,25 @@ async fn the_heartbeater_keeps_a_lease_alive_past_its_lease(forze: &ForzeHandle,
     assert!(
         !g.is_lost(),
         "{label}: lease lost across a heartbeater restart"
+    );
+    assert!(g.release().await.unwrap(), "{label}");
+}
+
+async fn a_panicking_renewal_does_not_stop_the_next(forze: &ForzeHandle, label: &str) {
+    let short = forze.lock("short").unwrap();
+    let g = short.try_acquire(&id("panicked")).await.unwrap().unwrap();
+    let before = forze.heartbeat_stats().await.unwrap().unwrap();
+    forze.inject_renewal_panic();
+    // Twice the lease: renewed by the ticks after the one that panicked.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !g.is_lost(),
+        "{label}: lease lost after a renewal task panicked"
+    );
+    let after = forze.heartbeat_stats().await.unwrap().unwrap();
+    assert!(
+        after.renewed >= before.renewed + 5,
+        "{label}: {before:?} then {after:?}"
     );
     assert!(g.release().await.unwrap(), "{label}");
 }

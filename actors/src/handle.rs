@@ -348,6 +348,13 @@ impl ForzeHandle {
         .await
     }
 
+    /// Make the lease renewals of the next heartbeat tick panic (fault drills and tests):
+    /// the ticks after renew as usual.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_renewal_panic(&self) {
+        self.shared.leases.panic_next_renewal();
+    }
+
     /// Make one tracking reader (the task that reads one primary's tracking connection)
     /// panic at its next tick (fault drills and tests): the session must count it a loss.
     #[cfg(feature = "fault-injection")]

@@ -30,6 +30,8 @@ pub(crate) struct RenewalCounts {
     lost: AtomicU64,
     failed_calls: AtomicU64,
     in_flight: AtomicBool,
+    /// Set by a fault drill: the next tick's renewals panic.
+    panic_next: AtomicBool,
 }
 
 /// A copy of the renewal statistics.
@@ -67,6 +69,13 @@ impl LeaseRegistry {
         self.counts.in_flight.store(false, Ordering::Release);
     }
 
+    /// Make the next tick's renewals panic (fault drills and tests): the tick after must
+    /// renew as usual.
+    #[doc(hidden)]
+    pub fn panic_next_renewal(&self) {
+        self.counts.panic_next.store(true, Ordering::Release);
+    }
+
     /// One tick of a `tick`-long period: the renewals due now, as one future to run on a
     /// task (`None` when nothing is due, the previous tick's renewals are still in flight,
     /// or renewals are stalled).
@@ -94,6 +103,9 @@ impl LeaseRegistry {
         if due.is_empty() || c.in_flight.swap(true, Ordering::AcqRel) {
             return None;
         }
+        // Cleared however the renewals end: a task that panicked or was dropped must not
+        // leave every later tick skipped (every lease would then be lost).
+        let in_flight = InFlight(self.clone());
         // The tick and its calls are counted together, when the tick is decided: a reader
         // of the stats never sees a tick whose calls its task has not counted yet.
         let calls: usize = due
@@ -107,7 +119,11 @@ impl LeaseRegistry {
         c.calls.fetch_add(calls as u64, Ordering::Relaxed);
         let registry = self.clone();
         Some(async move {
+            let _in_flight = in_flight;
             let c = &registry.counts;
+            if c.panic_next.swap(false, Ordering::AcqRel) {
+                panic!("fault injection: lease renewals panic");
+            }
             let batches = due.into_values().map(|leases| async move {
                 let lock = leases[0].lock.clone();
                 let held: Vec<&Lease> = leases.iter().map(|h| &h.lease).collect();
@@ -132,7 +148,6 @@ impl LeaseRegistry {
                 }
             });
             futures::future::join_all(batches).await;
-            c.in_flight.store(false, Ordering::Release);
         })
     }
 
@@ -148,5 +163,14 @@ impl LeaseRegistry {
             failed_calls: l(&c.failed_calls),
             held: self.held.len(),
         }
+    }
+}
+
+/// The renewals of one tick, in flight until dropped.
+struct InFlight(Arc<LeaseRegistry>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.counts.in_flight.store(false, Ordering::Release);
     }
 }
