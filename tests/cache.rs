@@ -77,6 +77,7 @@ async fn cache_conformance_battery_on_every_backend() {
         }
         sliding_ttl_only_extends(&forze, &backend, &label).await;
         corrupt_values_are_counted_misses(&forze, &backend, &label).await;
+        a_versioned_write_replaces_what_no_reader_can_decode(&forze, &backend, &label).await;
         tenants_are_isolated_and_required(&forze, &label).await;
         invalid_input_is_a_typed_error(&forze, &label).await;
         get_or_load_runs_the_loader_once_for_100_callers(&forze, &label).await;
@@ -277,6 +278,54 @@ async fn corrupt_values_are_counted_misses(forze: &ForzeHandle, backend: &Backen
     );
     assert_eq!(cache.get::<u64>(&k("bad")).await.unwrap(), None);
     assert_eq!(cache.stats().corrupt, before + 2, "{label}");
+}
+
+/// Stored values that start like a versioned entry but that the decoder refuses (unknown
+/// flags, a version that is not 20 digits or does not fit a u64) are misses to every reader,
+/// so they must not block versioned writes either.
+async fn a_versioned_write_replaces_what_no_reader_can_decode(
+    forze: &ForzeHandle,
+    backend: &Backend,
+    label: &str,
+) {
+    let cache = forze.cache("plain").unwrap();
+    let key = "forze:cache:{plain:_:undecodable}";
+    // The marker byte 0xC1 is not UTF-8, so the value is built by a script on the server.
+    let put = "redis.call('SET', KEYS[1], string.char(193, tonumber(ARGV[1])) .. ARGV[2])";
+    let forms = [
+        ("5", "99999999999999999999\"x\""),
+        ("1", "9999999999999999999x\"x\""),
+        ("1", "99999999999999999999\"x\""),
+        ("3", "1844674407370955161"),
+    ];
+    for (flags, rest) in forms {
+        if backend
+            .cmd_for_key(key, &["EVAL", put, "1", key, flags, rest])
+            .is_none()
+        {
+            return; // Locally nothing foreign can be stored.
+        }
+        assert_eq!(
+            cache.get::<String>(&k("undecodable")).await.unwrap(),
+            None,
+            "{label}: {flags} {rest}"
+        );
+        assert!(
+            cache
+                .set_versioned(&k("undecodable"), 1, "one", None)
+                .await
+                .unwrap(),
+            "{label}: a value no reader decodes blocked a versioned write ({flags} {rest})"
+        );
+        assert_eq!(
+            cache
+                .get_versioned::<String>(&k("undecodable"))
+                .await
+                .unwrap(),
+            Some((1, "one".to_string())),
+            "{label}"
+        );
+    }
 }
 
 async fn tenants_are_isolated_and_required(forze: &ForzeHandle, label: &str) {
