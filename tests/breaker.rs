@@ -441,6 +441,23 @@ closed_cache_ttl = "300ms"
             "{bin}: untracked replica stopped admitting {at:?} after the trip (cache TTL 300 ms)"
         );
         assert!(at <= Duration::from_millis(400), "{bin}: {at:?}");
+        // The open phase is kept no longer than a closed one, but its refusals still tell
+        // when the break ends, whether Redis or the kept phase answers.
+        let mut from_cache = 0;
+        for _ in 0..20 {
+            let refusal = b.admit("svc").await.unwrap();
+            assert!(!refusal.allowed, "{bin}");
+            from_cache += usize::from(refusal.decided_by == DecidedBy::Cache);
+            let left = Duration::from_secs(5).saturating_sub(tripped.elapsed());
+            assert!(
+                refusal.retry_after + Duration::from_millis(100) >= left,
+                "{bin}: retry after {:?} with {left:?} of the break left ({:?})",
+                refusal.retry_after,
+                refusal.decided_by
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(from_cache > 0, "{bin}: no refusal came from the kept phase");
         // A reset made elsewhere is seen within the same TTL, not at the end of the 5 s break:
         // untracked, an open phase is not cached longer than a closed one.
         a.reset("svc").await.unwrap();

@@ -106,10 +106,14 @@ pub struct Transition {
     pub at: SystemTime,
 }
 
+/// A phase this process may answer from memory until `until`.
 #[derive(Debug, Clone, Copy)]
 struct Cached {
     phase: Phase,
     until: Instant,
+    /// Open only: when a trial may be admitted. Later than `until` while untracked (the phase
+    /// is then kept no longer than a closed one), and what a refusal's `retry_after` counts to.
+    retry_at: Instant,
 }
 
 /// What one round trip to Redis decided, as the script replies it.
@@ -420,7 +424,7 @@ impl Breaker {
                 Admission {
                     allowed: false,
                     phase: Phase::Open,
-                    retry_after: c.until - now,
+                    retry_after: c.retry_at.saturating_duration_since(now),
                     decided_by: DecidedBy::Cache,
                 }
             }
@@ -713,6 +717,7 @@ impl Breaker {
                     Cached {
                         phase,
                         until: sent + self.config.closed_cache_ttl,
+                        retry_at: sent,
                     },
                 );
             }
@@ -727,6 +732,7 @@ impl Breaker {
                     Cached {
                         phase,
                         until: sent + hold,
+                        retry_at: sent + wait,
                     },
                 );
             }
