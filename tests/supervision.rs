@@ -357,6 +357,66 @@ async fn shutdown_leaves_no_task_actor_or_connection_behind() {
     }
 }
 
+/// With Redis frozen and a long command timeout, requests in flight cannot end by themselves:
+/// shutdown still ends within its bound, cancels them (their callers hear at once), and leaves
+/// no task behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_redis_frozen_cancels_what_it_cannot_drain_within_its_bound() {
+    let bin = forze_redis_testkit::server_binaries().remove(0);
+    let server = forze_redis_testkit::TestServer::start(&bin);
+    let mut cfg = config(Some(&server.url()), "shutdown-frozen", RESOURCES);
+    let redis = cfg.redis.as_mut().unwrap();
+    redis.command_timeout = Duration::from_secs(60);
+    redis.unresponsive_timeout = Duration::from_secs(60);
+    cfg.supervision.shutdown_timeout = Duration::from_millis(500);
+    let forze = spawn_ready(cfg).await;
+    let actor: ActorRef<CounterMsg> = ractor::registry::where_is(forze.names().counter("strict"))
+        .expect("counter actor")
+        .into();
+    server.pause();
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let actor = actor.clone();
+        callers.push(tokio::spawn(async move {
+            actor
+                .call(
+                    |reply| CounterMsg::Incr {
+                        id: CounterId::main(),
+                        by: 1,
+                        reply,
+                    },
+                    Some(Duration::from_secs(60)),
+                )
+                .await
+        }));
+    }
+    wait_until(Duration::from_secs(5), "requests in flight", || {
+        forze.tasks_in_flight() == 4
+    })
+    .await;
+    let started = Instant::now();
+    let stopped = forze.shutdown().await;
+    let took = started.elapsed();
+    server.resume();
+    stopped.expect("shutdown within its bound");
+    eprintln!("shutdown with Redis frozen took {took:?} (shutdown_timeout 500 ms)");
+    assert!(
+        took <= Duration::from_millis(3 * 500 + 1000),
+        "shutdown took {took:?}"
+    );
+    assert_eq!(forze.tasks_in_flight(), 0, "request tasks left");
+    for caller in callers {
+        let answer = tokio::time::timeout(Duration::from_secs(1), caller)
+            .await
+            .expect("the caller heard of the cancelled request at once")
+            .unwrap();
+        assert!(
+            matches!(answer, Ok(ractor::rpc::CallResult::SenderError)),
+            "{answer:?}"
+        );
+    }
+}
+
 /// Every resource handle carries the shutdown gate: after shutdown, every operation of every
 /// contract (lock queries and owner-checked release included) is refused with `Unavailable`
 /// before anything runs, and handles taken before shutdown are refused too.

@@ -306,10 +306,14 @@ impl ForzeHandle {
         })
     }
 
-    /// Shut the tree down gracefully and wait for it (idempotent): callers refused first, resource actors
-    /// stopped, in-flight requests drained, pool actor stopped, connections closed last.
+    /// Shut the tree down gracefully and wait for it (idempotent): callers refused first,
+    /// resource actors stopped, in-flight requests drained (and cancelled past
+    /// `shutdown_timeout`), pool actor stopped, connections closed last. `Timeout` if the tree
+    /// has not stopped within 3 × `shutdown_timeout` + 1 s.
     pub async fn shutdown(&self) -> Result<()> {
-        let timeout = self.shared.config.supervision.shutdown_timeout * 3;
+        // The tree's three stages, and a second for the actors' own messages between them.
+        let timeout =
+            self.shared.config.supervision.shutdown_timeout * 3 + std::time::Duration::from_secs(1);
         let stopped = self
             .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(timeout))

@@ -10,17 +10,18 @@ use std::sync::Arc;
 
 use forze_redis::runtime::Runtime;
 use forze_redis::{Config, Result};
-use tokio_util::task::TaskTracker;
 
 use crate::names::ActorNames;
+use crate::reply::RequestTasks;
 
 /// The runtime of one supervisor and what its actors add to it.
 #[derive(Debug)]
 pub struct Shared {
     pub(crate) runtime: Runtime,
     pub(crate) names: ActorNames,
-    /// Tasks spawned on behalf of callers (message requests); waited for at shutdown.
-    pub(crate) tasks: TaskTracker,
+    /// Tasks spawned on behalf of callers (message requests, lease renewals); drained at
+    /// shutdown.
+    pub(crate) tasks: RequestTasks,
     pub(crate) pool_stats: PoolCounters,
     pub(crate) tracking_stats: TrackingCounters,
 }
@@ -67,7 +68,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             runtime: Runtime::build(config)?,
             names,
-            tasks: TaskTracker::new(),
+            tasks: RequestTasks::default(),
             pool_stats: PoolCounters::default(),
             tracking_stats: Default::default(),
         }))

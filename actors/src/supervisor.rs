@@ -251,7 +251,9 @@ impl ForzeSupervisor {
             .drain()
             .map(|(_, child)| child)
             .partition(|(kind, _)| *kind == ChildKind::Pool);
-        for (kind, cell) in resources {
+        // Three stages of at most `timeout` each: the resource actors (together), the request
+        // tasks, then the pool and the connections.
+        let stops = resources.into_iter().map(|(kind, cell)| async move {
             if cell
                 .stop_and_wait(Some("shutdown".into()), Some(timeout))
                 .await
@@ -260,28 +262,35 @@ impl ForzeSupervisor {
                 tracing::warn!(?kind, "child did not stop in time; killing it");
                 cell.kill();
             }
+        });
+        futures::future::join_all(stops).await;
+        if !shared.tasks.drain(timeout).await {
+            tracing::warn!("request tasks still running at shutdown were cancelled");
         }
-        shared.tasks.close();
-        if tokio::time::timeout(timeout, shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("request tasks still running at shutdown");
-        }
-        for (_, cell) in pool {
-            if cell
-                .stop_and_wait(Some("shutdown".into()), Some(timeout))
-                .await
-                .is_err()
-            {
-                cell.kill();
+        let close = async {
+            for (_, cell) in pool {
+                if cell
+                    .stop_and_wait(Some("shutdown".into()), Some(timeout))
+                    .await
+                    .is_err()
+                {
+                    cell.kill();
+                }
             }
-        }
-        if let Some(conn) = &shared.connection {
-            conn.quit(timeout).await;
-        }
-        if let Some(router) = &shared.router {
-            router.close_all(timeout).await;
+            let quit = async {
+                if let Some(conn) = &shared.connection {
+                    conn.quit(timeout).await;
+                }
+            };
+            let close_routes = async {
+                if let Some(router) = &shared.router {
+                    router.close_all(timeout).await;
+                }
+            };
+            tokio::join!(quit, close_routes);
+        };
+        if tokio::time::timeout(timeout, close).await.is_err() {
+            tracing::warn!("connections did not close in time");
         }
         tracing::info!(prefix = shared.names.prefix(), "forze supervisor shut down");
     }

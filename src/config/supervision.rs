@@ -26,7 +26,8 @@ pub struct SupervisionConfig {
     /// Time limit of a request that needs an actor's mailbox (default 5 s).
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
-    /// Time allowed for the graceful shutdown of each stage (default 10 s).
+    /// Time allowed for each of the graceful shutdown's three stages (default 10 s): the
+    /// resource actors, the request tasks (cancelled past it), the pool and connections.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
 }
