@@ -92,6 +92,8 @@ pub struct TestCluster {
     ids: Vec<String>,
     /// The TLS port of each node (empty unless started with [`TestCluster::start_tls`]).
     tls_ports: Vec<u16>,
+    /// The host name clients are told to use, if the nodes announce one.
+    announced: Option<&'static str>,
 }
 
 impl std::fmt::Debug for TestCluster {
@@ -119,7 +121,7 @@ impl TestCluster {
     /// [`TestCluster::start`] plus `spares` primaries that hold no slot (nodes added to grow
     /// the cluster, before any slot is migrated to them). They come last in [`Self::nodes`].
     pub fn start_with_spares(bin: &ServerBinary, primaries: usize, spares: usize) -> TestCluster {
-        Self::start_nodes(bin, primaries, spares, None)
+        Self::start_nodes(bin, primaries, spares, None, None)
     }
 
     /// [`TestCluster::start`] with TLS everywhere (`--tls-cluster yes`): every node listens
@@ -131,7 +133,23 @@ impl TestCluster {
     ///
     /// As [`TestCluster::start`], and when `bin` has no TLS support.
     pub fn start_tls(bin: &ServerBinary, primaries: usize, pki: &TestPki) -> TestCluster {
-        Self::start_nodes(bin, primaries, 0, Some(pki))
+        Self::start_nodes(bin, primaries, 0, Some(pki), None)
+    }
+
+    /// [`TestCluster::start_tls`] where every node announces the host name `localhost`
+    /// (`cluster-announce-hostname`, with `cluster-preferred-endpoint-type hostname`) and its
+    /// certificate is made for that name only, not for its address: a client must verify each
+    /// node as the name it announces. [`TestCluster::tls_url`] then names the seeds by it.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestCluster::start_tls`], and when `bin` predates host name announcement (7.0).
+    pub fn start_tls_announcing_hostnames(
+        bin: &ServerBinary,
+        primaries: usize,
+        pki: &TestPki,
+    ) -> TestCluster {
+        Self::start_nodes(bin, primaries, 0, Some(pki), Some("localhost"))
     }
 
     fn start_nodes(
@@ -139,9 +157,13 @@ impl TestCluster {
         primaries: usize,
         spares: usize,
         tls: Option<&TestPki>,
+        announced: Option<&'static str>,
     ) -> TestCluster {
         assert!(primaries >= 1, "a cluster needs a primary");
-        let cert = tls.map(|pki| pki.issue(&["localhost", "127.0.0.1"]));
+        let cert = tls.map(|pki| match announced {
+            Some(name) => pki.issue(&[name]),
+            None => pki.issue(&["localhost", "127.0.0.1"]),
+        });
         let mut tls_ports = Vec::new();
         let nodes: Vec<TestServer> = (0..primaries + spares)
             .map(|_| {
@@ -173,6 +195,18 @@ impl TestCluster {
                                 .map(|s| s.to_string()),
                         );
                         args.push((port + 10_000).to_string());
+                    }
+                    if let Some(name) = announced {
+                        args.extend(
+                            [
+                                "--cluster-announce-hostname",
+                                name,
+                                "--cluster-preferred-endpoint-type",
+                                "hostname",
+                            ]
+                            .iter()
+                            .map(|s| s.to_string()),
+                        );
                     }
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     match TestServer::try_start_on_with(bin, port, None, &args) {
@@ -217,6 +251,7 @@ impl TestCluster {
             nodes,
             ids,
             tls_ports,
+            announced,
         };
         cluster.wait_consistent();
         cluster
@@ -230,10 +265,11 @@ impl TestCluster {
     /// When the cluster has no TLS ports.
     pub fn tls_url(&self) -> String {
         assert!(!self.tls_ports.is_empty(), "not a TLS cluster");
-        let mut url = format!("rediss-cluster://127.0.0.1:{}", self.tls_ports[0]);
+        let host = self.announced.unwrap_or("127.0.0.1");
+        let mut url = format!("rediss-cluster://{host}:{}", self.tls_ports[0]);
         for (i, p) in self.tls_ports.iter().enumerate().skip(1) {
             url.push(if i == 1 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{p}"));
+            url.push_str(&format!("node={host}:{p}"));
         }
         url
     }
