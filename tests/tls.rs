@@ -437,17 +437,7 @@ async fn a_tls_cluster_keeps_every_l1_coherent() {
     for bin in tls_binaries() {
         let pki = TestPki::new("cluster");
         let cluster = TestCluster::start_tls(&bin, 3, &pki);
-        let url = cluster.tls_url();
-        register_tls_table(
-            &url,
-            &format!("ca_file = {:?}", pki.ca_file().display().to_string()),
-        );
-        let mut reps = Vec::new();
-        for _ in 0..2 {
-            let r = spawn_ready(config(Some(&url), "tls-cluster", RESOURCES)).await;
-            tracked_on(&r, 3).await;
-            reps.push(r);
-        }
+        let reps = two_tracked_replicas(&cluster, &pki, "tls-cluster").await;
         let owners: std::collections::BTreeSet<usize> = (0..60)
             .map(|i| cluster.owner_of(&format!("forze:cache:{{hot:_:k{i}}}")))
             .collect();
@@ -466,6 +456,26 @@ async fn a_tls_cluster_keeps_every_l1_coherent() {
     }
 }
 
+/// Two replicas on a 3-primary TLS `cluster` trusting `pki`, each tracked on every primary.
+async fn two_tracked_replicas(
+    cluster: &TestCluster,
+    pki: &TestPki,
+    test: &str,
+) -> Vec<ForzeHandle> {
+    let url = cluster.tls_url();
+    register_tls_table(
+        &url,
+        &format!("ca_file = {:?}", pki.ca_file().display().to_string()),
+    );
+    let mut reps = Vec::new();
+    for _ in 0..2 {
+        let r = spawn_ready(config(Some(&url), test, RESOURCES)).await;
+        tracked_on(&r, 3).await;
+        reps.push(r);
+    }
+    reps
+}
+
 /// Nodes that announce a host name have certificates made for that name, not for their
 /// addresses: the tracking connections, opened to each primary's address, verify the name
 /// the node announces, as the pool does, so every L1 is trusted and kept coherent.
@@ -474,17 +484,7 @@ async fn a_tls_cluster_announcing_host_names_is_tracked_by_those_names() {
     for bin in tls_binaries() {
         let pki = TestPki::new("cluster-hostnames");
         let cluster = TestCluster::start_tls_announcing_hostnames(&bin, 3, &pki);
-        let url = cluster.tls_url();
-        register_tls_table(
-            &url,
-            &format!("ca_file = {:?}", pki.ca_file().display().to_string()),
-        );
-        let mut reps = Vec::new();
-        for _ in 0..2 {
-            let r = spawn_ready(config(Some(&url), "tls-cluster-names", RESOURCES)).await;
-            tracked_on(&r, 3).await;
-            reps.push(r);
-        }
+        let reps = two_tracked_replicas(&cluster, &pki, "tls-cluster-names").await;
         writes_reach_the_other_l1_by_push(&reps, 30, &format!("{bin} TLS cluster by name")).await;
         for r in reps {
             r.shutdown().await.unwrap();
