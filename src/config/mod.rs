@@ -363,6 +363,27 @@ mod tests {
         assert_eq!(cfg.supervision.restart_window, Duration::from_secs(120));
     }
 
+    /// Socket settings the kernel would refuse at every connect are refused at start.
+    #[test]
+    fn socket_settings_the_kernel_refuses_are_refused() {
+        let with = |line: &str| {
+            Config::from_toml_str(&format!("[redis]\nurl = \"redis://h:1\"\n{line}"))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for bad in ["500ms", "1500ms", "32768s", "1d"] {
+            let e = with(&format!("tcp_keepalive = \"{bad}\"")).unwrap_err();
+            assert!(e.contains("redis.tcp_keepalive"), "{bad}: {e}");
+        }
+        for good in ["0s", "1s", "30s", "32767s"] {
+            with(&format!("tcp_keepalive = \"{good}\"")).unwrap();
+        }
+        let e = with("tcp_user_timeout = \"25d\"").unwrap_err();
+        assert!(e.contains("redis.tcp_user_timeout"), "{e}");
+        with("tcp_user_timeout = \"24d\"").unwrap();
+        with("tcp_user_timeout = \"0s\"").unwrap();
+    }
+
     #[test]
     fn errors_name_the_offending_field() {
         let cases = [
@@ -588,6 +609,46 @@ mod tests {
         assert_eq!(
             redis::redact_urls("a \"redis://u:pw@h:1/0\" and rediss://:x@y b"),
             "a \"redis://u:***@h:1/0\" and rediss://:***@y b"
+        );
+    }
+
+    /// A password holding the characters that end a URL in prose (a quote, a space, a
+    /// backtick, angle brackets) is hidden whole, however the message quotes it.
+    #[test]
+    fn a_password_with_quotes_or_spaces_is_not_echoed() {
+        for password in [
+            "Tr0ub4dor'3",
+            "a b c",
+            "x\"y",
+            "p`q",
+            "l<m>n",
+            "back\\slash\"",
+        ] {
+            let url = format!("redis://:{password}@h:6379");
+            let e = Config::from_toml_and_vars("", [("FORZE__REDIS", url.as_str())]).unwrap_err();
+            let shown = e.to_string();
+            for part in password.split(['\'', ' ', '"', '`', '<', '>', '\\']) {
+                assert!(
+                    part.len() < 2 || !shown.contains(part),
+                    "{password:?} leaked {part:?}: {shown}"
+                );
+            }
+            let e = Config::from_toml_str(&format!("redis = {:?}", url)).unwrap_err();
+            let shown = e.to_string();
+            for part in password.split(['\'', ' ', '"', '`', '<', '>', '\\']) {
+                assert!(
+                    part.len() < 2 || !shown.contains(part),
+                    "{password:?} leaked {part:?}: {shown}"
+                );
+            }
+        }
+        let sentinel = "redis-sentinel://h:26379?sentinelServiceName=m&sentinelPassword=a'bcd efg";
+        let shown = redis::redact_urls(&format!("unquoted {sentinel} then more"));
+        assert!(!shown.contains("bcd") && !shown.contains("efg"), "{shown}");
+        // Quoted as serde quotes values: the message around the URL stays readable.
+        assert_eq!(
+            redis::redact_urls("invalid type: string \"redis://:a'b c@h:1\", expected struct"),
+            "invalid type: string \"redis://:***@h:1\", expected struct"
         );
     }
 

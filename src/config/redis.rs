@@ -207,6 +207,23 @@ impl RedisConfig {
                 return Err(Error::config(field, "must be greater than zero"));
             }
         }
+        // The kernel refuses a keepalive idle time outside 1 to 32767 whole seconds, and a
+        // user timeout of 2^31 ms or more: every connect would fail, long after validation.
+        let keepalive = self.tcp_keepalive;
+        if !keepalive.is_zero()
+            && (keepalive.subsec_nanos() != 0 || !(1..=32_767).contains(&keepalive.as_secs()))
+        {
+            return Err(Error::config(
+                "redis.tcp_keepalive",
+                "must be 0s (off) or a whole number of seconds from 1s to 32767s",
+            ));
+        }
+        if self.tcp_user_timeout.as_millis() > i32::MAX as u128 {
+            return Err(Error::config(
+                "redis.tcp_user_timeout",
+                "must be below 2^31 ms (about 24 days)",
+            ));
+        }
         if self.reconnect.max_delay < self.reconnect.min_delay {
             return Err(Error::config(
                 "redis.reconnect.max_delay",
@@ -356,6 +373,13 @@ impl<'de> Deserialize<'de> for RedisUrl {
 
 /// `text` with every URL in it redacted (for error messages that may quote a value, such as a
 /// URL given where a table was expected).
+///
+/// A password may hold any character, the ones that usually end a URL in prose included, so a
+/// URL's end is never searched for inside its secrets: a URL quoted as a Rust string literal
+/// (`"…"`, as serde quotes values) ends at its closing quote; any other ends at a boundary
+/// character, but never before its last `@` (its credentials) and, once a `password`
+/// parameter begins, not before the next URL or the end of the text. Hiding too much is the
+/// price of never hiding too little.
 pub(crate) fn redact_urls(text: &str) -> String {
     let boundary = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>');
     let mut out = String::with_capacity(text.len());
@@ -366,13 +390,43 @@ pub(crate) fn redact_urls(text: &str) -> String {
             .rev()
             .find(|&(_, c)| boundary(c))
             .map_or(0, |(i, c)| i + c.len_utf8());
-        let end = rest[at..].find(boundary).map_or(rest.len(), |i| at + i);
+        let end = if rest[..start].ends_with('"') {
+            closing_quote(rest, at)
+        } else {
+            // Up to the next URL: what an `@` or a password parameter there belongs to.
+            let region = rest[at + 3..]
+                .find("://")
+                .map_or(rest.len(), |i| at + 3 + i);
+            let secret_from = rest[at..region].rfind('@').map_or(at, |i| at + i);
+            if rest[at..region].to_ascii_lowercase().contains("password=") {
+                region
+            } else {
+                rest[secret_from..]
+                    .find(boundary)
+                    .map_or(rest.len(), |i| secret_from + i)
+            }
+        };
         out.push_str(&rest[..start]);
         out.push_str(&redact_url(&rest[start..end]));
         rest = &rest[end..];
     }
     out.push_str(rest);
     out
+}
+
+/// Where the string literal that holds byte `from` of `text` closes: the first `"` after it
+/// that no backslash escapes (the end of `text` if none).
+fn closing_quote(text: &str, from: usize) -> usize {
+    let mut escaped = false;
+    for (i, c) in text[from..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return from + i,
+            _ => {}
+        }
+    }
+    text.len()
 }
 
 /// Replace the password of `scheme://user:password@host…` and of query parameters whose
