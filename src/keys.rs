@@ -258,7 +258,9 @@ fn push_pct(out: &mut String, b: u8) {
     out.push(HEX[(b & 0xf) as usize] as char);
 }
 
-/// Invert [`escape_part`]; `None` if `escaped` is not a valid escaped part.
+/// Invert [`escape_part`]; `None` if `escaped` is not exactly what it writes for some part
+/// (a key written by another client in another form, such as `%41` for `A` or `%3a`, is not
+/// taken for one of ours: it is another Redis key).
 pub fn unescape_part(escaped: &str) -> Option<String> {
     let bytes = escaped.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -266,11 +268,22 @@ pub fn unescape_part(escaped: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = escaped.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let digit = |at: usize| {
+                    let d = *bytes.get(at)?;
+                    match d {
+                        b'0'..=b'9' => Some(d - b'0'),
+                        b'A'..=b'F' => Some(d - b'A' + 10),
+                        _ => None,
+                    }
+                };
+                let b = digit(i + 1)? << 4 | digit(i + 2)?;
+                if !ESCAPED[usize::from(b)] {
+                    return None;
+                }
+                out.push(b);
                 i += 3;
             }
-            b':' | b'{' | b'}' => return None,
+            b if ESCAPED[usize::from(b)] => return None,
             b => {
                 out.push(b);
                 i += 1;
@@ -579,6 +592,18 @@ mod tests {
             assert!(!e.contains(':') && !e.contains('{') && !e.contains('}'));
             assert_eq!(unescape_part(&e).as_deref(), Some(s));
         }
+    }
+
+    /// Only the form `escape_part` writes is read back: another spelling of the same bytes
+    /// is another Redis key, not one of ours.
+    #[test]
+    fn unescape_reads_only_the_canonical_form() {
+        for foreign in [
+            "%3a", "%41", "%+A", "%0a", "a\nb", "%", "%3", "%G0", "a:b", "{x}",
+        ] {
+            assert_eq!(unescape_part(foreign), None, "{foreign:?}");
+        }
+        assert_eq!(unescape_part("%3A%0A%25").as_deref(), Some(":\n%"));
     }
 
     /// Exactly `%`, `:`, `{`, `}` and ASCII control bytes are escaped, whatever surrounds

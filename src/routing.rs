@@ -86,6 +86,15 @@ impl Router {
         self.read_routes().get(tenant.as_str()).cloned()
     }
 
+    /// Whether connections to `endpoint` (`None`: `[redis]`) are encrypted, with what a route
+    /// inherits from `[redis]`.
+    pub fn encrypts(&self, endpoint: Option<&RouteEndpoint>) -> bool {
+        endpoint.map_or_else(
+            || self.template.uses_tls(),
+            |e| e.redis_config(&self.template).uses_tls(),
+        )
+    }
+
     /// Whether `tenant` has a route of its own.
     pub fn is_routed(&self, tenant: &TenantId) -> bool {
         self.read_routes().contains_key(tenant.as_str())

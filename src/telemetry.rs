@@ -713,11 +713,15 @@ mod tests {
             ),
             ("redis://[::1]:6390", Some(("[::1]", Some(6390)))),
             ("redis+unix:///tmp/r.sock", Some(("/tmp/r.sock", None))),
-            // Passwords holding the separators, and a sentinel password in the query.
-            // (the driver cannot parse this one: no address rather than a guess)
+            // Passwords holding the separators, and a sentinel password in the query
+            // (neither is a URL the configuration accepts: no address rather than a guess).
             ("redis://:p@ss/w?rd@h9:1", None),
             (
                 "redis-sentinel://h1:26379/0?sentinelServiceName=m&sentinelPassword=s@cret",
+                None,
+            ),
+            (
+                "redis-sentinel://:s@cret@h1:26379/0?sentinelServiceName=m",
                 Some(("h1", Some(26379))),
             ),
         ];

@@ -568,6 +568,22 @@ mallory = {{ url = "{url}", tls = {{ ca_file = {bad:?} }} }}
             5,
             "{bin}: TLS table kept"
         );
+        // A route encrypted by its scheme alone (`[redis]` is plaintext here) is not moved to
+        // a plaintext URL by a rotation: that takes `set_route_endpoint`, deliberately.
+        let beta = TenantId::new("beta").unwrap();
+        f.set_route(&beta, Some(&endpoint.url())).unwrap();
+        let plain = format!("redis://127.0.0.1:{}", endpoint.server().port());
+        let e = f.set_route(&beta, Some(&plain)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{bin}: {e}");
+        assert!(e.to_string().contains("routing.tenants.beta"), "{e}");
+        f.set_route_endpoint(
+            &beta,
+            Some(forze_redis::RouteEndpoint {
+                url: forze_redis::RedisUrl::new(&plain),
+                tls: None,
+            }),
+        )
+        .unwrap();
         f.shutdown().await.unwrap();
     }
 }

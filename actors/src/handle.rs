@@ -206,14 +206,27 @@ impl ForzeHandle {
     /// command timeout: give a tenant a URL with new credentials to rotate them. A tenant whose
     /// route has TLS settings of its own keeps them (a credential rotation never drops its
     /// encryption); use [`ForzeHandle::set_route_endpoint`] to change them.
-    /// `Config` error when no resource is routed or the URL is not valid.
+    /// `Config` error when no resource is routed, the URL is not valid, or the tenant's route
+    /// is encrypted and `url` would connect in plaintext (a TLS scheme dropped by mistake);
+    /// [`ForzeHandle::set_route_endpoint`] makes such a change deliberately.
     pub fn set_route(&self, tenant: &TenantId, url: Option<&str>) -> Result<()> {
         let router = self.router()?;
-        let endpoint = url.map(|u| RouteEndpoint {
-            url: RedisUrl::new(u),
-            tls: router.route(tenant).and_then(|e| e.tls),
-        });
-        router.set_route(tenant, endpoint)
+        let current = router.route(tenant);
+        let Some(url) = url else {
+            return router.set_route(tenant, None);
+        };
+        let endpoint = RouteEndpoint {
+            url: RedisUrl::new(url),
+            tls: current.as_ref().and_then(|e| e.tls.clone()),
+        };
+        if router.encrypts(current.as_ref()) && !router.encrypts(Some(&endpoint)) {
+            return Err(Error::config(
+                format!("routing.tenants.{}", tenant.as_str()),
+                "the route is encrypted and this URL would connect in plaintext: give a TLS \
+                 URL (rediss://, valkeys://), or change the TLS settings with set_route_endpoint",
+            ));
+        }
+        router.set_route(tenant, Some(endpoint))
     }
 
     /// Route `tenant` to `endpoint` (its URL and its own TLS settings; `None`: back to

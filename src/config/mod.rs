@@ -363,6 +363,31 @@ mod tests {
         assert_eq!(cfg.supervision.restart_window, Duration::from_secs(120));
     }
 
+    /// Sentinel credentials of their own would be ignored by the driver: refused, and the
+    /// refusal does not echo them.
+    #[test]
+    fn sentinel_credentials_of_their_own_are_refused() {
+        for param in [
+            "sentinelPassword=s3cret",
+            "sentinelUsername=admin&x=1",
+            "SENTINELPASSWORD=s3cret",
+        ] {
+            let text = format!(
+                "[redis]\nurl = \"redis-sentinel://:pw@h:26379?sentinelServiceName=m&{param}\""
+            );
+            let e = Config::from_toml_str(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("redis.url") && e.contains("not supported"),
+                "{e}"
+            );
+            assert!(!e.contains("s3cret") && !e.contains(":pw@"), "{e}");
+        }
+        Config::from_toml_str(
+            "[redis]\nurl = \"redis-sentinel://:pw@h:26379?sentinelServiceName=m\"",
+        )
+        .unwrap();
+    }
+
     /// Socket settings the kernel would refuse at every connect are refused at start.
     #[test]
     fn socket_settings_the_kernel_refuses_are_refused() {

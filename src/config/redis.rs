@@ -325,6 +325,25 @@ impl RedisUrl {
                 ),
             ));
         }
+        // Credentials of their own for the sentinels would be ignored (they are contacted
+        // with the URL's credentials): refused, never silently dropped.
+        if let Some((_, query)) = rest.split_once('?') {
+            let ignored = query.split('&').find_map(|kv| {
+                let name = kv.split_once('=').map_or(kv, |(k, _)| k);
+                ["sentinelUsername", "sentinelPassword"]
+                    .into_iter()
+                    .find(|p| p.eq_ignore_ascii_case(name))
+            });
+            if let Some(param) = ignored {
+                return Err(Error::config(
+                    "redis.url",
+                    format!(
+                        "`{param}` is not supported: the sentinels are contacted with the \
+                         URL's own user and password"
+                    ),
+                ));
+            }
+        }
         // fred would build its own TLS connector from a TLS scheme (or, without a TLS feature,
         // warn and connect in clear): parse the plain form and let `connection` decide.
         let plain = scheme

@@ -47,7 +47,14 @@ impl RouteEndpoint {
     pub fn redis_config(&self, template: &RedisConfig) -> RedisConfig {
         let mut cfg = template.clone();
         cfg.url = self.url.clone();
-        cfg.tls = self.tls.clone().or_else(|| template.tls_settings());
+        // `server_name` names `[redis]`'s server: another endpoint is verified as its own host
+        // unless its own table says otherwise.
+        cfg.tls = self.tls.clone().or_else(|| {
+            template.tls_settings().map(|mut t| {
+                t.server_name = None;
+                t
+            })
+        });
         cfg
     }
 }
@@ -128,5 +135,25 @@ mod tests {
         .unwrap();
         let acme = cfg.routing.tenants["acme"].redis_config(cfg.redis.as_ref().unwrap());
         assert!(!acme.uses_tls());
+    }
+
+    /// `[redis.tls]`'s `server_name` names the main server: a tenant that inherits the table
+    /// is verified as its own host, and keeps the rest (its CA, its minimum version).
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_routed_endpoint_does_not_inherit_the_main_server_name() {
+        let cfg = crate::Config::from_toml_str(
+            "[redis]\nurl = \"rediss://10.0.0.1:6380\"\n\
+             [redis.tls]\nserver_name = \"main.internal\"\nmin_version = \"1.3\"\n\
+             [routing.tenants]\nacme = \"rediss://acme.internal\"\n\
+             beta = { url = \"rediss://10.0.0.9\", tls = { server_name = \"beta.internal\" } }",
+        )
+        .unwrap();
+        let main = cfg.redis.as_ref().unwrap();
+        let acme = cfg.routing.tenants["acme"].redis_config(main).tls.unwrap();
+        assert_eq!(acme.server_name, None);
+        assert_eq!(acme.min_version, main.tls.as_ref().unwrap().min_version);
+        let beta = cfg.routing.tenants["beta"].redis_config(main).tls.unwrap();
+        assert_eq!(beta.server_name.as_deref(), Some("beta.internal"));
     }
 }
