@@ -535,7 +535,9 @@ impl RedisConnection {
         }
         let access = Access::IdempotentWrite;
         let client = self.client(op)?;
-        let pipeline = client.pipeline();
+        // Built from the client with this access's options (a fail-fast, bounded command that
+        // is never sent again after a reconnect); `client.pipeline()` would carry none.
+        let pipeline = fred::clients::Pipeline::from(client.with_options(self.options(access)));
         let ttl = crate::time::ttl_arg(ttl);
         for (key, value) in pairs {
             let command = CustomCommand::new_static("SET", script_slot(client, &[key]), false);

@@ -479,6 +479,10 @@ const TOO_MANY_REDIRECTIONS: &str = "Too many redirections";
 /// fred wanted to send a command again and its attempt budget forbade it.
 const TOO_MANY_WRITE_ATTEMPTS: &str = "Too many failed write attempts";
 
+/// What fred reports when a command's reply channel is dropped unanswered: tokio's oneshot
+/// `RecvError`, turned into an `Unknown` error by its text (pinned by a test below).
+const REPLY_DROPPED: &str = "channel closed";
+
 /// What fred 10.1 says when it refuses a command before sending it: the fail-fast check found
 /// the client disconnected (`interfaces.rs`), or reconnection gave up (`router/utils.rs`).
 /// Pinned by the tests below, `tests/outcomes.rs` and `tests/driver_messages.rs`: a driver
@@ -568,6 +572,9 @@ impl DriverErrorClass {
             K::Unknown if err.details().starts_with(TOO_MANY_WRITE_ATTEMPTS) => {
                 DriverErrorClass::Connection
             }
+            // The command's reply channel was dropped unanswered: fred's connection task ended
+            // (and threw its in-flight commands away). Sent or not, nobody knows.
+            K::Unknown if err.details() == REPLY_DROPPED => DriverErrorClass::Canceled,
             K::Auth | K::Cluster | K::Unknown | K::InvalidArgument | K::InvalidCommand => {
                 Self::of_reply_code(err.details().split_whitespace().next().unwrap_or(""))
                     .unwrap_or(match err.kind() {
@@ -794,6 +801,26 @@ mod tests {
         );
         assert_eq!(class(K::Timeout, "whatever"), DriverErrorClass::Timeout);
         assert_eq!(class(K::Canceled, "x"), DriverErrorClass::Canceled);
+    }
+
+    /// A command fred threw away with its connection task (its reply channel dropped) may
+    /// have run: `OutcomeUnknown` on a write, `Unavailable` on a read, never `Internal`.
+    #[tokio::test]
+    async fn a_reply_channel_dropped_unanswered_is_a_lost_connection() {
+        // Made the way fred makes it: from the receiver of a dropped sender.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        drop(tx);
+        let dropped = FredError::from(rx.await.unwrap_err());
+        assert_eq!(dropped.details(), REPLY_DROPPED);
+        let t = Duration::from_millis(5);
+        assert_eq!(
+            Error::from_driver("x", Access::Write, t, dropped.clone()).kind(),
+            ErrorKind::OutcomeUnknown
+        );
+        assert_eq!(
+            Error::from_driver("x", Access::Read, t, dropped).kind(),
+            ErrorKind::Unavailable
+        );
     }
 
     #[test]

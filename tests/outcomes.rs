@@ -168,6 +168,43 @@ async fn sixty_cuts_every_error_typed_and_no_write_run_twice() {
     }
 }
 
+/// A pipelined write (`set_many` of several keys) whose reply is lost ends `OutcomeUnknown`
+/// at once, as a single write does, and is not sent again when the driver reconnects: a
+/// replayed `SET` would bring back an old value with a fresh TTL over a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_write_whose_reply_is_lost_is_not_sent_again() {
+    use forze_redis::cache::CacheKey;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let relay = FaultProxy::start(server.addr()).await;
+        let mut cfg = config(
+            Some(&relay.url()),
+            "pipelined-lost",
+            "[caches.plain]\nttl = \"60s\"\n",
+        );
+        // No probe on the relay: the reply it loses is the write's.
+        cfg.redis.as_mut().unwrap().health_interval = Duration::from_secs(600);
+        let forze = spawn_ready(cfg).await;
+        let cache = forze.cache("plain").unwrap();
+        let entries = [(CacheKey::new("a"), 1u64), (CacheKey::new("b"), 2u64)];
+        cache.set_many(&entries, None).await.unwrap();
+        let before = server.command_calls("set");
+        relay.lose_next_reply();
+        let e = cache.set_many(&entries, None).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{bin}: {e}");
+        let ran = server.command_calls("set") - before;
+        // Long enough for a reconnect and a replay.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let ran_in_all = server.command_calls("set") - before;
+        eprintln!("{bin}: {ran} of 2 SETs ran before the loss, {ran_in_all} in all");
+        assert!(
+            (1..=2).contains(&ran) && ran_in_all == ran,
+            "{bin}: {ran} ran, then {ran_in_all}: the pipeline was sent again"
+        );
+        forze.shutdown().await.unwrap();
+    }
+}
+
 /// What the real driver reports in each connection-loss case is classified as documented: a
 /// lost reply on a write is `OutcomeUnknown` (and the write ran once, a script too), a command
 /// refused while disconnected is `Unavailable`. A driver update that words its reports

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+// `client.pipeline()` on a client with options would drop them (it derefs to the plain
+// client): a pipeline is built from the optioned client, so each command carries them.
+use fred::clients::Pipeline;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::{Expiration, ExpireOptions, SetOptions, Value};
 
@@ -127,7 +130,7 @@ impl RedisCacheStore {
             Some(_) => self.conn.driver_timed_read(),
         };
         let client = self.conn.client(op)?.with_options(bound.options());
-        let pipeline = client.pipeline();
+        let pipeline = Pipeline::from(client);
         for key in keys {
             queue(op, pipeline.get::<(), _>(*key)).map_err(err)?;
             if with_pttl {
@@ -189,7 +192,7 @@ impl RedisCacheStore {
                 .map(drop)
                 .map_err(err);
         }
-        let pipeline = client.pipeline();
+        let pipeline = Pipeline::from(client);
         for (key, stored) in entries {
             pipeline
                 .set::<(), _, _>(*key, stored.clone(), px.clone(), nx.clone(), false)
@@ -232,7 +235,7 @@ impl RedisCacheStore {
             .client(op)?
             .with_options(self.conn.options(Access::IdempotentWrite));
         let err = |e| self.conn.error(op, Access::IdempotentWrite, e);
-        let pipeline = client.pipeline();
+        let pipeline = Pipeline::from(client);
         for key in keys {
             if hard {
                 pipeline.del::<(), _>(*key).await.map_err(err)?;
