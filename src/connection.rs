@@ -232,7 +232,7 @@ impl RedisConnection {
     /// Each client's connection task is watched: fred ends it for good on some internal errors
     /// (an `ASK` redirection it cannot follow ends the router task in fred 10.1, after which
     /// every command on that client times out), so a task that ends before `quit` is started
-    /// again, with the reconnect backoff.
+    /// again, with the reconnect backoff (its minimum after an `ASK`).
     pub fn connect_in_background(&self) {
         for client in self.pool.clients() {
             self.watch_connection_events(client);
@@ -263,12 +263,18 @@ impl RedisConnection {
                         Err(_) => "panicked".to_string(),
                     };
                     tracing::warn!(why, "redis connection task ended; starting it again");
-                    // A task that ran a while gets a fresh backoff.
-                    if started.elapsed() > max {
+                    // A task that ran a while gets a fresh backoff, and so does one ended by
+                    // an `ASK` it could not follow (the connection was fine): during a slot
+                    // migration every write to a moved key ends it, and a growing backoff
+                    // would leave the client down, its calls queued, for seconds.
+                    let ask = matches!(&ended, Ok(Err(e)) if ended_by_ask(e));
+                    if ask || started.elapsed() > max {
                         delay = min;
                     }
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(max);
+                    if !ask {
+                        delay = (delay * 2).min(max);
+                    }
                 }
             });
         }
@@ -762,6 +768,12 @@ fn apply_tls(
 ) -> Result<Option<TlsClient>> {
     crate::tls::refuse_unsupported(cfg.uses_tls(), false, "redis")?;
     Ok(None)
+}
+
+/// Whether fred 10.1 ended a connection task because it could not follow an `ASK`
+/// redirection (`router/utils.rs`, `send_asking_with_policy`: a command with no attempt left).
+fn ended_by_ask(e: &fred::error::Error) -> bool {
+    *e.kind() == fred::error::ErrorKind::Routing && e.details() == "Max attempts reached."
 }
 
 fn tcp_config(cfg: &RedisConfig) -> TcpConfig {

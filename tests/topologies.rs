@@ -179,6 +179,58 @@ async fn a_resharded_slot_flushes_every_l1_and_is_tracked_on_its_new_primary() {
     }
 }
 
+/// A write to a key already moved ends a pool client's connection task (fred 10.1 cannot
+/// follow that `ASK`). Repeated, such ends must not leave the client down for growing
+/// backoffs: the other calls routed to it keep working throughout the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_keys_being_migrated_do_not_take_their_clients_down() {
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let mut cfg = config(Some(&cluster.url()), "cl-ask-storm", RESOURCES);
+        // The default backoff ceiling: a client left down that long fails what is routed to it.
+        cfg.redis.as_mut().unwrap().reconnect.max_delay = Duration::from_secs(5);
+        let forze = spawn_ready(cfg).await;
+        let orders = forze.counter("orders").unwrap();
+        let moved = CounterId::suffix("moving");
+        let steady = CounterId::suffix("steady");
+        orders.incr(&moved, 1).await.unwrap();
+        let slot = key_slot(b"forze:counter:{orders:_:moving}");
+        assert_ne!(
+            slot,
+            key_slot(b"forze:counter:{orders:_:steady}"),
+            "{bin}: the two keys must be in different slots"
+        );
+        let to = (cluster.owner_of_slot(slot) + 1) % 3;
+        let from = cluster.begin_migration(slot, to);
+        assert_eq!(cluster.move_keys(slot, from, to, usize::MAX), 1, "{bin}");
+        let mut failed = Vec::new();
+        let began = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut moved_took = Vec::new();
+        for round in 0..40 {
+            let started = Instant::now();
+            let m = orders.incr(&moved, 1).await;
+            moved_took.push((started.elapsed().as_millis(), m.map_err(|e| e.kind()).err()));
+            let started = Instant::now();
+            if let Err(e) = orders.incr(&steady, 1).await {
+                failed.push((round, e.kind(), started.elapsed()));
+            }
+            slowest = slowest.max(started.elapsed());
+        }
+        eprintln!("{bin}: slowest steady call {slowest:?}; moved (ms, error): {moved_took:?}");
+        eprintln!(
+            "{bin}: 40 rounds in {:?} during the migration; failed: {failed:?}",
+            began.elapsed()
+        );
+        assert!(
+            failed.is_empty(),
+            "{bin}: calls on a key not being moved failed: {failed:?}"
+        );
+        cluster.finish_migration(slot, from, to);
+        forze.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_during_a_slot_migration_end_typed_and_bounded_then_resume() {
     // fred 10.1 does not follow ASK here (its ASKING goes through the slot's old route and
