@@ -666,7 +666,9 @@ impl RedisConnection {
         }
     }
 
-    /// Close every connection. Bounded by `timeout`; connections still open then are dropped.
+    /// Close every connection, all at once, within `timeout`. A client whose `QUIT` is not
+    /// answered by then (a server that hangs) is left to the driver, which closes it when its
+    /// socket fails; it is no longer restarted by us.
     pub async fn quit(&self, timeout: Duration) {
         *self.quitting.lock().unwrap_or_else(|p| p.into_inner()) = true;
         let quits = self.pool.clients().iter().map(|c| {
@@ -677,9 +679,7 @@ impl RedisConnection {
                 }
             }
         });
-        for q in quits {
-            q.await;
-        }
+        futures::future::join_all(quits).await;
     }
 }
 

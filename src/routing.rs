@@ -208,13 +208,14 @@ impl Router {
         Ok(())
     }
 
-    /// Close every pool now (shutdown).
+    /// Close every pool now, all at once, within `timeout` (shutdown).
     pub async fn close_all(&self, timeout: Duration) {
         let all: Vec<Endpoint> = self.lock_pools().drain(..).collect();
-        for e in all {
+        futures::future::join_all(all.iter().map(|e| async {
             e.conn.quit(timeout).await;
             self.counters.closed.fetch_add(1, Ordering::Relaxed);
-        }
+        }))
+        .await;
     }
 
     /// A copy of the statistics.

@@ -514,3 +514,27 @@ async fn a_read_into_a_black_hole_ends_by_the_read_watch_then_reads_take_the_dri
         conn.quit(Duration::from_secs(1)).await;
     }
 }
+
+/// Closing the pool of a frozen server takes one `QUIT` timeout, not one per client: the
+/// clients are closed together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_pool_of_a_frozen_server_takes_one_timeout() {
+    use forze_redis::config::RedisConfig;
+    use forze_redis::connection::RedisConnection;
+    for bin in server_binaries() {
+        let server = TestServer::start(&bin);
+        let mut cfg = RedisConfig::new(server.url());
+        cfg.pool_size = 4;
+        let conn = RedisConnection::build(&cfg).unwrap();
+        conn.connect_in_background();
+        conn.wait_connected(Duration::from_secs(5)).await.unwrap();
+        server.pause();
+        let timeout = Duration::from_millis(400);
+        let started = std::time::Instant::now();
+        conn.quit(timeout).await;
+        let took = started.elapsed();
+        server.resume();
+        eprintln!("{bin}: 4 clients closed in {took:?} (timeout {timeout:?} each)");
+        assert!(took < timeout * 2, "{bin}: {took:?}");
+    }
+}
