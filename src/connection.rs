@@ -442,31 +442,38 @@ impl RedisConnection {
             .await
     }
 
-    /// Probe every connected client of the pool, one round trip each, bounded by the command
+    /// Probe every connected client of the pool, all at once, bounded by the command
     /// timeout: the server clock through the script registry, so that after a server restart
-    /// the first probe also reloads the script cache. Returns (healthy, clients).
-    pub async fn probe(&self) -> (usize, usize) {
+    /// the first probe also reloads the script cache. On a cluster a client is probed on each
+    /// primary it routes to (a keyless script would go to a random one), so a silent primary
+    /// is seen on every probe, not on a third of them.
+    pub async fn probe(&self) -> Probe {
         let clients = self.pool().clients();
-        let mut healthy = 0;
-        for client in clients {
-            if !client.is_connected() {
-                continue;
-            }
-            let time: Result<Vec<i64>> = self
-                .eval_on(
-                    client,
-                    "health.probe",
-                    Access::Read,
-                    &crate::scripts::SERVER_TIME,
-                    &[],
-                    &[],
-                )
-                .await;
-            if time.is_ok() {
-                healthy += 1;
-            }
+        let per_client = clients.iter().filter(|c| c.is_connected()).map(|client| {
+            let nodes = crate::unresponsive::ping_targets(client);
+            futures::future::join_all(nodes.into_iter().map(|node| async move {
+                let mut opts = self.options(Access::Read).clone();
+                opts.cluster_node = node;
+                let time: Result<Vec<i64>> = self
+                    .eval_with(
+                        client.with_options(&opts),
+                        "health.probe",
+                        Access::Read,
+                        &crate::scripts::SERVER_TIME,
+                        &[],
+                        &[],
+                    )
+                    .await;
+                time.is_ok()
+            }))
+        });
+        let answers = futures::future::join_all(per_client).await;
+        Probe {
+            healthy: answers.iter().filter(|a| a.iter().all(|ok| *ok)).count(),
+            total: clients.len(),
+            answered: answers.iter().flatten().filter(|ok| **ok).count(),
+            asked: answers.iter().map(Vec::len).sum(),
         }
-        (healthy, clients.len())
     }
 
     /// Whether `DELIFEQ` may run: `false` once the server refused it, so a caller can skip
@@ -619,7 +626,27 @@ impl RedisConnection {
         keys: &[&str],
         args: &[Value],
     ) -> Result<R> {
-        let client = client.with_options(self.options(access));
+        self.eval_with(
+            client.with_options(self.options(access)),
+            op,
+            access,
+            script,
+            keys,
+            args,
+        )
+        .await
+    }
+
+    /// [`RedisConnection::eval_on`] with the options already on the client.
+    async fn eval_with<R: FromValue>(
+        &self,
+        client: fred::clients::WithOptions<Client>,
+        op: &'static str,
+        access: Access,
+        script: &Script,
+        keys: &[&str],
+        args: &[Value],
+    ) -> Result<R> {
         let fail = |e| self.error(op, access, e);
         let hash = script_slot(&client, keys);
         // Scripts go out as custom commands: fred 10.1 sends its own `EVALSHA`/`EVAL` again
@@ -831,6 +858,34 @@ impl HealthState {
             0 => HealthState::Down,
             n if n >= total => HealthState::Up,
             _ => HealthState::Degraded,
+        }
+    }
+}
+
+/// What one health probe found.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Clients whose every probe answered.
+    pub healthy: usize,
+    /// Clients in the pool.
+    pub total: usize,
+    /// Probes answered (one per client off a cluster, one per client and primary on one).
+    pub answered: usize,
+    /// Probes sent.
+    pub asked: usize,
+}
+
+impl Probe {
+    /// `Up` when every client answered on every node, `Down` when nothing answered, else
+    /// `Degraded` (some clients, or some primaries of a cluster, silent).
+    pub fn state(&self) -> HealthState {
+        if self.healthy == self.total && self.total > 0 {
+            HealthState::Up
+        } else if self.answered == 0 {
+            HealthState::Down
+        } else {
+            HealthState::Degraded
         }
     }
 }

@@ -304,7 +304,7 @@ struct Pinged {
 /// routing); on a cluster, each primary it routes to. The cluster's list comes from the
 /// cached slot map, not fred's list of open connections, which leaves out a connection whose
 /// `CLIENT ID` was refused (an ACL user without it, a renamed command).
-fn ping_targets(client: &Client) -> Vec<Option<Server>> {
+pub(crate) fn ping_targets(client: &Client) -> Vec<Option<Server>> {
     if !client.is_clustered() {
         return vec![None];
     }

@@ -179,6 +179,41 @@ async fn a_resharded_slot_flushes_every_l1_and_is_tracked_on_its_new_primary() {
     }
 }
 
+/// With one primary of three frozen, every health probe sees it: the pool is `Degraded` on
+/// every probe, never `Up` (a probe sent to a random primary saw it one time in three), and
+/// `Up` again once the primary answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_keeps_the_health_degraded_on_every_probe() {
+    use forze_redis::connection::HealthState;
+    for bin in server_binaries() {
+        let cluster = TestCluster::start(&bin, 3);
+        let mut cfg = config(Some(&cluster.url()), "cl-health", RESOURCES);
+        let redis = cfg.redis.as_mut().unwrap();
+        redis.command_timeout = Duration::from_millis(300);
+        redis.health_interval = Duration::from_millis(100);
+        let forze = spawn_ready(cfg).await;
+        cluster.nodes()[0].pause();
+        // The first probe that reaches the frozen node ends at the command timeout.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            *seen
+                .entry(format!("{:?}", forze.health().state))
+                .or_insert(0) += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.nodes()[0].resume();
+        eprintln!("{bin}: health with one primary of three frozen: {seen:?}");
+        assert!(!seen.contains_key("Up"), "{bin}: {seen:?}");
+        assert!(seen.contains_key("Degraded"), "{bin}: {seen:?}");
+        wait_until_async(Duration::from_secs(5), "health Up again", || async {
+            forze.health().state == HealthState::Up
+        })
+        .await;
+        forze.shutdown().await.unwrap();
+    }
+}
+
 /// A write to a key already moved ends a pool client's connection task (fred 10.1 cannot
 /// follow that `ASK`). Repeated, such ends must not leave the client down for growing
 /// backoffs: the other calls routed to it keep working throughout the migration.

@@ -246,19 +246,14 @@ async fn set_name(shared: &Shared, client: &fred::clients::Client) {
 async fn probe(state: &mut PoolState) {
     let shared = &state.shared;
     shared.pool_stats.probes.fetch_add(1, Ordering::Relaxed);
-    let (healthy, total) = state.conn.probe().await;
-    if healthy < total {
+    let probe = state.conn.probe().await;
+    if probe.healthy < probe.total {
         shared
             .pool_stats
             .probe_failures
             .fetch_add(1, Ordering::Relaxed);
     }
-    publish(
-        shared,
-        HealthState::from_counts(healthy, total),
-        healthy,
-        total,
-    );
+    publish(shared, probe.state(), probe.healthy, probe.total);
 }
 
 fn publish(shared: &Shared, new: HealthState, connected: usize, total: usize) {
