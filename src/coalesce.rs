@@ -23,6 +23,8 @@
 //!   those still queued get `Unavailable` (theirs were not sent), and the key is freed.
 //! - The queue waits on its opener's own request: an opener that keeps its future without
 //!   polling it (rather than dropping it) holds the others back until it does.
+//! - A queue belongs to one destination (a routed tenant's endpoint): a request for the same
+//!   key bound elsewhere (its route changed meanwhile) never joins it and goes alone.
 
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -52,6 +54,17 @@ impl<I, O> Waiter<I, O> {
 pub(crate) trait SendBatch<I, O>: Clone + Send + Sync + 'static {
     /// Send `batch` (arrival order) for `key` and answer each waiter.
     fn send_batch(&self, key: &str, batch: Vec<Waiter<I, O>>) -> impl Future<Output = ()> + Send;
+
+    /// Where this sender's batches go; requests join only a queue of the same destination.
+    fn destination(&self) -> usize {
+        0
+    }
+}
+
+/// The requests queued behind one key's request in flight, all bound for `destination`.
+struct Queue<I, O> {
+    destination: usize,
+    waiters: Vec<Waiter<I, O>>,
 }
 
 /// Slots of the in-flight count table (a power of two): 16 KiB per coalescer, so that keys
@@ -65,7 +78,7 @@ pub(crate) struct Coalescer<I, O> {
     op: &'static str,
     /// A key is present exactly while one request or batch of it sent from the map path is
     /// in flight.
-    in_flight: DashMap<String, Vec<Waiter<I, O>>, foldhash::fast::RandomState>,
+    in_flight: DashMap<String, Queue<I, O>, foldhash::fast::RandomState>,
     /// Requests in flight (or queued) by key hash, map path or not.
     busy: Box<[AtomicU32]>,
     hasher: foldhash::fast::RandomState,
@@ -112,17 +125,28 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
             // (a request arriving meanwhile finds the count busy and takes the map path).
             return alone().await;
         }
+        let destination = sender.destination();
         let queued = match self.in_flight.get_mut(key) {
-            Some(mut queue) => Some(enqueue(&mut queue, item)),
+            Some(mut queue) => Joined::new(&mut queue, destination, item),
             None => match self.in_flight.entry(key.to_owned()) {
-                dashmap::Entry::Occupied(mut queue) => Some(enqueue(queue.get_mut(), item)),
+                dashmap::Entry::Occupied(mut queue) => {
+                    Joined::new(queue.get_mut(), destination, item)
+                }
                 dashmap::Entry::Vacant(slot) => {
-                    slot.insert(Vec::new());
-                    None
+                    slot.insert(Queue {
+                        destination,
+                        waiters: Vec::new(),
+                    });
+                    Joined::Opened
                 }
             },
         };
-        if let Some(reply) = queued {
+        let reply = match queued {
+            Joined::Queued(reply) => Some(reply),
+            Joined::Elsewhere => return alone().await,
+            Joined::Opened => None,
+        };
+        if let Some(reply) = reply {
             return reply.await.unwrap_or_else(|_| {
                 Err(Error::OutcomeUnknown {
                     op: self.op.into(),
@@ -143,10 +167,14 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
     /// the next request goes at once).
     fn next_batch(&self, key: &str) -> Option<Vec<Waiter<I, O>>> {
         loop {
-            if self.in_flight.remove_if(key, |_, q| q.is_empty()).is_some() {
+            if self
+                .in_flight
+                .remove_if(key, |_, q| q.waiters.is_empty())
+                .is_some()
+            {
                 return None;
             }
-            let batch = std::mem::take(&mut *self.in_flight.get_mut(key)?);
+            let batch = std::mem::take(&mut self.in_flight.get_mut(key)?.waiters);
             if !batch.is_empty() {
                 return Some(batch);
             }
@@ -164,10 +192,11 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
         let mut serving = Serving {
             coalescer: self,
             key,
+            unsent: first,
             finished: false,
         };
         async move {
-            let mut batch = first;
+            let mut batch = std::mem::take(&mut serving.unsent);
             loop {
                 batch.retain(|w| !w.reply.is_closed());
                 if !batch.is_empty() {
@@ -197,6 +226,8 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Coalescer<I, O> {
 struct Serving<I: Send + Sync + 'static, O: Send + 'static> {
     coalescer: Arc<Coalescer<I, O>>,
     key: String,
+    /// The first batch until the task takes it: a task dropped unpolled sent none of it.
+    unsent: Vec<Waiter<I, O>>,
     finished: bool,
 }
 
@@ -209,6 +240,9 @@ impl<I: Send + Sync + 'static, O: Send + 'static> Serving<I, O> {
 
 impl<I: Send + Sync + 'static, O: Send + 'static> Drop for Serving<I, O> {
     fn drop(&mut self) {
+        for w in self.unsent.drain(..) {
+            w.answer(Err(Error::unavailable(self.coalescer.op)));
+        }
         if !self.finished {
             self.coalescer.abandon(&self.key);
         }
@@ -235,10 +269,25 @@ impl Drop for Busy<'_> {
     }
 }
 
-fn enqueue<I, O>(queue: &mut Vec<Waiter<I, O>>, item: I) -> oneshot::Receiver<Result<O>> {
-    let (reply, receiver) = oneshot::channel();
-    queue.push(Waiter { item, reply });
-    receiver
+/// What a request found on the map path.
+enum Joined<O> {
+    /// A queue of its destination: its answer comes from a batch.
+    Queued(oneshot::Receiver<Result<O>>),
+    /// A queue bound elsewhere: it goes alone.
+    Elsewhere,
+    /// Nothing: it opened the queue and goes now.
+    Opened,
+}
+
+impl<O> Joined<O> {
+    fn new<I>(queue: &mut Queue<I, O>, destination: usize, item: I) -> Self {
+        if queue.destination != destination {
+            return Joined::Elsewhere;
+        }
+        let (reply, receiver) = oneshot::channel();
+        queue.waiters.push(Waiter { item, reply });
+        Joined::Queued(receiver)
+    }
 }
 
 /// The caller whose request is in flight for `key`. Dropped when it completes (or is
@@ -267,5 +316,44 @@ impl<I: Send + Sync + 'static, O: Send + 'static, S: SendBatch<I, O>> Drop for T
             w.answer(Err(Error::unavailable(self.coalescer.op)));
         }
         self.coalescer.abandon(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    /// Answers each request with its own item.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl SendBatch<u32, u32> for Echo {
+        async fn send_batch(&self, _key: &str, batch: Vec<Waiter<u32, u32>>) {
+            for w in batch {
+                let item = w.item;
+                w.answer(Ok(item));
+            }
+        }
+    }
+
+    fn waiter(item: u32) -> (Waiter<u32, u32>, oneshot::Receiver<Result<u32>>) {
+        let (reply, receiver) = oneshot::channel();
+        (Waiter { item, reply }, receiver)
+    }
+
+    /// A batch task dropped before it ran (a runtime shutting down drops the tasks it has not
+    /// polled) sent nothing: its first batch is `Unavailable`, not `OutcomeUnknown`.
+    #[tokio::test]
+    async fn a_batch_task_dropped_unpolled_answers_unavailable() {
+        let coalescer = Arc::new(Coalescer::<u32, u32>::new("test.op"));
+        let (w, answer) = waiter(7);
+        drop(coalescer.clone().serve(Echo, "k".into(), vec![w]));
+        let e = answer.await.expect("answered").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        // Run, the same batch is sent.
+        let (w, answer) = waiter(7);
+        coalescer.serve(Echo, "k".into(), vec![w]).await;
+        assert_eq!(answer.await.expect("answered").unwrap(), 7);
     }
 }

@@ -175,6 +175,16 @@ async fn overflow_at_the_i64_bounds_is_refused_with_the_value_unchanged(
     c.reset(&id, 0).await.unwrap();
     out_of_range(c.decr(&id, i64::MIN).await.unwrap_err());
     assert_eq!(c.get(&id).await.unwrap(), 0, "{label}");
+    // Refused on a counter never set, it stays absent (as on Redis, which creates nothing).
+    let never = CounterId::suffix("never-set");
+    out_of_range(c.decr(&never, i64::MIN).await.unwrap_err());
+    let listed = c.list(None).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.suffix.as_deref() != Some("never-set")),
+        "{label}: a refused decrement created the counter: {listed:?}"
+    );
 }
 
 async fn suffixes_and_tenants_are_isolated(f: &ForzeHandle, label: &str) {

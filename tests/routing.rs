@@ -257,3 +257,50 @@ async fn credentials_are_rotated_by_eviction() {
         forze.shutdown().await.unwrap();
     }
 }
+
+/// Increments of one hot key queued behind a request in flight to a tenant's old endpoint,
+/// made after its route changed, go to the new endpoint: a batch never carries a request to
+/// an endpoint other than its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_queued_across_a_route_change_go_to_the_new_endpoint() {
+    use forze_redis_testkit::FaultProxy;
+    for bin in server_binaries() {
+        let home = TestServer::start(&bin);
+        let old = TestServer::start(&bin);
+        let new = TestServer::start(&bin);
+        let relay = FaultProxy::start(old.addr()).await;
+        let routes = [("acme", relay.url())];
+        let forze = spawn_ready(config(
+            Some(&home.url()),
+            "route-queued",
+            &resources(4, &routes),
+        ))
+        .await;
+        let orders = forze.counter("orders").unwrap();
+        let id = CounterId::suffix("hot").for_tenant(t("acme"));
+        assert_eq!(orders.incr(&id, 1).await.unwrap(), 1);
+        // Two requests in flight to the old endpoint (the second opens the key's queue).
+        relay.set_delay(Duration::from_millis(120));
+        let mut first = Vec::new();
+        for _ in 0..2 {
+            let orders = orders.clone();
+            let id = id.clone();
+            first.push(tokio::spawn(async move { orders.incr(&id, 1).await }));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        forze.set_route(&t("acme"), Some(&new.url())).unwrap();
+        let mut later = Vec::new();
+        for _ in 0..10 {
+            let orders = orders.clone();
+            let id = id.clone();
+            later.push(tokio::spawn(async move { orders.incr(&id, 1).await }));
+        }
+        for call in first.into_iter().chain(later) {
+            call.await.unwrap().unwrap();
+        }
+        let key = counter_key("acme", "hot");
+        assert_eq!(get_int(&old, &key), Some(3), "{bin}: the old endpoint");
+        assert_eq!(get_int(&new, &key), Some(10), "{bin}: the new endpoint");
+        forze.shutdown().await.unwrap();
+    }
+}

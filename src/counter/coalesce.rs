@@ -28,6 +28,11 @@ pub(crate) fn coalescer() -> Coalescer {
 }
 
 impl SendBatch<i128, i64> for RedisCounterStore {
+    /// The connection: a routed tenant's requests join only batches for its endpoint.
+    fn destination(&self) -> usize {
+        self.connection_id()
+    }
+
     async fn send_batch(&self, key: &str, batch: Vec<Waiter<i128, i64>>) {
         let mut waiters = batch.into_iter().peekable();
         while waiters.peek().is_some() {

@@ -30,13 +30,18 @@ impl LocalCounterStore {
         key: &str,
         f: impl FnOnce(i64) -> Option<i64>,
     ) -> Result<i64> {
-        let mut entry = self.values.entry(key.to_string()).or_insert(0);
-        match f(*entry) {
-            Some(v) => {
-                *entry = v;
+        // A refused change of a counter never set leaves it absent, as Redis does.
+        match self.values.entry(key.to_string()) {
+            dashmap::Entry::Occupied(mut entry) => {
+                let v = f(*entry.get()).ok_or_else(|| out_of_range(op))?;
+                entry.insert(v);
                 Ok(v)
             }
-            None => Err(out_of_range(op)),
+            dashmap::Entry::Vacant(entry) => {
+                let v = f(0).ok_or_else(|| out_of_range(op))?;
+                entry.insert(v);
+                Ok(v)
+            }
         }
     }
 }

@@ -31,6 +31,11 @@ pub struct RedisCounterStore {
 }
 
 impl RedisCounterStore {
+    /// Which connection this store sends to (its address): stores over one pool agree.
+    pub(crate) fn connection_id(&self) -> usize {
+        Arc::as_ptr(&self.conn) as usize
+    }
+
     /// A store over `conn`.
     pub fn new(conn: Arc<RedisConnection>) -> Self {
         RedisCounterStore { conn }
